@@ -1,0 +1,216 @@
+"""Private helpers: argument normalisation, input checks and window extraction (NHWC).
+
+Every windowed pooler in :mod:`jaxpool.functional` sees its input as a stack of windows
+
+    patches: (N, Ho, Wo, K, C),   K = kh * kw, window elements in row-major (kh, kw) order,
+
+plus an optional boolean ``valid`` mask of shape ``(Ho, Wo, K, 1)`` that is ``False`` where a window
+element lies in the padding (SAME padding only).  Padded elements hold 0 in ``patches``; each pooler
+masks them out of its max, average, expectation or sample.
+
+Two ways to build the stack, equal in value and gradient (the tests check both):
+
+* fast path: non-overlapping VALID windows (stride == window) are a reshape + transpose;
+* general path: one strided slice per window element, stacked (overlapping windows, SAME padding).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+Pair = tuple[int, int]
+
+
+def normalize_pair(value: int | Sequence[int], name: str) -> Pair:
+    """Returns ``value`` as a pair of positive ints; ``name`` is used in the error message."""
+    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+        pair = (int(value), int(value))
+    elif (
+        isinstance(value, (tuple, list))
+        and len(value) == 2
+        and all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in value)
+    ):
+        pair = (int(value[0]), int(value[1]))
+    else:
+        raise ValueError(
+            f"{name} must be a positive int or a pair of positive ints (height, width); got {value!r}"
+        )
+    if pair[0] < 1 or pair[1] < 1:
+        raise ValueError(f"{name} must be positive; got {value!r}")
+    return pair
+
+
+def normalize_padding(padding: str) -> str:
+    """Returns ``'VALID'`` or ``'SAME'``; anything else is a ``ValueError``."""
+    if not isinstance(padding, str) or padding.upper() not in ("VALID", "SAME"):
+        raise ValueError(f"padding must be 'VALID' or 'SAME'; got {padding!r}")
+    return padding.upper()
+
+
+def check_input(x: jax.Array, name: str = "x") -> tuple[jax.Array, bool]:
+    """Checks that ``x`` is a float (N, H, W, C) or (H, W, C) array.
+
+    Returns:
+      ``(x4, unbatched)``: ``x`` with a batch axis, and whether one was added.
+    """
+    shape = getattr(x, "shape", None)
+    if shape is None:
+        raise ValueError(f"{name} must be an array of shape (N, H, W, C) or (H, W, C); got {x!r}")
+    if len(shape) not in (3, 4):
+        raise ValueError(
+            f"{name} must have rank 4 (N, H, W, C) or rank 3 (H, W, C); got rank {len(shape)} "
+            f"with shape {tuple(shape)}"
+        )
+    if not jnp.issubdtype(x.dtype, jnp.floating):
+        raise ValueError(
+            f"{name} must have a floating dtype (float32, bfloat16, float16, ...); got {x.dtype}"
+        )
+    if len(shape) == 3:
+        return x[None], True
+    return x, False
+
+
+class WindowSpec(NamedTuple):
+    """Static geometry of a windowed pooling: window, strides, padding and output size."""
+
+    window: Pair
+    strides: Pair
+    pads: tuple[Pair, Pair]  # ((top, bottom), (left, right))
+    in_size: Pair  # (H, W)
+    out_size: Pair  # (Ho, Wo)
+
+    @property
+    def num_elements(self) -> int:
+        return self.window[0] * self.window[1]
+
+    @property
+    def is_fast(self) -> bool:
+        """Non-overlapping, unpadded windows: the reshape path applies."""
+        return self.window == self.strides and self.pads == ((0, 0), (0, 0))
+
+
+def _axis_geometry(size: int, k: int, s: int, padding: str, axis: str) -> tuple[int, Pair]:
+    if padding == "VALID":
+        if k > size:
+            raise ValueError(
+                f"window_shape {axis} {k} is larger than the input {axis} {size} with "
+                "padding='VALID'; use a smaller window or padding='SAME'"
+            )
+        return (size - k) // s + 1, (0, 0)
+    out = math.ceil(size / s)
+    total = max((out - 1) * s + k - size, 0)
+    return out, (total // 2, total - total // 2)  # the split lax.padtype_to_pads uses
+
+
+def window_spec(
+    in_size: Pair,
+    window_shape: int | Sequence[int],
+    strides: int | Sequence[int] | None,
+    padding: str | Sequence[Pair],
+) -> WindowSpec:
+    """Normalises window/strides/padding for an input of spatial size ``in_size``.
+
+    ``strides=None`` means strides equal to the window.  ``padding`` is ``'VALID'``, ``'SAME'``, or
+    (private use) explicit ``((top, bottom), (left, right))`` pads.
+    """
+    window = normalize_pair(window_shape, "window_shape")
+    stride = window if strides is None else normalize_pair(strides, "strides")
+    if isinstance(padding, str):
+        pad_mode = normalize_padding(padding)
+        (ho, ph), (wo, pw) = (
+            _axis_geometry(in_size[0], window[0], stride[0], pad_mode, "height"),
+            _axis_geometry(in_size[1], window[1], stride[1], pad_mode, "width"),
+        )
+        return WindowSpec(window, stride, (ph, pw), tuple(in_size), (ho, wo))
+    (pt, pb), (pl, pr) = padding
+    ho = (in_size[0] + pt + pb - window[0]) // stride[0] + 1
+    wo = (in_size[1] + pl + pr - window[1]) // stride[1] + 1
+    if ho < 1 or wo < 1:
+        raise ValueError(f"window {window} does not fit the padded input {in_size} + {padding}")
+    return WindowSpec(window, stride, ((pt, pb), (pl, pr)), tuple(in_size), (ho, wo))
+
+
+def _axis_valid(spec_in: int, k: int, s: int, pad_lo: int, out: int) -> np.ndarray:
+    """(out, k) bool: whether window element k of output position i lies inside the input."""
+    pos = np.arange(out)[:, None] * s + np.arange(k)[None, :] - pad_lo
+    return (pos >= 0) & (pos < spec_in)
+
+
+def valid_mask(spec: WindowSpec) -> np.ndarray | None:
+    """``(Ho, Wo, K, 1)`` bool mask of real (non-padding) window elements, or None if all real."""
+    (kh, kw), (sh, sw) = spec.window, spec.strides
+    (ho, wo), (h, w) = spec.out_size, spec.in_size
+    vh = _axis_valid(h, kh, sh, spec.pads[0][0], ho)  # (Ho, kh)
+    vw = _axis_valid(w, kw, sw, spec.pads[1][0], wo)  # (Wo, kw)
+    mask = vh[:, None, :, None] & vw[None, :, None, :]  # (Ho, Wo, kh, kw)
+    if mask.all():
+        return None
+    return mask.reshape(ho, wo, kh * kw, 1)
+
+
+def count_valid(spec: WindowSpec, mask: np.ndarray | None) -> np.ndarray | int:
+    """Number of real elements per window: ``(Ho, Wo, 1)`` array, or the int K when unpadded."""
+    if mask is None:
+        return spec.num_elements
+    return mask.sum(axis=2).astype(np.float32)
+
+
+def extract_patches(x: jax.Array, spec: WindowSpec, *, force_general: bool = False) -> jax.Array:
+    """Stacks the windows of ``x``: (N, H, W, C) -> (N, Ho, Wo, K, C); padding holds 0.
+
+    Args:
+      x: batched NHWC input.
+      spec: the geometry from :func:`window_spec`.
+      force_general: use the strided-slice path even where the reshape path applies (tests).
+    """
+    n, h, w, c = x.shape
+    (kh, kw), (sh, sw) = spec.window, spec.strides
+    ho, wo = spec.out_size
+    if spec.is_fast and not force_general:
+        x = x[:, : ho * kh, : wo * kw, :]
+        x = x.reshape(n, ho, kh, wo, kw, c).transpose(0, 1, 3, 2, 4, 5)
+        return x.reshape(n, ho, wo, kh * kw, c)
+    (pt, pb), (pl, pr) = spec.pads
+    if pt or pb or pl or pr:
+        x = jnp.pad(x, ((0, 0), (pt, pb), (pl, pr), (0, 0)))
+    slices = [
+        jax.lax.slice(
+            x,
+            (0, i, j, 0),
+            (n, i + sh * (ho - 1) + 1, j + sw * (wo - 1) + 1, c),
+            (1, sh, sw, 1),
+        )
+        for i in range(kh)
+        for j in range(kw)
+    ]
+    return jnp.stack(slices, axis=3)
+
+
+def windows(
+    x: jax.Array,
+    window_shape: int | Sequence[int],
+    strides: int | Sequence[int] | None,
+    padding: str | Sequence[Pair],
+    *,
+    force_general: bool = False,
+) -> tuple[jax.Array, np.ndarray | None, WindowSpec]:
+    """Spec, patches ``(N, Ho, Wo, K, C)`` and valid mask ``(Ho, Wo, K, 1)`` (or None) of ``x``."""
+    spec = window_spec(x.shape[1:3], window_shape, strides, padding)
+    patches = extract_patches(x, spec, force_general=force_general)
+    return patches, valid_mask(spec), spec
+
+
+def require_key(key: jax.Array | None, fn: str) -> jax.Array:
+    """A stochastic op without a key raises instead of inventing one."""
+    if key is None:
+        raise ValueError(
+            f"{fn} is stochastic when deterministic=False and needs an explicit PRNG key: pass "
+            "key=jax.random.key(seed), or deterministic=True for the deterministic output"
+        )
+    return key

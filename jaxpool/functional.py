@@ -1,0 +1,510 @@
+r"""Pure pooling functions (NHWC), the math behind :mod:`jaxpool.modules`.
+
+Every function takes ``x`` of shape ``(N, H, W, C)`` or unbatched ``(H, W, C)`` and any floating
+dtype, and returns the same dtype; probability and softmax math runs in float32.  ``strides=None``
+means strides equal to the window (as in PyTorch; note that ``flax.linen.max_pool`` defaults to
+stride 1).  ``padding`` is ``'VALID'`` (a window larger than the input is an error) or ``'SAME'``
+(output ``ceil(H / stride)``, as flax); padded positions are never the max, never counted in an
+average or expectation, and never sampled.  Inside each window ``R`` the ``K = kh * kw`` elements
+are flattened in row-major ``(kh, kw)`` order; learnable window-shaped kernels use the same order.
+
+Stochastic functions take an explicit ``key`` and raise without one unless ``deterministic=True``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxpool import _windows
+
+Window = int | Sequence[int]
+_F32 = jnp.float32
+
+
+def _finish(y: jax.Array, dtype, unbatched: bool) -> jax.Array:
+    y = y.astype(dtype)
+    return y[0] if unbatched else y
+
+
+def _masked(patches: jax.Array, mask: np.ndarray | None, fill: float) -> jax.Array:
+    return patches if mask is None else jnp.where(mask, patches, fill)
+
+
+def _window_max(patches: jax.Array, mask: np.ndarray | None) -> jax.Array:
+    return _masked(patches, mask, -jnp.inf).max(axis=3)
+
+
+def _window_mean(patches: jax.Array, spec: _windows.WindowSpec, mask) -> jax.Array:
+    # Padding holds 0 in `patches`, so the plain sum already excludes it; divide by real count.
+    return patches.astype(_F32).sum(axis=3) / _windows.count_valid(spec, mask)
+
+
+# ----------------------------------------------------------------------------- baselines
+def max_pool(
+    x: jax.Array, window_shape: Window = 2, strides: Window | None = None, padding: str = "VALID"
+) -> jax.Array:
+    r"""Max pooling: :math:`y = \max_{i \in R} x_i` over each window ``R``.
+
+    Equal to ``flax.linen.max_pool(x, window_shape, strides, padding)`` with the same strides.
+
+    Args:
+      x: ``(N, H, W, C)`` or ``(H, W, C)``.
+      window_shape: int or ``(kh, kw)``.
+      strides: int, ``(sh, sw)``, or None for strides equal to the window.
+      padding: ``'VALID'`` or ``'SAME'``.
+
+    Returns:
+      ``(N, Ho, Wo, C)`` (or ``(Ho, Wo, C)``), the dtype of ``x``.
+    """
+    x4, unbatched = _windows.check_input(x)
+    patches, mask, _ = _windows.windows(x4, window_shape, strides, padding)
+    return _finish(_window_max(patches, mask), x.dtype, unbatched)
+
+
+def avg_pool(
+    x: jax.Array, window_shape: Window = 2, strides: Window | None = None, padding: str = "VALID"
+) -> jax.Array:
+    r"""Average pooling over the real (non-padding) elements: :math:`y = \frac{1}{|R|}\sum_{i\in R} x_i`.
+
+    Equal to ``flax.linen.avg_pool(x, window_shape, strides, padding, count_include_pad=False)``.
+    Shapes as :func:`max_pool`; the sum runs in float32.
+    """
+    x4, unbatched = _windows.check_input(x)
+    patches, mask, spec = _windows.windows(x4, window_shape, strides, padding)
+    return _finish(_window_mean(patches, spec, mask), x.dtype, unbatched)
+
+
+# ----------------------------------------------------------------------------- Lee et al.
+def mixed_pool(
+    x: jax.Array,
+    alpha: jax.Array,
+    window_shape: Window = 2,
+    strides: Window | None = None,
+    padding: str = "VALID",
+) -> jax.Array:
+    r"""Mixed max-average pooling (Lee, Gallagher & Tu, AISTATS 2016).
+
+    .. math::
+      y = s \max_{i \in R} x_i + (1 - s) \frac{1}{|R|} \sum_{i \in R} x_i,
+      \qquad s = \sigma(\alpha)
+
+    Args:
+      x: ``(N, H, W, C)`` or ``(H, W, C)``.
+      alpha: mixing logit, shape ``(C,)`` (one per channel) or ``()`` (one per layer).
+      window_shape, strides, padding: as :func:`max_pool`.
+
+    Returns:
+      ``(N, Ho, Wo, C)``, the dtype of ``x``.
+
+    References:
+      Lee, Gallagher, Tu. Generalizing Pooling Functions in Convolutional Neural Networks: Mixed,
+      Gated, and Tree. AISTATS 2016 (arXiv:1509.08985).
+    """
+    x4, unbatched = _windows.check_input(x)
+    alpha = jnp.asarray(alpha)
+    channels = x4.shape[-1]
+    if alpha.shape not in ((), (channels,)):
+        raise ValueError(
+            f"alpha must have shape () or (C,) = ({channels},) for an input with C={channels}; "
+            f"got {alpha.shape}"
+        )
+    patches, mask, spec = _windows.windows(x4, window_shape, strides, padding)
+    s = jax.nn.sigmoid(alpha.astype(_F32))
+    y = s * _window_max(patches, mask).astype(_F32) + (1 - s) * _window_mean(patches, spec, mask)
+    return _finish(y, x.dtype, unbatched)
+
+
+def _kernel_weights(
+    kernel: jax.Array, spec: _windows.WindowSpec, channels: int, name: str, lead: tuple = ()
+) -> jax.Array:
+    """A window-shaped kernel as weights broadcastable to patches ``(N, Ho, Wo, K, C)``.
+
+    Shapes (after the ``lead`` axes): ``(kh, kw)`` per layer, ``(kh, kw, C)`` per channel,
+    ``(Ho, Wo, kh, kw, C)`` per region and channel.
+    """
+    (kh, kw), (ho, wo), k = spec.window, spec.out_size, spec.num_elements
+    kernel = jnp.asarray(kernel)
+    allowed = {
+        lead + (kh, kw): lead + (1, 1, k, 1),
+        lead + (kh, kw, channels): lead + (1, 1, k, channels),
+        lead + (ho, wo, kh, kw, channels): lead + (ho, wo, k, channels),
+    }
+    if kernel.shape not in allowed:
+        raise ValueError(
+            f"{name} must have one of the shapes {sorted(allowed)} (per layer, per channel, per "
+            f"region and channel) for window {spec.window}, output {spec.out_size} and "
+            f"C={channels}; got {kernel.shape}"
+        )
+    weights = kernel.astype(_F32).reshape(allowed[kernel.shape])
+    # Insert the batch axis after the lead axes.
+    return jnp.expand_dims(weights, len(lead))
+
+
+def _bias_for(bias, kernel_rank: int, spec: _windows.WindowSpec, channels: int) -> jax.Array:
+    expected = {2: (), 3: (channels,), 5: (*spec.out_size, channels)}[kernel_rank]
+    bias = jnp.asarray(bias)
+    if bias.shape != expected:
+        raise ValueError(
+            f"gate_bias must have shape {expected} to match gate_kernel of rank {kernel_rank}; "
+            f"got {bias.shape}"
+        )
+    return bias.astype(_F32)
+
+
+def _window_dot(weights: jax.Array, patches: jax.Array) -> jax.Array:
+    """Per-window inner product ``w . R``; padding holds 0, so it contributes nothing."""
+    return (weights * patches.astype(_F32)).sum(axis=-2)
+
+
+def gated_pool(
+    x: jax.Array,
+    gate_kernel: jax.Array,
+    gate_bias: jax.Array | None = None,
+    window_shape: Window = 2,
+    strides: Window | None = None,
+    padding: str = "VALID",
+) -> jax.Array:
+    r"""Gated max-average pooling (Lee, Gallagher & Tu, AISTATS 2016).
+
+    .. math::
+      y = g \max_{i \in R} x_i + (1 - g) \frac{1}{|R|} \sum_{i \in R} x_i,
+      \qquad g = \sigma(w^\top R + b)
+
+    Args:
+      x: ``(N, H, W, C)`` or ``(H, W, C)``.
+      gate_kernel: the window-shaped gating mask ``w``: ``(kh, kw)`` shared by all channels (Lee et
+        al.'s released code), ``(kh, kw, C)`` one per channel, or ``(Ho, Wo, kh, kw, C)`` one per
+        output position and channel.
+      gate_bias: ``b``, shape ``()``, ``(C,)`` or ``(Ho, Wo, C)`` to match, or None for no bias.
+      window_shape, strides, padding: as :func:`max_pool`.
+
+    Returns:
+      ``(N, Ho, Wo, C)``, the dtype of ``x``.
+    """
+    x4, unbatched = _windows.check_input(x)
+    channels = x4.shape[-1]
+    patches, mask, spec = _windows.windows(x4, window_shape, strides, padding)
+    weights = _kernel_weights(gate_kernel, spec, channels, "gate_kernel")
+    z = _window_dot(weights, patches)
+    if gate_bias is not None:
+        z = z + _bias_for(gate_bias, jnp.ndim(gate_kernel), spec, channels)
+    g = jax.nn.sigmoid(z)
+    y = g * _window_max(patches, mask).astype(_F32) + (1 - g) * _window_mean(patches, spec, mask)
+    return _finish(y, x.dtype, unbatched)
+
+
+def tree_pool(
+    x: jax.Array,
+    leaf_kernels: jax.Array,
+    gate_kernel: jax.Array,
+    window_shape: Window = 2,
+    strides: Window | None = None,
+    padding: str = "VALID",
+) -> jax.Array:
+    r"""Two-level tree pooling (Lee, Gallagher & Tu, AISTATS 2016).
+
+    .. math::
+      y = \sigma(w^\top R)\, v_1^\top R + \left(1 - \sigma(w^\top R)\right) v_2^\top R
+
+    Two learned leaf pooling filters ``v1, v2`` and one gating mask ``w``, window-shaped, no bias
+    (as Lee et al.).  The leaves are free linear filters, so ``y`` need not lie in ``[min R, max R]``.
+
+    Args:
+      x: ``(N, H, W, C)`` or ``(H, W, C)``.
+      leaf_kernels: ``(2,) +`` a gate-kernel shape (see :func:`gated_pool`): ``v1 = leaf_kernels[0]``,
+        ``v2 = leaf_kernels[1]``.
+      gate_kernel: ``w``, same sharing as the leaves: ``(kh, kw)``, ``(kh, kw, C)`` or
+        ``(Ho, Wo, kh, kw, C)``.
+      window_shape, strides, padding: as :func:`max_pool`.
+
+    Returns:
+      ``(N, Ho, Wo, C)``, the dtype of ``x``.
+    """
+    x4, unbatched = _windows.check_input(x)
+    channels = x4.shape[-1]
+    patches, _, spec = _windows.windows(x4, window_shape, strides, padding)
+    leaf_kernels, gate_kernel = jnp.asarray(leaf_kernels), jnp.asarray(gate_kernel)
+    if leaf_kernels.shape != (2, *gate_kernel.shape):
+        raise ValueError(
+            f"leaf_kernels must have shape (2,) + gate_kernel.shape = {(2, *gate_kernel.shape)}; "
+            f"got {leaf_kernels.shape}"
+        )
+    gate = jax.nn.sigmoid(_window_dot(_kernel_weights(gate_kernel, spec, channels, "gate_kernel"), patches))
+    leaves = _window_dot(
+        _kernel_weights(leaf_kernels, spec, channels, "leaf_kernels", lead=(2,)), patches[None]
+    )
+    y = gate * leaves[0] + (1 - gate) * leaves[1]
+    return _finish(y, x.dtype, unbatched)
+
+
+# ----------------------------------------------------------------------------- stochastic
+def _sample_from_logits(key: jax.Array, logits: jax.Array, values: jax.Array) -> jax.Array:
+    """One element per window drawn with probabilities softmax(logits) over axis 3 (exact value).
+
+    The gradient reaches the sampled element only.
+    """
+    index = jax.random.categorical(key, jax.lax.stop_gradient(logits), axis=3)
+    one_hot = jax.nn.one_hot(index, logits.shape[3], axis=3, dtype=values.dtype)
+    return (one_hot * values).sum(axis=3)
+
+
+def stochastic_pool(
+    x: jax.Array,
+    window_shape: Window = 2,
+    strides: Window | None = None,
+    padding: str = "VALID",
+    *,
+    key: jax.Array | None = None,
+    deterministic: bool = False,
+    mode: str = "l1",
+) -> jax.Array:
+    r"""Stochastic pooling (Zeiler & Fergus, ICLR 2013).
+
+    Training samples one element of each window and outputs it; ``deterministic=True`` outputs the
+    expectation of that sample (Zeiler & Fergus's probabilistic weighting):
+
+    .. math::
+      i \sim \mathrm{Cat}(p), \quad y_{\mathrm{train}} = R_i, \qquad
+      y_{\mathrm{det}} = \sum_{i \in R} p_i R_i
+
+    ``mode='l1'`` (the paper): :math:`p_i = a_i / \sum_k a_k` with :math:`a = \max(R, 0)`, so
+    :math:`y_{\mathrm{det}} = \sum a^2 / \sum a`.  A window with no positive mass samples uniformly,
+    and its deterministic output is the plain mean (an all-zero window gives 0).
+    ``mode='softmax'``: :math:`p = \mathrm{softmax}(R)` over the raw values (any sign).
+    Gradients in training flow to the sampled element only; nothing is ever NaN.
+
+    Args:
+      x: ``(N, H, W, C)`` or ``(H, W, C)``.
+      window_shape, strides, padding: as :func:`max_pool`.
+      key: PRNG key; required unless ``deterministic``.  Draws are independent per window.
+      deterministic: output the expectation instead of a sample.
+      mode: ``'l1'`` or ``'softmax'``.
+
+    Returns:
+      ``(N, Ho, Wo, C)``, the dtype of ``x``.
+
+    References:
+      Zeiler, Fergus. Stochastic Pooling for Regularization of Deep Convolutional Neural Networks.
+      ICLR 2013 (arXiv:1301.3557).
+    """
+    if mode not in ("l1", "softmax"):
+        raise ValueError(f"mode must be 'l1' or 'softmax'; got {mode!r}")
+    if not deterministic:
+        key = _windows.require_key(key, "stochastic_pool")
+    x4, unbatched = _windows.check_input(x)
+    patches, mask, spec = _windows.windows(x4, window_shape, strides, padding)
+    values = patches.astype(_F32)
+    if mode == "softmax":
+        logits = _masked(values, mask, -jnp.inf)
+        probs = jax.nn.softmax(logits, axis=3)
+    else:
+        mass = jnp.maximum(values, 0.0)
+        total = mass.sum(axis=3, keepdims=True)
+        has_mass = total > 0
+        valid = jnp.ones_like(values) if mask is None else jnp.broadcast_to(mask, values.shape)
+        uniform = valid / valid.sum(axis=3, keepdims=True)
+        # Double where: the untaken branch must not divide by zero, or its gradient is NaN.
+        probs = jnp.where(has_mass, mass / jnp.where(has_mass, total, 1.0), uniform)
+        if not deterministic:
+            logits = jnp.where(probs > 0, jnp.log(jnp.where(probs > 0, probs, 1.0)), -jnp.inf)
+    if deterministic:
+        y = (probs * values).sum(axis=3)
+    else:
+        y = _sample_from_logits(key, logits, values)
+    return _finish(y, x.dtype, unbatched)
+
+
+def gumbel_softmax(
+    key: jax.Array, logits: jax.Array, tau: float = 1.0, hard: bool = False, axis: int = -1
+) -> jax.Array:
+    r"""Gumbel-softmax sample (Jang, Gu & Poole; Maddison, Mnih & Teh, ICLR 2017).
+
+    .. math::
+      y_{\mathrm{soft}} = \mathrm{softmax}\!\left(\frac{\mathrm{logits} + g}{\tau}\right),
+      \quad g_i = -\log(-\log u_i),\ u_i \sim U(0, 1)
+
+    With ``hard=True`` the value is the one-hot ``y_hard`` of ``argmax y_soft`` and the gradient is
+    that of ``y_soft`` (straight-through): ``y_hard - stop_gradient(y_soft) + y_soft``.  Logits of
+    ``-inf`` are never drawn.  The math runs in float32; the result has the dtype of ``logits``.
+
+    Args:
+      key: PRNG key.
+      logits: unnormalised log-probabilities, any shape.
+      tau: temperature, > 0.
+      hard: return a straight-through one-hot sample.
+      axis: the category axis.
+
+    Returns:
+      An array shaped like ``logits`` that sums to 1 along ``axis``.
+    """
+    if isinstance(tau, (int, float)) and not tau > 0:
+        raise ValueError(f"tau must be > 0; got {tau!r}")
+    logits = jnp.asarray(logits)
+    gumbels = jax.random.gumbel(key, logits.shape, _F32)
+    y_soft = jax.nn.softmax((logits.astype(_F32) + gumbels) / tau, axis=axis)
+    if hard:
+        index = jnp.argmax(y_soft, axis=axis)
+        y_hard = jax.nn.one_hot(index, logits.shape[axis], axis=axis, dtype=_F32)
+        y_soft = y_hard - jax.lax.stop_gradient(y_soft) + y_soft
+    return y_soft.astype(logits.dtype)
+
+
+def _temperature_for(temperature, spec: _windows.WindowSpec, channels: int) -> jax.Array:
+    temperature = jnp.asarray(temperature)
+    ho, wo = spec.out_size
+    allowed = {(ho, wo, channels): (ho, wo, 1, channels), (channels,): (channels,), (): ()}
+    if temperature.shape not in allowed:
+        raise ValueError(
+            f"temperature must have shape (Ho, Wo, C) = {(ho, wo, channels)} (per position), "
+            f"({channels},) (per channel) or () (per layer) for this input; got "
+            f"{temperature.shape}. A per-position temperature fixes the spatial size at init."
+        )
+    return temperature.astype(_F32).reshape(allowed[temperature.shape])
+
+
+def tdgs_pool(
+    x: jax.Array,
+    temperature: jax.Array,
+    window_shape: Window = 2,
+    strides: Window | None = None,
+    padding: str = "VALID",
+    *,
+    key: jax.Array | None = None,
+    deterministic: bool = False,
+    tau: float = 1.0,
+    eps: float = 0.1,
+) -> jax.Array:
+    r"""Temperature-driven Gumbel-softmax pooling (TDGS, jaxpool).
+
+    Inside each window a hard straight-through Gumbel-softmax sample whose temperature is learned:
+
+    .. math::
+      t = \mathrm{relu}(\mathrm{temperature}) + \epsilon, \qquad
+      y_{\mathrm{train}} = \sum_{i \in R} z_i R_i, \quad
+      z = \mathrm{gumbel\_softmax}(R / t, \tau, \mathrm{hard}), \qquad
+      y_{\mathrm{det}} = \sum_{i \in R} \mathrm{softmax}(R / t)_i R_i
+
+    The training value is exactly one element of the window; its gradient flows through the soft
+    sample to ``x`` and ``temperature``.  Deterministic mode is the expectation, without noise: it
+    tends to the max as ``t -> 0`` and to the mean as ``t`` grows.
+
+    Args:
+      x: ``(N, H, W, C)`` or ``(H, W, C)``.
+      temperature: ``(Ho, Wo, C)`` per output position, ``(C,)`` per channel, or ``()`` per layer.
+      window_shape, strides, padding: as :func:`max_pool`.
+      key: PRNG key; required unless ``deterministic``.
+      deterministic: output the expectation instead of a sample.
+      tau: Gumbel-softmax temperature of the soft sample, > 0.
+      eps: floor of the effective temperature, > 0.
+
+    Returns:
+      ``(N, Ho, Wo, C)``, the dtype of ``x``.
+    """
+    if not eps > 0:
+        raise ValueError(f"eps must be > 0 (it keeps the temperature positive); got {eps!r}")
+    if isinstance(tau, (int, float)) and not tau > 0:
+        raise ValueError(f"tau must be > 0; got {tau!r}")
+    if not deterministic:
+        key = _windows.require_key(key, "tdgs_pool")
+    x4, unbatched = _windows.check_input(x)
+    patches, mask, spec = _windows.windows(x4, window_shape, strides, padding)
+    t = jax.nn.relu(_temperature_for(temperature, spec, x4.shape[-1])) + eps
+    values = patches.astype(_F32)
+    logits = _masked(values / t, mask, -jnp.inf)
+    if deterministic:
+        weights = jax.nn.softmax(logits, axis=3)
+    else:
+        weights = gumbel_softmax(key, logits, tau, hard=True, axis=3)
+    return _finish((weights * values).sum(axis=3), x.dtype, unbatched)
+
+
+# ----------------------------------------------------------------------------- S3Pool
+def _s3_indices(key: jax.Array, size: int, stride: int, grid: int) -> jax.Array:
+    """Sorted, distinct indices into the stride-1 max map: ``size // stride`` of them.
+
+    The axis of the original input is cut into blocks of ``grid`` rows; block ``b`` contributes
+    ``len(b) // stride`` rows drawn without replacement among its rows that exist in the max map
+    (``row < size - stride + 1``).
+    """
+    n_blocks = -(-size // grid)
+    rows = np.arange(n_blocks * grid).reshape(n_blocks, grid)
+    available = rows < size - stride + 1
+    block_len = np.minimum(grid, size - np.arange(n_blocks) * grid)
+    need = (block_len // stride)[:, None]
+    scores = jnp.where(available, jax.random.uniform(key, (n_blocks, grid)), 2.0)
+    ranks = jnp.argsort(jnp.argsort(scores, axis=1), axis=1)
+    chosen = (ranks < need).reshape(-1)
+    return jnp.nonzero(chosen, size=size // stride)[0]
+
+
+def s3_pool(
+    x: jax.Array,
+    stride: Window = 2,
+    grid_size: Window = 4,
+    *,
+    key: jax.Array | None = None,
+    deterministic: bool = False,
+    per_example: bool = False,
+) -> jax.Array:
+    r"""S3Pool: pooling with stochastic spatial sampling (Zhai et al., CVPR 2017).
+
+    1. ``m`` = max pool of ``x`` with window ``stride``, stride 1, VALID: ``(N, H-s+1, W-s+1, C)``.
+    2. Each spatial axis of the *original* input is cut into blocks of ``grid_size`` rows; from each
+       block, ``len(block) // stride`` distinct rows are drawn without replacement among the block's
+       rows that exist in ``m`` and kept sorted.  Columns likewise, independently.
+    3. The output is ``m`` at the intersections: ``(N, H // stride, W // stride, C)``.
+
+    One row/column set per call is shared by the batch and channels (``per_example=True``: one set
+    per example).  ``deterministic=True`` outputs the average pool of ``m`` (window = stride =
+    ``stride``, ``stride // 2`` padding on each side, padding not counted), keeping the first
+    ``H // stride`` x ``W // stride`` outputs: the same shape as training, for every input size.
+
+    Args:
+      x: ``(N, H, W, C)`` or ``(H, W, C)``, with ``H, W >= stride``.
+      stride: int or pair, the downsampling factor ``s``.
+      grid_size: int or pair ``g``, a multiple of ``stride``.
+      key: PRNG key; required unless ``deterministic``.
+      deterministic: average-pool instead of sampling.
+      per_example: draw a separate row/column set for each example.
+
+    Returns:
+      ``(N, H // s, W // s, C)``, the dtype of ``x``.
+
+    References:
+      Zhai, Wu, Kumar, Cheng, Lu, Zhang. S3Pool: Pooling with Stochastic Spatial Sampling.
+      CVPR 2017 (arXiv:1611.05138).
+    """
+    strides = _windows.normalize_pair(stride, "stride")
+    grid = _windows.normalize_pair(grid_size, "grid_size")
+    if grid[0] % strides[0] or grid[1] % strides[1]:
+        raise ValueError(f"grid_size must be a multiple of stride; got grid_size={grid_size!r}, stride={stride!r}")
+    if not deterministic:
+        key = _windows.require_key(key, "s3_pool")
+    x4, unbatched = _windows.check_input(x)
+    n, h, w, _ = x4.shape
+    if h < strides[0] or w < strides[1]:
+        raise ValueError(f"s3_pool needs H >= stride and W >= stride; got input {x.shape}, stride={stride!r}")
+    patches, _, _ = _windows.windows(x4, strides, 1, "VALID")
+    max_map = patches.max(axis=3)  # (N, H-s+1, W-s+1, C)
+    out_h, out_w = h // strides[0], w // strides[1]
+    if deterministic:
+        pads = ((strides[0] // 2,) * 2, (strides[1] // 2,) * 2)
+        mp, mask, spec = _windows.windows(max_map, strides, strides, pads)
+        y = _window_mean(mp, spec, mask)[:, :out_h, :out_w]
+        return _finish(y, x.dtype, unbatched)
+
+    def sample(k, m):
+        k_rows, k_cols = jax.random.split(k)
+        rows = _s3_indices(k_rows, h, strides[0], grid[0])
+        cols = _s3_indices(k_cols, w, strides[1], grid[1])
+        return jnp.take(jnp.take(m, rows, axis=-3), cols, axis=-2)
+
+    if per_example:
+        y = jax.vmap(sample)(jax.random.split(key, n), max_map)
+    else:
+        y = sample(key, max_map)
+    return _finish(y, x.dtype, unbatched)

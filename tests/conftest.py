@@ -1,0 +1,54 @@
+"""Shared test helpers: an independent NumPy reference for windows, and the pooler cases."""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import numpy as np
+import pytest
+
+import jaxpool
+
+# Every registered pooler and how to build/call it in the generic tests.
+STOCHASTIC = ("stochastic", "s3", "tdgs")
+CONVEX = ("max", "avg", "mixed", "gated", "stochastic", "tdgs")
+
+
+def ref_windows(x: np.ndarray, window, strides, padding: str):
+    """Loop-based NumPy reference: dict (i, j) -> (N, n_real, C) real elements of each window.
+
+    Written independently of jaxpool._windows (explicit index arithmetic, TF/flax SAME split).
+    """
+    n, h, w, c = x.shape
+    (kh, kw), (sh, sw) = window, strides
+    if padding == "VALID":
+        ho, wo, pt, pl = (h - kh) // sh + 1, (w - kw) // sw + 1, 0, 0
+    else:
+        ho, wo = math.ceil(h / sh), math.ceil(w / sw)
+        pt = max((ho - 1) * sh + kh - h, 0) // 2
+        pl = max((wo - 1) * sw + kw - w, 0) // 2
+    out = {}
+    for i in range(ho):
+        for j in range(wo):
+            elems = []
+            for a in range(kh):
+                for b in range(kw):
+                    r, q = i * sh + a - pt, j * sw + b - pl
+                    if 0 <= r < h and 0 <= q < w:
+                        elems.append(x[:, r, q, :])
+            out[i, j] = np.stack(elems, axis=1)
+    return out, (ho, wo)
+
+
+def init_and_apply(module, x, *, deterministic, key=0):
+    """Initialises ``module`` on ``x`` and applies it; returns (variables, output)."""
+    k_params, k_init, k_apply = jax.random.split(jax.random.key(key), 3)
+    variables = module.init({"params": k_params, "pooling": k_init}, x, deterministic=True)
+    y = module.apply(variables, x, deterministic=deterministic, rngs={"pooling": k_apply})
+    return variables, y
+
+
+@pytest.fixture(params=jaxpool.available())
+def pooler_name(request):
+    return request.param

@@ -1,0 +1,419 @@
+"""Known values, invariants and sampling statistics of jaxpool.functional."""
+
+from __future__ import annotations
+
+import math
+
+import chex
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import ref_windows
+
+from jaxpool import _windows
+from jaxpool import functional as F
+
+GRID_1_16 = jnp.arange(1, 17, dtype=jnp.float32).reshape(4, 4, 1)
+GEOMETRIES = [  # (window, strides, padding)
+    ((2, 2), None, "VALID"),
+    ((2, 2), None, "SAME"),
+    ((3, 3), (2, 2), "VALID"),
+    ((3, 3), (2, 2), "SAME"),
+    ((3, 2), (1, 2), "SAME"),
+]
+
+
+def _pair_strides(window, strides):
+    return window if strides is None else strides
+
+
+# ----------------------------------------------------------------------------- known values
+def test_mixed_known_value():
+    y = F.mixed_pool(GRID_1_16, jnp.zeros(()))
+    np.testing.assert_allclose(y[..., 0], [[4.75, 6.75], [12.75, 14.75]])
+
+
+@pytest.mark.parametrize(("window", "strides", "padding"), GEOMETRIES)
+def test_max_avg_equal_flax(window, strides, padding):
+    x = jax.random.normal(jax.random.key(0), (2, 7, 6, 3))
+    s = _pair_strides(window, strides)
+    np.testing.assert_array_equal(
+        F.max_pool(x, window, strides, padding), nn.max_pool(x, window, s, padding)
+    )
+    np.testing.assert_allclose(
+        F.avg_pool(x, window, strides, padding),
+        nn.avg_pool(x, window, s, padding, count_include_pad=False),
+        rtol=1e-6,
+        atol=1e-6,
+    )
+
+
+def test_stochastic_deterministic_is_sum_sq_over_sum():
+    y = F.stochastic_pool(GRID_1_16, deterministic=True)[..., 0]
+    windows = np.array([[1, 2, 5, 6], [3, 4, 7, 8], [9, 10, 13, 14], [11, 12, 15, 16]], float)
+    expected = (windows**2).sum(1) / windows.sum(1)
+    np.testing.assert_allclose(y.reshape(-1), expected, rtol=1e-6)
+
+
+def test_stochastic_l1_uses_positive_part():
+    # window [-3, 1, 2, 0]: a = [0, 1, 2, 0], p = [0, 1/3, 2/3, 0], det = (1 + 4) / 3
+    x = jnp.array([[-3.0, 1.0], [2.0, 0.0]])[..., None]
+    np.testing.assert_allclose(F.stochastic_pool(x, deterministic=True)[0, 0, 0], 5 / 3, rtol=1e-6)
+    samples = jax.vmap(lambda k: F.stochastic_pool(x, key=k))(jax.random.split(jax.random.key(0), 200))
+    assert set(np.unique(samples).tolist()) == {1.0, 2.0}
+
+
+@pytest.mark.parametrize("mode", ["l1", "softmax"])
+def test_stochastic_zero_and_negative_windows(mode):
+    zeros = jnp.zeros((2, 2, 1))
+    negative = -jnp.array([[1.0, 2.0], [3.0, 4.0]])[..., None]
+    det_zero = F.stochastic_pool(zeros, deterministic=True, mode=mode)
+    np.testing.assert_array_equal(det_zero, 0.0)
+    np.testing.assert_array_equal(F.stochastic_pool(zeros, key=jax.random.key(1), mode=mode), 0.0)
+    det_neg = F.stochastic_pool(negative, deterministic=True, mode=mode)[0, 0, 0]
+    if mode == "l1":  # no positive mass: plain mean
+        np.testing.assert_allclose(det_neg, -2.5)
+    else:
+        p = np.exp([-1.0, -2, -3, -4]) / np.exp([-1.0, -2, -3, -4]).sum()
+        np.testing.assert_allclose(det_neg, (p * [-1, -2, -3, -4]).sum(), rtol=1e-6)
+    keys = jax.random.split(jax.random.key(2), 400)
+    samples = jax.vmap(lambda k: F.stochastic_pool(negative, key=k, mode=mode))(keys)
+    assert set(np.unique(samples).tolist()) <= {-1.0, -2.0, -3.0, -4.0}
+    # Uniform fallback (l1) reaches every element.
+    if mode == "l1":
+        assert set(np.unique(samples).tolist()) == {-1.0, -2.0, -3.0, -4.0}
+    for x in (zeros, negative):
+        for det in (True, False):
+            g = jax.grad(
+                lambda v, det=det: F.stochastic_pool(
+                    v, key=jax.random.key(3), deterministic=det, mode=mode
+                ).sum()
+            )(x)
+            assert np.isfinite(g).all()
+
+
+def test_tdgs_deterministic_limits():
+    x = jax.random.normal(jax.random.key(0), (2, 6, 6, 3))
+    cold = F.tdgs_pool(x, -jnp.ones(()), deterministic=True, eps=1e-4)
+    np.testing.assert_allclose(cold, F.max_pool(x), atol=1e-4)
+    hot = F.tdgs_pool(x, 1e5 * jnp.ones(()), deterministic=True)
+    np.testing.assert_allclose(hot, F.avg_pool(x), atol=1e-4)
+
+
+def test_s3_deterministic_known_value():
+    # stride-1 2x2 max of 1..16 (4x4) is [[6,7,8],[10,11,12],[14,15,16]]; average pool window 2,
+    # stride 2, padding 1 on each side (not counted): first 2x2 outputs.
+    y = F.s3_pool(GRID_1_16, deterministic=True)[..., 0]
+    np.testing.assert_allclose(y, [[6.0, 7.5], [12.0, 13.5]])
+
+
+# ----------------------------------------------------------------------------- invariants
+def _window_bounds(x, window, strides, padding):
+    wins, (ho, wo) = ref_windows(np.asarray(x, np.float32), window, strides, padding)
+    lo = np.zeros((x.shape[0], ho, wo, x.shape[-1]), np.float32)
+    hi = np.zeros_like(lo)
+    for (i, j), w in wins.items():
+        lo[:, i, j], hi[:, i, j] = w.min(1), w.max(1)
+    return wins, lo, hi
+
+
+def _convex_outputs(x, window, strides, padding, key):
+    c = x.shape[-1]
+    kh, kw = window
+    ho, wo = _window_bounds(x, window, _pair_strides(window, strides), padding)[1].shape[1:3]
+    k1, k2, k3 = jax.random.split(key, 3)
+    geo = (window, strides, padding)
+    return {
+        "max": F.max_pool(x, *geo),
+        "avg": F.avg_pool(x, *geo),
+        "mixed": F.mixed_pool(x, jax.random.normal(k1, (c,)), *geo),
+        "gated_channel": F.gated_pool(
+            x, jax.random.normal(k1, (kh, kw, c)), jax.random.normal(k2, (c,)), *geo
+        ),
+        "gated_region": F.gated_pool(
+            x, jax.random.normal(k1, (ho, wo, kh, kw, c)), jnp.zeros((ho, wo, c)), *geo
+        ),
+        "stochastic_det": F.stochastic_pool(x, *geo, deterministic=True),
+        "stochastic_softmax_det": F.stochastic_pool(x, *geo, deterministic=True, mode="softmax"),
+        "tdgs_det": F.tdgs_pool(x, jax.random.uniform(k3, (ho, wo, c)), *geo, deterministic=True),
+    }
+
+
+def _hard_outputs(x, window, strides, padding, key):
+    c = x.shape[-1]
+    geo = (window, strides, padding)
+    k1, k2, k3 = jax.random.split(key, 3)
+    return {
+        "stochastic": F.stochastic_pool(x, *geo, key=k1),
+        "stochastic_softmax": F.stochastic_pool(x, *geo, key=k2, mode="softmax"),
+        "tdgs": F.tdgs_pool(x, jnp.full((c,), 0.7), *geo, key=k3),
+    }
+
+
+@pytest.mark.parametrize("seed", range(3))
+@pytest.mark.parametrize(("window", "strides", "padding"), GEOMETRIES)
+def test_outputs_within_window_and_hard_samples_exact(seed, window, strides, padding):
+    key = jax.random.key(seed)
+    # Mixed signs, zeros and ties, odd sizes.
+    x = jnp.round(jax.random.normal(key, (2, 7, 5, 2)) * 2) / 2
+    strides_pair = _pair_strides(window, strides)
+    wins, lo, hi = _window_bounds(x, window, strides_pair, padding)
+    for name, y in _convex_outputs(x, window, strides, padding, key).items():
+        y = np.asarray(y)
+        assert y.shape == lo.shape, name
+        assert (y >= lo - 1e-5).all() and (y <= hi + 1e-5).all(), name
+    for name, y in _hard_outputs(x, window, strides, padding, key).items():
+        y = np.asarray(y)
+        for (i, j), w in wins.items():
+            # Exactly one of the real (non-padding) elements of its own window.
+            hit = (w == y[:, i, j][:, None, :]).any(axis=1)
+            assert hit.all(), (name, i, j)
+
+
+def test_padding_never_sampled_or_max():
+    # All-negative input: a padded zero would beat every real element if it were counted.
+    x = -1.0 - jax.random.uniform(jax.random.key(0), (3, 5, 5, 2))
+    lo_hi = _window_bounds(x, (2, 2), (2, 2), "SAME")
+    _, lo, hi = lo_hi
+    for y in [
+        F.max_pool(x, 2, None, "SAME"),
+        F.stochastic_pool(x, 2, None, "SAME", key=jax.random.key(1)),
+        F.stochastic_pool(x, 2, None, "SAME", key=jax.random.key(1), mode="softmax"),
+        F.tdgs_pool(x, jnp.ones(()), 2, None, "SAME", key=jax.random.key(2)),
+        F.avg_pool(x, 2, None, "SAME"),
+        F.stochastic_pool(x, 2, None, "SAME", deterministic=True),
+    ]:
+        assert (np.asarray(y) <= hi + 1e-6).all() and (np.asarray(y) >= lo - 1e-6).all()
+
+
+def test_s3_training_outputs_come_from_stride1_max_map():
+    x = jax.random.normal(jax.random.key(0), (2, 9, 7, 3))
+    max_map = np.asarray(nn.max_pool(x, (2, 2), (1, 1), "VALID"))
+    for per_example in (False, True):
+        y = np.asarray(F.s3_pool(x, key=jax.random.key(1), per_example=per_example))
+        assert y.shape == (2, 4, 3, 3)
+        for n in range(2):
+            for c in range(3):
+                assert np.isin(y[n, ..., c], max_map[n, ..., c]).all()
+
+
+@pytest.mark.parametrize(("size", "stride", "grid"), [(7, 2, 4), (14, 2, 4), (32, 2, 8), (9, 3, 6)])
+def test_s3_row_sets_sorted_distinct_one_set_per_block(size, stride, grid):
+    keys = jax.random.split(jax.random.key(0), 50)
+    rows = np.asarray(jax.vmap(lambda k: F._s3_indices(k, size, stride, grid))(keys))
+    assert rows.shape == (50, size // stride)
+    assert (np.diff(rows, axis=1) > 0).all()  # sorted and distinct
+    assert (rows < size - stride + 1).all()  # rows that exist in the max map
+    for b in range(math.ceil(size / grid)):
+        n_block = ((rows >= b * grid) & (rows < (b + 1) * grid)).sum(axis=1)
+        assert (n_block == min(grid, size - b * grid) // stride).all()
+    assert len({tuple(r) for r in rows}) > 1  # random, not fixed
+
+
+@pytest.mark.parametrize("size", [7, 14, 28, 32, 5])
+def test_s3_shapes_match_in_both_modes(size):
+    x = jnp.ones((1, size, size + 1, 2))
+    train = F.s3_pool(x, key=jax.random.key(0))
+    det = F.s3_pool(x, deterministic=True)
+    assert train.shape == det.shape == (1, size // 2, (size + 1) // 2, 2)
+
+
+# ----------------------------------------------------------------------------- randomness
+def _frequencies(samples: np.ndarray, values: np.ndarray) -> np.ndarray:
+    return np.array([(samples == v).mean() for v in values])
+
+
+def _assert_frequencies(freq, probs, n):
+    # Each count is Binomial(n, p): standard error sqrt(p (1 - p) / n).  A 5-sigma band makes a
+    # false failure (fixed keys anyway) essentially impossible while a wrong distribution (an
+    # error of a few percent) still fails at n = 20000 (sigma <= 0.0036).
+    tol = 5 * np.sqrt(probs * (1 - probs) / n) + 1e-3
+    np.testing.assert_array_less(np.abs(freq - probs), tol)
+
+
+N_DRAWS = 20000
+WINDOW = jnp.array([[0.5, 1.0], [2.0, -1.0]])[..., None]  # one 2x2 window, one channel
+WINDOW_VALUES = np.array([0.5, 1.0, 2.0, -1.0])
+
+
+def _draws(fn):
+    keys = jax.random.split(jax.random.key(1234), N_DRAWS)
+    return np.asarray(jax.jit(jax.vmap(fn))(keys)).reshape(-1)
+
+
+def test_stochastic_l1_frequencies():
+    samples = _draws(lambda k: F.stochastic_pool(WINDOW, key=k))
+    a = np.maximum(WINDOW_VALUES, 0)
+    _assert_frequencies(_frequencies(samples, WINDOW_VALUES), a / a.sum(), N_DRAWS)
+
+
+def test_stochastic_softmax_frequencies():
+    samples = _draws(lambda k: F.stochastic_pool(WINDOW, key=k, mode="softmax"))
+    p = np.exp(WINDOW_VALUES) / np.exp(WINDOW_VALUES).sum()
+    _assert_frequencies(_frequencies(samples, WINDOW_VALUES), p, N_DRAWS)
+
+
+@pytest.mark.parametrize("temperature", [0.3, 2.0])
+def test_tdgs_frequencies_match_softmax_over_temperature(temperature):
+    temp = jnp.full((1, 1, 1), temperature)
+    samples = _draws(lambda k: F.tdgs_pool(WINDOW, temp, key=k, eps=0.1))
+    logits = WINDOW_VALUES / (temperature + 0.1)
+    p = np.exp(logits) / np.exp(logits).sum()
+    _assert_frequencies(_frequencies(samples, WINDOW_VALUES), p, N_DRAWS)
+
+
+def test_gumbel_softmax_frequencies_and_straight_through():
+    logits = jnp.log(jnp.array([0.1, 0.2, 0.3, 0.4]))
+    keys = jax.random.split(jax.random.key(7), N_DRAWS)
+    hard = jax.jit(jax.vmap(lambda k: F.gumbel_softmax(k, logits, hard=True)))(keys)
+    assert set(np.unique(hard).tolist()) == {0.0, 1.0}
+    np.testing.assert_array_equal(hard.sum(-1), 1.0)
+    _assert_frequencies(np.asarray(hard.mean(0)), np.array([0.1, 0.2, 0.3, 0.4]), N_DRAWS)
+    soft = F.gumbel_softmax(keys[0], logits, tau=0.5)
+    np.testing.assert_allclose(soft.sum(), 1.0, rtol=1e-6)
+    # Straight-through: the hard sample's gradient is the soft sample's.
+    c = jnp.array([1.0, -2.0, 3.0, 0.5])
+    g_hard = jax.grad(lambda l: (c * F.gumbel_softmax(keys[1], l, 0.7, hard=True)).sum())(logits)
+    g_soft = jax.grad(lambda l: (c * F.gumbel_softmax(keys[1], l, 0.7)).sum())(logits)
+    np.testing.assert_allclose(g_hard, g_soft, rtol=1e-6)
+    # -inf logits are never drawn; the category axis can be any axis.
+    masked = jnp.array([[0.0, 1.0], [-jnp.inf, 2.0]])
+    y = jax.vmap(lambda k: F.gumbel_softmax(k, masked, hard=True, axis=0))(keys[:500])
+    np.testing.assert_array_equal(y[:, 1, 0], 0.0)
+    np.testing.assert_array_equal(y.sum(axis=1), 1.0)
+
+
+@pytest.mark.parametrize(
+    "fn",
+    [
+        lambda x, k: F.stochastic_pool(x, key=k),
+        lambda x, k: F.tdgs_pool(x, jnp.ones(()), key=k),
+        lambda x, k: F.s3_pool(x, key=k),
+    ],
+    ids=["stochastic", "tdgs", "s3"],
+)
+def test_same_key_same_sample_different_keys_differ(fn):
+    x = jax.random.normal(jax.random.key(0), (2, 8, 8, 3))
+    a, b = fn(x, jax.random.key(1)), fn(x, jax.random.key(1))
+    np.testing.assert_array_equal(a, b)
+    c = fn(x, jax.random.key(2))
+    assert not np.array_equal(a, c)
+
+
+def test_stochastic_training_gradient_reaches_sampled_element_only():
+    x = jax.random.uniform(jax.random.key(0), (1, 4, 4, 2)) + 0.1
+    key = jax.random.key(5)
+    y = F.stochastic_pool(x, key=key)
+    g = jax.grad(lambda v: F.stochastic_pool(v, key=key).sum())(x)
+    # One unit of gradient per window, on the element whose value was output.
+    np.testing.assert_array_equal(g.sum(), y.size)
+    assert set(np.unique(g).tolist()) == {0.0, 1.0}
+    np.testing.assert_allclose(jnp.where(g > 0, x, 0).sum(), y.sum(), rtol=1e-6)
+
+
+def test_tdgs_gradient_reaches_temperature_in_training():
+    x = jax.random.normal(jax.random.key(0), (2, 4, 4, 2))
+    temp = jnp.ones((2, 2, 2))
+    g = jax.grad(lambda t: F.tdgs_pool(x, t, key=jax.random.key(1)).sum())(temp)
+    assert np.isfinite(g).all() and np.abs(g).sum() > 0
+
+
+def test_gradients_match_finite_differences():
+    x = jax.random.normal(jax.random.key(0), (1, 5, 5, 2))
+    kernel = jax.random.normal(jax.random.key(1), (3, 3, 2))
+    leaves = jax.random.normal(jax.random.key(2), (2, 3, 3, 2))
+    geo = ((3, 3), (2, 2), "SAME")
+    fns = {
+        "avg": lambda v: F.avg_pool(v, *geo),
+        "mixed": lambda v: F.mixed_pool(v, jnp.array([0.3, -0.2]), *geo),
+        "gated": lambda v: F.gated_pool(v, kernel, jnp.zeros(2), *geo),
+        "tree": lambda v: F.tree_pool(v, leaves, kernel, *geo),
+        "stochastic_det": lambda v: F.stochastic_pool(v, *geo, deterministic=True, mode="softmax"),
+        "tdgs_det": lambda v: F.tdgs_pool(v, jnp.ones(()), *geo, deterministic=True),
+    }
+    for name, fn in fns.items():
+        jax.test_util.check_grads(fn, (x,), order=1, modes=["rev"], atol=2e-2, rtol=2e-2, eps=1e-2)
+        assert np.isfinite(jax.grad(lambda v, fn=fn: fn(v).sum())(x)).all(), name
+
+
+# ----------------------------------------------------------------------------- fast path
+@pytest.mark.parametrize("shape", [(2, 6, 6, 3), (1, 7, 5, 2)])
+def test_fast_and_general_windows_agree(shape):
+    x = jax.random.normal(jax.random.key(0), shape)
+    spec = _windows.window_spec(shape[1:3], 2, None, "VALID")
+    assert spec.is_fast
+
+    def both(v):
+        return (
+            _windows.extract_patches(v, spec),
+            _windows.extract_patches(v, spec, force_general=True),
+        )
+
+    fast, general = both(x)
+    np.testing.assert_array_equal(fast, general)
+    cot = jax.random.normal(jax.random.key(1), fast.shape)
+    g_fast = jax.grad(lambda v: (_windows.extract_patches(v, spec) * cot).sum())(x)
+    g_gen = jax.grad(lambda v: (_windows.extract_patches(v, spec, force_general=True) * cot).sum())(x)
+    np.testing.assert_array_equal(g_fast, g_gen)
+
+
+# ----------------------------------------------------------------------------- dtypes
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
+def test_low_precision_dtypes_preserved(dtype):
+    x = jax.random.normal(jax.random.key(0), (1, 4, 4, 2)).astype(dtype)
+    key = jax.random.key(1)
+    outs = [
+        F.max_pool(x),
+        F.avg_pool(x),
+        F.mixed_pool(x, jnp.zeros(2)),
+        F.gated_pool(x, jnp.zeros((2, 2, 2)), jnp.zeros(2)),
+        F.tree_pool(x, jnp.ones((2, 2, 2, 2)) / 4, jnp.zeros((2, 2, 2))),
+        F.stochastic_pool(x, key=key),
+        F.s3_pool(x, key=key),
+        F.tdgs_pool(x, jnp.ones(()), key=key),
+    ]
+    for y in outs:
+        assert y.dtype == dtype
+        chex.assert_shape(y, (1, 2, 2, 2))
+    hard = np.asarray(F.tdgs_pool(x, jnp.ones(()), key=key), np.float32)
+    assert np.isin(hard, np.asarray(x, np.float32)).all()
+
+
+# ----------------------------------------------------------------------------- errors
+@pytest.mark.parametrize(
+    ("call", "match"),
+    [
+        (lambda: F.max_pool(jnp.ones((4, 4))), r"rank 4 .*got rank 2 with shape \(4, 4\)"),
+        (lambda: F.max_pool(jnp.ones((1, 1, 4, 4, 1))), r"shape \(1, 1, 4, 4, 1\)"),
+        (lambda: F.max_pool(jnp.ones((1, 3, 3, 1)), 4), r"window_shape height 4 .* input height 3"),
+        (lambda: F.max_pool(jnp.ones((1, 4, 4, 1)), 0), r"window_shape must be positive; got 0"),
+        (lambda: F.max_pool(jnp.ones((1, 4, 4, 1)), 2, -1), r"strides must be positive; got -1"),
+        (lambda: F.max_pool(jnp.ones((1, 4, 4, 1)), 2.5), r"window_shape must be .*2\.5"),
+        (lambda: F.avg_pool(jnp.ones((1, 4, 4, 1)), padding="FULL"), r"padding must be .*'FULL'"),
+        (lambda: F.max_pool(jnp.ones((1, 4, 4, 1), jnp.int32)), r"floating dtype .*int32"),
+        (lambda: F.mixed_pool(jnp.ones((1, 4, 4, 3)), jnp.ones(2)), r"alpha must have shape"),
+        (lambda: F.gated_pool(jnp.ones((1, 4, 4, 3)), jnp.ones((3, 3, 3))), r"gate_kernel .*\(3, 3, 3\)"),
+        (
+            lambda: F.gated_pool(jnp.ones((1, 4, 4, 3)), jnp.ones((2, 2, 3)), jnp.ones(())),
+            r"gate_bias must have shape \(3,\)",
+        ),
+        (
+            lambda: F.tree_pool(jnp.ones((1, 4, 4, 3)), jnp.ones((2, 2, 3)), jnp.ones((2, 2, 3))),
+            r"leaf_kernels must have shape",
+        ),
+        (lambda: F.stochastic_pool(jnp.ones((1, 4, 4, 1))), r"stochastic_pool .*key"),
+        (lambda: F.stochastic_pool(jnp.ones((1, 4, 4, 1)), deterministic=True, mode="l2"), r"mode .*'l2'"),
+        (lambda: F.tdgs_pool(jnp.ones((1, 4, 4, 1)), jnp.ones(())), r"tdgs_pool .*key"),
+        (lambda: F.tdgs_pool(jnp.ones((1, 6, 6, 1)), jnp.ones((2, 2, 1)), deterministic=True), r"temperature must have shape \(Ho, Wo, C\) = \(3, 3, 1\)"),
+        (lambda: F.tdgs_pool(jnp.ones((1, 4, 4, 1)), jnp.ones(()), deterministic=True, eps=0.0), r"eps must be > 0"),
+        (lambda: F.s3_pool(jnp.ones((1, 4, 4, 1))), r"s3_pool .*key"),
+        (lambda: F.s3_pool(jnp.ones((1, 8, 8, 1)), 2, 3, deterministic=True), r"grid_size must be a multiple of stride"),
+        (lambda: F.s3_pool(jnp.ones((1, 1, 8, 1)), deterministic=True), r"H >= stride"),
+        (lambda: F.gumbel_softmax(jax.random.key(0), jnp.ones(3), tau=0.0), r"tau must be > 0"),
+    ],
+)
+def test_bad_input_raises_clear_value_error(call, match):
+    with pytest.raises(ValueError, match=match):
+        call()
