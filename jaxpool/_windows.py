@@ -169,7 +169,7 @@ def extract_patches(x: jax.Array, spec: WindowSpec, *, force_general: bool = Fal
       spec: the geometry from :func:`window_spec`.
       force_general: use the strided-slice path even where the reshape path applies (tests).
     """
-    n, h, w, c = x.shape
+    n, _h, _w, c = x.shape
     (kh, kw), (sh, sw) = spec.window, spec.strides
     ho, wo = spec.out_size
     if spec.is_fast and not force_general:

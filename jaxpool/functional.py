@@ -129,9 +129,9 @@ def _kernel_weights(
     (kh, kw), (ho, wo), k = spec.window, spec.out_size, spec.num_elements
     kernel = jnp.asarray(kernel)
     allowed = {
-        lead + (kh, kw): lead + (1, 1, k, 1),
-        lead + (kh, kw, channels): lead + (1, 1, k, channels),
-        lead + (ho, wo, kh, kw, channels): lead + (ho, wo, k, channels),
+        (*lead, kh, kw): (*lead, 1, 1, k, 1),
+        (*lead, kh, kw, channels): (*lead, 1, 1, k, channels),
+        (*lead, ho, wo, kh, kw, channels): (*lead, ho, wo, k, channels),
     }
     if kernel.shape not in allowed:
         raise ValueError(
@@ -233,7 +233,9 @@ def tree_pool(
             f"leaf_kernels must have shape (2,) + gate_kernel.shape = {(2, *gate_kernel.shape)}; "
             f"got {leaf_kernels.shape}"
         )
-    gate = jax.nn.sigmoid(_window_dot(_kernel_weights(gate_kernel, spec, channels, "gate_kernel"), patches))
+    gate = jax.nn.sigmoid(
+        _window_dot(_kernel_weights(gate_kernel, spec, channels, "gate_kernel"), patches)
+    )
     leaves = _window_dot(
         _kernel_weights(leaf_kernels, spec, channels, "leaf_kernels", lead=(2,)), patches[None]
     )
@@ -296,7 +298,7 @@ def stochastic_pool(
     if not deterministic:
         key = _windows.require_key(key, "stochastic_pool")
     x4, unbatched = _windows.check_input(x)
-    patches, mask, spec = _windows.windows(x4, window_shape, strides, padding)
+    patches, mask, _ = _windows.windows(x4, window_shape, strides, padding)
     values = patches.astype(_F32)
     if mode == "softmax":
         logits = _masked(values, mask, -jnp.inf)
@@ -481,13 +483,17 @@ def s3_pool(
     strides = _windows.normalize_pair(stride, "stride")
     grid = _windows.normalize_pair(grid_size, "grid_size")
     if grid[0] % strides[0] or grid[1] % strides[1]:
-        raise ValueError(f"grid_size must be a multiple of stride; got grid_size={grid_size!r}, stride={stride!r}")
+        raise ValueError(
+            f"grid_size must be a multiple of stride; got grid_size={grid_size!r}, stride={stride!r}"
+        )
     if not deterministic:
         key = _windows.require_key(key, "s3_pool")
     x4, unbatched = _windows.check_input(x)
     n, h, w, _ = x4.shape
     if h < strides[0] or w < strides[1]:
-        raise ValueError(f"s3_pool needs H >= stride and W >= stride; got input {x.shape}, stride={stride!r}")
+        raise ValueError(
+            f"s3_pool needs H >= stride and W >= stride; got input {x.shape}, stride={stride!r}"
+        )
     patches, _, _ = _windows.windows(x4, strides, 1, "VALID")
     max_map = patches.max(axis=3)  # (N, H-s+1, W-s+1, C)
     out_h, out_w = h // strides[0], w // strides[1]

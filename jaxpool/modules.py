@@ -150,7 +150,11 @@ class GatedPool(_WindowedPool):
         kernel = _fixed_param(self, "gate_kernel", self.kernel_init, shape)
         bias = None
         if self.use_bias:
-            bias_shape = {"layer": (), "channel": shape[-1:], "region_channel": (*shape[:2], shape[-1])}
+            bias_shape = {
+                "layer": (),
+                "channel": shape[-1:],
+                "region_channel": (*shape[:2], shape[-1]),
+            }
             bias = _fixed_param(self, "gate_bias", self.bias_init, bias_shape[self.per])
         return functional.gated_pool(x, kernel, bias, self.window_shape, self.strides, self.padding)
 

@@ -20,7 +20,7 @@ def ref_windows(x: np.ndarray, window, strides, padding: str):
 
     Written independently of jaxpool._windows (explicit index arithmetic, TF/flax SAME split).
     """
-    n, h, w, c = x.shape
+    _n, h, w, _c = x.shape
     (kh, kw), (sh, sw) = window, strides
     if padding == "VALID":
         ho, wo, pt, pl = (h - kh) // sh + 1, (w - kw) // sw + 1, 0, 0

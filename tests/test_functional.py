@@ -61,7 +61,9 @@ def test_stochastic_l1_uses_positive_part():
     # window [-3, 1, 2, 0]: a = [0, 1, 2, 0], p = [0, 1/3, 2/3, 0], det = (1 + 4) / 3
     x = jnp.array([[-3.0, 1.0], [2.0, 0.0]])[..., None]
     np.testing.assert_allclose(F.stochastic_pool(x, deterministic=True)[0, 0, 0], 5 / 3, rtol=1e-6)
-    samples = jax.vmap(lambda k: F.stochastic_pool(x, key=k))(jax.random.split(jax.random.key(0), 200))
+    samples = jax.vmap(lambda k: F.stochastic_pool(x, key=k))(
+        jax.random.split(jax.random.key(0), 200)
+    )
     assert set(np.unique(samples).tolist()) == {1.0, 2.0}
 
 
@@ -275,8 +277,8 @@ def test_gumbel_softmax_frequencies_and_straight_through():
     np.testing.assert_allclose(soft.sum(), 1.0, rtol=1e-6)
     # Straight-through: the hard sample's gradient is the soft sample's.
     c = jnp.array([1.0, -2.0, 3.0, 0.5])
-    g_hard = jax.grad(lambda l: (c * F.gumbel_softmax(keys[1], l, 0.7, hard=True)).sum())(logits)
-    g_soft = jax.grad(lambda l: (c * F.gumbel_softmax(keys[1], l, 0.7)).sum())(logits)
+    g_hard = jax.grad(lambda lg: (c * F.gumbel_softmax(keys[1], lg, 0.7, hard=True)).sum())(logits)
+    g_soft = jax.grad(lambda lg: (c * F.gumbel_softmax(keys[1], lg, 0.7)).sum())(logits)
     np.testing.assert_allclose(g_hard, g_soft, rtol=1e-6)
     # -inf logits are never drawn; the category axis can be any axis.
     masked = jnp.array([[0.0, 1.0], [-jnp.inf, 2.0]])
@@ -355,7 +357,9 @@ def test_fast_and_general_windows_agree(shape):
     np.testing.assert_array_equal(fast, general)
     cot = jax.random.normal(jax.random.key(1), fast.shape)
     g_fast = jax.grad(lambda v: (_windows.extract_patches(v, spec) * cot).sum())(x)
-    g_gen = jax.grad(lambda v: (_windows.extract_patches(v, spec, force_general=True) * cot).sum())(x)
+    g_gen = jax.grad(lambda v: (_windows.extract_patches(v, spec, force_general=True) * cot).sum())(
+        x
+    )
     np.testing.assert_array_equal(g_fast, g_gen)
 
 
@@ -394,7 +398,10 @@ def test_low_precision_dtypes_preserved(dtype):
         (lambda: F.avg_pool(jnp.ones((1, 4, 4, 1)), padding="FULL"), r"padding must be .*'FULL'"),
         (lambda: F.max_pool(jnp.ones((1, 4, 4, 1), jnp.int32)), r"floating dtype .*int32"),
         (lambda: F.mixed_pool(jnp.ones((1, 4, 4, 3)), jnp.ones(2)), r"alpha must have shape"),
-        (lambda: F.gated_pool(jnp.ones((1, 4, 4, 3)), jnp.ones((3, 3, 3))), r"gate_kernel .*\(3, 3, 3\)"),
+        (
+            lambda: F.gated_pool(jnp.ones((1, 4, 4, 3)), jnp.ones((3, 3, 3))),
+            r"gate_kernel .*\(3, 3, 3\)",
+        ),
         (
             lambda: F.gated_pool(jnp.ones((1, 4, 4, 3)), jnp.ones((2, 2, 3)), jnp.ones(())),
             r"gate_bias must have shape \(3,\)",
@@ -404,12 +411,24 @@ def test_low_precision_dtypes_preserved(dtype):
             r"leaf_kernels must have shape",
         ),
         (lambda: F.stochastic_pool(jnp.ones((1, 4, 4, 1))), r"stochastic_pool .*key"),
-        (lambda: F.stochastic_pool(jnp.ones((1, 4, 4, 1)), deterministic=True, mode="l2"), r"mode .*'l2'"),
+        (
+            lambda: F.stochastic_pool(jnp.ones((1, 4, 4, 1)), deterministic=True, mode="l2"),
+            r"mode .*'l2'",
+        ),
         (lambda: F.tdgs_pool(jnp.ones((1, 4, 4, 1)), jnp.ones(())), r"tdgs_pool .*key"),
-        (lambda: F.tdgs_pool(jnp.ones((1, 6, 6, 1)), jnp.ones((2, 2, 1)), deterministic=True), r"temperature must have shape \(Ho, Wo, C\) = \(3, 3, 1\)"),
-        (lambda: F.tdgs_pool(jnp.ones((1, 4, 4, 1)), jnp.ones(()), deterministic=True, eps=0.0), r"eps must be > 0"),
+        (
+            lambda: F.tdgs_pool(jnp.ones((1, 6, 6, 1)), jnp.ones((2, 2, 1)), deterministic=True),
+            r"temperature must have shape \(Ho, Wo, C\) = \(3, 3, 1\)",
+        ),
+        (
+            lambda: F.tdgs_pool(jnp.ones((1, 4, 4, 1)), jnp.ones(()), deterministic=True, eps=0.0),
+            r"eps must be > 0",
+        ),
         (lambda: F.s3_pool(jnp.ones((1, 4, 4, 1))), r"s3_pool .*key"),
-        (lambda: F.s3_pool(jnp.ones((1, 8, 8, 1)), 2, 3, deterministic=True), r"grid_size must be a multiple of stride"),
+        (
+            lambda: F.s3_pool(jnp.ones((1, 8, 8, 1)), 2, 3, deterministic=True),
+            r"grid_size must be a multiple of stride",
+        ),
         (lambda: F.s3_pool(jnp.ones((1, 1, 8, 1)), deterministic=True), r"H >= stride"),
         (lambda: F.gumbel_softmax(jax.random.key(0), jnp.ones(3), tau=0.0), r"tau must be > 0"),
     ],

@@ -1,0 +1,285 @@
+"""Generic tests of every registered pooling Module, driven by the registry."""
+
+from __future__ import annotations
+
+import math
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import STOCHASTIC, init_and_apply
+
+import jaxpool
+from jaxpool import _windows
+
+LEARNABLE = {
+    "mixed": {"alpha"},
+    "gated": {"gate_kernel", "gate_bias"},
+    "tree": {"leaf_kernels", "gate_kernel"},
+    "tdgs": {"temperature"},
+}
+# (kwargs, input (H, W)) geometry cases; s3 has its own fields.
+GEOMETRY_CASES = [
+    ({}, (6, 6)),
+    ({}, (7, 5)),  # odd sizes, VALID floors
+    ({"padding": "SAME"}, (7, 5)),
+    ({"window_shape": 3, "strides": 2}, (7, 6)),  # overlapping
+    ({"window_shape": (3, 2), "strides": 1, "padding": "SAME"}, (5, 4)),
+]
+S3_CASES = [({}, (6, 6)), ({}, (7, 5)), ({"stride": 3, "grid_size": 6}, (9, 7))]
+
+
+def _expected_hw(name, kwargs, hw):
+    if name == "s3":
+        s = kwargs.get("stride", 2)
+        return hw[0] // s, hw[1] // s
+    window = _windows.normalize_pair(kwargs.get("window_shape", 2), "w")
+    strides = _windows.normalize_pair(kwargs.get("strides") or window, "s")
+    if kwargs.get("padding", "VALID") == "SAME":
+        return tuple(math.ceil(n / s) for n, s in zip(hw, strides, strict=True))
+    return tuple((n - k) // s + 1 for n, k, s in zip(hw, window, strides, strict=True))
+
+
+def _cases(name):
+    return S3_CASES if name == "s3" else GEOMETRY_CASES
+
+
+def test_shapes_batched_and_unbatched(pooler_name):
+    for kwargs, hw in _cases(pooler_name):
+        module = jaxpool.create(pooler_name, **kwargs)
+        ho, wo = _expected_hw(pooler_name, kwargs, hw)
+        x = jax.random.normal(jax.random.key(0), (2, *hw, 3))
+        for det in (True, False):
+            variables, y = init_and_apply(module, x, deterministic=det)
+            chex.assert_shape(y, (2, ho, wo, 3))
+            y1 = module.apply(
+                variables, x[0], deterministic=det, rngs={"pooling": jax.random.key(1)}
+            )
+            chex.assert_shape(y1, (ho, wo, 3))
+            if det:  # unbatched == batched row
+                np.testing.assert_allclose(y1, y[0], rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16, jnp.float16])
+def test_dtype_preserved(pooler_name, dtype):
+    x = jax.random.normal(jax.random.key(0), (2, 4, 4, 3)).astype(dtype)
+    module = jaxpool.create(pooler_name)
+    for det in (True, False):
+        _, y = init_and_apply(module, x, deterministic=det)
+        assert y.dtype == dtype
+
+
+def test_jit_equals_eager_and_no_retrace(pooler_name):
+    module = jaxpool.create(pooler_name)
+    x = jax.random.normal(jax.random.key(0), (2, 6, 6, 3))
+    variables, _ = init_and_apply(module, x, deterministic=True)
+    chex.clear_trace_counter()  # the counter is keyed by the code, shared across parameters
+
+    @jax.jit
+    @chex.assert_max_traces(n=1)
+    def apply(variables, x, key):
+        return module.apply(variables, x, deterministic=False, rngs={"pooling": key})
+
+    for seed in (1, 2):  # same shapes, new values: one trace only
+        key = jax.random.key(seed)
+        x = x + seed
+        eager = module.apply(variables, x, deterministic=False, rngs={"pooling": key})
+        np.testing.assert_allclose(apply(variables, x, key), eager, rtol=1e-6, atol=1e-6)
+
+
+def test_gradients_finite_and_reach_every_parameter(pooler_name):
+    module = jaxpool.create(pooler_name)
+    x = jax.random.normal(jax.random.key(0), (2, 6, 6, 3))
+    variables, _ = init_and_apply(module, x, deterministic=True)
+    cot = jax.random.normal(jax.random.key(3), (2, 3, 3, 3))
+    for det in (True, False):
+
+        def loss(params, x, det=det):
+            y = module.apply(
+                {"params": params}, x, deterministic=det, rngs={"pooling": jax.random.key(4)}
+            )
+            return (y * cot).sum()
+
+        g_params, g_x = jax.grad(loss, argnums=(0, 1))(variables.get("params", {}), x)
+        assert np.isfinite(g_x).all() and np.abs(g_x).sum() > 0
+        assert set(g_params) == LEARNABLE.get(pooler_name, set())
+        for name, g in g_params.items():
+            assert np.isfinite(g).all(), name
+            assert np.abs(g).sum() > 0, f"{pooler_name}.{name} gets no gradient (det={det})"
+
+
+def test_vmap_over_unbatched_inputs(pooler_name):
+    module = jaxpool.create(pooler_name)
+    x = jax.random.normal(jax.random.key(0), (3, 6, 6, 2))
+    variables, batched = init_and_apply(module, x, deterministic=True)
+    per_example = jax.vmap(lambda v: module.apply(variables, v, deterministic=True))(x)
+    np.testing.assert_allclose(per_example, batched, rtol=1e-6, atol=1e-6)
+    keys = jax.random.split(jax.random.key(1), 3)
+    sampled = jax.vmap(
+        lambda v, k: module.apply(variables, v, deterministic=False, rngs={"pooling": k})
+    )(x, keys)
+    chex.assert_shape(sampled, (3, 3, 3, 2))
+
+
+def test_fast_path_matches_general_path(pooler_name, monkeypatch):
+    """Non-overlapping VALID windows take the reshape path; the strided path must agree."""
+    module = jaxpool.create(pooler_name)
+    x = jax.random.normal(jax.random.key(0), (2, 6, 6, 3))
+    variables, _ = init_and_apply(module, x, deterministic=True)
+
+    def value_and_grads():
+        def loss(params, x):
+            y = module.apply(
+                {"params": params}, x, deterministic=False, rngs={"pooling": jax.random.key(9)}
+            )
+            return (y * jnp.arange(y.size).reshape(y.shape)).sum(), y
+
+        (_, y), grads = jax.value_and_grad(loss, argnums=(0, 1), has_aux=True)(
+            variables.get("params", {}), x
+        )
+        return y, grads
+
+    fast = value_and_grads()
+    monkeypatch.setattr(_windows.WindowSpec, "is_fast", property(lambda self: False))
+    general = value_and_grads()
+    chex.assert_trees_all_close(fast, general, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", STOCHASTIC)
+def test_stochastic_layers_use_pooling_rng_stream(name):
+    module = jaxpool.create(name)
+    x = jax.random.normal(jax.random.key(0), (2, 8, 8, 3))
+    variables, _ = init_and_apply(module, x, deterministic=True)
+    run = lambda seed: module.apply(
+        variables, x, deterministic=False, rngs={"pooling": jax.random.key(seed)}
+    )
+    np.testing.assert_array_equal(run(1), run(1))
+    assert not np.array_equal(run(1), run(2))
+    # Deterministic mode needs no rng and is repeatable.
+    np.testing.assert_array_equal(
+        module.apply(variables, x, deterministic=True),
+        module.apply(variables, x, deterministic=True),
+    )
+    # An explicit rng wins over the stream.
+    explicit = module.apply(
+        variables,
+        x,
+        deterministic=False,
+        rng=jax.random.key(5),
+        rngs={"pooling": jax.random.key(1)},
+    )
+    np.testing.assert_array_equal(
+        explicit, module.apply(variables, x, deterministic=False, rng=jax.random.key(5))
+    )
+    # Without an rng in training, flax raises (no key is invented).
+    with pytest.raises(Exception, match="pooling"):
+        module.apply(variables, x, deterministic=False)
+    # deterministic must be given somewhere (merged like Dropout).
+    with pytest.raises(ValueError, match="deterministic"):
+        module.apply(variables, x, rngs={"pooling": jax.random.key(1)})
+    field = jaxpool.create(name, deterministic=True)
+    np.testing.assert_array_equal(
+        field.apply(variables, x), module.apply(variables, x, deterministic=True)
+    )
+
+
+# ----------------------------------------------------------------------------- parameters
+def _param_shapes(name, x, **kwargs):
+    variables, _ = init_and_apply(jaxpool.create(name, **kwargs), x, deterministic=True)
+    return jax.tree_util.tree_map(jnp.shape, variables.get("params", {}))
+
+
+def test_parameter_names_and_layouts():
+    x = jnp.ones((1, 8, 6, 5))  # Ho, Wo = 4, 3 with 2x2 windows
+    assert _param_shapes("mixed", x) == {"alpha": (5,)}
+    assert _param_shapes("mixed", x, per="layer") == {"alpha": ()}
+    assert _param_shapes("gated", x, per="layer") == {"gate_kernel": (2, 2), "gate_bias": ()}
+    assert _param_shapes("gated", x) == {"gate_kernel": (2, 2, 5), "gate_bias": (5,)}
+    assert _param_shapes("gated", x, per="region_channel") == {
+        "gate_kernel": (4, 3, 2, 2, 5),
+        "gate_bias": (4, 3, 5),
+    }
+    assert _param_shapes("gated", x, use_bias=False) == {"gate_kernel": (2, 2, 5)}
+    assert _param_shapes("tree", x, per="layer") == {
+        "leaf_kernels": (2, 2, 2),
+        "gate_kernel": (2, 2),
+    }
+    assert _param_shapes("tree", x, window_shape=3, strides=2) == {
+        "leaf_kernels": (2, 3, 3, 5),
+        "gate_kernel": (3, 3, 5),
+    }
+    assert _param_shapes("tree", x, per="region_channel") == {
+        "leaf_kernels": (2, 4, 3, 2, 2, 5),
+        "gate_kernel": (4, 3, 2, 2, 5),
+    }
+    assert _param_shapes("tdgs", x) == {"temperature": (4, 3, 5)}
+    assert _param_shapes("tdgs", x, per="channel") == {"temperature": (5,)}
+    assert _param_shapes("tdgs", x, per="layer") == {"temperature": ()}
+    for name in ("max", "avg", "stochastic", "s3"):
+        assert _param_shapes(name, x) == {}
+
+
+def test_initial_values():
+    x = jnp.ones((1, 16, 16, 8))
+    variables, _ = init_and_apply(
+        jaxpool.create("tdgs", init_temperature=2.0), x, deterministic=True
+    )
+    t = np.asarray(variables["params"]["temperature"])
+    assert (t >= 1.5).all() and (t <= 2.5).all() and t.std() > 0.1  # 2 + U(-0.5, 0.5)
+    variables, _ = init_and_apply(jaxpool.create("mixed"), x, deterministic=True)
+    np.testing.assert_array_equal(variables["params"]["alpha"], 0.0)  # s = 0.5
+
+
+def test_layers_equal_their_functions():
+    x = jax.random.normal(jax.random.key(0), (2, 6, 6, 3))
+    variables, y = init_and_apply(jaxpool.create("gated", per="layer"), x, deterministic=True)
+    p = variables["params"]
+    np.testing.assert_allclose(
+        y, jaxpool.gated_pool(x, p["gate_kernel"], p["gate_bias"]), rtol=1e-6
+    )
+    variables, y = init_and_apply(jaxpool.create("tdgs"), x, deterministic=True)
+    ref = jaxpool.tdgs_pool(x, variables["params"]["temperature"], deterministic=True)
+    np.testing.assert_allclose(y, ref, rtol=1e-6)
+    key = jax.random.key(11)
+    y = jaxpool.create("stochastic").apply({}, x, deterministic=False, rng=key)
+    np.testing.assert_array_equal(y, jaxpool.stochastic_pool(x, key=key))
+
+
+@pytest.mark.parametrize(
+    ("name", "kwargs"),
+    [("tdgs", {}), ("gated", {"per": "region_channel"}), ("tree", {"per": "region_channel"})],
+)
+def test_per_position_parameters_reject_another_spatial_size(name, kwargs):
+    module = jaxpool.create(name, **kwargs)
+    variables, _ = init_and_apply(module, jnp.ones((1, 8, 8, 2)), deterministic=True)
+    with pytest.raises(ValueError, match=r"has shape \((2, )?4, 4,.* needs \((2, )?3, 3,"):
+        module.apply(variables, jnp.ones((1, 6, 6, 2)), deterministic=True)
+
+
+@pytest.mark.parametrize(
+    ("name", "kwargs", "match"),
+    [
+        ("mixed", {"per": "region"}, r"per must be one of \('channel', 'layer'\); got 'region'"),
+        ("gated", {"per": "pixel"}, r"per must be one of .*'pixel'"),
+        ("tdgs", {"per": "everything"}, r"per must be one of .*'everything'"),
+        ("max", {"window_shape": 0}, r"window_shape must be positive"),
+        ("avg", {"padding": "full"}, r"padding must be 'VALID' or 'SAME'; got 'full'"),
+        ("s3", {"grid_size": 3}, r"grid_size must be a multiple of stride"),
+    ],
+)
+def test_bad_fields_raise_value_error(name, kwargs, match):
+    module = jaxpool.create(name, **kwargs)
+    with pytest.raises(ValueError, match=match):
+        init_and_apply(module, jnp.ones((1, 8, 8, 2)), deterministic=True)
+
+
+def test_wrong_rank_names_shape(pooler_name):
+    module = jaxpool.create(pooler_name)
+    with pytest.raises(ValueError, match=r"rank 4 \(N, H, W, C\) or rank 3 .*shape \(8, 8\)"):
+        module.init(
+            {"params": jax.random.key(0), "pooling": jax.random.key(1)},
+            jnp.ones((8, 8)),
+            deterministic=True,
+        )
