@@ -6,11 +6,14 @@ import math
 
 import chex
 import flax.linen as nn
+import hypothesis
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from conftest import ref_windows
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
 
 from jaxpool import _windows
 from jaxpool import functional as F
@@ -436,3 +439,46 @@ def test_low_precision_dtypes_preserved(dtype):
 def test_bad_input_raises_clear_value_error(call, match):
     with pytest.raises(ValueError, match=match):
         call()
+
+
+# ----------------------------------------------------------------------------- hypothesis
+_HYP_SHAPE = (2, 5, 5, 2)
+
+
+@jax.jit
+def _convex_same_3x3(x, params):
+    geo = ((3, 3), (2, 2), "SAME")
+    return jnp.stack(
+        [
+            F.max_pool(x, *geo),
+            F.avg_pool(x, *geo),
+            F.mixed_pool(x, params[0, 0, 0, 0], *geo),
+            F.gated_pool(x, params[0, :3, :3, :], params[1, 0, 0, :], *geo),
+            F.stochastic_pool(x, *geo, deterministic=True),
+            F.stochastic_pool(x, *geo, key=jax.random.key(0)),
+            F.tdgs_pool(x, params[2, :3, :3, :], *geo, deterministic=True),
+            F.tdgs_pool(x, params[2, :3, :3, :], *geo, key=jax.random.key(1)),
+        ]
+    )
+
+
+@hypothesis.settings(max_examples=25, deadline=None)
+@hypothesis.given(
+    values=hnp.arrays(
+        np.float32, _HYP_SHAPE, elements=st.floats(-100, 100, width=32, allow_subnormal=False)
+    ),
+    params=hnp.arrays(np.float32, (3, 5, 5, 2), elements=st.floats(-3, 3, width=32)),
+)
+def test_convex_poolers_stay_in_window_range_hypothesis(values, params):
+    out = np.asarray(_convex_same_3x3(values, params))
+    _, lo, hi = _window_bounds(values, (3, 3), (2, 2), "SAME")
+    tol = 1e-4 * (1 + np.abs(values).max())
+    assert (out >= lo - tol).all() and (out <= hi + tol).all()
+
+
+def test_same_padding_allows_window_larger_than_input():
+    x = jax.random.normal(jax.random.key(0), (1, 3, 2, 1))
+    y = F.max_pool(x, 5, None, "SAME")
+    chex.assert_shape(y, (1, 1, 1, 1))
+    np.testing.assert_array_equal(y[0, 0, 0, 0], x.max())
+    np.testing.assert_allclose(F.avg_pool(x, 5, None, "SAME")[0, 0, 0, 0], x.mean(), rtol=1e-6)
