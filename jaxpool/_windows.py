@@ -1,17 +1,14 @@
 """Private helpers: argument normalisation, input checks and window extraction (NHWC).
 
-Every windowed pooler in :mod:`jaxpool.functional` sees its input as a stack of windows
+Every windowed pooler in :mod:`jaxpool.functional` sees its input as the list of its window
+elements: ``K = kh * kw`` arrays of shape ``(N, Ho, Wo, C)`` in row-major ``(kh, kw)`` order, element
+``k`` holding the ``k``-th element of every window, plus optional per-element ``(Ho, Wo, 1)`` masks
+that are ``False`` where the element lies in the padding (SAME padding only; padding holds 0).
 
-    patches: (N, Ho, Wo, K, C),   K = kh * kw, window elements in row-major (kh, kw) order,
+Two ways to build the list, equal in value and gradient (the tests check both):
 
-plus an optional boolean ``valid`` mask of shape ``(Ho, Wo, K, 1)`` that is ``False`` where a window
-element lies in the padding (SAME padding only).  Padded elements hold 0 in ``patches``; each pooler
-masks them out of its max, average, expectation or sample.
-
-Two ways to build the stack, equal in value and gradient (the tests check both):
-
-* fast path: non-overlapping VALID windows (stride == window) are a reshape + transpose;
-* general path: one strided slice per window element, stacked (overlapping windows, SAME padding).
+* fast path: non-overlapping VALID windows (stride == window) are slices of a reshaped view;
+* general path: one strided slice of the padded input per window element (overlap, SAME).
 """
 
 from __future__ import annotations
@@ -142,44 +139,56 @@ def _axis_valid(spec_in: int, k: int, s: int, pad_lo: int, out: int) -> np.ndarr
     return (pos >= 0) & (pos < spec_in)
 
 
-def valid_mask(spec: WindowSpec) -> np.ndarray | None:
-    """``(Ho, Wo, K, 1)`` bool mask of real (non-padding) window elements, or None if all real."""
+def valid_masks(spec: WindowSpec) -> list[np.ndarray | None] | None:
+    """Per window element ``k``, a ``(Ho, Wo, 1)`` bool mask of where it is real (not padding).
+
+    ``None`` for an element that is real everywhere; ``None`` instead of the list when all are.
+    """
     (kh, kw), (sh, sw) = spec.window, spec.strides
     (ho, wo), (h, w) = spec.out_size, spec.in_size
     vh = _axis_valid(h, kh, sh, spec.pads[0][0], ho)  # (Ho, kh)
     vw = _axis_valid(w, kw, sw, spec.pads[1][0], wo)  # (Wo, kw)
-    mask = vh[:, None, :, None] & vw[None, :, None, :]  # (Ho, Wo, kh, kw)
-    if mask.all():
+    if vh.all() and vw.all():
         return None
-    return mask.reshape(ho, wo, kh * kw, 1)
+    masks = []
+    for i in range(kh):
+        for j in range(kw):
+            m = vh[:, i, None, None] & vw[None, :, j, None]  # (Ho, Wo, 1)
+            masks.append(None if m.all() else m)
+    return masks
 
 
-def count_valid(spec: WindowSpec, mask: np.ndarray | None) -> np.ndarray | int:
-    """Number of real elements per window: ``(Ho, Wo, 1)`` array, or the int K when unpadded."""
-    if mask is None:
+def count_valid(spec: WindowSpec, masks: list[np.ndarray | None] | None) -> np.ndarray | int:
+    """Number of real elements per window: ``(Ho, Wo, 1)`` float array, or the int K."""
+    if masks is None:
         return spec.num_elements
-    return mask.sum(axis=2).astype(np.float32)
+    ones = np.ones((*spec.out_size, 1), bool)
+    return sum(ones if m is None else m for m in masks).astype(np.float32)
 
 
-def extract_patches(x: jax.Array, spec: WindowSpec, *, force_general: bool = False) -> jax.Array:
-    """Stacks the windows of ``x``: (N, H, W, C) -> (N, Ho, Wo, K, C); padding holds 0.
+def window_elements(
+    x: jax.Array, spec: WindowSpec, *, force_general: bool = False
+) -> list[jax.Array]:
+    """The K elements of every window: a list of ``(N, Ho, Wo, C)`` arrays, row-major ``(kh, kw)``.
+
+    Padding holds 0.  Poolers combine the list elementwise (max, sums, softmax, sampling), which XLA
+    fuses into a few loops; a stacked ``(N, Ho, Wo, K, C)`` copy is several times slower on CPU.
 
     Args:
       x: batched NHWC input.
       spec: the geometry from :func:`window_spec`.
       force_general: use the strided-slice path even where the reshape path applies (tests).
     """
-    n, _h, _w, c = x.shape
+    n, _, _, c = x.shape
     (kh, kw), (sh, sw) = spec.window, spec.strides
     ho, wo = spec.out_size
     if spec.is_fast and not force_general:
-        x = x[:, : ho * kh, : wo * kw, :]
-        x = x.reshape(n, ho, kh, wo, kw, c).transpose(0, 1, 3, 2, 4, 5)
-        return x.reshape(n, ho, wo, kh * kw, c)
+        x6 = x[:, : ho * kh, : wo * kw, :].reshape(n, ho, kh, wo, kw, c)
+        return [x6[:, :, i, :, j, :] for i in range(kh) for j in range(kw)]
     (pt, pb), (pl, pr) = spec.pads
     if pt or pb or pl or pr:
         x = jnp.pad(x, ((0, 0), (pt, pb), (pl, pr), (0, 0)))
-    slices = [
+    return [
         jax.lax.slice(
             x,
             (0, i, j, 0),
@@ -189,7 +198,6 @@ def extract_patches(x: jax.Array, spec: WindowSpec, *, force_general: bool = Fal
         for i in range(kh)
         for j in range(kw)
     ]
-    return jnp.stack(slices, axis=3)
 
 
 def windows(
@@ -197,13 +205,10 @@ def windows(
     window_shape: int | Sequence[int],
     strides: int | Sequence[int] | None,
     padding: str | Sequence[Pair],
-    *,
-    force_general: bool = False,
-) -> tuple[jax.Array, np.ndarray | None, WindowSpec]:
-    """Spec, patches ``(N, Ho, Wo, K, C)`` and valid mask ``(Ho, Wo, K, 1)`` (or None) of ``x``."""
+) -> tuple[list[jax.Array], list[np.ndarray | None] | None, WindowSpec]:
+    """Window elements, their validity masks (see :func:`valid_masks`) and the spec of ``x``."""
     spec = window_spec(x.shape[1:3], window_shape, strides, padding)
-    patches = extract_patches(x, spec, force_general=force_general)
-    return patches, valid_mask(spec), spec
+    return window_elements(x, spec), valid_masks(spec), spec
 
 
 def require_key(key: jax.Array | None, fn: str) -> jax.Array:

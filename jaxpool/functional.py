@@ -13,6 +13,8 @@ Stochastic functions take an explicit ``key`` and raise without one unless ``det
 
 from __future__ import annotations
 
+import functools
+import itertools
 from collections.abc import Sequence
 
 import jax
@@ -25,22 +27,83 @@ Window = int | Sequence[int]
 _F32 = jnp.float32
 
 
+Elements = list  # K arrays (N, Ho, Wo, C), see jaxpool._windows
+Masks = list | None  # per element (Ho, Wo, 1) bool or None
+
+
 def _finish(y: jax.Array, dtype, unbatched: bool) -> jax.Array:
     y = y.astype(dtype)
     return y[0] if unbatched else y
 
 
-def _masked(patches: jax.Array, mask: np.ndarray | None, fill: float) -> jax.Array:
-    return patches if mask is None else jnp.where(mask, patches, fill)
+def _masked(elems: Elements, masks: Masks, fill: float) -> Elements:
+    if masks is None:
+        return elems
+    return [e if m is None else jnp.where(m, e, fill) for e, m in zip(elems, masks, strict=True)]
 
 
-def _window_max(patches: jax.Array, mask: np.ndarray | None) -> jax.Array:
-    return _masked(patches, mask, -jnp.inf).max(axis=3)
+def _f32(elems: Elements) -> Elements:
+    return [e.astype(_F32) for e in elems]
 
 
-def _window_mean(patches: jax.Array, spec: _windows.WindowSpec, mask) -> jax.Array:
-    # Padding holds 0 in `patches`, so the plain sum already excludes it; divide by real count.
-    return patches.astype(_F32).sum(axis=3) / _windows.count_valid(spec, mask)
+def _window_max(elems: Elements, masks: Masks) -> jax.Array:
+    return functools.reduce(jnp.maximum, _masked(elems, masks, -jnp.inf))
+
+
+def _window_sum(elems: Elements) -> jax.Array:
+    # Padding holds 0, so the plain sum already excludes it.
+    return functools.reduce(jnp.add, elems)
+
+
+def _window_mean(elems: Elements, spec: _windows.WindowSpec, masks: Masks) -> jax.Array:
+    return _window_sum(_f32(elems)) / _windows.count_valid(spec, masks)
+
+
+def _window_softmax(logits: Elements) -> Elements:
+    top = jax.lax.stop_gradient(functools.reduce(jnp.maximum, logits))
+    exps = [jnp.exp(z - top) for z in logits]
+    total = _window_sum(exps)
+    return [e / total for e in exps]
+
+
+def _window_dot(weights: Elements, elems: Elements) -> jax.Array:
+    """Per-window inner product ``w . R``; padding holds 0, so it contributes nothing."""
+    return _window_sum([w * e for w, e in zip(weights, elems, strict=True)])
+
+
+def _select(index: jax.Array, values: Elements) -> jax.Array:
+    """``values[index]`` per window, exactly; the gradient reaches the selected element only."""
+    out = values[0]
+    for k in range(1, len(values)):
+        out = jnp.where(index == k, values[k], out)
+    return out
+
+
+def _first_argmax(scores: Elements) -> jax.Array:
+    """Index of the largest score per window (the first one on ties)."""
+    best, index = scores[0], jnp.zeros(scores[0].shape, jnp.int32)
+    for k in range(1, len(scores)):
+        better = scores[k] > best
+        best, index = jnp.where(better, scores[k], best), jnp.where(better, k, index)
+    return index
+
+
+def _sample_index(key: jax.Array, probs: Elements) -> jax.Array:
+    """Draws one index per window with the given probabilities (inverse CDF, one uniform each).
+
+    An element of probability 0 is never drawn: its cumulative sum equals its predecessor's, so a
+    smaller index always satisfies ``cdf > u * total`` first.  The fallback for ``u * total``
+    rounding up to ``total`` is the last element of positive probability.
+    """
+    u = jax.random.uniform(key, probs[0].shape, _F32)
+    cdf = list(itertools.accumulate(probs))
+    threshold = u * cdf[-1]
+    index = jnp.zeros(probs[0].shape, jnp.int32)
+    for k in range(len(probs)):
+        index = jnp.where(probs[k] > 0, k, index)
+    for k in reversed(range(len(probs))):
+        index = jnp.where(cdf[k] > threshold, k, index)
+    return index
 
 
 # ----------------------------------------------------------------------------- baselines
@@ -61,8 +124,8 @@ def max_pool(
       ``(N, Ho, Wo, C)`` (or ``(Ho, Wo, C)``), the dtype of ``x``.
     """
     x4, unbatched = _windows.check_input(x)
-    patches, mask, _ = _windows.windows(x4, window_shape, strides, padding)
-    return _finish(_window_max(patches, mask), x.dtype, unbatched)
+    elems, masks, _ = _windows.windows(x4, window_shape, strides, padding)
+    return _finish(_window_max(elems, masks), x.dtype, unbatched)
 
 
 def avg_pool(
@@ -74,8 +137,8 @@ def avg_pool(
     Shapes as :func:`max_pool`; the sum runs in float32.
     """
     x4, unbatched = _windows.check_input(x)
-    patches, mask, spec = _windows.windows(x4, window_shape, strides, padding)
-    return _finish(_window_mean(patches, spec, mask), x.dtype, unbatched)
+    elems, masks, spec = _windows.windows(x4, window_shape, strides, padding)
+    return _finish(_window_mean(elems, spec, masks), x.dtype, unbatched)
 
 
 # ----------------------------------------------------------------------------- Lee et al.
@@ -112,26 +175,26 @@ def mixed_pool(
             f"alpha must have shape () or (C,) = ({channels},) for an input with C={channels}; "
             f"got {alpha.shape}"
         )
-    patches, mask, spec = _windows.windows(x4, window_shape, strides, padding)
+    elems, masks, spec = _windows.windows(x4, window_shape, strides, padding)
     s = jax.nn.sigmoid(alpha.astype(_F32))
-    y = s * _window_max(patches, mask).astype(_F32) + (1 - s) * _window_mean(patches, spec, mask)
+    y = s * _window_max(elems, masks).astype(_F32) + (1 - s) * _window_mean(elems, spec, masks)
     return _finish(y, x.dtype, unbatched)
 
 
 def _kernel_weights(
-    kernel: jax.Array, spec: _windows.WindowSpec, channels: int, name: str, lead: tuple = ()
-) -> jax.Array:
-    """A window-shaped kernel as weights broadcastable to patches ``(N, Ho, Wo, K, C)``.
+    kernel: jax.Array, spec: _windows.WindowSpec, channels: int, name: str
+) -> Elements:
+    """A window-shaped kernel as K weights, element ``k`` broadcastable to ``(N, Ho, Wo, C)``.
 
-    Shapes (after the ``lead`` axes): ``(kh, kw)`` per layer, ``(kh, kw, C)`` per channel,
-    ``(Ho, Wo, kh, kw, C)`` per region and channel.
+    Shapes: ``(kh, kw)`` per layer, ``(kh, kw, C)`` per channel, ``(Ho, Wo, kh, kw, C)`` per region
+    and channel.
     """
     (kh, kw), (ho, wo), k = spec.window, spec.out_size, spec.num_elements
     kernel = jnp.asarray(kernel)
     allowed = {
-        (*lead, kh, kw): (*lead, 1, 1, k, 1),
-        (*lead, kh, kw, channels): (*lead, 1, 1, k, channels),
-        (*lead, ho, wo, kh, kw, channels): (*lead, ho, wo, k, channels),
+        (kh, kw): (k, 1),
+        (kh, kw, channels): (k, channels),
+        (ho, wo, kh, kw, channels): (ho, wo, k, channels),
     }
     if kernel.shape not in allowed:
         raise ValueError(
@@ -140,8 +203,9 @@ def _kernel_weights(
             f"C={channels}; got {kernel.shape}"
         )
     weights = kernel.astype(_F32).reshape(allowed[kernel.shape])
-    # Insert the batch axis after the lead axes.
-    return jnp.expand_dims(weights, len(lead))
+    if weights.ndim == 2:
+        return [weights[i] for i in range(k)]
+    return [weights[:, :, i, :] for i in range(k)]
 
 
 def _bias_for(bias, kernel_rank: int, spec: _windows.WindowSpec, channels: int) -> jax.Array:
@@ -153,11 +217,6 @@ def _bias_for(bias, kernel_rank: int, spec: _windows.WindowSpec, channels: int) 
             f"got {bias.shape}"
         )
     return bias.astype(_F32)
-
-
-def _window_dot(weights: jax.Array, patches: jax.Array) -> jax.Array:
-    """Per-window inner product ``w . R``; padding holds 0, so it contributes nothing."""
-    return (weights * patches.astype(_F32)).sum(axis=-2)
 
 
 def gated_pool(
@@ -187,13 +246,13 @@ def gated_pool(
     """
     x4, unbatched = _windows.check_input(x)
     channels = x4.shape[-1]
-    patches, mask, spec = _windows.windows(x4, window_shape, strides, padding)
-    weights = _kernel_weights(gate_kernel, spec, channels, "gate_kernel")
-    z = _window_dot(weights, patches)
+    elems, masks, spec = _windows.windows(x4, window_shape, strides, padding)
+    values = _f32(elems)
+    z = _window_dot(_kernel_weights(gate_kernel, spec, channels, "gate_kernel"), values)
     if gate_bias is not None:
         z = z + _bias_for(gate_bias, jnp.ndim(gate_kernel), spec, channels)
     g = jax.nn.sigmoid(z)
-    y = g * _window_max(patches, mask).astype(_F32) + (1 - g) * _window_mean(patches, spec, mask)
+    y = g * _window_max(values, masks) + (1 - g) * _window_mean(values, spec, masks)
     return _finish(y, x.dtype, unbatched)
 
 
@@ -226,7 +285,8 @@ def tree_pool(
     """
     x4, unbatched = _windows.check_input(x)
     channels = x4.shape[-1]
-    patches, _, spec = _windows.windows(x4, window_shape, strides, padding)
+    elems, _, spec = _windows.windows(x4, window_shape, strides, padding)
+    values = _f32(elems)
     leaf_kernels, gate_kernel = jnp.asarray(leaf_kernels), jnp.asarray(gate_kernel)
     if leaf_kernels.shape != (2, *gate_kernel.shape):
         raise ValueError(
@@ -234,26 +294,17 @@ def tree_pool(
             f"got {leaf_kernels.shape}"
         )
     gate = jax.nn.sigmoid(
-        _window_dot(_kernel_weights(gate_kernel, spec, channels, "gate_kernel"), patches)
+        _window_dot(_kernel_weights(gate_kernel, spec, channels, "gate_kernel"), values)
     )
-    leaves = _window_dot(
-        _kernel_weights(leaf_kernels, spec, channels, "leaf_kernels", lead=(2,)), patches[None]
-    )
+    leaves = [
+        _window_dot(_kernel_weights(leaf, spec, channels, "leaf_kernels[i]"), values)
+        for leaf in leaf_kernels
+    ]
     y = gate * leaves[0] + (1 - gate) * leaves[1]
     return _finish(y, x.dtype, unbatched)
 
 
 # ----------------------------------------------------------------------------- stochastic
-def _sample_from_logits(key: jax.Array, logits: jax.Array, values: jax.Array) -> jax.Array:
-    """One element per window drawn with probabilities softmax(logits) over axis 3 (exact value).
-
-    The gradient reaches the sampled element only.
-    """
-    index = jax.random.categorical(key, jax.lax.stop_gradient(logits), axis=3)
-    one_hot = jax.nn.one_hot(index, logits.shape[3], axis=3, dtype=values.dtype)
-    return (one_hot * values).sum(axis=3)
-
-
 def stochastic_pool(
     x: jax.Array,
     window_shape: Window = 2,
@@ -298,25 +349,31 @@ def stochastic_pool(
     if not deterministic:
         key = _windows.require_key(key, "stochastic_pool")
     x4, unbatched = _windows.check_input(x)
-    patches, mask, _ = _windows.windows(x4, window_shape, strides, padding)
-    values = patches.astype(_F32)
+    elems, masks, _ = _windows.windows(x4, window_shape, strides, padding)
+    values = _f32(elems)
     if mode == "softmax":
-        logits = _masked(values, mask, -jnp.inf)
-        probs = jax.nn.softmax(logits, axis=3)
+        probs = _window_softmax(_masked(values, masks, -jnp.inf))
     else:
-        mass = jnp.maximum(values, 0.0)
-        total = mass.sum(axis=3, keepdims=True)
+        mass = [jnp.maximum(v, 0.0) for v in values]
+        total = _window_sum(mass)
         has_mass = total > 0
-        valid = jnp.ones_like(values) if mask is None else jnp.broadcast_to(mask, values.shape)
-        uniform = valid / valid.sum(axis=3, keepdims=True)
+        valid = (
+            [jnp.ones(()) for _ in values]
+            if masks is None
+            else _masked([jnp.ones(v.shape[1:]) for v in values], masks, 0.0)
+        )
+        n_valid = _window_sum(valid)
         # Double where: the untaken branch must not divide by zero, or its gradient is NaN.
-        probs = jnp.where(has_mass, mass / jnp.where(has_mass, total, 1.0), uniform)
-        if not deterministic:
-            logits = jnp.where(probs > 0, jnp.log(jnp.where(probs > 0, probs, 1.0)), -jnp.inf)
+        safe_total = jnp.where(has_mass, total, 1.0)
+        probs = [
+            jnp.where(has_mass, a / safe_total, u / n_valid)
+            for a, u in zip(mass, valid, strict=True)
+        ]
     if deterministic:
-        y = (probs * values).sum(axis=3)
+        y = _window_dot(probs, values)
     else:
-        y = _sample_from_logits(key, logits, values)
+        index = _sample_index(key, [jax.lax.stop_gradient(p) for p in probs])
+        y = _select(index, values)
     return _finish(y, x.dtype, unbatched)
 
 
@@ -358,14 +415,13 @@ def gumbel_softmax(
 def _temperature_for(temperature, spec: _windows.WindowSpec, channels: int) -> jax.Array:
     temperature = jnp.asarray(temperature)
     ho, wo = spec.out_size
-    allowed = {(ho, wo, channels): (ho, wo, 1, channels), (channels,): (channels,), (): ()}
-    if temperature.shape not in allowed:
+    if temperature.shape not in ((ho, wo, channels), (channels,), ()):
         raise ValueError(
             f"temperature must have shape (Ho, Wo, C) = {(ho, wo, channels)} (per position), "
             f"({channels},) (per channel) or () (per layer) for this input; got "
             f"{temperature.shape}. A per-position temperature fixes the spatial size at init."
         )
-    return temperature.astype(_F32).reshape(allowed[temperature.shape])
+    return temperature.astype(_F32)
 
 
 def tdgs_pool(
@@ -413,15 +469,21 @@ def tdgs_pool(
     if not deterministic:
         key = _windows.require_key(key, "tdgs_pool")
     x4, unbatched = _windows.check_input(x)
-    patches, mask, spec = _windows.windows(x4, window_shape, strides, padding)
+    elems, masks, spec = _windows.windows(x4, window_shape, strides, padding)
     t = jax.nn.relu(_temperature_for(temperature, spec, x4.shape[-1])) + eps
-    values = patches.astype(_F32)
-    logits = _masked(values / t, mask, -jnp.inf)
+    values = _f32(elems)
+    logits = _masked([v / t for v in values], masks, -jnp.inf)
     if deterministic:
-        weights = jax.nn.softmax(logits, axis=3)
-    else:
-        weights = gumbel_softmax(key, logits, tau, hard=True, axis=3)
-    return _finish((weights * values).sum(axis=3), x.dtype, unbatched)
+        return _finish(_window_dot(_window_softmax(logits), values), x.dtype, unbatched)
+    # gumbel_softmax(logits, tau, hard=True) over the window, unrolled elementwise: the value is
+    # exactly the drawn element, the gradient that of the soft sample (straight-through).
+    gumbels = jax.random.gumbel(key, (len(values), *values[0].shape), _F32)
+    perturbed = [(z + g) / tau for z, g in zip(logits, gumbels, strict=True)]
+    soft = _window_softmax(perturbed)
+    index = _first_argmax(perturbed)
+    hard = _select(index, values)
+    straight_through = _window_dot([s - jax.lax.stop_gradient(s) for s in soft], values)
+    return _finish(hard + straight_through, x.dtype, unbatched)
 
 
 # ----------------------------------------------------------------------------- S3Pool
@@ -494,13 +556,13 @@ def s3_pool(
         raise ValueError(
             f"s3_pool needs H >= stride and W >= stride; got input {x.shape}, stride={stride!r}"
         )
-    patches, _, _ = _windows.windows(x4, strides, 1, "VALID")
-    max_map = patches.max(axis=3)  # (N, H-s+1, W-s+1, C)
+    elems, _, _ = _windows.windows(x4, strides, 1, "VALID")
+    max_map = _window_max(elems, None)  # (N, H-s+1, W-s+1, C)
     out_h, out_w = h // strides[0], w // strides[1]
     if deterministic:
         pads = ((strides[0] // 2,) * 2, (strides[1] // 2,) * 2)
-        mp, mask, spec = _windows.windows(max_map, strides, strides, pads)
-        y = _window_mean(mp, spec, mask)[:, :out_h, :out_w]
+        m_elems, masks, spec = _windows.windows(max_map, strides, strides, pads)
+        y = _window_mean(m_elems, spec, masks)[:, :out_h, :out_w]
         return _finish(y, x.dtype, unbatched)
 
     def sample(k, m):
