@@ -1,0 +1,50 @@
+"""Tests of train/checkpointing.py: round trip, newest-first restore, corrupt checkpoints."""
+
+from __future__ import annotations
+
+import os
+
+import chex
+import jax.numpy as jnp
+import numpy as np
+
+from train import checkpointing
+
+
+def _item(value: float):
+    return {"w": jnp.full((3, 2), value), "step": jnp.asarray(int(value), jnp.int32)}
+
+
+def test_round_trip_restores_the_newest(tmp_path):
+    ckpt = checkpointing.Checkpoints(tmp_path / "c", max_to_keep=2)
+    assert ckpt.restore_latest(_item(0)) is None
+    for step in (1, 2, 3):
+        assert ckpt.save(step, _item(step), {"epoch": step, "loss_sum": step / 3})
+    assert not ckpt.save(3, _item(3), {"epoch": 3})  # an existing step is not rewritten
+    ckpt.wait()
+    assert ckpt.all_steps() == [2, 3]  # max_to_keep
+    restored = checkpointing.Checkpoints(tmp_path / "c").restore_latest(_item(0))
+    assert restored.step == 3 and restored.skipped == ()
+    chex.assert_trees_all_equal(restored.item, _item(3))
+    assert restored.meta == {"epoch": 3, "loss_sum": 1.0}
+    ckpt.close()
+
+
+def _corrupt(step_dir: str) -> None:
+    """Truncates every file of a checkpoint, as a crash or a bad disk would."""
+    for root, _, files in os.walk(step_dir):
+        for name in files:
+            with open(os.path.join(root, name), "wb"):
+                pass
+
+
+def test_corrupt_latest_falls_back_to_the_previous(tmp_path):
+    ckpt = checkpointing.Checkpoints(tmp_path, max_to_keep=3)
+    ckpt.save(1, _item(1), {"epoch": 1})
+    ckpt.save(2, _item(2), {"epoch": 2})
+    ckpt.close()
+    _corrupt(str(tmp_path / "2"))
+    restored = checkpointing.Checkpoints(tmp_path).restore_latest(_item(0))
+    assert restored.step == 1
+    assert [s for s, _ in restored.skipped] == [2]
+    np.testing.assert_array_equal(restored.item["w"], np.ones((3, 2)))

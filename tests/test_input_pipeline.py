@@ -1,0 +1,113 @@
+"""Tests of train/input_pipeline.py: loading, per-epoch order, drop-remainder and padded eval."""
+
+from __future__ import annotations
+
+import contextlib
+from unittest import mock
+
+import jax
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+
+from train import input_pipeline
+
+
+@contextlib.contextmanager
+def mock_tfds(num_examples: int):
+    """Random TFDS data; ``is_prepared`` is patched because the mock has no files on disk."""
+    with (
+        tfds.testing.mock_data(num_examples=num_examples),
+        mock.patch.object(tfds.core.DatasetBuilder, "is_prepared", return_value=True),
+    ):
+        yield
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return input_pipeline.load("digits")
+
+
+@pytest.fixture(scope="module")
+def sharding():
+    mesh = jax.sharding.Mesh(np.array(jax.devices()), ("data",))
+    return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
+
+
+def test_digits_is_fixed_80_20_split_of_uint8_images(digits):
+    assert digits.image_shape == (8, 8, 1)
+    assert digits.num_classes == 10
+    assert len(digits.train) + len(digits.test) == 1797
+    assert len(digits.train) == 1438
+    assert digits.train.images.dtype == np.uint8 and digits.train.labels.dtype == np.int32
+    assert digits.train.images.max() == 255 and digits.train.images.min() == 0
+    again = input_pipeline.load("digits")
+    np.testing.assert_array_equal(again.test.labels, digits.test.labels)
+    np.testing.assert_array_equal(again.test.images, digits.test.images)
+
+
+@pytest.mark.parametrize(
+    ("name", "shape", "classes"),
+    [("mnist", (28, 28, 1), 10), ("cifar10", (32, 32, 3), 10), ("cifar100", (32, 32, 3), 100)],
+)
+def test_tfds_datasets_load_into_memory(name, shape, classes):
+    with mock_tfds(num_examples=12):
+        data = input_pipeline.load(name, "/nonexistent")
+    assert data.image_shape == shape
+    assert data.num_classes == classes
+    assert len(data.train) == 12 and len(data.test) == 12
+    assert data.train.images.dtype == np.uint8
+    assert data.train.labels.max() < classes
+
+
+def test_missing_tfds_data_is_a_data_error(tmp_path):
+    with pytest.raises(input_pipeline.DataError, match="--data-dir"):
+        input_pipeline.load("cifar10", str(tmp_path))
+
+
+def test_unknown_dataset_lists_the_choices():
+    with pytest.raises(ValueError, match="mnist, cifar10, cifar100, digits"):
+        input_pipeline.load("imagenet")
+
+
+def test_epoch_order_depends_only_on_seed_and_epoch():
+    a = input_pipeline.epoch_permutation(100, seed=3, epoch=1)
+    np.testing.assert_array_equal(a, input_pipeline.epoch_permutation(100, seed=3, epoch=1))
+    assert not np.array_equal(a, input_pipeline.epoch_permutation(100, seed=3, epoch=2))
+    assert not np.array_equal(a, input_pipeline.epoch_permutation(100, seed=4, epoch=1))
+    np.testing.assert_array_equal(np.sort(a), np.arange(100))
+
+
+def test_train_batches_drop_the_last_partial_batch_and_resume_mid_epoch(digits, sharding):
+    batches = list(
+        input_pipeline.train_batches(digits.train, 64, seed=0, epoch=0, sharding=sharding)
+    )
+    assert len(batches) == 1438 // 64 == input_pipeline.steps_per_epoch(digits.train, 64)
+    assert all(b["image"].shape == (64, 8, 8, 1) for b in batches)
+    labels = np.concatenate([np.asarray(b["label"]) for b in batches])
+    assert len(set(labels.tolist())) == 10
+    tail = list(
+        input_pipeline.train_batches(
+            digits.train, 64, seed=0, epoch=0, sharding=sharding, start_step=20
+        )
+    )
+    assert len(tail) == 2
+    np.testing.assert_array_equal(tail[0]["label"], batches[20]["label"])
+
+
+@pytest.mark.parametrize("batch_size", [1, 7, 64, 359, 512])
+def test_eval_batches_count_every_example_once(digits, sharding, batch_size):
+    seen_labels, total = [], 0.0
+    for b in input_pipeline.eval_batches(digits.test, batch_size, sharding=sharding):
+        assert b["image"].shape[0] == batch_size
+        mask = np.asarray(b["mask"])
+        total += mask.sum()
+        seen_labels.append(np.asarray(b["label"])[mask > 0])
+    assert total == len(digits.test)
+    np.testing.assert_array_equal(np.concatenate(seen_labels), digits.test.labels)
+
+
+def test_channel_stats_are_per_channel(digits):
+    mean, std = input_pipeline.channel_stats(digits.train)
+    assert mean.shape == (1,) and std.shape == (1,)
+    assert 0.0 < mean[0] < 1.0 and std[0] > 0.0

@@ -1,0 +1,74 @@
+"""Tests of train/models.py: the standard CNN with every registry pooler."""
+
+from __future__ import annotations
+
+import chex
+import jax
+import jax.numpy as jnp
+import pytest
+
+import jaxpool
+from train import models
+
+# Expected learnable pooler parameters per slot (name -> shape for C channels, Ho x Wo output).
+POOLER_PARAMS = {
+    "mixed": lambda c, ho, wo: {"alpha": (c,)},
+    "gated": lambda c, ho, wo: {"gate_kernel": (2, 2, c), "gate_bias": (c,)},
+    "tree": lambda c, ho, wo: {"leaf_kernels": (2, 2, 2, c), "gate_kernel": (2, 2, c)},
+    "tdgs": lambda c, ho, wo: {"temperature": (ho, wo, c)},
+}
+
+
+def _init(pooler: str, shape, num_classes=10):
+    """Abstract init (``jax.eval_shape``): shapes without compiling or running anything."""
+    model = models.CNN(num_classes=num_classes, pooler=pooler)
+    keys = {"params": jax.random.key(0), "pooling": jax.random.key(1)}
+    x = jax.ShapeDtypeStruct(shape, jnp.float32)
+    variables = jax.eval_shape(lambda k, x: model.init(k, x, deterministic=False), keys, x)
+    return model, variables, x
+
+
+def _apply(model, variables, x, **kwargs):
+    return jax.eval_shape(lambda v, x: model.apply(v, x, **kwargs), variables, x)
+
+
+@pytest.mark.parametrize("pooler", jaxpool.available())
+def test_cnn_on_digits_sized_input(pooler):
+    model, variables, x = _init(pooler, (2, 8, 8, 1))
+    y = _apply(model, variables, x, deterministic=True)
+    chex.assert_shape(y, (2, 10))
+    params = variables["params"]
+    chex.assert_shape(params["conv1"]["kernel"], (3, 3, 1, 16))
+    # 8 -> 4 -> 2 -> 1 after three 2x2 pools (s3 has stride 2): 64 features into dense1.
+    chex.assert_shape(params["dense1"]["kernel"], (64, 128))
+    pools = models.pooler_subtrees(params)
+    if pooler not in POOLER_PARAMS:
+        assert pools == {}
+        return
+    for i, (c, hw) in enumerate(((16, 4), (32, 2), (64, 1)), start=1):
+        (leaves,) = pools[f"pool{i}"].values()  # one pooler module per slot
+        want = POOLER_PARAMS[pooler](c, hw, hw)
+        assert {k: v.shape for k, v in leaves.items()} == want
+
+
+@pytest.mark.parametrize("shape", [(1, 28, 28, 1), (1, 32, 32, 3)])
+def test_cnn_infers_sizes_and_class_count(shape):
+    _, variables, _ = _init("max", shape, num_classes=100)
+    params = variables["params"]
+    side = shape[1] // 8  # 28 -> 14 -> 7 -> 3 (VALID floors), 32 -> 4
+    chex.assert_shape(params["dense1"]["kernel"], (side * side * 64, 128))
+    chex.assert_shape(params["head"]["kernel"], (128, 100))
+
+
+def test_stochastic_pooler_runs_with_and_without_the_pooling_rng():
+    model, variables, x = _init("stochastic", (2, 8, 8, 1))
+    _apply(model, variables, x, deterministic=True)
+    out = _apply(model, variables, x, deterministic=False, rngs={"pooling": jax.random.key(3)})
+    chex.assert_shape(out, (2, 10))
+
+
+def test_count_params():
+    _, variables, _ = _init("mixed", (1, 8, 8, 1))
+    params = variables["params"]
+    assert models.count_params(models.pooler_subtrees(params)) == 16 + 32 + 64
+    assert models.count_params(params) > 30_000

@@ -1,0 +1,287 @@
+"""train.report on hand-made run directories: table numbers, CI marking, CSV, plots, CLI."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+
+import matplotlib.image
+import numpy as np
+import pytest
+from PIL import Image
+
+from train import report, stats
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def make_run(
+    workdir,
+    dataset,
+    pooler,
+    seed,
+    accuracies,
+    *,
+    kwargs=None,
+    status="done",
+    error="",
+    param_count=1000,
+    pooler_params=None,
+    train_seconds=1.0,
+):
+    """Writes the files train_lib and train.sweep would leave for one run."""
+    kwargs = kwargs or {}
+    path = report.run_dir(str(workdir), dataset, report.pooler_label(pooler, kwargs), seed)
+    os.makedirs(path)
+    config = {
+        "dataset": dataset,
+        "pooler": pooler,
+        "pooler_kwargs": kwargs,
+        "seed": seed,
+        "num_epochs": len(accuracies),
+        "batch_size": 64,
+        "learning_rate": 1e-3,
+    }
+    rows = [
+        {
+            "epoch": e + 1,
+            "step": 10 * (e + 1),
+            "train_loss": 1.0 / (e + 1) + 0.01 * seed,
+            "train_accuracy": acc - 0.01,
+            "test_loss": 0.5 / (e + 1),
+            "test_accuracy": acc,
+            "train_seconds": train_seconds * (3.0 if e == 0 else 1.0),  # epoch 1 compiles
+            "eval_seconds": 0.1,
+            "epoch_seconds": train_seconds + 0.1,
+            "images_per_second": 640.0 / train_seconds,
+        }
+        for e, acc in enumerate(accuracies)
+    ]
+    with open(os.path.join(path, "config.json"), "w") as f:
+        json.dump(config, f)
+    with open(os.path.join(path, "metrics.jsonl"), "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in rows)
+    summary = {
+        "status": "failed" if status == "failed" else status,
+        "epochs_completed": len(rows),
+        "num_epochs": len(rows),
+        "final": rows[-1],
+        "param_count": param_count,
+        "pooler_param_count": param_count - 1000,
+    }
+    with open(os.path.join(path, "summary.json"), "w") as f:
+        json.dump(summary, f)
+    with open(os.path.join(path, "pooler_params.json"), "w") as f:
+        json.dump(pooler_params or {"pooler": pooler, "layers": {}}, f)
+    info = {
+        "config": config,
+        "status": status,
+        "error": error,
+        "device_kind": "cpu",
+        "num_devices": 1,
+        "versions": {"jax": "0.0", "flax": "0.0", "optax": "0.0", "jaxpool": "0.1.0"},
+        "finished": "2026-01-01 00:00:00 UTC",
+    }
+    with open(os.path.join(path, report.RUN_FILE), "w") as f:
+        json.dump(info, f)
+    return path
+
+
+def _mixed_params(seed):
+    s = [0.5 + 0.01 * seed, 0.6, 0.7]
+    return {
+        "pooler": "mixed",
+        "layers": {
+            f"pool{i}": {"alpha": {"mixing_weight_s": s, "mean": float(np.mean(s))}}
+            for i in (1, 2, 3)
+        },
+    }
+
+
+def _tdgs_params(_seed):
+    def t(n):
+        grid = np.full((n, n), 1.1).tolist()
+        return {"temperature": {"mean": 1.1, "std": 0.1, "min": 1.0, "max": 1.2, "map": grid}}
+
+    return {"pooler": "tdgs", "layers": {"pool1": t(4), "pool2": t(2), "pool3": t(1)}}
+
+
+def _gated_params(_seed):
+    layer = {
+        "gate_kernel": {"shape": [2, 2, 3], "mean": 0.05, "std": 0.01, "min": 0.0, "max": 0.1},
+        "gate_bias": {"mean": 0.1, "sigmoid": [0.52, 0.53, 0.55], "sigmoid_mean": 0.533},
+    }
+    return {"pooler": "gated", "layers": {f"pool{i}": layer for i in (1, 2, 3)}}
+
+
+# Final accuracies per pooler, seeds 0..2. mixed beats max by exactly +0.01 every seed (interval
+# [0.01, 0.01], excludes 0 -> marked best); avg is worse by a noisy margin.
+MAX = [0.90, 0.92, 0.94]
+MIXED = [0.91, 0.93, 0.95]
+AVG = [0.88, 0.93, 0.90]
+
+
+@pytest.fixture
+def workdir(tmp_path):
+    for seed in range(3):
+        make_run(tmp_path, "digits", "max", seed, [0.5, MAX[seed]])
+        make_run(
+            tmp_path,
+            "digits",
+            "mixed",
+            seed,
+            [0.5, MIXED[seed]],
+            param_count=1112,
+            pooler_params=_mixed_params(seed),
+            train_seconds=2.0,
+        )
+        make_run(tmp_path, "digits", "avg", seed, [0.5, AVG[seed]])
+        make_run(
+            tmp_path,
+            "digits",
+            "gated",
+            seed,
+            [0.5, 0.9],
+            param_count=1500,
+            pooler_params=_gated_params(seed),
+        )
+        for temp in (0.5, 2.0):
+            make_run(
+                tmp_path,
+                "digits",
+                "tdgs",
+                seed,
+                [0.5, 0.8 + 0.01 * temp],
+                kwargs={"init_temperature": temp},
+                param_count=1448,
+                pooler_params=_tdgs_params(seed),
+            )
+    make_run(
+        tmp_path,
+        "digits",
+        "tree",
+        0,
+        [0.5],
+        status="failed",
+        error="NonFiniteLossError: non-finite training loss (nan)",
+    )
+    return str(tmp_path)
+
+
+def test_labels_and_run_dirs():
+    assert report.pooler_label("max", {}) == "max"
+    assert report.pooler_label("tdgs", {"init_temperature": 0.5}) == "tdgs@T=0.5"
+    assert report.pooler_label("tdgs", {"init_temperature": 2.0, "tau": 1}) == "tdgs@T=2,tau=1"
+    assert report.run_dir("w", "mnist", "tdgs@T=0.5", 1) == os.path.join(
+        "w", "runs", "mnist", "tdgs@T=0.5", "s1"
+    )
+    assert report.run_dir("w", "mnist", "gated@per=[1, 2]", 0).endswith("gated@per=_1,_2_/s0")
+
+
+def test_collect_orders_and_reads_status(workdir):
+    runs = report.collect(workdir)
+    labels = list(dict.fromkeys(r.label for r in runs))
+    assert labels == ["max", "avg", "mixed", "gated", "tree", "tdgs@T=0.5", "tdgs@T=2"]
+    (tree,) = [r for r in runs if r.pooler == "tree"]
+    assert tree.status == "failed" and "non-finite" in tree.error
+
+
+def test_table_numbers_and_best_marking(workdir):
+    rows = {r.label: r for r in report.table(report.collect(workdir))}
+    mean, std = rows["mixed"].accuracy
+    assert mean == pytest.approx(np.mean(MIXED))
+    assert std == pytest.approx(np.std(MIXED, ddof=1))
+    diff = rows["mixed"].diff
+    assert diff.mean == pytest.approx(0.01)
+    assert diff.low == pytest.approx(0.01) and diff.high == pytest.approx(0.01)
+    assert rows["mixed"].best  # highest mean, interval excludes 0
+    expected = stats.paired_difference(AVG, MAX)
+    assert rows["avg"].diff.low == pytest.approx(expected.low)
+    assert not rows["avg"].best and not rows["max"].best
+    # Speed excludes epoch 1 (compilation): 2.0 s vs 1.0 s per epoch.
+    assert rows["mixed"].relative_seconds == pytest.approx(2.0)
+    assert rows["mixed"].extra_params == 112
+    assert rows["tree"].n_done == 0 and rows["tree"].n_total == 1
+
+
+def test_no_mark_when_interval_contains_zero(tmp_path):
+    for seed, (a, b) in enumerate([(0.90, 0.91), (0.93, 0.90)]):
+        make_run(tmp_path, "digits", "max", seed, [a])
+        make_run(tmp_path, "digits", "avg", seed, [b])
+    rows = report.table(report.collect(str(tmp_path)))
+    assert not any(r.best for r in rows)
+
+
+def test_write_produces_csv_markdown_and_valid_pngs(workdir):
+    written = report.write(workdir)
+    names = sorted(os.path.basename(p) for p in written["plots"])
+    assert names == [
+        "accuracy_digits.png",
+        "gates_digits.png",
+        "mixing_weights_digits.png",
+        "tdgs_init_temperature.png",
+        "tdgs_temperature_digits.png",
+        "train_loss_digits.png",
+    ]
+    md = open(written["markdown"]).read()
+    for path in written["plots"]:
+        with open(path, "rb") as f:
+            assert f.read(8) == PNG_SIGNATURE
+        with Image.open(path) as im:
+            im.verify()
+        assert matplotlib.image.imread(path).ndim == 3
+        assert f"]({os.path.basename(path)})" in md
+    # Table text equals the numbers: mixed 93.00 ± 2.00, +1.00 [+1.00, +1.00], marked best.
+    assert "| **mixed** ★ | 3/3 | 93.00 ± 2.00 | +1.00 [+1.00, +1.00] |" in md
+    assert "NonFiniteLossError" in md and "Runs not done" in md
+    assert "jaxpool 0.1.0" in md and "cpu × 1" in md
+    with open(written["csv"]) as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 3 * 6 + 1
+    assert tuple(rows[0]) == report.CSV_FIELDS
+    first = rows[0]
+    assert (first["pooler"], first["seed"], first["status"]) == ("max", "0", "done")
+    assert float(first["final_test_accuracy"]) == MAX[0]
+    assert float(first["train_seconds_per_epoch"]) == 1.0
+
+
+def test_rebuild_gives_identical_csv(workdir):
+    first = open(report.write(workdir)["csv"], "rb").read()
+    assert report.main(["report", workdir]) == 0
+    assert open(os.path.join(workdir, "report", "results.csv"), "rb").read() == first
+
+
+def test_stale_plots_are_removed(workdir, tmp_path):
+    out = os.path.join(workdir, "report")
+    os.makedirs(out)
+    stale = os.path.join(out, "accuracy_cifar10.png")
+    open(stale, "wb").close()
+    report.write(workdir)
+    assert not os.path.exists(stale)
+
+
+@pytest.mark.parametrize("argv", [["report"], ["report", "a", "b"], ["report", "--bogus"]])
+def test_cli_usage_errors(argv, capsys):
+    assert report.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and err.count("\n") == 1
+
+
+def test_cli_missing_or_empty_workdir(tmp_path, capsys):
+    assert report.main(["report", str(tmp_path / "nope")]) == 2
+    assert report.main(["report", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert "does not exist" in err[0] and "no run directories" in err[1]
+
+
+def test_pairs_only_seeds_both_finished(tmp_path):
+    # max finished seeds 0, 1; avg finished seeds 1, 2: only seed 1 pairs (n=1, no interval).
+    make_run(tmp_path, "digits", "max", 0, [0.90])
+    make_run(tmp_path, "digits", "max", 1, [0.92])
+    make_run(tmp_path, "digits", "avg", 1, [0.95])
+    make_run(tmp_path, "digits", "avg", 2, [0.80])
+    rows = {r.label: r for r in report.table(report.collect(str(tmp_path)))}
+    diff = rows["avg"].diff
+    assert diff.n == 1 and diff.mean == pytest.approx(0.03)
+    assert "+3.00 (n=1, no CI)" in "\n".join(report.table_markdown(rows.values()))

@@ -1,0 +1,313 @@
+"""train.sweep: planning, flags, and a few tiny end-to-end sweeps on digits (slow)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import subprocess
+import sys
+from unittest import mock
+
+import jax.numpy as jnp
+import matplotlib.image
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+from PIL import Image
+
+from train import report, stats, sweep, train_lib
+
+# Every end-to-end sweep uses the same shapes (digits, batch 64) so compiled steps are shared.
+TINY = ["--datasets", "digits", "--batch-size", "64", "--quiet"]
+
+
+def run_sweep(workdir, *args):
+    return sweep.main(["sweep", "--workdir", str(workdir), *TINY, *args])
+
+
+def read_csv(workdir):
+    with open(os.path.join(workdir, "report", "results.csv")) as f:
+        return list(csv.DictReader(f))
+
+
+def read_metrics(path):
+    with open(os.path.join(path, "metrics.jsonl")) as f:
+        return [json.loads(line) for line in f]
+
+
+@pytest.fixture
+def count_training(monkeypatch):
+    """Wraps train_lib.train_and_evaluate; returns the list of run dirs it was called on."""
+    calls = []
+    real = train_lib.train_and_evaluate
+
+    def counted(config, workdir, **kwargs):
+        calls.append(os.path.relpath(workdir))
+        return real(config, workdir, **kwargs)
+
+    monkeypatch.setattr(train_lib, "train_and_evaluate", counted)
+    return calls
+
+
+@pytest.fixture(scope="module")
+def done_sweep(tmp_path_factory):
+    """max, mixed × digits × seeds 0, 1, 2 epochs: the sweep every slow test starts from."""
+    workdir = tmp_path_factory.mktemp("sweep") / "w"
+    assert run_sweep(workdir, "--poolers", "max,mixed", "--seeds", "2", "--epochs", "2") == 0
+    return workdir
+
+
+def copy_of(done_sweep, tmp_path):
+    target = tmp_path / "w"
+    shutil.copytree(done_sweep, target)
+    return target
+
+
+# --------------------------------------------------------------------------- fast: planning, flags
+
+
+def test_entries_order_and_labels():
+    entries = sweep.entries(["max", "tdgs"], ["digits", "mnist"], 2, temperatures=[0.5])
+    names = [e.name() for e in entries]
+    assert names[:6] == [
+        "digits/max/s0",
+        "digits/tdgs/s0",
+        "digits/tdgs@T=0.5/s0",
+        "digits/max/s1",
+        "digits/tdgs/s1",
+        "digits/tdgs@T=0.5/s1",
+    ]
+    assert len(names) == 12 and names[-1] == "mnist/tdgs@T=0.5/s1"
+    config = sweep.make_config(entries[2], epochs=3, batch_size=32, data_dir="/d")
+    assert (config.pooler, config.pooler_kwargs.to_dict(), config.seed) == (
+        "tdgs",
+        {"init_temperature": 0.5},
+        0,
+    )
+    assert (config.num_epochs, config.batch_size, config.data_dir) == (3, 32, "/d")
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--poolers", "max,nope"], "unknown pooler(s) nope"),
+        (["--datasets", "imagenet"], "unknown dataset(s) imagenet"),
+        (["--seeds", "0"], "--seeds must be >= 1"),
+        (["--seeds", "two"], "--seeds"),
+        (["--epochs", "0"], "--epochs must be >= 1"),
+        (["--tdgs-init-temperatures", "1,-2"], "positive numbers"),
+        (["--batch-size", "0"], "batch size must be a positive integer"),
+        (["--no-such-flag"], "no-such-flag"),
+        (["extra"], "unexpected arguments: extra"),
+    ],
+)
+def test_bad_flags_exit_2_with_one_line(argv, message, capsys, tmp_path):
+    assert sweep.main(["sweep", "--workdir", str(tmp_path / "w"), *argv]) == 2
+    captured = capsys.readouterr()
+    assert captured.err.startswith("error:") and captured.err.count("\n") == 1
+    assert message in captured.err
+    assert "Traceback" not in captured.err + captured.out
+    assert not os.path.exists(tmp_path / "w")
+
+
+def test_dry_run_on_empty_workdir_writes_nothing(tmp_path, capsys):
+    workdir = tmp_path / "w"
+    argv = ["--poolers", "all", "--seeds", "2", "--tdgs-init-temperatures", "0.5,1", "--dry-run"]
+    assert run_sweep(workdir, *argv) == 0
+    out = capsys.readouterr().out
+    assert "20 runs" in out and "would run 20 of 20 runs" in out
+    assert "new      digits/tdgs@T=0.5/s1" in out
+    assert not os.path.exists(workdir)
+
+
+def test_cli_entry_point_help():
+    result = subprocess.run(
+        [sys.executable, "-m", "train.sweep", "--help"],
+        capture_output=True,
+        text=True,
+        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "--tdgs-init-temperatures" in result.stdout and "--[no]dry-run" in result.stdout
+
+
+# --------------------------------------------------------------------------- slow: end to end
+
+
+@pytest.mark.slow
+def test_sweep_writes_report_with_valid_plots(done_sweep):
+    out = done_sweep / "report"
+    rows = read_csv(done_sweep)
+    assert [(r["pooler"], r["seed"], r["status"]) for r in rows] == [
+        ("max", "0", "done"),
+        ("max", "1", "done"),
+        ("mixed", "0", "done"),
+        ("mixed", "1", "done"),
+    ]
+    md = (out / "report.md").read_text()
+    pngs = sorted(p.name for p in out.glob("*.png"))
+    assert pngs == ["accuracy_digits.png", "mixing_weights_digits.png", "train_loss_digits.png"]
+    for name in pngs:
+        path = out / name
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        with Image.open(path) as im:
+            im.verify()
+        assert matplotlib.image.imread(path).shape[-1] in (3, 4)
+        assert f"![{name}]({name})" in md
+    assert "python -m train.sweep --workdir" in md and "--poolers max,mixed" in md
+    for name in ("jax", "flax", "optax", "jaxpool"):
+        assert f"{name} " in md
+    assert "Device: cpu" in md
+
+
+@pytest.mark.slow
+def test_table_numbers_equal_metrics(done_sweep):
+    rows = read_csv(done_sweep)
+    finals = {}
+    for row in rows:
+        metrics = read_metrics(done_sweep / row["run_dir"])
+        assert len(metrics) == int(row["epochs"]) == 2
+        assert float(row["final_test_accuracy"]) == metrics[-1]["test_accuracy"]
+        assert float(row["final_test_loss"]) == metrics[-1]["test_loss"]
+        assert float(row["best_test_accuracy"]) == max(m["test_accuracy"] for m in metrics)
+        # Seconds per epoch leave out epoch 1 (compilation).
+        assert float(row["train_seconds_per_epoch"]) == metrics[1]["train_seconds"]
+        finals.setdefault(row["pooler"], []).append(metrics[-1]["test_accuracy"])
+    md = (done_sweep / "report" / "report.md").read_text()
+    for pooler, accs in finals.items():
+        mean, std = np.mean(accs), np.std(accs, ddof=1)
+        assert f"| {pooler} | 2/2 | {100 * mean:.2f} ± {100 * std:.2f} |" in md.replace(
+            f"**{pooler}** ★", pooler
+        )
+    diff = stats.paired_difference(finals["mixed"], finals["max"])
+    text = f"{100 * diff.mean:+.2f} [{100 * diff.low:+.2f}, {100 * diff.high:+.2f}]"
+    assert text in md
+    extra = int(rows[2]["param_count"]) - int(rows[0]["param_count"])
+    assert extra == int(rows[2]["pooler_param_count"]) > 0
+    assert f"({extra:+,})" in md
+
+
+@pytest.mark.slow
+def test_rerun_does_no_work(done_sweep, tmp_path, count_training, capsys):
+    workdir = copy_of(done_sweep, tmp_path)
+    csv_before = (workdir / "report" / "results.csv").read_bytes()
+    mtimes = {p: p.stat().st_mtime_ns for p in workdir.glob("runs/**/metrics.jsonl")}
+    assert run_sweep(workdir, "--poolers", "max,mixed", "--seeds", "2", "--epochs", "2") == 0
+    assert count_training == []
+    assert {p: p.stat().st_mtime_ns for p in mtimes} == mtimes
+    assert (workdir / "report" / "results.csv").read_bytes() == csv_before
+    assert "0 trained, 4 already done, 0 failed" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_deleted_final_checkpoint_resumes_exactly_that_run(done_sweep, tmp_path, count_training):
+    workdir = copy_of(done_sweep, tmp_path)
+    run = workdir / "runs" / "digits" / "mixed" / "s1"
+    before = read_metrics(run)
+    steps = sweep.checkpoint_steps(str(run))
+    shutil.rmtree(run / "checkpoints" / str(steps[-1]))
+    assert run_sweep(workdir, "--poolers", "max,mixed", "--seeds", "2", "--epochs", "2") == 0
+    assert count_training == [os.path.relpath(run)]
+    record = json.loads((run / report.RUN_FILE).read_text())
+    assert (record["action"], record["status"]) == ("resume", "done")
+    after = read_metrics(run)
+    # Epoch 1 came from the checkpoint (its row, timings included, is untouched); epoch 2 reran.
+    assert after[0] == before[0]
+    assert after[1]["step"] == before[1]["step"]
+    assert after[1]["test_accuracy"] == pytest.approx(before[1]["test_accuracy"], abs=0.01)
+    assert sweep.checkpoint_steps(str(run))[-1] == steps[-1]
+
+
+@pytest.mark.slow
+def test_failed_runs_are_recorded_and_the_sweep_goes_on(tmp_path, monkeypatch, capsys):
+    """seed 0 hits a real non-finite loss, seed 1 raises; seed 2 trains; reruns skip/retry."""
+    workdir = tmp_path / "w"
+    real_train, real_step = train_lib.train_and_evaluate, train_lib._jit_train_step
+    calls = []
+
+    def nan_step(state, batch, rng, mean=None, std=None):
+        state, out = real_step(state, batch, rng, mean, std)
+        return state, {**out, "loss": out["loss"] * jnp.nan}
+
+    def flaky_train(config, run_dir, **kwargs):
+        calls.append(config.seed)
+        if config.seed == 1:
+            raise RuntimeError("disk on fire")
+        if config.seed == 0:
+            monkeypatch.setattr(train_lib, "_jit_train_step", nan_step)
+        try:
+            return real_train(config, run_dir, **kwargs)
+        finally:
+            monkeypatch.setattr(train_lib, "_jit_train_step", real_step)
+
+    monkeypatch.setattr(train_lib, "train_and_evaluate", flaky_train)
+    args = ("--poolers", "max", "--seeds", "3", "--epochs", "1")
+    assert run_sweep(workdir, *args) == sweep.EXIT_FAILED
+    assert calls == [0, 1, 2]
+    rows = {r["seed"]: r for r in read_csv(workdir)}
+    assert rows["0"]["status"] == "failed" and "NonFiniteLossError" in rows["0"]["error"]
+    assert rows["1"]["status"] == "failed" and rows["1"]["error"] == "RuntimeError: disk on fire"
+    assert rows["2"]["status"] == "done" and float(rows["2"]["final_test_accuracy"]) > 0.1
+    md = (workdir / "report" / "report.md").read_text()
+    assert "Runs not done" in md and "disk on fire" in md
+    assert "1 trained, 0 already done, 2 failed" in capsys.readouterr().out
+
+    # Rerun: the non-finite run is deterministic and skipped; the other error is retried.
+    calls.clear()
+    assert run_sweep(workdir, *args, "--dry-run") == 0
+    listing = capsys.readouterr().out
+    assert "failed   digits/max/s0" in listing and "--retry-failed" in listing
+    assert "retry    digits/max/s1" in listing and "done     digits/max/s2" in listing
+    monkeypatch.setattr(train_lib, "train_and_evaluate", real_train)
+    assert run_sweep(workdir, *args) == sweep.EXIT_FAILED  # s0 is still failed
+    rows = {r["seed"]: r for r in read_csv(workdir)}
+    assert [rows[s]["status"] for s in "012"] == ["failed", "done", "done"]
+
+
+@pytest.mark.slow
+def test_dry_run_lists_done_and_todo(done_sweep, capsys):
+    mtime = (done_sweep / "sweep.json").stat().st_mtime_ns
+    argv = ["--poolers", "max,mixed,avg", "--seeds", "2", "--epochs", "2", "--dry-run"]
+    assert run_sweep(done_sweep, *argv) == 0
+    out = capsys.readouterr().out
+    assert "done     digits/max/s0" in out and "test accuracy" in out
+    assert "new      digits/avg/s1" in out
+    assert "would run 2 of 6 runs" in out
+    assert (done_sweep / "sweep.json").stat().st_mtime_ns == mtime
+    assert not (done_sweep / "runs" / "digits" / "avg").exists()
+
+
+@pytest.mark.slow
+def test_report_cli_rebuilds_identical_csv(done_sweep, tmp_path):
+    workdir = copy_of(done_sweep, tmp_path)
+    before = (workdir / "report" / "results.csv").read_bytes()
+    shutil.rmtree(workdir / "report")
+    assert report.main(["report", str(workdir)]) == 0
+    assert (workdir / "report" / "results.csv").read_bytes() == before
+    assert (workdir / "report" / "accuracy_digits.png").exists()
+
+
+@pytest.mark.slow
+def test_sweep_on_mock_tfds_mnist(tmp_path):
+    """The TFDS path (--data-dir reaches every run) on tfds.testing.mock_data: no files needed."""
+    workdir = tmp_path / "w"
+    argv = ["sweep", "--workdir", str(workdir), "--datasets", "mnist", "--poolers", "max"]
+    argv += ["--seeds", "1", "--epochs", "1", "--batch-size", "64", "--data-dir", "/nowhere"]
+    with (
+        tfds.testing.mock_data(num_examples=128),
+        mock.patch.object(tfds.core.DatasetBuilder, "is_prepared", return_value=True),
+    ):
+        assert sweep.main([*argv, "--quiet"]) == 0
+    (row,) = read_csv(workdir)
+    assert (row["dataset"], row["pooler"], row["status"], row["epochs"]) == (
+        "mnist",
+        "max",
+        "done",
+        "1",
+    )
+    config = json.loads((workdir / row["run_dir"] / "config.json").read_text())
+    assert config["data_dir"] == "/nowhere"
+    assert (workdir / "report" / "accuracy_mnist.png").exists()

@@ -1,0 +1,224 @@
+"""Tests of train/train_lib.py: config checks, reports, end-to-end runs, resume, failures."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import pathlib
+import signal
+from unittest import mock
+
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+
+import jaxpool
+from configs import default, digits
+from train import input_pipeline, train_lib
+
+SHARED_TFDS = pathlib.Path(__file__).resolve().parents[1].parent / "shared" / "tfds"
+TIMING_KEYS = {"train_seconds", "eval_seconds", "epoch_seconds", "images_per_second"}
+METRIC_KEYS = {"epoch", "step", "train_loss", "train_accuracy", "test_loss", "test_accuracy"}
+
+
+@contextlib.contextmanager
+def mock_tfds(num_examples: int):
+    """Random TFDS data; ``is_prepared`` is patched because the mock has no files on disk."""
+    with (
+        tfds.testing.mock_data(num_examples=num_examples),
+        mock.patch.object(tfds.core.DatasetBuilder, "is_prepared", return_value=True),
+    ):
+        yield
+
+
+def _config(**fields):
+    config = digits.get_config()
+    config.progress = False
+    config.update(fields)
+    return config
+
+
+def _rows(workdir) -> list[dict]:
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        return [json.loads(line) for line in f]
+
+
+def _without_timing(rows: list[dict]) -> list[dict]:
+    return [{k: v for k, v in row.items() if k not in TIMING_KEYS} for row in rows]
+
+
+def _summary(workdir) -> dict:
+    with open(os.path.join(workdir, "summary.json")) as f:
+        return json.load(f)
+
+
+# --------------------------------------------------------------------------- fast checks
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("pooler", "median", "unknown pooler 'median'; choose one of: max, avg"),
+        ("dataset", "svhn", "unknown dataset 'svhn'; choose one of: mnist"),
+        ("batch_size", 0, "batch size must be a positive integer"),
+        ("num_epochs", -1, "epochs must be a positive integer"),
+        ("learning_rate", 0.0, "learning rate must be a positive finite number"),
+        ("seed", -3, "seed must be an integer >= 0"),
+        ("pooler_kwargs", {"window": 2}, "bad pooler_kwargs"),
+    ],
+)
+def test_validate_config_names_the_field_and_the_allowed_values(field, value, message):
+    config = default.get_config()
+    config[field] = value
+    with pytest.raises(train_lib.ConfigError, match=message):
+        train_lib.validate_config(config)
+
+
+def test_default_config_is_valid():
+    train_lib.validate_config(default.get_config())
+    train_lib.validate_config(_config(pooler="tdgs", pooler_kwargs={}))
+
+
+def test_pooler_report_is_readable():
+    config = _config(pooler="tdgs")
+    params = {
+        "conv1": {"kernel": np.zeros((3, 3, 1, 16))},
+        "pool1": {"TDGSPool_0": {"temperature": np.full((4, 4, 16), -1.0)}},
+        "pool2": {"MixedPool_0": {"alpha": np.zeros(32)}},
+        "pool3": {"GatedPool_0": {"gate_kernel": np.ones((2, 2, 64)), "gate_bias": np.zeros(64)}},
+    }
+    report = train_lib.pooler_report(config, params)
+    json.dumps(report)  # plain JSON
+    temperature = report["layers"]["pool1"]["temperature"]
+    assert np.shape(temperature["map"]) == (4, 4)
+    assert temperature["min"] == pytest.approx(0.1)  # relu(-1) + 0.1
+    assert report["layers"]["pool2"]["alpha"]["mixing_weight_s"] == [0.5] * 32
+    gate = report["layers"]["pool3"]
+    assert gate["gate_kernel"]["mean"] == 1.0
+    assert gate["gate_bias"]["sigmoid_mean"] == 0.5
+    assert "conv1" not in report["layers"]
+
+
+def test_a_workdir_of_another_run_is_refused(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps(_config(pooler="avg").to_dict()))
+    with pytest.raises(train_lib.ConfigError, match="different pooler"):
+        train_lib.train_and_evaluate(_config(pooler="max"), str(tmp_path))
+
+
+# --------------------------------------------------------------------------- end to end
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("pooler", jaxpool.available())
+def test_every_pooler_trains_one_epoch_on_mock_tfds(tmp_path, pooler):
+    config = _config(
+        dataset="mnist", pooler=pooler, num_epochs=1, batch_size=16, data_dir="/nonexistent"
+    )
+    with mock_tfds(num_examples=48):
+        final = train_lib.train_and_evaluate(config, str(tmp_path))
+    assert METRIC_KEYS | TIMING_KEYS <= set(final)
+    assert final["step"] == 3  # 48 // 16
+    for key in METRIC_KEYS | TIMING_KEYS:
+        assert math.isfinite(final[key]), key
+    summary = _summary(tmp_path)
+    assert summary["status"] == "done" and summary["final"] == final
+    parameter_free = pooler in ("max", "avg", "stochastic", "s3")
+    assert (summary["pooler_param_count"] == 0) == parameter_free
+    with open(tmp_path / "pooler_params.json") as f:
+        assert set(json.load(f)["layers"]) == {"pool1", "pool2", "pool3"}
+
+
+@pytest.mark.slow
+def test_digits_demo_settings_reach_90_percent(tmp_path):
+    """The settings of README's first command: ``python -m train.main --dataset digits``."""
+    seen = []
+    final = train_lib.train_and_evaluate(_config(pooler="max"), str(tmp_path), on_epoch=seen.append)
+    assert final["test_accuracy"] >= 0.90
+    rows = _rows(tmp_path)
+    assert rows == seen and [r["epoch"] for r in rows] == list(range(1, 21))
+    summary = _summary(tmp_path)
+    assert summary["status"] == "done"
+    assert summary["best_test_accuracy"] == max(r["test_accuracy"] for r in rows)
+    assert summary["param_count"] > summary["pooler_param_count"] == 0
+    with open(tmp_path / "config.json") as f:
+        assert json.load(f)["dataset"] == "digits"
+
+
+@pytest.mark.slow
+def test_resume_gives_the_metrics_of_an_uninterrupted_run(tmp_path, monkeypatch):
+    # A stochastic pooler: resuming must also restore the data order and the pooling keys.
+    config = _config(pooler="stochastic", num_epochs=2)
+    train_lib.train_and_evaluate(config, str(tmp_path / "whole"))
+    want = _without_timing(_rows(tmp_path / "whole"))
+    assert len(want) == 2
+
+    # Stopped after epoch 1 (a config that stops early), then rerun.
+    stopped = tmp_path / "stopped"
+    train_lib.train_and_evaluate(
+        _config(pooler="stochastic", num_epochs=2, stop_after_epochs=1), str(stopped)
+    )
+    assert _summary(stopped)["status"] == "stopped" and len(_rows(stopped)) == 1
+    train_lib.train_and_evaluate(config, str(stopped))
+    assert _without_timing(_rows(stopped)) == want
+    assert _summary(stopped)["status"] == "done"
+
+    # SIGINT in the middle of epoch 2: a checkpoint of that exact step, then resume.
+    real_batches = input_pipeline.train_batches
+    armed = []
+
+    def interrupting_batches(*args, **kwargs):
+        for i, batch in enumerate(real_batches(*args, **kwargs)):
+            if armed and kwargs["epoch"] == 1 and i == 5:
+                armed.clear()
+                os.kill(os.getpid(), signal.SIGINT)
+            yield batch
+
+    monkeypatch.setattr(input_pipeline, "train_batches", interrupting_batches)
+    for corrupt_latest in (False, True):
+        armed.append(True)
+        workdir = tmp_path / f"signal-{corrupt_latest}"
+        with pytest.raises(train_lib.Interrupted, match="epoch 2 at global step 28"):
+            train_lib.train_and_evaluate(config, str(workdir))
+        assert _summary(workdir)["status"] == "interrupted"
+        assert sorted(os.listdir(workdir / "checkpoints")) == ["22", "28"]
+        if corrupt_latest:  # reported, and the epoch-1 checkpoint is used instead
+            for root, _, files in os.walk(workdir / "checkpoints" / "28"):
+                for name in files:
+                    (pathlib.Path(root) / name).write_bytes(b"")
+        train_lib.train_and_evaluate(config, str(workdir))
+        assert _without_timing(_rows(workdir)) == want, corrupt_latest
+
+
+@pytest.mark.slow
+def test_non_finite_loss_stops_with_the_epoch_and_step(tmp_path, monkeypatch):
+    config = _config(pooler="max", num_epochs=2)
+    real_step = train_lib._jit_train_step
+
+    def poisoned_step(state, batch, rng, mean, std):
+        step = int(state.step)
+        state, out = real_step(state, batch, rng, mean, std)
+        if step >= 30:  # epoch 2 (22 steps per epoch), its 9th step
+            out = {**out, "loss": np.float32("nan")}
+        return state, out
+
+    monkeypatch.setattr(train_lib, "_jit_train_step", poisoned_step)
+    with pytest.raises(train_lib.NonFiniteLossError, match=r"at epoch 2, step 9 of 22"):
+        train_lib.train_and_evaluate(config, str(tmp_path))
+    assert sorted(os.listdir(tmp_path / "checkpoints")) == ["22"]  # the last good one stays
+    assert _summary(tmp_path)["status"] == "failed"
+    assert len(_rows(tmp_path)) == 1
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    not (SHARED_TFDS / "mnist").is_dir(),
+    reason=f"real MNIST (TFDS array_record) not found at {SHARED_TFDS}",
+)
+def test_real_mnist_one_epoch_max_pool_reaches_97_percent(tmp_path):
+    config = _config(dataset="mnist", pooler="max", num_epochs=1, data_dir=str(SHARED_TFDS))
+    config.eval_batch_size = 1000
+    final = train_lib.train_and_evaluate(config, str(tmp_path))
+    assert final["test_accuracy"] >= 0.97
+    assert final["step"] == 60000 // 64

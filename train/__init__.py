@@ -1,0 +1,1 @@
+"""Training tool for the jaxpool study: ``python -m train.main --pooler tdgs``."""

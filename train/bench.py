@@ -1,0 +1,196 @@
+r"""Benchmarks: pooler forward+backward, the standard CNN's train/eval throughput, compile time.
+
+Run::
+
+  python -m train.bench                       # every pooler, the whole table
+  python -m train.bench --poolers max,tdgs --repeats 9 --json bench.json
+
+Everything is measured in one process on whatever device JAX has (CPU here, GPU/TPU elsewhere;
+the table says which).  Each figure is a median over ``--repeats`` timed batches of calls, after
+warm-up (compilation excluded), every call blocked until its result is ready.  Compare figures
+as ratios from one sitting: absolute times on a shared machine vary by up to 2x between runs.
+
+Measured:
+
+* ``pool_fwdbwd_ms["<pooler>@<shape>"]``: one pooler layer, training mode, forward + backward
+  (vjp w.r.t. input and parameters) on NHWC ``(256, 32, 32, 16)`` and ``(64, 16, 16, 32)``,
+  with its ratio to jaxpool's max pool and to a jitted copy of the same tensor (the
+  memory-traffic floor: ``misc_ms["copy@<shape>"]``);
+* ``cnn_train_img_s["<pooler>@<batch>"]`` / ``cnn_eval_img_s[...]``: the standard CNN on
+  CIFAR-sized input (32x32x3, 10 classes) with Adam, one jitted ``train_lib.train_step`` /
+  ``eval_step``, batch 64 and 256;
+* ``misc_ms["compile_train_step@<pooler>@<batch>"]``: lowering + compiling the train step.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+import time
+from collections.abc import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import app, flags
+
+import jaxpool
+from configs import default as default_config
+from train import train_lib
+
+POOL_SHAPES = ((256, 32, 32, 16), (64, 16, 16, 32))
+CNN_BATCHES = (64, 256)
+CNN_IMAGE = (32, 32, 3)
+
+_POOLERS = flags.DEFINE_string("poolers", "all", "Comma-separated poolers, or 'all'.")
+_REPEATS = flags.DEFINE_integer("repeats", 7, "Timed repeats per figure (the median is kept).")
+_JSON = flags.DEFINE_string("json", None, "Also write the figures to this JSON file.")
+_SKIP_CNN = flags.DEFINE_bool("skip-cnn", False, "Only the pooler table.")
+
+
+def time_call(fn: Callable[[], object], repeats: int = 7, target_s: float = 0.25) -> float:
+    """Median seconds per call of ``fn`` over ``repeats`` batches of calls, after warm-up."""
+    for _ in range(2):
+        jax.block_until_ready(fn())
+    start = time.perf_counter()
+    jax.block_until_ready(fn())
+    per_batch = max(1, int(target_s / max(time.perf_counter() - start, 1e-6)))
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for _ in range(per_batch):
+            out = fn()
+            jax.block_until_ready(out)
+        times.append((time.perf_counter() - start) / per_batch)
+    return statistics.median(times)
+
+
+def _shape_key(shape: Sequence[int]) -> str:
+    return "(" + ",".join(str(s) for s in shape) + ")"
+
+
+def pooler_fwd_bwd(name: str, shape: Sequence[int]) -> Callable[[], object]:
+    """A no-argument closure running one jitted forward+backward of pooler ``name``."""
+    module = jaxpool.create(name)
+    x = jax.random.uniform(jax.random.key(0), shape)
+    variables = module.init(
+        {"params": jax.random.key(1), "pooling": jax.random.key(2)}, x, deterministic=True
+    )
+    params = variables.get("params", {})
+    out_shape = jax.eval_shape(lambda v: module.apply(variables, v, deterministic=True), x).shape
+    cotangent = jax.random.normal(jax.random.key(3), out_shape)
+
+    @jax.jit
+    def step(params, x, key):
+        def apply(p, v):
+            return module.apply({"params": p}, v, deterministic=False, rngs={"pooling": key})
+
+        _, vjp = jax.vjp(apply, params, x)
+        return vjp(cotangent)
+
+    key = jax.random.key(4)
+    return lambda: step(params, x, key)
+
+
+def copy_floor(shape: Sequence[int]) -> Callable[[], object]:
+    x = jax.random.uniform(jax.random.key(0), shape)
+    copy = jax.jit(jnp.copy)
+    return lambda: copy(x)
+
+
+def cnn_steps(name: str, batch: int):
+    """Compile time (s) and closures for one CNN train step and one eval step."""
+    config = default_config.get_config()
+    config.pooler = name
+    state = train_lib.create_train_state(config, CNN_IMAGE, 10, jax.random.key(0))
+    rng = np.random.default_rng(0)
+    train_batch = {
+        "image": jnp.asarray(rng.integers(0, 256, (batch, *CNN_IMAGE), np.uint8)),
+        "label": jnp.asarray(rng.integers(0, 10, (batch,), np.int32)),
+    }
+    eval_batch = dict(train_batch, mask=jnp.ones((batch,), jnp.float32))
+    key = jax.random.key(1)
+    start = time.perf_counter()
+    train = jax.jit(train_lib.train_step).lower(state, train_batch, key).compile()
+    compile_s = time.perf_counter() - start
+    evaluate = jax.jit(train_lib.eval_step)
+    # Each call starts from the same state: the timing is of the step, not of training.
+    return (
+        compile_s,
+        (lambda: train(state, train_batch, key)),
+        (lambda: evaluate(state, eval_batch)),
+    )
+
+
+def run(poolers: Sequence[str], repeats: int, with_cnn: bool = True) -> dict:
+    device = jax.devices()[0]
+    results: dict = {
+        "lib": f"jax {jax.__version__}",
+        "device": f"{device.platform}:{device.device_kind} x{jax.device_count()}",
+        "pool_fwdbwd_ms": {},
+        "cnn_train_img_s": {},
+        "cnn_eval_img_s": {},
+        "misc_ms": {},
+    }
+    print(f"jaxpool bench on {results['device']} ({results['lib']}), median of {repeats}")
+    print(f"{'pooler':<11}{'shape':<18}{'fwd+bwd ms':>11}{'x max':>8}{'x copy':>8}")
+    for shape in POOL_SHAPES:
+        skey = _shape_key(shape)
+        copy_ms = time_call(copy_floor(shape), repeats) * 1e3
+        results["misc_ms"][f"copy@{skey}"] = copy_ms
+        max_ms = time_call(pooler_fwd_bwd("max", shape), repeats) * 1e3
+        for name in poolers:
+            ms = max_ms if name == "max" else time_call(pooler_fwd_bwd(name, shape), repeats) * 1e3
+            results["pool_fwdbwd_ms"][f"{name}@{skey}"] = ms
+            print(
+                f"{name:<11}{skey:<18}{ms:>11.3f}{ms / max_ms:>8.2f}{ms / copy_ms:>8.2f}",
+                flush=True,
+            )
+        print(f"{'(copy)':<11}{skey:<18}{copy_ms:>11.3f}")
+    if with_cnn:
+        print(f"\n{'pooler':<11}{'batch':>6}{'train img/s':>13}{'eval img/s':>12}{'compile s':>11}")
+        for batch in CNN_BATCHES:
+            for name in poolers:
+                compile_s, train, evaluate = cnn_steps(name, batch)
+                train_ips = batch / time_call(train, repeats)
+                eval_ips = batch / time_call(evaluate, repeats)
+                results["cnn_train_img_s"][f"{name}@{batch}"] = train_ips
+                results["cnn_eval_img_s"][f"{name}@{batch}"] = eval_ips
+                results["misc_ms"][f"compile_train_step@{name}@{batch}"] = compile_s * 1e3
+                print(
+                    f"{name:<11}{batch:>6}{train_ips:>13.0f}{eval_ips:>12.0f}{compile_s:>11.2f}",
+                    flush=True,
+                )
+    return results
+
+
+def parse_poolers(text: str) -> list[str]:
+    names = list(jaxpool.available()) if text == "all" else [n.strip() for n in text.split(",")]
+    unknown = [n for n in names if n not in jaxpool.available()]
+    if unknown or not names:
+        raise ValueError(
+            f"--poolers: unknown pooler(s) {', '.join(unknown) or '(none given)'}; "
+            f"allowed: all or a comma-separated subset of {', '.join(jaxpool.available())}"
+        )
+    return names
+
+
+def main(argv: Sequence[str]) -> None:
+    if len(argv) > 1:
+        sys.exit(f"train.bench: unexpected arguments {' '.join(argv[1:])}")
+    try:
+        poolers = parse_poolers(_POOLERS.value)
+        if _REPEATS.value < 1:
+            raise ValueError(f"--repeats must be >= 1; got {_REPEATS.value}")
+    except ValueError as e:
+        print(f"train.bench: {e}", file=sys.stderr)
+        sys.exit(2)
+    results = run(poolers, _REPEATS.value, with_cnn=not _SKIP_CNN.value)
+    if _JSON.value:
+        with open(_JSON.value, "w") as f:
+            json.dump(results, f, indent=1)
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,105 @@
+"""Orbax checkpoints of a training run: save by step, restore the newest readable one.
+
+A checkpoint holds a pytree of arrays (``train_lib`` saves params, optimizer state and step) and a
+small JSON dict (where in the run it was taken, the running sums of the current epoch). Restoring
+walks the steps from newest to oldest: a step whose files are corrupt or partial is reported and
+skipped, so a crash while writing costs at most one checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+
+logger = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class Restored:
+    """What :meth:`Checkpoints.restore_latest` found.
+
+    Attributes:
+      step: the step that was restored.
+      item: the restored pytree, with the structure, dtypes and shardings of the target.
+      meta: the JSON dict saved with it.
+      skipped: ``(step, reason)`` for every newer checkpoint that could not be read.
+    """
+
+    step: int
+    item: Any
+    meta: dict[str, Any]
+    skipped: tuple[tuple[int, str], ...] = ()
+
+
+class Checkpoints:
+    """A thin wrapper of ``ocp.CheckpointManager`` in ``directory``.
+
+    Args:
+      directory: where the step folders live (created if needed).
+      max_to_keep: how many of the newest checkpoints to keep.
+    """
+
+    def __init__(self, directory: str | os.PathLike, max_to_keep: int = 3):
+        self.directory = os.path.abspath(os.fspath(directory))
+        self._manager = ocp.CheckpointManager(
+            self.directory,
+            options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True),
+        )
+
+    def all_steps(self) -> list[int]:
+        """Steps of the finalised checkpoints, oldest first (unfinished writes are not listed)."""
+        return sorted(self._manager.all_steps())
+
+    def save(self, step: int, item: Any, meta: dict[str, Any]) -> bool:
+        """Saves ``item`` and ``meta`` as ``step`` (asynchronously).
+
+        Returns:
+          False (and saves nothing) if ``step`` already exists.
+        """
+        if step in self._manager.all_steps():
+            return False
+        args = ocp.args.Composite(item=ocp.args.StandardSave(item), meta=ocp.args.JsonSave(meta))
+        self._manager.save(step, args=args, force=True)
+        return True
+
+    def restore_latest(self, target: Any) -> Restored | None:
+        """Restores the newest readable checkpoint into the structure of ``target``.
+
+        Args:
+          target: a pytree like the saved one (concrete or ``jax.ShapeDtypeStruct`` leaves); its
+            shardings say where the restored arrays go.
+
+        Returns:
+          A :class:`Restored`, or ``None`` when there is no readable checkpoint.
+        """
+        abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, target)
+        skipped = []
+        for step in sorted(self._manager.all_steps(), reverse=True):
+            try:
+                args = ocp.args.Composite(
+                    item=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()
+                )
+                restored = self._manager.restore(step, args=args)
+            except Exception as e:  # any unreadable checkpoint: fall back to an older one
+                reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+                logger.warning(
+                    "checkpoint at step %d is unreadable (%s); trying an older one", step, reason
+                )
+                skipped.append((step, reason))
+                continue
+            return Restored(step, restored.item, dict(restored.meta), tuple(skipped))
+        return None
+
+    def wait(self) -> None:
+        """Blocks until pending asynchronous saves are on disk."""
+        self._manager.wait_until_finished()
+
+    def close(self) -> None:
+        """Waits for pending saves and releases the manager."""
+        self._manager.wait_until_finished()
+        self._manager.close()

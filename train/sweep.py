@@ -1,0 +1,554 @@
+r"""The study: every pooler × dataset × seed as a normal training run, then the report.
+
+Examples::
+
+  python -m train.sweep --poolers all --datasets mnist,cifar10,cifar100 --seeds 3 --epochs 10 \
+      --workdir runs/sweep --data-dir ../shared/tfds
+  python -m train.sweep --poolers max,tdgs --datasets digits --seeds 2 --epochs 1 --dry-run
+  python -m train.sweep --poolers max --datasets mnist --tdgs-init-temperatures 0.25,0.5,1,2,4
+
+Each run is ``train_lib.train_and_evaluate`` with ``configs/<dataset>.py`` and these overrides:
+``pooler``, ``pooler_kwargs``, ``seed`` (0 .. ``--seeds``-1) and, when given, ``num_epochs``,
+``batch_size``, ``learning_rate``, ``data_dir``. Its workdir is
+``<workdir>/runs/<dataset>/<pooler label>/s<seed>`` (labels: :func:`train.report.pooler_label`,
+e.g. ``tdgs@T=0.5`` for ``--tdgs-init-temperatures``), and holds ``train_lib``'s files plus
+``sweep_run.json`` (status, error, timings, device kind, library versions).
+
+Rerunning the same command is cheap and safe:
+
+- a run whose ``summary.json`` says ``done`` for the same configuration and whose final checkpoint
+  exists is skipped;
+- any other run with a checkpoint resumes from it (``train_lib`` restores the newest one), so an
+  interrupted sweep, or a run whose final checkpoint was deleted, continues where it stopped;
+- a run that failed on a non-finite loss is deterministic and is skipped unless
+  ``--retry-failed``; a run that failed with any other error is tried again.
+
+A failed run (non-finite loss or any exception) is recorded with its error and the sweep goes on.
+At the end ``<workdir>/report/`` is rewritten from all run directories (see :mod:`train.report`)
+and ``<workdir>/sweep.json`` keeps every command that ran in the workdir. Exit codes: 0 all runs
+done, 1 some run failed, 2 bad flags (one line on stderr), 128+N stopped by signal N (rerun to
+resume). Runs execute one after another in this process (compiled steps are reused across seeds).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import importlib
+import json
+import logging
+import math
+import os
+import shlex
+import sys
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from absl import flags
+
+from train import report
+
+# Own FlagValues: train.main's flags (--epochs, --workdir, ...) live in absl's global FLAGS, and both
+# modules are imported in one process by the tests.
+_FLAGS = flags.FlagValues()
+_POOLERS = flags.DEFINE_string(
+    "poolers", "all", "Comma-separated pooler names, or 'all'.", flag_values=_FLAGS
+)
+_DATASETS = flags.DEFINE_string(
+    "datasets", "mnist", "Comma-separated: mnist, cifar10, cifar100, digits.", flag_values=_FLAGS
+)
+_SEEDS = flags.DEFINE_integer("seeds", 3, "Number of seeds (0 .. N-1).", flag_values=_FLAGS)
+_EPOCHS = flags.DEFINE_integer(
+    "epochs", None, "Epochs per run (default: the dataset config's).", flag_values=_FLAGS
+)
+_WORKDIR = flags.DEFINE_string("workdir", "runs/sweep", "Sweep directory.", flag_values=_FLAGS)
+_DATA_DIR = flags.DEFINE_string(
+    "data-dir", None, "TFDS data dir (array_record).", flag_values=_FLAGS
+)
+_BATCH_SIZE = flags.DEFINE_integer(
+    "batch-size", None, "Global batch size (default: the config's).", flag_values=_FLAGS
+)
+_LEARNING_RATE = flags.DEFINE_float(
+    "learning-rate", None, "Adam learning rate (default: the config's).", flag_values=_FLAGS
+)
+_TEMPERATURES = flags.DEFINE_string(
+    "tdgs-init-temperatures",
+    None,
+    "Comma-separated TDGS init_temperature values; each adds a pooler 'tdgs@T=<value>'.",
+    flag_values=_FLAGS,
+)
+_DRY_RUN = flags.DEFINE_bool(
+    "dry-run", False, "List what would run and what is done; train nothing.", flag_values=_FLAGS
+)
+_RETRY_FAILED = flags.DEFINE_bool(
+    "retry-failed", False, "Also rerun runs that failed on a non-finite loss.", flag_values=_FLAGS
+)
+_QUIET = flags.DEFINE_bool("quiet", False, "No per-epoch lines.", flag_values=_FLAGS)
+
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+SWEEP_FILE = "sweep.json"
+
+logger = logging.getLogger(__name__)
+
+
+class UsageError(Exception):
+    """A flag problem; reported in one line with exit code 2."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Entry:
+    """One run of the sweep.
+
+    Attributes:
+      dataset: dataset name.
+      pooler: registry name.
+      pooler_kwargs: keyword arguments for ``jaxpool.create`` as sorted ``(key, value)`` pairs.
+      seed: the run's seed.
+    """
+
+    dataset: str
+    pooler: str
+    pooler_kwargs: tuple[tuple[str, Any], ...]
+    seed: int
+
+    @property
+    def kwargs(self) -> dict[str, Any]:
+        return dict(self.pooler_kwargs)
+
+    @property
+    def label(self) -> str:
+        return report.pooler_label(self.pooler, self.kwargs)
+
+    def name(self) -> str:
+        return f"{self.dataset}/{self.label}/s{self.seed}"
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """What the sweep will do with one entry.
+
+    Attributes:
+      entry: the run.
+      config: its full config.
+      run_dir: its workdir.
+      action: ``done`` (skip), ``failed`` (skip; non-finite loss before), ``conflict`` (the
+        directory holds a run with other run-defining fields; skipped and counted as failed),
+        ``resume`` (from a checkpoint), ``new`` (from scratch), ``retry`` (failed before with an
+        error that may be transient).
+      detail: a human-readable reason.
+    """
+
+    entry: Entry
+    config: Any
+    run_dir: str
+    action: str
+    detail: str
+
+    @property
+    def runs(self) -> bool:
+        return self.action in ("resume", "new", "retry")
+
+
+# --------------------------------------------------------------------------- planning
+
+
+def _split(text: str) -> list[str]:
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
+def parse_poolers(text: str) -> list[str]:
+    import jaxpool
+
+    names = list(jaxpool.available()) if text.strip() == "all" else _split(text)
+    unknown = [n for n in names if n not in jaxpool.available()]
+    if unknown or not names:
+        raise UsageError(
+            f"unknown pooler(s) {', '.join(unknown) or repr(text)} in --poolers; choose from: "
+            f"all, {', '.join(jaxpool.available())}"
+        )
+    return list(dict.fromkeys(names))
+
+
+def parse_datasets(text: str) -> list[str]:
+    from train import input_pipeline
+
+    names = _split(text)
+    unknown = [n for n in names if n not in input_pipeline.DATASETS]
+    if unknown or not names:
+        raise UsageError(
+            f"unknown dataset(s) {', '.join(unknown) or repr(text)} in --datasets; choose from: "
+            f"{', '.join(input_pipeline.DATASETS)}"
+        )
+    return list(dict.fromkeys(names))
+
+
+def parse_temperatures(text: str | None) -> list[float]:
+    if text is None:
+        return []
+    values = []
+    for item in _split(text):
+        try:
+            value = float(item)
+        except ValueError:
+            value = math.nan
+        if not (math.isfinite(value) and value > 0):
+            raise UsageError(
+                f"--tdgs-init-temperatures needs positive numbers separated by commas, got {item!r}"
+            )
+        values.append(value)
+    if not values:
+        raise UsageError("--tdgs-init-temperatures is empty")
+    return list(dict.fromkeys(values))
+
+
+def entries(
+    poolers: Sequence[str],
+    datasets: Sequence[str],
+    seeds: int,
+    temperatures: Sequence[float] = (),
+) -> list[Entry]:
+    """Every run, dataset by dataset, seed by seed (all poolers of seed 0 finish first)."""
+    variants = [(p, ()) for p in poolers]
+    variants += [("tdgs", (("init_temperature", float(t)),)) for t in temperatures]
+    return [
+        Entry(dataset, pooler, kwargs, seed)
+        for dataset in datasets
+        for seed in range(seeds)
+        for pooler, kwargs in variants
+    ]
+
+
+def make_config(
+    entry: Entry,
+    *,
+    epochs: int | None = None,
+    data_dir: str | None = None,
+    batch_size: int | None = None,
+    learning_rate: float | None = None,
+):
+    """``configs/<dataset>.py`` with the entry's pooler, kwargs and seed and the given overrides."""
+    config = importlib.import_module(f"configs.{entry.dataset}").get_config()
+    config.pooler = entry.pooler
+    config.pooler_kwargs = entry.kwargs
+    config.seed = entry.seed
+    overrides = {
+        "num_epochs": epochs,
+        "data_dir": data_dir,
+        "batch_size": batch_size,
+        "learning_rate": learning_rate,
+    }
+    for field, value in overrides.items():
+        if value is not None:
+            config[field] = value
+    return config
+
+
+def checkpoint_steps(run_dir: str) -> list[int]:
+    """Steps of the finalised checkpoints in ``<run_dir>/checkpoints`` (orbax's temporary
+    directories, which carry a suffix, are not counted)."""
+    try:
+        names = os.listdir(os.path.join(run_dir, "checkpoints"))
+    except OSError:
+        return []
+    return sorted(int(n) for n in names if n.isdigit())
+
+
+def _run_fields_differ(old: dict[str, Any], config) -> list[str]:
+    from train import train_lib
+
+    new = json.loads(config.to_json_best_effort())
+    return [k for k in train_lib.RUN_FIELDS if old.get(k) != new.get(k)]
+
+
+def plan_entry(entry: Entry, config, workdir: str, *, retry_failed: bool = False) -> Plan:
+    """Decides whether ``entry`` is done, resumes, starts, or is skipped (see module docstring)."""
+    path = report.run_dir(workdir, entry.dataset, entry.label, entry.seed)
+
+    def plan(action: str, detail: str) -> Plan:
+        return Plan(entry, config, path, action, detail)
+
+    old_config = report.read_json(os.path.join(path, "config.json"))
+    if old_config:
+        diff = _run_fields_differ(old_config, config)
+        if diff:
+            return plan(
+                "conflict",
+                f"{path} holds a run with different {', '.join(diff)}; delete it or use another "
+                "--workdir",
+            )
+    summary = report.read_json(os.path.join(path, "summary.json")) or {}
+    info = report.read_json(os.path.join(path, report.RUN_FILE)) or {}
+    steps = checkpoint_steps(path)
+    final_step = (summary.get("final") or {}).get("step")
+    if (
+        old_config
+        and summary.get("status") == "done"
+        and summary.get("num_epochs") == config.num_epochs
+        and final_step in steps
+    ):
+        acc = summary["final"]["test_accuracy"]
+        return plan("done", f"{summary['epochs_completed']} epochs, test accuracy {acc:.2%}")
+    if info.get("status") == "failed":
+        if info.get("error_type") == "NonFiniteLossError" and not retry_failed:
+            return plan("failed", f"{info.get('error', '')} (--retry-failed to rerun)")
+        if not steps:
+            return plan("retry", f"failed before: {info.get('error', '')}")
+    if steps:
+        why = "final checkpoint missing" if summary.get("status") == "done" else "unfinished"
+        return plan("resume", f"{why}; from checkpoint step {steps[-1]}")
+    return plan("new", "starts over: no checkpoint" if old_config else "")
+
+
+# --------------------------------------------------------------------------- running
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def environment() -> dict[str, Any]:
+    """Device kind, device count and library versions, recorded with every run."""
+    import flax
+    import jax
+    import optax
+
+    import jaxpool
+
+    return {
+        "device_kind": jax.devices()[0].device_kind,
+        "num_devices": jax.device_count(),
+        "versions": {
+            "jax": jax.__version__,
+            "flax": flax.__version__,
+            "optax": optax.__version__,
+            "jaxpool": jaxpool.__version__,
+        },
+    }
+
+
+def _write_json(path: str, obj: Any) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=1)
+        f.write("\n")
+    os.replace(tmp, path)
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else ""
+
+
+def run_one(
+    plan: Plan,
+    env: dict[str, Any],
+    on_epoch: Callable[[dict[str, Any]], None] | None = None,
+) -> dict[str, Any]:
+    """Trains (or resumes) one planned run and records the outcome in ``sweep_run.json``.
+
+    Returns:
+      The record: ``status`` (``done``/``failed``/``stopped``) and ``error`` among others.
+
+    Raises:
+      train_lib.Interrupted, KeyboardInterrupt: after recording ``interrupted``; the sweep stops.
+    """
+    from train import train_lib
+
+    entry = plan.entry
+    os.makedirs(plan.run_dir, exist_ok=True)
+    record_path = os.path.join(plan.run_dir, report.RUN_FILE)
+    record = {
+        "label": entry.label,
+        "dataset": entry.dataset,
+        "pooler": entry.pooler,
+        "pooler_kwargs": entry.kwargs,
+        "seed": entry.seed,
+        "config": json.loads(plan.config.to_json_best_effort()),
+        "status": "running",
+        "error": "",
+        "error_type": "",
+        "action": plan.action,
+        "started": _now(),
+        **env,
+    }
+    _write_json(record_path, record)
+    t0 = time.perf_counter()
+    try:
+        train_lib.train_and_evaluate(plan.config, plan.run_dir, on_epoch=on_epoch)
+        summary = report.read_json(os.path.join(plan.run_dir, "summary.json")) or {}
+        record["status"] = summary.get("status", "done")
+    except (train_lib.Interrupted, KeyboardInterrupt):
+        record.update(status="interrupted", finished=_now())
+        _write_json(record_path, record)
+        raise
+    except Exception as e:  # any failure of one run is recorded; the sweep goes on
+        expected = (train_lib.NonFiniteLossError, train_lib.ConfigError)
+        logger.error("%s failed", entry.name(), exc_info=not isinstance(e, expected))
+        record.update(
+            status="failed",
+            error=f"{type(e).__name__}: {_first_line(e)}".rstrip(": "),
+            error_type=type(e).__name__,
+        )
+    record.update(finished=_now(), seconds=round(time.perf_counter() - t0, 3))
+    _write_json(record_path, record)
+    return record
+
+
+def _epoch_printer(num_epochs: int) -> Callable[[dict[str, Any]], None]:
+    def show(row: dict[str, Any]) -> None:
+        print(
+            f"      epoch {row['epoch']}/{num_epochs}  train loss {row['train_loss']:.4f}  "
+            f"test acc {row['test_accuracy']:.2%}  {row['epoch_seconds']:.1f}s",
+            flush=True,
+        )
+
+    return show
+
+
+def record_command(workdir: str, command: str) -> None:
+    """Appends ``command`` to ``<workdir>/sweep.json`` (the report quotes it)."""
+    path = os.path.join(workdir, SWEEP_FILE)
+    data = report.read_json(path) or {"commands": []}
+    data["commands"].append({"command": command, "time": _now()})
+    os.makedirs(workdir, exist_ok=True)
+    _write_json(path, data)
+
+
+def sweep(
+    plans: Sequence[Plan],
+    workdir: str,
+    *,
+    verbose: bool = True,
+) -> dict[str, list[Plan]]:
+    """Runs every plan that needs running, then writes the report.
+
+    Returns:
+      ``{"done": [...], "failed": [...], "skipped": [...]}`` (skipped = already done before).
+
+    Raises:
+      train_lib.Interrupted, KeyboardInterrupt: the report is written first.
+    """
+    outcome: dict[str, list[Plan]] = {"done": [], "failed": [], "skipped": []}
+    env = environment()
+    todo = [p for p in plans if p.runs]
+    for p in plans:
+        if p.action == "done":
+            outcome["skipped"].append(p)
+        elif not p.runs:
+            outcome["failed"].append(p)
+            print(f"  skip {p.entry.name()}: {p.action}: {p.detail}", flush=True)
+    try:
+        for i, p in enumerate(todo, start=1):
+            detail = f" ({p.detail})" if p.detail else ""
+            print(f"[{i}/{len(todo)}] {p.entry.name()}: {p.action}{detail}", flush=True)
+            t0 = time.perf_counter()
+            printer = _epoch_printer(p.config.num_epochs) if verbose else None
+            record = run_one(p, env, on_epoch=printer)
+            seconds = time.perf_counter() - t0
+            if record["status"] == "done":
+                outcome["done"].append(p)
+                summary = report.read_json(os.path.join(p.run_dir, "summary.json")) or {}
+                acc = (summary.get("final") or {}).get("test_accuracy", math.nan)
+                print(f"      done: test accuracy {acc:.2%} ({seconds:.1f} s)", flush=True)
+            else:
+                outcome["failed"].append(p)
+                print(f"      {record['status']}: {record['error']}", flush=True)
+    finally:
+        report.write(workdir)
+    return outcome
+
+
+# --------------------------------------------------------------------------- command line
+
+
+def build_plans(argv: list[str]) -> tuple[list[Plan], str]:
+    """Parses flags and plans every entry. Returns the plans and the workdir."""
+    from train import train_lib
+
+    _FLAGS.unparse_flags()  # back to the defaults: main() may run more than once per process
+    try:
+        rest = _FLAGS(argv)
+    except flags.Error as e:
+        raise UsageError(_first_line(e) or str(e)) from e
+    if len(rest) > 1:
+        raise UsageError(f"unexpected arguments: {' '.join(rest[1:])}")
+    poolers = parse_poolers(_POOLERS.value)
+    datasets = parse_datasets(_DATASETS.value)
+    if _SEEDS.value < 1:
+        raise UsageError(f"--seeds must be >= 1, got {_SEEDS.value}")
+    if _EPOCHS.value is not None and _EPOCHS.value < 1:
+        raise UsageError(f"--epochs must be >= 1, got {_EPOCHS.value}")
+    temperatures = parse_temperatures(_TEMPERATURES.value)
+    workdir = _WORKDIR.value
+    plans = []
+    for entry in entries(poolers, datasets, _SEEDS.value, temperatures):
+        config = make_config(
+            entry,
+            epochs=_EPOCHS.value,
+            data_dir=_DATA_DIR.value,
+            batch_size=_BATCH_SIZE.value,
+            learning_rate=_LEARNING_RATE.value,
+        )
+        try:
+            train_lib.validate_config(config)
+        except train_lib.ConfigError as e:
+            raise UsageError(str(e)) from e
+        plans.append(plan_entry(entry, config, workdir, retry_failed=_RETRY_FAILED.value))
+    return plans, workdir
+
+
+def describe(plans: Sequence[Plan]) -> list[str]:
+    """The ``--dry-run`` listing: one line per run, then a count."""
+    width = max(len(p.entry.name()) for p in plans)
+    lines = [f"  {p.action:<8} {p.entry.name():<{width}}  {p.detail}".rstrip() for p in plans]
+    n_run = sum(p.runs for p in plans)
+    lines.append(f"would run {n_run} of {len(plans)} runs ({len(plans) - n_run} done or skipped)")
+    return lines
+
+
+def run(argv: list[str]) -> int:
+    """Parses ``argv``, runs the sweep (or lists it) and returns the exit code."""
+    from train import train_lib
+
+    if any(a in ("-h", "--help", "-help", "--helpfull") for a in argv[1:]):
+        print(__doc__.strip().splitlines()[0])
+        print(_FLAGS.get_help())
+        return 0
+    plans, workdir = build_plans(argv)
+    if _DRY_RUN.value:
+        print(f"sweep in {workdir}: {len(plans)} runs")
+        print("\n".join(describe(plans)))
+        return 0
+    record_command(workdir, "python -m train.sweep " + shlex.join(argv[1:]))
+    try:
+        outcome = sweep(plans, workdir, verbose=not _QUIET.value)
+    except train_lib.Interrupted as e:
+        print(f"{e}; report written; rerun the same command to resume", file=sys.stderr)
+        return 128 + e.signum
+    except KeyboardInterrupt:
+        print("interrupted; report written; rerun the same command to resume", file=sys.stderr)
+        return 130
+    print(
+        f"sweep: {len(plans)} runs: {len(outcome['done'])} trained, "
+        f"{len(outcome['skipped'])} already done, {len(outcome['failed'])} failed; "
+        f"report in {os.path.join(workdir, 'report', 'report.md')}"
+    )
+    return EXIT_FAILED if outcome["failed"] else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: runs :func:`run`; usage errors become one line on stderr and exit code 2."""
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
+    logging.getLogger("train").setLevel(logging.INFO)
+    logging.getLogger("absl").setLevel(logging.ERROR)
+    try:
+        return run(sys.argv if argv is None else argv)
+    except UsageError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

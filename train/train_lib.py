@@ -1,0 +1,653 @@
+"""Training and evaluation of the standard CNN with a registry pooler.
+
+``train_and_evaluate(config, workdir)`` runs (or resumes) a whole run and returns the metrics of the
+last epoch. Data-parallel over every device JAX sees: a 1-D mesh ``"data"``, batches sharded along
+it, parameters and optimizer state replicated. Keys: ``key(seed)`` is split into init and train
+keys; step ``s`` uses ``fold_in(train_key, s)`` on the rng stream ``"pooling"``; evaluation is
+deterministic.
+
+Files written to ``workdir`` (by process 0):
+
+- ``config.json``: the config as a dict (a rerun with different run-defining fields is refused).
+- ``checkpoints/``: orbax checkpoints (end of every epoch, and on SIGINT/SIGTERM).
+- ``metrics.jsonl``: one JSON object per finished epoch, keys:
+
+  - ``epoch`` (int, 1-based), ``step`` (int, global train steps done),
+  - ``train_loss``, ``train_accuracy`` (means over the epoch's training examples; accuracies
+    are fractions in [0, 1]),
+  - ``test_loss``, ``test_accuracy`` (over every test example exactly once),
+  - ``train_seconds``, ``eval_seconds``, ``epoch_seconds`` (= train + eval; the first epoch
+    includes compilation), ``images_per_second`` (training images / train_seconds).
+
+- ``pooler_params.json``: the learned pooler parameters in readable form (see
+  :func:`pooler_report`), rewritten every epoch.
+- ``summary.json``: written when the run ends, keys: ``status`` (``"done"``, ``"stopped"`` by
+  ``stop_after_epochs``, ``"interrupted"`` by a signal, ``"failed"`` on a non-finite loss),
+  ``dataset``, ``pooler``, ``pooler_kwargs``, ``seed``, ``num_epochs`` (configured),
+  ``epochs_completed``, ``final`` (the last ``metrics.jsonl`` object, or null),
+  ``best_test_accuracy``, ``best_epoch``, ``param_count``, ``pooler_param_count``,
+  ``num_devices``, ``num_processes``,
+  ``workdir``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+import logging
+import math
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import tqdm
+from flax.training import train_state
+
+import jaxpool
+from train import checkpointing, input_pipeline, models
+
+logger = logging.getLogger(__name__)
+
+# Fields that define a run: a workdir holding a run with other values is not resumed.
+RUN_FIELDS = (
+    "dataset",
+    "pooler",
+    "pooler_kwargs",
+    "learning_rate",
+    "batch_size",
+    "seed",
+    "standardize",
+)
+
+
+class ConfigError(ValueError):
+    """A config value is invalid; the message says which and what is allowed."""
+
+
+class NonFiniteLossError(RuntimeError):
+    """The training loss became NaN or infinite."""
+
+
+class Interrupted(Exception):
+    """SIGINT/SIGTERM arrived; a checkpoint was saved and the run can be resumed."""
+
+    def __init__(self, signum: int, message: str):
+        super().__init__(message)
+        self.signum = signum
+
+
+class TrainState(train_state.TrainState):
+    """Flax's TrainState (step, params, optimizer state, apply_fn, tx)."""
+
+
+# --------------------------------------------------------------------------- config
+
+
+def validate_config(config: ml_collections.ConfigDict) -> None:
+    """Checks every field cheaply (no data, no compilation).
+
+    Raises:
+      ConfigError: naming the field, its value and what is allowed.
+    """
+
+    def need(ok: bool, msg: str) -> None:
+        if not ok:
+            raise ConfigError(msg)
+
+    def is_int(v: Any) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool)
+
+    names = jaxpool.available()
+    need(
+        config.pooler in names,
+        f"unknown pooler {config.pooler!r}; choose one of: {', '.join(names)}",
+    )
+    need(
+        config.dataset in input_pipeline.DATASETS,
+        f"unknown dataset {config.dataset!r}; choose one of: {', '.join(input_pipeline.DATASETS)}",
+    )
+    need(
+        is_int(config.batch_size) and config.batch_size > 0,
+        f"batch size must be a positive integer, got {config.batch_size!r}",
+    )
+    need(
+        is_int(config.eval_batch_size) and config.eval_batch_size >= 0,
+        f"eval_batch_size must be an integer >= 0 (0 = batch size), got {config.eval_batch_size!r}",
+    )
+    need(
+        is_int(config.num_epochs) and config.num_epochs > 0,
+        f"epochs must be a positive integer, got {config.num_epochs!r}",
+    )
+    lr = config.learning_rate
+    need(
+        isinstance(lr, int | float) and math.isfinite(lr) and lr > 0,
+        f"learning rate must be a positive finite number, got {lr!r}",
+    )
+    need(
+        is_int(config.seed) and config.seed >= 0,
+        f"seed must be an integer >= 0, got {config.seed!r}",
+    )
+    need(
+        is_int(config.checkpoints_to_keep) and config.checkpoints_to_keep > 0,
+        f"checkpoints_to_keep must be a positive integer, got {config.checkpoints_to_keep!r}",
+    )
+    need(
+        is_int(config.stop_after_epochs) and config.stop_after_epochs >= 0,
+        f"stop_after_epochs must be an integer >= 0 (0 = never), got {config.stop_after_epochs!r}",
+    )
+    kwargs = config.pooler_kwargs
+    need(
+        isinstance(kwargs, Mapping | ml_collections.ConfigDict),
+        f"pooler_kwargs must be a mapping of keyword arguments, got {kwargs!r}",
+    )
+    try:
+        jaxpool.create(config.pooler, **pooler_kwargs(config))
+    except (TypeError, ValueError) as e:
+        raise ConfigError(
+            f"bad pooler_kwargs {pooler_kwargs(config)!r} for pooler {config.pooler!r}: "
+            f"{_first_line(e)}"
+        ) from e
+    n = jax.device_count()
+    for field in ("batch_size", "eval_batch_size"):
+        size = config[field]
+        need(
+            size % n == 0,
+            f"{field.replace('_', ' ')} {size} does not divide by the {n} devices JAX sees; "
+            f"use a multiple of {n}",
+        )
+
+
+def pooler_kwargs(config: ml_collections.ConfigDict) -> dict[str, Any]:
+    """``config.pooler_kwargs`` as a plain dict."""
+    kwargs = config.pooler_kwargs
+    if isinstance(kwargs, ml_collections.ConfigDict):
+        return kwargs.to_dict()
+    return dict(kwargs)
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+# --------------------------------------------------------------------------- model and steps
+
+
+def create_train_state(
+    config: ml_collections.ConfigDict, image_shape: tuple[int, ...], num_classes: int, rng
+) -> TrainState:
+    """Initialises the CNN and Adam for ``config``.
+
+    Args:
+      config: the run config (``pooler``, ``pooler_kwargs``, ``learning_rate``).
+      image_shape: ``(H, W, C)`` of one example.
+      num_classes: number of outputs.
+      rng: key for initialisation, split into ``"params"`` and ``"pooling"`` keys.
+
+    Returns:
+      A :class:`TrainState` at step 0.
+    """
+    spec = (num_classes, config.pooler, json.dumps(pooler_kwargs(config), sort_keys=True))
+    model = _model(*spec)
+    params_key, pooling_key = jax.random.split(rng)
+    variables = _jit_init(*spec, tuple(image_shape))(params_key, pooling_key)
+    return TrainState.create(
+        apply_fn=model.apply, params=variables["params"], tx=_adam(config.learning_rate)
+    )
+
+
+# The model and optimizer are static parts of the TrainState, hence of the jit cache key: the
+# same objects for the same settings let repeated runs in one process (sweeps, tests) reuse
+# compiled steps.
+@functools.lru_cache(maxsize=64)
+def _model(num_classes: int, pooler: str, kwargs_json: str) -> models.CNN:
+    return models.CNN(num_classes=num_classes, pooler=pooler, pooler_kwargs=json.loads(kwargs_json))
+
+
+@functools.lru_cache(maxsize=64)
+def _jit_init(num_classes: int, pooler: str, kwargs_json: str, image_shape: tuple[int, ...]):
+    # Jitted: eager init dispatches (and compiles) every op of the model one by one.
+    model = _model(num_classes, pooler, kwargs_json)
+
+    def init(params_key, pooling_key):
+        dummy = jnp.zeros((1, *image_shape), jnp.float32)
+        keys = {"params": params_key, "pooling": pooling_key}
+        return model.init(keys, dummy, deterministic=False)
+
+    return jax.jit(init)
+
+
+@functools.lru_cache(maxsize=64)
+def _adam(learning_rate: float) -> optax.GradientTransformation:
+    return optax.adam(learning_rate)
+
+
+def _preprocess(images: jax.Array, mean: np.ndarray | None, std: np.ndarray | None) -> jax.Array:
+    x = images.astype(jnp.float32) / 255.0
+    if mean is not None:
+        x = (x - mean) / std
+    return x
+
+
+def train_step(
+    state: TrainState,
+    batch: dict[str, jax.Array],
+    rng: jax.Array,
+    mean: np.ndarray | None = None,
+    std: np.ndarray | None = None,
+) -> tuple[TrainState, dict[str, jax.Array]]:
+    """One Adam step on the mean cross-entropy of ``batch``.
+
+    The pooling key is ``fold_in(rng, state.step)``, so a resumed run draws the same keys.
+
+    Returns:
+      The new state and ``{"loss": mean loss, "correct": number of correct predictions}``.
+    """
+    key = jax.random.fold_in(rng, state.step)
+    x = _preprocess(batch["image"], mean, std)
+    labels = batch["label"]
+
+    def loss_fn(params):
+        logits = state.apply_fn({"params": params}, x, deterministic=False, rngs={"pooling": key})
+        loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+        return loss, logits
+
+    (loss, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    state = state.apply_gradients(grads=grads)
+    correct = jnp.sum(jnp.argmax(logits, -1) == labels)
+    return state, {"loss": loss, "correct": correct}
+
+
+def eval_step(
+    state: TrainState,
+    batch: dict[str, jax.Array],
+    mean: np.ndarray | None = None,
+    std: np.ndarray | None = None,
+) -> dict[str, jax.Array]:
+    """Deterministic forward pass; sums over the examples where ``batch["mask"]`` is 1.
+
+    Returns:
+      ``{"loss_sum", "correct", "count"}`` for the batch.
+    """
+    x = _preprocess(batch["image"], mean, std)
+    logits = state.apply_fn({"params": state.params}, x, deterministic=True)
+    losses = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"])
+    mask = batch["mask"]
+    correct = (jnp.argmax(logits, -1) == batch["label"]).astype(jnp.float32)
+    return {
+        "loss_sum": jnp.sum(losses * mask),
+        "correct": jnp.sum(correct * mask),
+        "count": jnp.sum(mask),
+    }
+
+
+# --------------------------------------------------------------------------- reports
+
+
+def _stats(a: np.ndarray) -> dict[str, float]:
+    return {
+        "mean": float(a.mean()),
+        "std": float(a.std()),
+        "min": float(a.min()),
+        "max": float(a.max()),
+    }
+
+
+def _describe(name: str, value: np.ndarray) -> dict[str, Any]:
+    value = np.asarray(value, np.float64)
+    if name == "alpha":
+        s = 1.0 / (1.0 + np.exp(-value))
+        return {"mixing_weight_s": s.tolist(), **_stats(s), "note": "s = sigmoid(alpha)"}
+    if name == "gate_bias":
+        g = 1.0 / (1.0 + np.exp(-value))
+        return {**_stats(value), "sigmoid": g.tolist(), "sigmoid_mean": float(g.mean())}
+    if name == "temperature":
+        eff = np.maximum(value, 0.0) + 0.1
+        out = {"note": "effective temperature = relu(temperature) + 0.1", **_stats(eff)}
+        if eff.ndim == 3:
+            out["map"] = eff.mean(axis=-1).tolist()  # (Ho, Wo), averaged over channels
+        return out
+    if name == "leaf_kernels" and value.ndim >= 1:
+        return {**_stats(value), "per_leaf": [_stats(leaf) for leaf in value]}
+    return {"shape": list(value.shape), **_stats(value)}
+
+
+def pooler_report(config: ml_collections.ConfigDict, params: Mapping[str, Any]) -> dict[str, Any]:
+    """The learned pooler parameters of every pool slot in readable form.
+
+    Returns:
+      ``{"pooler", "pooler_kwargs", "layers": {"pool1": {param_name: description}, ...}}`` where
+      ``alpha`` (mixed) becomes the per-channel mixing weight ``s = sigmoid(alpha)``,
+      ``gate_kernel``/``leaf_kernels`` become mean/std/min/max (per leaf for tree), ``gate_bias``
+      its stats plus ``sigmoid(bias)``, and ``temperature`` (tdgs) the effective temperature
+      ``relu(t) + 0.1``: its ``map`` (Ho, Wo) averaged over channels plus mean/std/min/max.
+      Poolers without parameters have empty layers.
+    """
+    layers = {}
+    for i in (1, 2, 3):
+        slot = f"{models.POOL_PREFIX}{i}"
+        sub = params.get(slot, {})
+        flat = jax.tree_util.tree_flatten_with_path(sub)[0]
+        entries = {}
+        for path, leaf in flat:
+            name = str(getattr(path[-1], "key", path[-1]))
+            entries[name] = _describe(name, np.asarray(jax.device_get(leaf)))
+        layers[slot] = entries
+    return {
+        "pooler": config.pooler,
+        "pooler_kwargs": pooler_kwargs(config),
+        "layers": layers,
+    }
+
+
+def _write_json(path: str, obj: Any) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=1)
+        f.write("\n")
+    os.replace(tmp, path)  # atomic: a crash never leaves a half-written file
+
+
+def _read_metrics(path: str, upto_epoch: int) -> list[dict[str, Any]]:
+    """Lines of ``metrics.jsonl`` for epochs <= ``upto_epoch`` (later ones are from a lost run)."""
+    if not os.path.exists(path):
+        return []
+    rows = []
+    with open(path) as f:
+        for line in f:
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a torn last line from a crash
+            if row.get("epoch", 0) <= upto_epoch:
+                rows.append(row)
+    return rows
+
+
+def _check_workdir_config(path: str, config: ml_collections.ConfigDict) -> None:
+    if not os.path.exists(path):
+        return
+    with open(path) as f:
+        old = json.load(f)
+    new = json.loads(config.to_json_best_effort())
+    diff = [k for k in RUN_FIELDS if old.get(k) != new.get(k)]
+    if diff:
+        raise ConfigError(
+            f"workdir {os.path.dirname(path)} holds a run with different "
+            f"{', '.join(diff)}; use another --workdir or delete it"
+        )
+
+
+@contextlib.contextmanager
+def _catch_signals():
+    """Records SIGINT/SIGTERM in a list instead of dying, while the block runs."""
+    received: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield received
+        return
+    previous = {}
+
+    def handler(signum, frame):
+        del frame
+        received.append(signum)
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        previous[sig] = signal.signal(sig, handler)
+    try:
+        yield received
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+# --------------------------------------------------------------------------- the loop
+
+
+def train_and_evaluate(
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    *,
+    on_epoch: Callable[[dict[str, Any]], None] | None = None,
+) -> dict[str, Any]:
+    """Trains and evaluates, resuming from ``<workdir>/checkpoints`` when a checkpoint exists.
+
+    Args:
+      config: see ``configs/default.py``.
+      workdir: output directory (created).
+      on_epoch: called with each epoch's metrics dict (the CLI prints its summary line there).
+
+    Returns:
+      The metrics dict of the last finished epoch (see the module docstring for its keys).
+
+    Raises:
+      ConfigError: invalid config, or a workdir holding a different run.
+      input_pipeline.DataError: the dataset cannot be read.
+      NonFiniteLossError: the loss became NaN/inf; the last good checkpoint stays.
+      Interrupted: SIGINT/SIGTERM; a checkpoint of the exact position was saved first.
+    """
+    validate_config(config)
+    lead = jax.process_index() == 0
+    workdir = os.path.abspath(workdir)
+    config_path = os.path.join(workdir, "config.json")
+    metrics_path = os.path.join(workdir, "metrics.jsonl")
+    _check_workdir_config(config_path, config)
+
+    data = input_pipeline.load(config.dataset, config.data_dir)
+    batch_size = config.batch_size
+    eval_batch_size = config.eval_batch_size or batch_size
+    steps = input_pipeline.steps_per_epoch(data.train, batch_size)
+    if steps == 0:
+        raise ConfigError(
+            f"batch size {batch_size} exceeds the {len(data.train)} training examples of "
+            f"{config.dataset}"
+        )
+    mean = std = None
+    if config.standardize:
+        mean, std = input_pipeline.channel_stats(data.train)
+
+    if lead:
+        os.makedirs(workdir, exist_ok=True)
+        _write_json(config_path, json.loads(config.to_json_best_effort()))
+
+    mesh = jax.sharding.Mesh(np.array(jax.devices()), ("data",))
+    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    sharded = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
+
+    init_key, train_key = jax.random.split(jax.random.key(config.seed))
+    state = create_train_state(config, data.image_shape, data.num_classes, init_key)
+    state = jax.device_put(state, replicated)
+    train_key = jax.device_put(train_key, replicated)
+
+    ckpt = checkpointing.Checkpoints(
+        os.path.join(workdir, "checkpoints"), max_to_keep=config.checkpoints_to_keep
+    )
+    target = {"step": state.step, "params": state.params, "opt_state": state.opt_state}
+    restored = ckpt.restore_latest(target)
+    # Position in the run and the running sums of the current (possibly unfinished) epoch.
+    meta = {"epoch": 0, "loss_sum": 0.0, "correct": 0, "count": 0, "train_seconds": 0.0}
+    if restored is not None:
+        item = restored.item
+        state = state.replace(step=item["step"], params=item["params"], opt_state=item["opt_state"])
+        meta.update(restored.meta)
+        for step, reason in restored.skipped:
+            logger.warning("skipped unreadable checkpoint at step %d: %s", step, reason)
+        logger.info("resumed from checkpoint at step %d (epoch %d)", restored.step, meta["epoch"])
+
+    history = _read_metrics(metrics_path, meta["epoch"])
+    if lead:
+        with open(metrics_path, "w") as f:  # drop epochs the checkpoint does not cover
+            f.writelines(json.dumps(row) + "\n" for row in history)
+
+    param_count = models.count_params(state.params)
+    pooler_param_count = models.count_params(models.pooler_subtrees(state.params))
+
+    def summary(status: str) -> dict[str, Any]:
+        best = max(history, key=lambda r: r["test_accuracy"]) if history else None
+        return {
+            "status": status,
+            "dataset": config.dataset,
+            "pooler": config.pooler,
+            "pooler_kwargs": pooler_kwargs(config),
+            "seed": config.seed,
+            "num_epochs": config.num_epochs,
+            "epochs_completed": len(history),
+            "final": history[-1] if history else None,
+            "best_test_accuracy": best["test_accuracy"] if best else None,
+            "best_epoch": best["epoch"] if best else None,
+            "param_count": param_count,
+            "pooler_param_count": pooler_param_count,
+            "num_devices": jax.device_count(),
+            "num_processes": jax.process_count(),
+            "workdir": workdir,
+        }
+
+    def finish(status: str) -> None:
+        ckpt.close()
+        if lead:
+            _write_json(os.path.join(workdir, "summary.json"), summary(status))
+
+    if mean is not None:
+        mean, std = jax.device_put((mean, std), replicated)
+    show_bar = bool(config.progress) and sys.stderr.isatty()
+    stop_after = config.stop_after_epochs or config.num_epochs
+
+    with _catch_signals() as received:
+        while meta["epoch"] < config.num_epochs:
+            epoch = meta["epoch"]  # 0-based index of the epoch being run
+            if epoch >= stop_after:
+                logger.info("stopping after epoch %d (stop_after_epochs)", epoch)
+                finish("stopped")
+                return history[-1] if history else {}
+            start_step = int(jax.device_get(state.step)) - epoch * steps
+            t0 = time.perf_counter()
+            outputs = []
+            bar = tqdm.tqdm(
+                total=steps,
+                initial=start_step,
+                desc=f"epoch {epoch + 1}/{config.num_epochs}",
+                disable=not show_bar,
+                leave=False,
+                file=sys.stderr,
+            )
+            batches = input_pipeline.train_batches(
+                data.train,
+                batch_size,
+                seed=config.seed,
+                epoch=epoch,
+                sharding=sharded,
+                start_step=start_step,
+            )
+            for batch in batches:
+                state, out = _jit_train_step(state, batch, train_key, mean, std)
+                outputs.append(out)
+                bar.update(1)
+                if show_bar and len(outputs) % 20 == 0:
+                    bar.set_postfix(loss=f"{float(out['loss']):.4f}")
+                if received:
+                    break
+            bar.close()
+            # Sequential float64 sums, continued from the checkpoint: a resumed epoch adds the
+            # same numbers in the same order as an uninterrupted one.
+            for i, out in enumerate(jax.device_get(outputs), start=start_step + 1):
+                loss = float(out["loss"])
+                if not math.isfinite(loss):
+                    finish("failed")
+                    raise NonFiniteLossError(
+                        f"non-finite training loss ({loss}) at epoch {epoch + 1}, step {i} of "
+                        f"{steps} (global step {epoch * steps + i}); last good checkpoint: "
+                        f"{_last_step_text(ckpt)}"
+                    )
+                meta["loss_sum"] += loss * batch_size
+                meta["correct"] += int(out["correct"])
+                meta["count"] += batch_size
+            meta["train_seconds"] += time.perf_counter() - t0
+            if received:
+                step_now = int(jax.device_get(state.step))
+                ckpt.save(step_now, _ckpt_item(state), dict(meta))
+                finish("interrupted")
+                raise Interrupted(
+                    received[0],
+                    f"interrupted by signal {received[0]} in epoch {epoch + 1} at global step "
+                    f"{step_now}; checkpoint saved in {ckpt.directory}; rerun the same command "
+                    f"to resume",
+                )
+
+            t1 = time.perf_counter()
+            sums = {"loss_sum": 0.0, "correct": 0.0, "count": 0.0}
+            evals = [
+                _jit_eval_step(state, b, mean, std)
+                for b in input_pipeline.eval_batches(data.test, eval_batch_size, sharding=sharded)
+            ]
+            for out in jax.device_get(evals):
+                for k in sums:
+                    sums[k] += float(out[k])
+            eval_seconds = time.perf_counter() - t1
+            train_seconds = meta["train_seconds"]
+            row = {
+                "epoch": epoch + 1,
+                "step": int(jax.device_get(state.step)),
+                "train_loss": meta["loss_sum"] / meta["count"],
+                "train_accuracy": meta["correct"] / meta["count"],
+                "test_loss": sums["loss_sum"] / sums["count"],
+                "test_accuracy": sums["correct"] / sums["count"],
+                "train_seconds": train_seconds,
+                "eval_seconds": eval_seconds,
+                "epoch_seconds": train_seconds + eval_seconds,
+                "images_per_second": meta["count"] / max(train_seconds, 1e-9),
+            }
+            history.append(row)
+            meta = {
+                "epoch": epoch + 1,
+                "loss_sum": 0.0,
+                "correct": 0,
+                "count": 0,
+                "train_seconds": 0.0,
+            }
+            if lead:
+                with open(metrics_path, "a") as f:
+                    f.write(json.dumps(row) + "\n")
+                _write_json(
+                    os.path.join(workdir, "pooler_params.json"), pooler_report(config, state.params)
+                )
+            ckpt.save(row["step"], _ckpt_item(state), dict(meta))
+            if on_epoch is not None:
+                on_epoch(row)
+            if received:
+                finish("interrupted")
+                raise Interrupted(
+                    received[0],
+                    f"interrupted by signal {received[0]} after epoch {epoch + 1}; checkpoint "
+                    f"saved in {ckpt.directory}; rerun the same command to resume",
+                )
+
+    finish("done")
+    return history[-1] if history else {}
+
+
+# Shardings come from the arguments: state and keys replicated, batches sharded over "data".
+_jit_train_step = jax.jit(train_step, donate_argnums=(0,))
+_jit_eval_step = jax.jit(eval_step)
+
+
+def _ckpt_item(state: TrainState) -> dict[str, Any]:
+    return {"step": state.step, "params": state.params, "opt_state": state.opt_state}
+
+
+def _last_step_text(ckpt: checkpointing.Checkpoints) -> str:
+    steps = ckpt.all_steps()
+    if not steps:
+        return f"none in {ckpt.directory}"
+    return f"step {steps[-1]} in {ckpt.directory}"
