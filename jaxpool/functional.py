@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import itertools
+import math
 from collections.abc import Sequence
 
 import jax
@@ -34,6 +35,33 @@ Masks = list | None  # per element (Ho, Wo, 1) bool or None
 def _finish(y: jax.Array, dtype, unbatched: bool) -> jax.Array:
     y = y.astype(dtype)
     return y[0] if unbatched else y
+
+
+def _broadcast_param(param: jax.Array, shape: tuple[int, ...]) -> jax.Array:
+    """``broadcast_to(param, shape)`` for a parameter aligned with the trailing axes of ``shape``.
+
+    Same value and gradient as the plain broadcast; the gradient's sum over the leading axes is a
+    matrix-vector product, which XLA:CPU runs several times faster than the reduction it would
+    otherwise fuse into the surrounding elementwise loops.
+    """
+    return _broadcast_trailing(param, tuple(shape), tuple(param.shape))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
+def _broadcast_trailing(param, shape, param_shape):
+    return jnp.broadcast_to(param, shape)
+
+
+def _broadcast_trailing_fwd(param, shape, param_shape):
+    return jnp.broadcast_to(param, shape), None
+
+
+def _broadcast_trailing_bwd(shape, param_shape, _, cotangent):
+    flat = cotangent.reshape(-1, math.prod(param_shape))
+    return ((jnp.ones((flat.shape[0],), flat.dtype) @ flat).reshape(param_shape),)
+
+
+_broadcast_trailing.defvjp(_broadcast_trailing_fwd, _broadcast_trailing_bwd)
 
 
 def _masked(elems: Elements, masks: Masks, fill: float) -> Elements:
@@ -176,20 +204,21 @@ def mixed_pool(
             f"got {alpha.shape}"
         )
     elems, masks, spec = _windows.windows(x4, window_shape, strides, padding)
-    s = jax.nn.sigmoid(alpha.astype(_F32))
+    s = _broadcast_param(jax.nn.sigmoid(alpha.astype(_F32)), elems[0].shape)
     y = s * _window_max(elems, masks).astype(_F32) + (1 - s) * _window_mean(elems, spec, masks)
     return _finish(y, x.dtype, unbatched)
 
 
 def _kernel_weights(
-    kernel: jax.Array, spec: _windows.WindowSpec, channels: int, name: str
+    kernel: jax.Array, spec: _windows.WindowSpec, shape: tuple[int, ...], name: str
 ) -> Elements:
-    """A window-shaped kernel as K weights, element ``k`` broadcastable to ``(N, Ho, Wo, C)``.
+    """A window-shaped kernel as K weights, each broadcastable to the elements' ``(N, Ho, Wo, C)``.
 
     Shapes: ``(kh, kw)`` per layer, ``(kh, kw, C)`` per channel, ``(Ho, Wo, kh, kw, C)`` per region
     and channel.
     """
     (kh, kw), (ho, wo), k = spec.window, spec.out_size, spec.num_elements
+    channels = shape[-1]
     kernel = jnp.asarray(kernel)
     allowed = {
         (kh, kw): (k, 1),
@@ -203,6 +232,7 @@ def _kernel_weights(
             f"C={channels}; got {kernel.shape}"
         )
     weights = kernel.astype(_F32).reshape(allowed[kernel.shape])
+    # Plain broadcasting here: K custom broadcasts would materialise K products for the gradient.
     if weights.ndim == 2:
         return [weights[i] for i in range(k)]
     return [weights[:, :, i, :] for i in range(k)]
@@ -248,9 +278,11 @@ def gated_pool(
     channels = x4.shape[-1]
     elems, masks, spec = _windows.windows(x4, window_shape, strides, padding)
     values = _f32(elems)
-    z = _window_dot(_kernel_weights(gate_kernel, spec, channels, "gate_kernel"), values)
+    shape = values[0].shape
+    z = _window_dot(_kernel_weights(gate_kernel, spec, shape, "gate_kernel"), values)
     if gate_bias is not None:
-        z = z + _bias_for(gate_bias, jnp.ndim(gate_kernel), spec, channels)
+        bias = _bias_for(gate_bias, jnp.ndim(gate_kernel), spec, channels)
+        z = z + _broadcast_param(bias, shape)
     g = jax.nn.sigmoid(z)
     y = g * _window_max(values, masks) + (1 - g) * _window_mean(values, spec, masks)
     return _finish(y, x.dtype, unbatched)
@@ -284,7 +316,6 @@ def tree_pool(
       ``(N, Ho, Wo, C)``, the dtype of ``x``.
     """
     x4, unbatched = _windows.check_input(x)
-    channels = x4.shape[-1]
     elems, _, spec = _windows.windows(x4, window_shape, strides, padding)
     values = _f32(elems)
     leaf_kernels, gate_kernel = jnp.asarray(leaf_kernels), jnp.asarray(gate_kernel)
@@ -294,10 +325,10 @@ def tree_pool(
             f"got {leaf_kernels.shape}"
         )
     gate = jax.nn.sigmoid(
-        _window_dot(_kernel_weights(gate_kernel, spec, channels, "gate_kernel"), values)
+        _window_dot(_kernel_weights(gate_kernel, spec, values[0].shape, "gate_kernel"), values)
     )
     leaves = [
-        _window_dot(_kernel_weights(leaf, spec, channels, "leaf_kernels[i]"), values)
+        _window_dot(_kernel_weights(leaf, spec, values[0].shape, "leaf_kernels[i]"), values)
         for leaf in leaf_kernels
     ]
     y = gate * leaves[0] + (1 - gate) * leaves[1]
@@ -470,8 +501,9 @@ def tdgs_pool(
         key = _windows.require_key(key, "tdgs_pool")
     x4, unbatched = _windows.check_input(x)
     elems, masks, spec = _windows.windows(x4, window_shape, strides, padding)
-    t = jax.nn.relu(_temperature_for(temperature, spec, x4.shape[-1])) + eps
     values = _f32(elems)
+    t = jax.nn.relu(_temperature_for(temperature, spec, x4.shape[-1])) + eps
+    t = _broadcast_param(t, values[0].shape)
     logits = _masked([v / t for v in values], masks, -jnp.inf)
     if deterministic:
         return _finish(_window_dot(_window_softmax(logits), values), x.dtype, unbatched)

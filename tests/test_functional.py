@@ -478,3 +478,14 @@ def test_same_padding_allows_window_larger_than_input():
     chex.assert_shape(y, (1, 1, 1, 1))
     np.testing.assert_array_equal(y[0, 0, 0, 0], x.max())
     np.testing.assert_allclose(F.avg_pool(x, 5, None, "SAME")[0, 0, 0, 0], x.mean(), rtol=1e-6)
+
+
+@pytest.mark.parametrize("param_shape", [(), (3,), (4, 5, 3)])
+def test_broadcast_param_matches_plain_broadcast(param_shape):
+    shape = (2, 4, 5, 3)
+    p = jax.random.normal(jax.random.key(0), param_shape)
+    cot = jax.random.normal(jax.random.key(1), shape)
+    np.testing.assert_array_equal(F._broadcast_param(p, shape), jnp.broadcast_to(p, shape))
+    g_custom = jax.grad(lambda q: (F._broadcast_param(q, shape) * cot).sum())(p)
+    g_plain = jax.grad(lambda q: (jnp.broadcast_to(q, shape) * cot).sum())(p)
+    np.testing.assert_allclose(g_custom, g_plain, rtol=1e-5, atol=1e-5)
