@@ -311,3 +311,31 @@ def test_sweep_on_mock_tfds_mnist(tmp_path):
     config = json.loads((workdir / row["run_dir"] / "config.json").read_text())
     assert config["data_dir"] == "/nowhere"
     assert (workdir / "report" / "accuracy_mnist.png").exists()
+
+
+@pytest.mark.slow
+def test_interrupt_stops_the_sweep_and_rerun_resumes(done_sweep, tmp_path, monkeypatch, capsys):
+    workdir = copy_of(done_sweep, tmp_path)
+    for seed in (0, 1):
+        run = workdir / "runs" / "digits" / "max" / f"s{seed}"
+        shutil.rmtree(run / "checkpoints" / str(sweep.checkpoint_steps(str(run))[-1]))
+    (workdir / "report" / "results.csv").unlink()
+
+    def interrupted(config, run_dir, **kwargs):
+        raise train_lib.Interrupted(2, f"interrupted by signal 2 in {run_dir}")
+
+    monkeypatch.setattr(train_lib, "train_and_evaluate", interrupted)
+    args = ("--poolers", "max,mixed", "--seeds", "2", "--epochs", "2")
+    assert run_sweep(workdir, *args) == 128 + 2
+    assert "rerun the same command to resume" in capsys.readouterr().err
+    assert (workdir / "report" / "results.csv").exists()  # the report is written on the way out
+    record = json.loads((workdir / "runs/digits/max/s0" / report.RUN_FILE).read_text())
+    assert record["status"] == "interrupted"
+    assert "interrupted" not in (workdir / "runs/digits/max/s1" / report.RUN_FILE).read_text()
+
+    monkeypatch.undo()
+    assert run_sweep(workdir, *args, "--dry-run") == 0
+    listing = capsys.readouterr().out
+    assert "resume   digits/max/s0" in listing and "resume   digits/max/s1" in listing
+    assert run_sweep(workdir, *args) == 0
+    assert [r["status"] for r in read_csv(workdir)] == ["done"] * 4

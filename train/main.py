@@ -12,7 +12,8 @@ size that does not divide by the device count end with exit code 2 and one line 
 
 Multi-host: when the environment describes a multi-process job (``JAX_COORDINATOR_ADDRESS``, or a
 SLURM / Open MPI launch with more than one task, or a multi-worker Cloud TPU slice),
-``jax.distributed.initialize()`` is called first; run the same command on every host.
+``jax.distributed.initialize()`` is called first; run the same command on every host. On a
+hand-made cluster also set ``JAX_NUM_PROCESSES`` and ``JAX_PROCESS_ID`` on each host.
 """
 
 from __future__ import annotations
@@ -64,6 +65,22 @@ def _multi_process_env(env: dict[str, str]) -> bool:
         except ValueError:
             pass
     return "," in env.get("TPU_WORKER_HOSTNAMES", "")
+
+
+def _distributed_kwargs(env: dict[str, str]) -> dict[str, int]:
+    """``num_processes``/``process_id`` from ``JAX_NUM_PROCESSES``/``JAX_PROCESS_ID`` if set.
+
+    JAX reads ``JAX_COORDINATOR_ADDRESS`` itself and detects SLURM, Open MPI and Cloud TPU; the
+    two counts are only needed for a hand-made cluster.
+    """
+    kwargs = {}
+    for var, name in (("JAX_NUM_PROCESSES", "num_processes"), ("JAX_PROCESS_ID", "process_id")):
+        if env.get(var):
+            try:
+                kwargs[name] = int(env[var])
+            except ValueError as e:
+                raise UsageError(f"{var} must be an integer, got {env[var]!r}") from e
+    return kwargs
 
 
 def build_config():
@@ -126,6 +143,11 @@ def _epoch_line(num_epochs: int):
 
 def run(argv: list[str]) -> int:
     """Parses ``argv``, trains, and returns the exit code."""
+    if any(a in ("-h", "--help", "-help") for a in argv[1:]):
+        print(__doc__.strip())
+        print()
+        print(flags.FLAGS.module_help(sys.modules[__name__]))
+        return 0
     try:
         rest = flags.FLAGS(argv)
     except (KeyError, AttributeError) as e:  # ml_collections: --config.<field> names no field
@@ -145,7 +167,10 @@ def run(argv: list[str]) -> int:
     if _multi_process_env(dict(os.environ)):
         import jax
 
-        jax.distributed.initialize()
+        try:
+            jax.distributed.initialize(**_distributed_kwargs(dict(os.environ)))
+        except Exception as e:  # a half-described cluster: say what failed, in one line
+            raise UsageError(f"jax.distributed.initialize() failed: {_first_line(e)}") from e
 
     import jax
 

@@ -1,4 +1,5 @@
-"""The standard CNN of the reference study, with any registry pooler in its three pool slots."""
+"""The standard CNN of the reference study (any registry pooler in its pool slots) and a readable
+report of the learned pooler parameters."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import jax
+import numpy as np
 from flax import linen as nn
 
 import jaxpool
@@ -75,3 +77,66 @@ def count_params(params: Any) -> int:
 def pooler_subtrees(params: Mapping[str, Any]) -> dict[str, Any]:
     """The pool slots' parameter subtrees ``{"pool1": {...}, ...}`` (parameter-free: absent)."""
     return {k: v for k, v in params.items() if k.startswith(POOL_PREFIX)}
+
+
+def _stats(a: np.ndarray) -> dict[str, float]:
+    return {
+        "mean": float(a.mean()),
+        "std": float(a.std()),
+        "min": float(a.min()),
+        "max": float(a.max()),
+    }
+
+
+def _describe(name: str, value: np.ndarray, eps: float) -> dict[str, Any]:
+    value = np.asarray(value, np.float64)
+    if name == "alpha":
+        s = 1.0 / (1.0 + np.exp(-value))
+        return {"mixing_weight_s": s.tolist(), **_stats(s), "note": "s = sigmoid(alpha)"}
+    if name == "gate_bias":
+        g = 1.0 / (1.0 + np.exp(-value))
+        return {**_stats(value), "sigmoid": g.tolist(), "sigmoid_mean": float(g.mean())}
+    if name == "temperature":
+        eff = np.maximum(value, 0.0) + eps
+        out = {"note": f"effective temperature = relu(temperature) + {eps}", **_stats(eff)}
+        if eff.ndim == 3:
+            out["map"] = eff.mean(axis=-1).tolist()  # (Ho, Wo), averaged over channels
+        elif eff.ndim == 2:
+            out["map"] = eff.tolist()
+        return out
+    if name == "leaf_kernels" and value.ndim >= 1:
+        return {**_stats(value), "per_leaf": [_stats(leaf) for leaf in value]}
+    return {"shape": list(value.shape), **_stats(value)}
+
+
+def pooler_report(
+    params: Mapping[str, Any], pooler: str, pooler_kwargs: Mapping[str, Any]
+) -> dict[str, Any]:
+    """The learned pooler parameters of every pool slot in readable form.
+
+    Args:
+      params: the CNN's parameter tree (pool slots under ``pool1``..``pool3``).
+      pooler: registry name of the pooler, recorded in the report.
+      pooler_kwargs: its keyword arguments (tdgs's ``eps`` sets the temperature floor).
+
+    Returns:
+      ``{"pooler", "pooler_kwargs", "layers": {"pool1": {param_name: description}, ...}}`` where
+      ``alpha`` (mixed) becomes the per-channel mixing weight ``s = sigmoid(alpha)``,
+      ``gate_kernel``/``leaf_kernels`` become mean/std/min/max (per leaf for tree), ``gate_bias``
+      its stats plus ``sigmoid(bias)``, and ``temperature`` (tdgs) the effective temperature
+      ``relu(t) + eps`` (``eps`` 0.1 unless given): its ``map`` (Ho, Wo) averaged over channels
+      plus mean/std/min/max.
+      Poolers without parameters have empty layers.
+    """
+    layers = {}
+    for i in (1, 2, 3):
+        slot = f"{POOL_PREFIX}{i}"
+        sub = params.get(slot, {})
+        flat = jax.tree_util.tree_flatten_with_path(sub)[0]
+        entries = {}
+        for path, leaf in flat:
+            name = str(getattr(path[-1], "key", path[-1]))
+            eps = float(pooler_kwargs.get("eps", 0.1))  # tdgs's temperature floor
+            entries[name] = _describe(name, np.asarray(jax.device_get(leaf)), eps)
+        layers[slot] = entries
+    return {"pooler": pooler, "pooler_kwargs": dict(pooler_kwargs), "layers": layers}

@@ -454,7 +454,11 @@ def markdown(runs: Sequence[Run], workdir: str, plots: dict[str, list[str]]) -> 
         subset = [r for r in runs if r.dataset == dataset]
         epochs = sorted({r.num_epochs for r in subset})
         lines += [f"## {dataset}", ""]
-        lines.append(f"{len({r.seed for r in subset})} seeds, {'/'.join(map(str, epochs))} epochs.")
+        n_seeds = len({r.seed for r in subset})
+        lines.append(
+            f"{n_seeds} seed{'s' * (n_seeds != 1)}, {'/'.join(map(str, epochs))} "
+            f"epoch{'s' * (epochs != [1])} per run."
+        )
         lines.append("")
         lines += table_markdown(table(subset))
         lines.append("")
@@ -516,6 +520,30 @@ def plot_curves(runs: Sequence[Run], key: str, ylabel: str, title: str, path: st
     fig, axes = _figure()
     ax = axes[0, 0]
     groups = _by_label(runs)
+    if max(len(r.metrics) for r in runs) == 1:
+        # One epoch has no curve: one point per pooler with its ±1 std error bar.
+        for x, (color, (label, group)) in enumerate(
+            zip(_colors(len(groups)), groups.items(), strict=True)
+        ):
+            mean, std = stats.mean_std([r.metrics[0][key] for r in group])
+            std = 0.0 if math.isnan(std) else std
+            ax.errorbar(
+                [x],
+                [scale * mean],
+                yerr=[scale * std],
+                marker="o",
+                capsize=4,
+                color=color,
+                label=f"{label} (n={len(group)})",
+            )
+        ax.set_xticks(range(len(groups)), list(groups), rotation=30, ha="right")
+        ax.set_xlabel("pooler (1 epoch only: no curve)")
+        ax.set_ylabel(ylabel)
+        ax.set_title(title.replace("vs epoch", "after epoch 1").replace("band", "bar"))
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize="small", ncols=2 if len(groups) > 6 else 1)
+        fig.savefig(path, dpi=110)
+        return
     for color, (label, group) in zip(_colors(len(groups)), groups.items(), strict=True):
         n_epochs = max(len(r.metrics) for r in group)
         epochs, means, stds = [], [], []

@@ -296,7 +296,12 @@ def plan_entry(entry: Entry, config, workdir: str, *, retry_failed: bool = False
         if not steps:
             return plan("retry", f"failed before: {info.get('error', '')}")
     if steps:
-        why = "final checkpoint missing" if summary.get("status") == "done" else "unfinished"
+        if summary.get("status") != "done":
+            why = "unfinished"
+        elif summary.get("num_epochs") != config.num_epochs:
+            why = f"extends {summary.get('num_epochs')} to {config.num_epochs} epochs"
+        else:
+            why = "final checkpoint missing"
         return plan("resume", f"{why}; from checkpoint step {steps[-1]}")
     return plan("new", "starts over: no checkpoint" if old_config else "")
 

@@ -20,7 +20,7 @@ Files written to ``workdir`` (by process 0):
     includes compilation), ``images_per_second`` (training images / train_seconds).
 
 - ``pooler_params.json``: the learned pooler parameters in readable form (see
-  :func:`pooler_report`), rewritten every epoch.
+  :func:`train.models.pooler_report`), rewritten every epoch.
 - ``summary.json``: written when the run ends, keys: ``status`` (``"done"``, ``"stopped"`` by
   ``stop_after_epochs``, ``"interrupted"`` by a signal, ``"failed"`` on a non-finite loss),
   ``dataset``, ``pooler``, ``pooler_kwargs``, ``seed``, ``num_epochs`` (configured),
@@ -184,7 +184,11 @@ def _first_line(e: BaseException) -> str:
 
 
 def create_train_state(
-    config: ml_collections.ConfigDict, image_shape: tuple[int, ...], num_classes: int, rng
+    config: ml_collections.ConfigDict,
+    image_shape: tuple[int, ...],
+    num_classes: int,
+    rng: jax.Array,
+    sharding: jax.sharding.Sharding | None = None,
 ) -> TrainState:
     """Initialises the CNN and Adam for ``config``.
 
@@ -193,17 +197,17 @@ def create_train_state(
       image_shape: ``(H, W, C)`` of one example.
       num_classes: number of outputs.
       rng: key for initialisation, split into ``"params"`` and ``"pooling"`` keys.
+      sharding: where the state goes, e.g. replicated over the mesh; it is created there
+        directly, which also works when the mesh spans several processes.
 
     Returns:
       A :class:`TrainState` at step 0.
     """
-    spec = (num_classes, config.pooler, json.dumps(pooler_kwargs(config), sort_keys=True))
-    model = _model(*spec)
-    params_key, pooling_key = jax.random.split(rng)
-    variables = _jit_init(*spec, tuple(image_shape))(params_key, pooling_key)
-    return TrainState.create(
-        apply_fn=model.apply, params=variables["params"], tx=_adam(config.learning_rate)
+    kwargs_json = json.dumps(pooler_kwargs(config), sort_keys=True)
+    init = _jit_create(
+        num_classes, config.pooler, kwargs_json, tuple(image_shape), config.learning_rate, sharding
     )
+    return init(rng)
 
 
 # The model and optimizer are static parts of the TrainState, hence of the jit cache key: the
@@ -215,16 +219,40 @@ def _model(num_classes: int, pooler: str, kwargs_json: str) -> models.CNN:
 
 
 @functools.lru_cache(maxsize=64)
-def _jit_init(num_classes: int, pooler: str, kwargs_json: str, image_shape: tuple[int, ...]):
-    # Jitted: eager init dispatches (and compiles) every op of the model one by one.
+def _jit_create(
+    num_classes: int,
+    pooler: str,
+    kwargs_json: str,
+    image_shape: tuple[int, ...],
+    learning_rate: float,
+    sharding: jax.sharding.Sharding | None,
+):
+    # One jitted function: run eagerly, init and the optimizer's zeros would each compile
+    # dozens of one-op programs.
     model = _model(num_classes, pooler, kwargs_json)
 
-    def init(params_key, pooling_key):
+    def create(rng):
+        params_key, pooling_key = jax.random.split(rng)
         dummy = jnp.zeros((1, *image_shape), jnp.float32)
         keys = {"params": params_key, "pooling": pooling_key}
-        return model.init(keys, dummy, deterministic=False)
+        variables = model.init(keys, dummy, deterministic=False)
+        state = TrainState.create(
+            apply_fn=model.apply, params=variables["params"], tx=_adam(learning_rate)
+        )
+        # A strongly typed step, like a restored one, so resumed runs hit the same jit cache.
+        return state.replace(step=jnp.zeros((), jnp.int32))
 
-    return jax.jit(init)
+    return jax.jit(create, out_shardings=sharding)
+
+
+def _seed_keys(seed: int, sharding: jax.sharding.Sharding) -> tuple[jax.Array, jax.Array]:
+    """(init key, train key) from ``seed``, replicated on ``sharding``'s mesh."""
+    return jax.jit(lambda: tuple(jax.random.split(jax.random.key(seed))), out_shardings=sharding)()
+
+
+def _replicate(x: np.ndarray, sharding: jax.sharding.Sharding) -> jax.Array:
+    """A host array as a global array on ``sharding`` (every process holds the same value)."""
+    return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
 
 
 @functools.lru_cache(maxsize=64)
@@ -291,63 +319,44 @@ def eval_step(
     }
 
 
-# --------------------------------------------------------------------------- reports
+# Shardings come from the arguments: state and keys replicated, batches sharded over "data".
+_jit_train_step = jax.jit(train_step, donate_argnums=(0,))
+_jit_eval_step = jax.jit(eval_step)
 
 
-def _stats(a: np.ndarray) -> dict[str, float]:
-    return {
-        "mean": float(a.mean()),
-        "std": float(a.std()),
-        "min": float(a.min()),
-        "max": float(a.max()),
-    }
+def evaluate(
+    state: TrainState,
+    split: input_pipeline.Split,
+    batch_size: int,
+    sharding: jax.sharding.Sharding,
+    mean: jax.Array | None = None,
+    std: jax.Array | None = None,
+) -> dict[str, float]:
+    """Mean loss and accuracy over every example of ``split``, each counted exactly once.
 
-
-def _describe(name: str, value: np.ndarray) -> dict[str, Any]:
-    value = np.asarray(value, np.float64)
-    if name == "alpha":
-        s = 1.0 / (1.0 + np.exp(-value))
-        return {"mixing_weight_s": s.tolist(), **_stats(s), "note": "s = sigmoid(alpha)"}
-    if name == "gate_bias":
-        g = 1.0 / (1.0 + np.exp(-value))
-        return {**_stats(value), "sigmoid": g.tolist(), "sigmoid_mean": float(g.mean())}
-    if name == "temperature":
-        eff = np.maximum(value, 0.0) + 0.1
-        out = {"note": "effective temperature = relu(temperature) + 0.1", **_stats(eff)}
-        if eff.ndim == 3:
-            out["map"] = eff.mean(axis=-1).tolist()  # (Ho, Wo), averaged over channels
-        return out
-    if name == "leaf_kernels" and value.ndim >= 1:
-        return {**_stats(value), "per_leaf": [_stats(leaf) for leaf in value]}
-    return {"shape": list(value.shape), **_stats(value)}
-
-
-def pooler_report(config: ml_collections.ConfigDict, params: Mapping[str, Any]) -> dict[str, Any]:
-    """The learned pooler parameters of every pool slot in readable form.
+    Args:
+      state: the train state (replicated).
+      split: the examples.
+      batch_size: global evaluation batch size (a multiple of the device count).
+      sharding: batch sharding, ``NamedSharding(mesh, P("data"))``.
+      mean: per-channel input mean when standardising, else None.
+      std: per-channel input standard deviation when standardising, else None.
 
     Returns:
-      ``{"pooler", "pooler_kwargs", "layers": {"pool1": {param_name: description}, ...}}`` where
-      ``alpha`` (mixed) becomes the per-channel mixing weight ``s = sigmoid(alpha)``,
-      ``gate_kernel``/``leaf_kernels`` become mean/std/min/max (per leaf for tree), ``gate_bias``
-      its stats plus ``sigmoid(bias)``, and ``temperature`` (tdgs) the effective temperature
-      ``relu(t) + 0.1``: its ``map`` (Ho, Wo) averaged over channels plus mean/std/min/max.
-      Poolers without parameters have empty layers.
+      ``{"loss": mean cross-entropy, "accuracy": fraction correct}``.
     """
-    layers = {}
-    for i in (1, 2, 3):
-        slot = f"{models.POOL_PREFIX}{i}"
-        sub = params.get(slot, {})
-        flat = jax.tree_util.tree_flatten_with_path(sub)[0]
-        entries = {}
-        for path, leaf in flat:
-            name = str(getattr(path[-1], "key", path[-1]))
-            entries[name] = _describe(name, np.asarray(jax.device_get(leaf)))
-        layers[slot] = entries
-    return {
-        "pooler": config.pooler,
-        "pooler_kwargs": pooler_kwargs(config),
-        "layers": layers,
-    }
+    sums = {"loss_sum": 0.0, "correct": 0.0, "count": 0.0}
+    outs = [
+        _jit_eval_step(state, batch, mean, std)
+        for batch in input_pipeline.eval_batches(split, batch_size, sharding=sharding)
+    ]
+    for out in jax.device_get(outs):
+        for k in sums:
+            sums[k] += float(out[k])
+    return {"loss": sums["loss_sum"] / sums["count"], "accuracy": sums["correct"] / sums["count"]}
+
+
+# --------------------------------------------------------------------------- files
 
 
 def _write_json(path: str, obj: Any) -> None:
@@ -466,10 +475,12 @@ def train_and_evaluate(
     replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
     sharded = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
 
-    init_key, train_key = jax.random.split(jax.random.key(config.seed))
-    state = create_train_state(config, data.image_shape, data.num_classes, init_key)
-    state = jax.device_put(state, replicated)
-    train_key = jax.device_put(train_key, replicated)
+    # Everything is created on the mesh directly: jax.device_put cannot place host values on
+    # devices of other processes.
+    init_key, train_key = _seed_keys(config.seed, replicated)
+    state = create_train_state(
+        config, data.image_shape, data.num_classes, init_key, sharding=replicated
+    )
 
     ckpt = checkpointing.Checkpoints(
         os.path.join(workdir, "checkpoints"), max_to_keep=config.checkpoints_to_keep
@@ -477,7 +488,7 @@ def train_and_evaluate(
     target = {"step": state.step, "params": state.params, "opt_state": state.opt_state}
     restored = ckpt.restore_latest(target)
     # Position in the run and the running sums of the current (possibly unfinished) epoch.
-    meta = {"epoch": 0, "loss_sum": 0.0, "correct": 0, "count": 0, "train_seconds": 0.0}
+    meta = _epoch_start(0, config.seed)
     if restored is not None:
         item = restored.item
         state = state.replace(step=item["step"], params=item["params"], opt_state=item["opt_state"])
@@ -520,7 +531,7 @@ def train_and_evaluate(
             _write_json(os.path.join(workdir, "summary.json"), summary(status))
 
     if mean is not None:
-        mean, std = jax.device_put((mean, std), replicated)
+        mean, std = _replicate(mean, replicated), _replicate(std, replicated)
     show_bar = bool(config.progress) and sys.stderr.isatty()
     stop_after = config.stop_after_epochs or config.num_epochs
 
@@ -586,14 +597,7 @@ def train_and_evaluate(
                 )
 
             t1 = time.perf_counter()
-            sums = {"loss_sum": 0.0, "correct": 0.0, "count": 0.0}
-            evals = [
-                _jit_eval_step(state, b, mean, std)
-                for b in input_pipeline.eval_batches(data.test, eval_batch_size, sharding=sharded)
-            ]
-            for out in jax.device_get(evals):
-                for k in sums:
-                    sums[k] += float(out[k])
+            test = evaluate(state, data.test, eval_batch_size, sharded, mean, std)
             eval_seconds = time.perf_counter() - t1
             train_seconds = meta["train_seconds"]
             row = {
@@ -601,26 +605,21 @@ def train_and_evaluate(
                 "step": int(jax.device_get(state.step)),
                 "train_loss": meta["loss_sum"] / meta["count"],
                 "train_accuracy": meta["correct"] / meta["count"],
-                "test_loss": sums["loss_sum"] / sums["count"],
-                "test_accuracy": sums["correct"] / sums["count"],
+                "test_loss": test["loss"],
+                "test_accuracy": test["accuracy"],
                 "train_seconds": train_seconds,
                 "eval_seconds": eval_seconds,
                 "epoch_seconds": train_seconds + eval_seconds,
                 "images_per_second": meta["count"] / max(train_seconds, 1e-9),
             }
             history.append(row)
-            meta = {
-                "epoch": epoch + 1,
-                "loss_sum": 0.0,
-                "correct": 0,
-                "count": 0,
-                "train_seconds": 0.0,
-            }
+            meta = _epoch_start(epoch + 1, config.seed)
             if lead:
                 with open(metrics_path, "a") as f:
                     f.write(json.dumps(row) + "\n")
                 _write_json(
-                    os.path.join(workdir, "pooler_params.json"), pooler_report(config, state.params)
+                    os.path.join(workdir, "pooler_params.json"),
+                    models.pooler_report(state.params, config.pooler, pooler_kwargs(config)),
                 )
             ckpt.save(row["step"], _ckpt_item(state), dict(meta))
             if on_epoch is not None:
@@ -637,13 +636,25 @@ def train_and_evaluate(
     return history[-1] if history else {}
 
 
-# Shardings come from the arguments: state and keys replicated, batches sharded over "data".
-_jit_train_step = jax.jit(train_step, donate_argnums=(0,))
-_jit_eval_step = jax.jit(eval_step)
+def _epoch_start(epoch: int, seed: int) -> dict[str, Any]:
+    """Checkpoint metadata at the start of ``epoch`` (0-based): the epoch's data order is
+    ``epoch_permutation(seed, epoch)``; the sums and seconds accumulate over its steps."""
+    return {
+        "epoch": epoch,
+        "data_seed": seed,
+        "loss_sum": 0.0,
+        "correct": 0,
+        "count": 0,
+        "train_seconds": 0.0,
+    }
 
 
 def _ckpt_item(state: TrainState) -> dict[str, Any]:
-    return {"step": state.step, "params": state.params, "opt_state": state.opt_state}
+    # Host copies: the state is replicated, and orbax would otherwise compile a slicing program
+    # per array shape to pick one replica (dozens of compilations on a multi-device mesh).
+    return jax.device_get(
+        {"step": state.step, "params": state.params, "opt_state": state.opt_state}
+    )
 
 
 def _last_step_text(ckpt: checkpointing.Checkpoints) -> str:
