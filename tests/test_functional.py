@@ -489,3 +489,59 @@ def test_broadcast_param_matches_plain_broadcast(param_shape):
     g_custom = jax.grad(lambda q: (F._broadcast_param(q, shape) * cot).sum())(p)
     g_plain = jax.grad(lambda q: (jnp.broadcast_to(q, shape) * cot).sum())(p)
     np.testing.assert_allclose(g_custom, g_plain, rtol=1e-5, atol=1e-5)
+
+
+def _tdgs_autodiff_reference(x, temperature, key, deterministic, tau, padding):
+    """TDGS written with plain autodiff on stacked windows: the definition the fast path matches."""
+    elems, masks, _ = _windows.windows(x, 2, None, padding)
+    values = jnp.stack(elems, axis=0)
+    valid = (
+        jnp.ones_like(values, bool)
+        if masks is None
+        else jnp.stack(
+            [
+                jnp.ones(values.shape[1:], bool)
+                if m is None
+                else jnp.broadcast_to(m, values.shape[1:])
+                for m in masks
+            ]
+        )
+    )
+    t = jax.nn.relu(temperature) + 0.1
+    # A huge finite negative logit for padding keeps the naive tau-gradient free of inf * 0.
+    logits = jnp.where(valid, values / t, -1e30)
+    if deterministic:
+        return (jax.nn.softmax(logits, axis=0) * values).sum(0)
+    # The same noise as the pooler: the same key and shape; then gumbel_softmax's formula.
+    gumbels = jax.random.gumbel(key, values.shape, jnp.float32)
+    soft = jax.nn.softmax((logits + gumbels) / tau, axis=0)
+    hard = jax.nn.one_hot(jnp.argmax(soft, axis=0), values.shape[0], axis=0)
+    return ((hard - jax.lax.stop_gradient(soft) + soft) * values).sum(0)
+
+
+@pytest.mark.parametrize("deterministic", [True, False])
+@pytest.mark.parametrize("padding", ["VALID", "SAME"])
+def test_tdgs_hand_written_gradient_matches_autodiff(deterministic, padding):
+    x = jax.random.normal(jax.random.key(0), (2, 5, 5, 3))
+    ho = 2 if padding == "VALID" else 3
+    temperature = jax.random.uniform(jax.random.key(1), (ho, ho, 3), minval=-0.2, maxval=1.5)
+    tau = 0.7
+    key = jax.random.key(2)
+    cot = jax.random.normal(jax.random.key(3), (2, ho, ho, 3))
+
+    def ours(x, temperature, tau):
+        y = F.tdgs_pool(
+            x, temperature, 2, None, padding, key=key, deterministic=deterministic, tau=tau
+        )
+        return (y * cot).sum()
+
+    def reference(x, temperature, tau):
+        return (
+            _tdgs_autodiff_reference(x, temperature, key, deterministic, tau, padding) * cot
+        ).sum()
+
+    np.testing.assert_allclose(ours(x, temperature, tau), reference(x, temperature, tau), rtol=1e-5)
+    g_ours = jax.grad(ours, argnums=(0, 1, 2))(x, temperature, tau)
+    g_ref = jax.grad(reference, argnums=(0, 1, 2))(x, temperature, tau)
+    for a, b in zip(g_ours, g_ref, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
