@@ -221,3 +221,17 @@ def test_real_mnist_one_epoch_max_pool_reaches_97_percent(tmp_path):
     final = train_lib.train_and_evaluate(config, str(tmp_path))
     assert final["test_accuracy"] >= 0.97
     assert final["step"] == 60000 // 64
+
+
+def test_enable_compilation_cache_points_jax_at_the_directory(tmp_path, monkeypatch):
+    import jax
+
+    old = jax.config.jax_compilation_cache_dir
+    try:
+        path = train_lib.enable_compilation_cache(str(tmp_path / "cache"))
+        assert path == str(tmp_path / "cache") and (tmp_path / "cache").is_dir()
+        assert jax.config.jax_compilation_cache_dir == path
+        monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", str(tmp_path / "env"))
+        assert train_lib.enable_compilation_cache() == str(tmp_path / "env")
+    finally:
+        jax.config.update("jax_compilation_cache_dir", old)

@@ -180,6 +180,7 @@ def run(argv: list[str]) -> int:
         train_lib.validate_config(config)
     except train_lib.ConfigError as e:
         raise UsageError(str(e)) from e
+    train_lib.enable_compilation_cache()
     workdir = _WORKDIR.value or os.path.join(
         "runs", f"{config.dataset}-{config.pooler}-s{config.seed}"
     )

@@ -528,6 +528,7 @@ def run(argv: list[str]) -> int:
         return 0
     record_command(workdir, "python -m train.sweep " + shlex.join(argv[1:]))
     try:
+        train_lib.enable_compilation_cache()
         outcome = sweep(plans, workdir, verbose=not _QUIET.value)
     except train_lib.Interrupted as e:
         print(f"{e}; report written; rerun the same command to resume", file=sys.stderr)

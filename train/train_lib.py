@@ -93,6 +93,31 @@ class TrainState(train_state.TrainState):
 # --------------------------------------------------------------------------- config
 
 
+def enable_compilation_cache(path: str | None = None) -> str:
+    """Turns on JAX's persistent compilation cache, so a rerun of a config skips compilation.
+
+    The directory is ``path``, else ``$JAX_COMPILATION_CACHE_DIR`` (JAX's own variable), else
+    ``~/.cache/jaxpool/xla``. Every compiled program is kept, however fast it compiled.
+
+    Returns:
+      The cache directory, or "" when it cannot be created (the run goes on without it).
+    """
+    path = (
+        path
+        or os.environ.get("JAX_COMPILATION_CACHE_DIR")
+        or os.path.join(os.path.expanduser("~"), ".cache", "jaxpool", "xla")
+    )
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as e:  # a read-only home: run without the cache rather than fail
+        logger.warning("compilation cache disabled: cannot create %s (%s)", path, e)
+        return ""
+    jax.config.update("jax_compilation_cache_dir", path)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    return path
+
+
 def validate_config(config: ml_collections.ConfigDict) -> None:
     """Checks every field cheaply (no data, no compilation).
 
