@@ -492,6 +492,11 @@ def tdgs_pool(
 
     Returns:
       ``(N, Ho, Wo, C)``, the dtype of ``x``.
+
+    References:
+      Gumbel-softmax and its straight-through estimator: Jang, Gu, Poole. Categorical
+      Reparameterization with Gumbel-Softmax. ICLR 2017 (arXiv:1611.01144); Maddison, Mnih, Teh.
+      The Concrete Distribution. ICLR 2017 (arXiv:1611.00712).
     """
     if not eps > 0:
         raise ValueError(f"eps must be > 0 (it keeps the temperature positive); got {eps!r}")
