@@ -20,13 +20,14 @@ from __future__ import annotations
 
 import importlib
 import json
-import logging
 import os
 import re
 import sys
 
 from absl import flags
 from ml_collections import config_flags
+
+from train import cli
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Config file (configs/X.py); override fields with --config.field=value."
@@ -45,13 +46,6 @@ _POOLER_KWARGS = flags.DEFINE_string(
     "pooler-kwargs", None, "Pooler keyword arguments as JSON, e.g. '{\"tau\": 0.5}'."
 )
 _QUIET = flags.DEFINE_bool("quiet", False, "No progress bars.")
-
-EXIT_USAGE = 2
-EXIT_FAILED = 1
-
-
-class UsageError(Exception):
-    """A command-line or config problem; reported in one line with exit code 2."""
 
 
 def _multi_process_env(env: dict[str, str]) -> bool:
@@ -79,7 +73,7 @@ def _distributed_kwargs(env: dict[str, str]) -> dict[str, int]:
             try:
                 kwargs[name] = int(env[var])
             except ValueError as e:
-                raise UsageError(f"{var} must be an integer, got {env[var]!r}") from e
+                raise cli.UsageError(f"{var} must be an integer, got {env[var]!r}") from e
     return kwargs
 
 
@@ -93,11 +87,11 @@ def build_config():
             config = config.copy_and_resolve_references()
     except OSError as e:  # config_flags defers load errors until the value is used
         lines = [line.strip() for line in str(e).splitlines() if line.strip()]
-        raise UsageError(f"cannot load --config: {lines[-1] if lines else e}") from e
+        raise cli.UsageError(f"cannot load --config: {lines[-1] if lines else e}") from e
     if config is None:
         dataset = _DATASET.value or "mnist"
         if dataset not in input_pipeline.DATASETS:
-            raise UsageError(
+            raise cli.UsageError(
                 f"unknown dataset {dataset!r}; choose one of: {', '.join(input_pipeline.DATASETS)}"
             )
         config = importlib.import_module(f"configs.{dataset}").get_config()
@@ -117,11 +111,13 @@ def build_config():
         try:
             kwargs = json.loads(_POOLER_KWARGS.value)
         except json.JSONDecodeError as e:
-            raise UsageError(
+            raise cli.UsageError(
                 f"--pooler-kwargs is not valid JSON ({e.msg}): {_POOLER_KWARGS.value}"
             ) from e
         if not isinstance(kwargs, dict):
-            raise UsageError(f"--pooler-kwargs must be a JSON object, got {_POOLER_KWARGS.value}")
+            raise cli.UsageError(
+                f"--pooler-kwargs must be a JSON object, got {_POOLER_KWARGS.value}"
+            )
         config.pooler_kwargs = kwargs
     if _QUIET.value:
         config.progress = False
@@ -154,14 +150,14 @@ def run(argv: list[str]) -> int:
         text = str(e).replace("\\", "")
         field = re.search(r"'([^']+)'", text)
         hint = re.search(r'Did you mean "([^"]+)"', text)
-        raise UsageError(
+        raise cli.UsageError(
             f"unknown config field {field.group(1) if field else text!r} in a --config.<field> "
             f"flag{f' (did you mean {hint.group(1)!r}?)' if hint else ''}; see configs/default.py"
         ) from e
     except Exception as e:  # absl flag errors and config-file load errors alike
-        raise UsageError(_first_line(e)) from e
+        raise cli.UsageError(cli.first_line(e)) from e
     if len(rest) > 1:
-        raise UsageError(f"unexpected arguments: {' '.join(rest[1:])}")
+        raise cli.UsageError(f"unexpected arguments: {' '.join(rest[1:])}")
     config = build_config()
 
     if _multi_process_env(dict(os.environ)):
@@ -170,7 +166,7 @@ def run(argv: list[str]) -> int:
         try:
             jax.distributed.initialize(**_distributed_kwargs(dict(os.environ)))
         except Exception as e:  # a half-described cluster: say what failed, in one line
-            raise UsageError(f"jax.distributed.initialize() failed: {_first_line(e)}") from e
+            raise cli.UsageError(f"jax.distributed.initialize() failed: {cli.first_line(e)}") from e
 
     import jax
 
@@ -179,7 +175,7 @@ def run(argv: list[str]) -> int:
     try:
         train_lib.validate_config(config)
     except train_lib.ConfigError as e:
-        raise UsageError(str(e)) from e
+        raise cli.UsageError(str(e)) from e
     train_lib.enable_compilation_cache()
     workdir = _WORKDIR.value or os.path.join(
         "runs", f"{config.dataset}-{config.pooler}-s{config.seed}"
@@ -190,10 +186,10 @@ def run(argv: list[str]) -> int:
             config, workdir, on_epoch=_epoch_line(config.num_epochs) if lead else None
         )
     except (train_lib.ConfigError, input_pipeline.DataError) as e:
-        raise UsageError(str(e)) from e
+        raise cli.UsageError(str(e)) from e
     except train_lib.NonFiniteLossError as e:
         print(f"error: {e}", file=sys.stderr)
-        return EXIT_FAILED
+        return cli.EXIT_FAILED
     except train_lib.Interrupted as e:
         print(str(e), file=sys.stderr)
         return 128 + e.signum
@@ -212,22 +208,9 @@ def run(argv: list[str]) -> int:
     return 0
 
 
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
-
-
 def main(argv: list[str] | None = None) -> int:
-    """Entry point: runs :func:`run` and turns usage errors into one line and exit code 2."""
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
-    logging.getLogger("train").setLevel(logging.INFO)
-    # TFDS and orbax log through absl; their warnings are noise for this CLI (errors still show).
-    logging.getLogger("absl").setLevel(logging.ERROR)
-    try:
-        return run(sys.argv if argv is None else argv)
-    except UsageError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return EXIT_USAGE
+    """Entry point: runs :func:`run`; usage errors become one line on stderr and exit code 2."""
+    return cli.run_main(run, argv)
 
 
 if __name__ == "__main__":

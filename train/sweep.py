@@ -47,7 +47,7 @@ from typing import Any
 
 from absl import flags
 
-from train import report
+from train import cli, report
 
 # Own FlagValues: train.main's flags (--epochs, --workdir, ...) live in absl's global FLAGS, and both
 # modules are imported in one process by the tests.
@@ -86,15 +86,11 @@ _RETRY_FAILED = flags.DEFINE_bool(
 )
 _QUIET = flags.DEFINE_bool("quiet", False, "No per-epoch lines.", flag_values=_FLAGS)
 
-EXIT_FAILED = 1
-EXIT_USAGE = 2
+EXIT_FAILED = cli.EXIT_FAILED
+EXIT_USAGE = cli.EXIT_USAGE
 SWEEP_FILE = "sweep.json"
 
 logger = logging.getLogger(__name__)
-
-
-class UsageError(Exception):
-    """A flag problem; reported in one line with exit code 2."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -164,7 +160,7 @@ def parse_poolers(text: str) -> list[str]:
     names = list(jaxpool.available()) if text.strip() == "all" else _split(text)
     unknown = [n for n in names if n not in jaxpool.available()]
     if unknown or not names:
-        raise UsageError(
+        raise cli.UsageError(
             f"unknown pooler(s) {', '.join(unknown) or repr(text)} in --poolers; choose from: "
             f"all, {', '.join(jaxpool.available())}"
         )
@@ -177,7 +173,7 @@ def parse_datasets(text: str) -> list[str]:
     names = _split(text)
     unknown = [n for n in names if n not in input_pipeline.DATASETS]
     if unknown or not names:
-        raise UsageError(
+        raise cli.UsageError(
             f"unknown dataset(s) {', '.join(unknown) or repr(text)} in --datasets; choose from: "
             f"{', '.join(input_pipeline.DATASETS)}"
         )
@@ -194,12 +190,12 @@ def parse_temperatures(text: str | None) -> list[float]:
         except ValueError:
             value = math.nan
         if not (math.isfinite(value) and value > 0):
-            raise UsageError(
+            raise cli.UsageError(
                 f"--tdgs-init-temperatures needs positive numbers separated by commas, got {item!r}"
             )
         values.append(value)
     if not values:
-        raise UsageError("--tdgs-init-temperatures is empty")
+        raise cli.UsageError("--tdgs-init-temperatures is empty")
     return list(dict.fromkeys(values))
 
 
@@ -341,11 +337,6 @@ def _write_json(path: str, obj: Any) -> None:
     os.replace(tmp, path)
 
 
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else ""
-
-
 def run_one(
     plan: Plan,
     env: dict[str, Any],
@@ -393,7 +384,9 @@ def run_one(
         logger.error("%s failed", entry.name(), exc_info=not isinstance(e, expected))
         record.update(
             status="failed",
-            error=f"{type(e).__name__}: {_first_line(e)}".rstrip(": "),
+            error=f"{type(e).__name__}: {cli.first_line(e)}"
+            if str(e).strip()
+            else type(e).__name__,
             error_type=type(e).__name__,
         )
     record.update(finished=_now(), seconds=round(time.perf_counter() - t0, 3))
@@ -476,15 +469,15 @@ def build_plans(argv: list[str]) -> tuple[list[Plan], str]:
     try:
         rest = _FLAGS(argv)
     except flags.Error as e:
-        raise UsageError(_first_line(e) or str(e)) from e
+        raise cli.UsageError(cli.first_line(e)) from e
     if len(rest) > 1:
-        raise UsageError(f"unexpected arguments: {' '.join(rest[1:])}")
+        raise cli.UsageError(f"unexpected arguments: {' '.join(rest[1:])}")
     poolers = parse_poolers(_POOLERS.value)
     datasets = parse_datasets(_DATASETS.value)
     if _SEEDS.value < 1:
-        raise UsageError(f"--seeds must be >= 1, got {_SEEDS.value}")
+        raise cli.UsageError(f"--seeds must be >= 1, got {_SEEDS.value}")
     if _EPOCHS.value is not None and _EPOCHS.value < 1:
-        raise UsageError(f"--epochs must be >= 1, got {_EPOCHS.value}")
+        raise cli.UsageError(f"--epochs must be >= 1, got {_EPOCHS.value}")
     temperatures = parse_temperatures(_TEMPERATURES.value)
     workdir = _WORKDIR.value
     plans = []
@@ -499,7 +492,7 @@ def build_plans(argv: list[str]) -> tuple[list[Plan], str]:
         try:
             train_lib.validate_config(config)
         except train_lib.ConfigError as e:
-            raise UsageError(str(e)) from e
+            raise cli.UsageError(str(e)) from e
         plans.append(plan_entry(entry, config, workdir, retry_failed=_RETRY_FAILED.value))
     return plans, workdir
 
@@ -546,14 +539,7 @@ def run(argv: list[str]) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point: runs :func:`run`; usage errors become one line on stderr and exit code 2."""
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
-    logging.getLogger("train").setLevel(logging.INFO)
-    logging.getLogger("absl").setLevel(logging.ERROR)
-    try:
-        return run(sys.argv if argv is None else argv)
-    except UsageError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return EXIT_USAGE
+    return cli.run_main(run, argv)
 
 
 if __name__ == "__main__":

@@ -54,7 +54,7 @@ import tqdm
 from flax.training import train_state
 
 import jaxpool
-from train import checkpointing, input_pipeline, models
+from train import checkpointing, cli, input_pipeline, models
 
 logger = logging.getLogger(__name__)
 
@@ -180,7 +180,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     except (TypeError, ValueError) as e:
         raise ConfigError(
             f"bad pooler_kwargs {pooler_kwargs(config)!r} for pooler {config.pooler!r}: "
-            f"{_first_line(e)}"
+            f"{cli.first_line(e)}"
         ) from e
     n = jax.device_count()
     for field in ("batch_size", "eval_batch_size"):
@@ -198,11 +198,6 @@ def pooler_kwargs(config: ml_collections.ConfigDict) -> dict[str, Any]:
     if isinstance(kwargs, ml_collections.ConfigDict):
         return kwargs.to_dict()
     return dict(kwargs)
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
 
 
 # --------------------------------------------------------------------------- model and steps
