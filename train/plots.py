@@ -1,0 +1,326 @@
+"""The report's plots (matplotlib, PNG): curves over epochs, learned pooler parameters, TDGS's
+initial-temperature curve. Each function draws one figure from :class:`train.report.Run` objects;
+:func:`draw_all` draws every plot that has data. See :mod:`train.report` for the file names.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from train import stats
+
+if TYPE_CHECKING:
+    from train.report import Run
+
+
+def _figure(ncols: int = 1, nrows: int = 1, width: float = 7.0, height: float = 4.5):
+    # Figure without pyplot: no global state, no GUI backend, safe in any process.
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width * ncols, height * nrows), layout="constrained")
+    axes = fig.subplots(nrows, ncols, squeeze=False)
+    return fig, axes
+
+
+def _colors(n: int) -> list:
+    import matplotlib
+
+    cmap = matplotlib.colormaps["tab10" if n <= 10 else "tab20"]
+    return [cmap(i % cmap.N) for i in range(n)]
+
+
+def _by_label(runs: Sequence[Run]) -> dict[str, list[Run]]:
+    groups: dict[str, list[Run]] = {}
+    for run in runs:
+        groups.setdefault(run.label, []).append(run)
+    return groups
+
+
+def _mean_std_rows(arrays: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    stacked = np.stack([np.asarray(a, np.float64) for a in arrays])
+    std = stacked.std(axis=0, ddof=1) if len(arrays) > 1 else np.zeros(stacked.shape[1:])
+    return stacked.mean(axis=0), std
+
+
+def plot_curves(runs: Sequence[Run], key: str, ylabel: str, title: str, path: str) -> None:
+    """One line per pooler label over epochs (mean over seeds), band = ±1 std over seeds."""
+    from matplotlib.ticker import MaxNLocator
+
+    scale = 100.0 if key.endswith("accuracy") else 1.0
+    fig, axes = _figure()
+    ax = axes[0, 0]
+    groups = _by_label(runs)
+    if max(len(r.metrics) for r in runs) == 1:
+        # One epoch has no curve: one point per pooler with its ±1 std error bar.
+        for x, (color, (label, group)) in enumerate(
+            zip(_colors(len(groups)), groups.items(), strict=True)
+        ):
+            mean, std = stats.mean_std([r.metrics[0][key] for r in group])
+            std = 0.0 if math.isnan(std) else std
+            ax.errorbar(
+                [x],
+                [scale * mean],
+                yerr=[scale * std],
+                marker="o",
+                capsize=4,
+                color=color,
+                label=f"{label} (n={len(group)})",
+            )
+        ax.set_xticks(range(len(groups)), list(groups), rotation=30, ha="right")
+        ax.set_xlabel("pooler (1 epoch only: no curve)")
+        ax.set_ylabel(ylabel)
+        ax.set_title(title.replace("vs epoch", "after epoch 1").replace("band", "bar"))
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize="small", ncols=2 if len(groups) > 6 else 1)
+        fig.savefig(path, dpi=110)
+        return
+    for color, (label, group) in zip(_colors(len(groups)), groups.items(), strict=True):
+        n_epochs = max(len(r.metrics) for r in group)
+        epochs, means, stds = [], [], []
+        for e in range(n_epochs):
+            values = [r.metrics[e][key] for r in group if len(r.metrics) > e]
+            mean, std = stats.mean_std(values)
+            epochs.append(e + 1)
+            means.append(scale * mean)
+            stds.append(0.0 if math.isnan(std) else scale * std)
+        epochs_a, means_a, stds_a = np.array(epochs), np.array(means), np.array(stds)
+        ax.plot(epochs_a, means_a, marker="o", ms=3, color=color, label=f"{label} (n={len(group)})")
+        ax.fill_between(epochs_a, means_a - stds_a, means_a + stds_a, color=color, alpha=0.2)
+        if n_epochs == 1:  # a band of one point is invisible: show it as an error bar
+            ax.errorbar(epochs_a, means_a, yerr=stds_a, color=color, capsize=4, ls="none")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small", ncols=2 if len(groups) > 6 else 1)
+    fig.savefig(path, dpi=110)
+
+
+def _layers(runs: Sequence[Run]) -> list[str]:
+    names: dict[str, None] = {}
+    for run in runs:
+        names.update(dict.fromkeys(run.pooler_params.get("layers", {})))
+    return list(names)
+
+
+def _param(run: Run, layer: str, name: str) -> dict[str, Any] | None:
+    return run.pooler_params.get("layers", {}).get(layer, {}).get(name)
+
+
+def plot_mixing_weights(runs: Sequence[Run], title: str, path: str) -> None:
+    """Mixed pooling's ``s = sigmoid(alpha)`` per channel, one panel per pool layer."""
+    layers = _layers(runs)
+    fig, axes = _figure(ncols=len(layers), width=5.0)
+    groups = _by_label(runs)
+    colors = _colors(len(groups))
+    for ax, layer in zip(axes[0], layers, strict=True):
+        for color, (label, group) in zip(colors, groups.items(), strict=True):
+            arrays = [
+                np.atleast_1d(p["mixing_weight_s"])
+                for p in (_param(r, layer, "alpha") for r in group)
+                if p
+            ]
+            if not arrays:
+                continue
+            mean, std = _mean_std_rows(arrays)
+            x = np.arange(mean.size)
+            ax.plot(x, mean, marker=".", color=color, label=f"{label} (n={len(arrays)})")
+            ax.fill_between(x, mean - std, mean + std, color=color, alpha=0.2)
+        ax.axhline(0.5, ls=":", color="gray", label="initial value 0.5")
+        ax.set_xlabel("channel index")
+        ax.set_ylabel("mixing weight s = σ(alpha) (1 = max, 0 = average)")
+        ax.set_title(layer)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize="small")
+    fig.suptitle(title)
+    fig.savefig(path, dpi=110)
+
+
+def plot_tdgs_temperatures(runs: Sequence[Run], title: str, path: str) -> None:
+    """Heat maps of TDGS's effective temperature per output position (rows: labels, cols: layers)."""
+    from matplotlib.ticker import MaxNLocator
+
+    layers = _layers(runs)
+    groups = _by_label(runs)
+    fig, axes = _figure(ncols=len(layers), nrows=len(groups), width=4.0, height=3.4)
+    for row, (label, group) in zip(axes, groups.items(), strict=True):
+        for ax, layer in zip(row, layers, strict=True):
+            maps = []
+            for run in group:
+                t = _param(run, layer, "temperature")
+                if t:
+                    maps.append(np.asarray(t.get("map", [[t["mean"]]]), np.float64))
+            if not maps:
+                ax.set_axis_off()
+                continue
+            mean = np.mean(np.stack(maps), axis=0)
+            image = ax.imshow(mean, cmap="viridis", interpolation="nearest")
+            fig.colorbar(image, ax=ax, label="effective temperature")
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+            ax.set_title(
+                f"{label}, {layer} ({mean.shape[0]}×{mean.shape[1]}), n={len(maps)}",
+                fontsize="medium",
+            )
+            ax.set_xlabel("output column")
+            ax.set_ylabel("output row")
+    fig.suptitle(title)
+    fig.savefig(path, dpi=110)
+
+
+def plot_gates(runs: Sequence[Run], title: str, path: str) -> None:
+    """Gate statistics of gated and tree pooling per layer (grouped bars, one bar per label)."""
+    layers = _layers(runs)
+    groups = _by_label(runs)
+    colors = _colors(len(groups))
+    fig, axes = _figure(ncols=2, width=6.0)
+    width = 0.8 / max(len(groups), 1)
+    x = np.arange(len(layers))
+    ax_kernel, ax_bias = axes[0]
+    for i, (color, (label, group)) in enumerate(zip(colors, groups.items(), strict=True)):
+        offset = (i - (len(groups) - 1) / 2) * width
+        kernel_mean, kernel_std, bias = [], [], []
+        for layer in layers:
+            ks = [_param(r, layer, "gate_kernel") for r in group]
+            ks = [k for k in ks if k]
+            kernel_mean.append(np.mean([k["mean"] for k in ks]) if ks else np.nan)
+            kernel_std.append(np.mean([k["std"] for k in ks]) if ks else np.nan)
+            bs = [_param(r, layer, "gate_bias") for r in group]
+            bias.append(
+                np.mean([np.mean(np.atleast_1d(b["sigmoid"])) for b in bs if b])
+                if any(bs)
+                else np.nan
+            )
+        ax_kernel.bar(
+            x + offset, kernel_mean, width, yerr=kernel_std, capsize=3, color=color, label=label
+        )
+        if not np.all(np.isnan(bias)):
+            ax_bias.bar(x + offset, bias, width, color=color, label=label)
+    ax_kernel.set_ylabel("gate kernel weight (bar: mean, whisker: ±1 std over weights)")
+    ax_kernel.set_title("gate kernel w (gate = σ(w·R + b)), mean over seeds")
+    ax_bias.axhline(0.5, ls=":", color="gray", label="initial value 0.5")
+    ax_bias.set_ylim(0, 1)
+    ax_bias.set_ylabel("σ(gate bias), mean over channels and seeds")
+    ax_bias.set_title("gate bias as a weight on max (1 = max, 0 = average)")
+    for ax in (ax_kernel, ax_bias):
+        ax.set_xticks(x, layers)
+        ax.set_xlabel("pool layer")
+        ax.grid(alpha=0.3, axis="y")
+        ax.legend(fontsize="small")
+    fig.suptitle(title)
+    fig.savefig(path, dpi=110)
+
+
+def init_temperature_runs(runs: Sequence[Run]) -> list[Run]:
+    """Finished TDGS runs whose pooler kwargs set ``init_temperature``."""
+    return [
+        r for r in runs if r.done and r.pooler == "tdgs" and "init_temperature" in r.pooler_kwargs
+    ]
+
+
+def plot_init_temperature(runs: Sequence[Run], path: str, baseline: str) -> None:
+    """Final test accuracy against TDGS's initial temperature, one panel per dataset.
+
+    A dashed line marks the mean of the ``baseline`` pooler label on the same dataset.
+    """
+    tdgs = init_temperature_runs(runs)
+    datasets = list(dict.fromkeys(r.dataset for r in tdgs))
+    fig, axes = _figure(ncols=len(datasets), width=7.0)
+    for ax, dataset in zip(axes[0], datasets, strict=True):
+        by_t: dict[float, list[float]] = {}
+        tdgs_d = [r for r in tdgs if r.dataset == dataset]
+        for run in tdgs_d:
+            t = float(run.pooler_kwargs["init_temperature"])
+            by_t.setdefault(t, []).append(run.final["test_accuracy"])
+        temps = sorted(by_t)
+        ms = [stats.mean_std(by_t[t]) for t in temps]
+        mean = np.array([100 * m for m, _ in ms])
+        std = np.array([0.0 if math.isnan(s) else 100 * s for _, s in ms])
+        ax.errorbar(temps, mean, yerr=std, marker="o", capsize=4, label="tdgs (mean ± std)")
+        base = [
+            r.final["test_accuracy"]
+            for r in runs
+            if r.done and r.dataset == dataset and r.label == baseline
+        ]
+        if base:
+            ax.axhline(100 * np.mean(base), ls="--", color="gray", label="max pooling (mean)")
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(temps, [f"{t:g}" for t in temps])
+        ax.set_xlabel("initial temperature T (init_temperature, log scale)")
+        ax.set_ylabel("final test accuracy (%)")
+        ax.set_title(f"{dataset} ({len(tdgs_d)} runs)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize="small")
+    fig.suptitle("TDGS: final test accuracy vs initial temperature (error bars: ±1 std over seeds)")
+    fig.savefig(path, dpi=110)
+
+
+def draw_all(runs: Sequence[Run], out: str, baseline: str) -> dict[str, list[str]]:
+    """Draws every plot that has data into ``out``; returns dataset -> file names ("" for
+    cross-dataset plots)."""
+    plots: dict[str, list[str]] = {}
+    for dataset in dict.fromkeys(r.dataset for r in runs):
+        done = [r for r in runs if r.dataset == dataset and r.done]
+        if not done:
+            continue
+        after = f"after {max(len(r.metrics) for r in done)} epoch(s)"
+        mixed = [r for r in done if r.pooler == "mixed" and r.pooler_params]
+        tdgs = [r for r in done if r.pooler == "tdgs" and r.pooler_params]
+        gates = [r for r in done if r.pooler in ("gated", "tree") and r.pooler_params]
+        jobs = [
+            (
+                f"accuracy_{dataset}.png",
+                plot_curves,
+                (done, "test_accuracy", "test accuracy (%)"),
+                f"{dataset}: test accuracy vs epoch (band = ±1 std over seeds)",
+            ),
+            (
+                f"train_loss_{dataset}.png",
+                plot_curves,
+                (done, "train_loss", "training loss (mean cross-entropy, nats)"),
+                f"{dataset}: training loss vs epoch (band = ±1 std over seeds)",
+            ),
+        ]
+        if mixed:
+            jobs.append(
+                (
+                    f"mixing_weights_{dataset}.png",
+                    plot_mixing_weights,
+                    (mixed,),
+                    f"{dataset}: mixed pooling, learned mixing weight per channel {after} "
+                    "(line: mean, band: ±1 std over seeds)",
+                )
+            )
+        if tdgs:
+            jobs.append(
+                (
+                    f"tdgs_temperature_{dataset}.png",
+                    plot_tdgs_temperatures,
+                    (tdgs,),
+                    f"{dataset}: TDGS effective temperature relu(t) + 0.1 per output position "
+                    f"{after}, averaged over channels and seeds",
+                )
+            )
+        if gates:
+            jobs.append(
+                (
+                    f"gates_{dataset}.png",
+                    plot_gates,
+                    (gates,),
+                    f"{dataset}: gate statistics of gated and tree pooling {after}",
+                )
+            )
+        for name, fn, args, title in jobs:
+            fn(*args, title, os.path.join(out, name))
+        plots[dataset] = [name for name, *_ in jobs]
+    if init_temperature_runs(runs):
+        name = "tdgs_init_temperature.png"
+        plot_init_temperature(runs, os.path.join(out, name), baseline)
+        plots[""] = [name]
+    return plots
