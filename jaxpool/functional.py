@@ -523,10 +523,11 @@ def tdgs_pool(
 
 
 def _tdgs_forward(values, t, tau, offsets, gumbels, hard: bool):
-    """TDGS over a window given as elements; returns ``(y, weights, index or None, mixed)``.
+    """TDGS over a window given as elements; returns ``(y, weights, index, logits)``.
 
     ``hard``: ``y`` is the element drawn by the Gumbel-max trick on ``(R / t + g) / tau`` and
     ``weights`` the soft sample; otherwise ``weights = softmax(R / t)`` and ``y = sum weights R``.
+    ``index`` is the drawn element (None unless ``hard``); ``logits`` are the (perturbed) logits.
     """
     logits = [v / t + o for v, o in zip(values, offsets, strict=True)]
     if not hard:

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
+from unittest import mock
 
 import jax
 import numpy as np
 import pytest
+import tensorflow_datasets as tfds
 
 import jaxpool
 
@@ -52,3 +55,13 @@ def init_and_apply(module, x, *, deterministic, key=0):
 @pytest.fixture(params=jaxpool.available())
 def pooler_name(request):
     return request.param
+
+
+@contextlib.contextmanager
+def mock_tfds(num_examples: int):
+    """Random TFDS data; ``is_prepared`` is patched because the mock has no files on disk."""
+    with (
+        tfds.testing.mock_data(num_examples=num_examples),
+        mock.patch.object(tfds.core.DatasetBuilder, "is_prepared", return_value=True),
+    ):
+        yield

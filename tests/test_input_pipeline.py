@@ -2,25 +2,12 @@
 
 from __future__ import annotations
 
-import contextlib
-from unittest import mock
-
 import jax
 import numpy as np
 import pytest
-import tensorflow_datasets as tfds
+from conftest import mock_tfds
 
 from train import input_pipeline
-
-
-@contextlib.contextmanager
-def mock_tfds(num_examples: int):
-    """Random TFDS data; ``is_prepared`` is patched because the mock has no files on disk."""
-    with (
-        tfds.testing.mock_data(num_examples=num_examples),
-        mock.patch.object(tfds.core.DatasetBuilder, "is_prepared", return_value=True),
-    ):
-        yield
 
 
 @pytest.fixture(scope="module")

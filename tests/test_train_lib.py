@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
 import pathlib
 import signal
-from unittest import mock
 
 import numpy as np
 import pytest
-import tensorflow_datasets as tfds
+from conftest import mock_tfds
 
 from configs import default, digits
 from train import input_pipeline, models, train_lib
@@ -20,16 +18,6 @@ from train import input_pipeline, models, train_lib
 SHARED_TFDS = pathlib.Path(__file__).resolve().parents[1].parent / "shared" / "tfds"
 TIMING_KEYS = {"train_seconds", "eval_seconds", "epoch_seconds", "images_per_second"}
 METRIC_KEYS = {"epoch", "step", "train_loss", "train_accuracy", "test_loss", "test_accuracy"}
-
-
-@contextlib.contextmanager
-def mock_tfds(num_examples: int):
-    """Random TFDS data; ``is_prepared`` is patched because the mock has no files on disk."""
-    with (
-        tfds.testing.mock_data(num_examples=num_examples),
-        mock.patch.object(tfds.core.DatasetBuilder, "is_prepared", return_value=True),
-    ):
-        yield
 
 
 def _config(**fields):

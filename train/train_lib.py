@@ -141,34 +141,22 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         config.dataset in input_pipeline.DATASETS,
         f"unknown dataset {config.dataset!r}; choose one of: {', '.join(input_pipeline.DATASETS)}",
     )
-    need(
-        is_int(config.batch_size) and config.batch_size > 0,
-        f"batch size must be a positive integer, got {config.batch_size!r}",
-    )
-    need(
-        is_int(config.eval_batch_size) and config.eval_batch_size >= 0,
-        f"eval_batch_size must be an integer >= 0 (0 = batch size), got {config.eval_batch_size!r}",
-    )
-    need(
-        is_int(config.num_epochs) and config.num_epochs > 0,
-        f"epochs must be a positive integer, got {config.num_epochs!r}",
-    )
+    # (field, smallest allowed value, how the message names it, what 0 means if allowed)
+    for field, low, label, zero in (
+        ("batch_size", 1, "batch size", ""),
+        ("eval_batch_size", 0, "eval_batch_size", " (0 = batch size)"),
+        ("num_epochs", 1, "epochs", ""),
+        ("seed", 0, "seed", ""),
+        ("checkpoints_to_keep", 1, "checkpoints_to_keep", ""),
+        ("stop_after_epochs", 0, "stop_after_epochs", " (0 = never)"),
+    ):
+        value = config[field]
+        kind = "a positive integer" if low else f"an integer >= 0{zero}"
+        need(is_int(value) and value >= low, f"{label} must be {kind}, got {value!r}")
     lr = config.learning_rate
     need(
         isinstance(lr, int | float) and math.isfinite(lr) and lr > 0,
         f"learning rate must be a positive finite number, got {lr!r}",
-    )
-    need(
-        is_int(config.seed) and config.seed >= 0,
-        f"seed must be an integer >= 0, got {config.seed!r}",
-    )
-    need(
-        is_int(config.checkpoints_to_keep) and config.checkpoints_to_keep > 0,
-        f"checkpoints_to_keep must be a positive integer, got {config.checkpoints_to_keep!r}",
-    )
-    need(
-        is_int(config.stop_after_epochs) and config.stop_after_epochs >= 0,
-        f"stop_after_epochs must be an integer >= 0 (0 = never), got {config.stop_after_epochs!r}",
     )
     kwargs = config.pooler_kwargs
     need(
