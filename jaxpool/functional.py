@@ -75,7 +75,31 @@ def _f32(elems: Elements) -> Elements:
 
 
 def _window_max(elems: Elements, masks: Masks) -> jax.Array:
-    return functools.reduce(jnp.maximum, _masked(elems, masks, -jnp.inf))
+    """Per-window max; its gradient goes to the first maximal element (row-major), as in
+    ``flax.linen.max_pool`` and PyTorch, not split between ties."""
+    elems = _masked(elems, masks, -jnp.inf)
+    return _max_to_first(len(elems), *elems)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _max_to_first(k: int, *elems: jax.Array) -> jax.Array:
+    del k
+    return functools.reduce(jnp.maximum, elems)
+
+
+def _max_to_first_fwd(k, *elems):
+    # The index is the only residual: the backward pass is one select per element, which XLA
+    # fuses with its neighbours; autodiff of the jnp.maximum chain (tie-splitting divisions per
+    # element) made the CNN's backward pass several times slower.
+    return _max_to_first(k, *elems), _first_argmax(list(elems))
+
+
+def _max_to_first_bwd(k, index, cotangent):
+    zero = jnp.zeros((), cotangent.dtype)
+    return tuple(jnp.where(index == i, cotangent, zero) for i in range(k))
+
+
+_max_to_first.defvjp(_max_to_first_fwd, _max_to_first_bwd)
 
 
 def _window_sum(elems: Elements) -> jax.Array:

@@ -53,6 +53,20 @@ def test_max_avg_equal_flax(window, strides, padding):
     )
 
 
+@pytest.mark.parametrize(("window", "strides", "padding"), GEOMETRIES)
+def test_max_gradient_goes_to_the_first_tied_maximum_as_flax(window, strides, padding):
+    # Values 0..2 make many ties; a distinct weight per output tells the outputs' gradients apart.
+    x = jnp.asarray(np.random.default_rng(0).integers(0, 3, (2, 7, 6, 3)), jnp.float32)
+    s = _pair_strides(window, strides)
+    out_shape = F.max_pool(x, window, strides, padding).shape
+    weights = jnp.arange(1.0, 1.0 + math.prod(out_shape)).reshape(out_shape)
+    ours = jax.grad(lambda v: jnp.sum(weights * F.max_pool(v, window, strides, padding)))(x)
+    theirs = jax.grad(lambda v: jnp.sum(weights * nn.max_pool(v, window, s, padding)))(x)
+    np.testing.assert_array_equal(ours, theirs)
+    # Each output's gradient lands on exactly one element, so the total is the weights' sum.
+    assert float(ours.sum()) == float(weights.sum())
+
+
 def test_stochastic_deterministic_is_sum_sq_over_sum():
     y = F.stochastic_pool(GRID_1_16, deterministic=True)[..., 0]
     windows = np.array([[1, 2, 5, 6], [3, 4, 7, 8], [9, 10, 13, 14], [11, 12, 15, 16]], float)
