@@ -40,6 +40,9 @@ def get_config() -> ml_collections.ConfigDict:
     # Stop (as if interrupted, checkpoint kept) after this many epochs in total; 0 = never.
     # Rerunning with stop_after_epochs=0 resumes; used to test and to split long runs.
     config.stop_after_epochs = 0
+    # Training steps per compiled program: each epoch runs as chunks of this many steps on the
+    # devices (data resident there); signals, progress and the loss check act between chunks.
+    config.steps_per_chunk = 50
     # Show a tqdm progress bar per epoch (only when stderr is a terminal).
     config.progress = True
     return config

@@ -225,11 +225,11 @@ def test_deleted_final_checkpoint_resumes_exactly_that_run(done_sweep, tmp_path,
 def test_failed_runs_are_recorded_and_the_sweep_goes_on(tmp_path, monkeypatch, capsys):
     """seed 0 hits a real non-finite loss, seed 1 raises; seed 2 trains; reruns skip/retry."""
     workdir = tmp_path / "w"
-    real_train, real_step = train_lib.train_and_evaluate, train_lib._jit_train_step
+    real_train, real_chunk = train_lib.train_and_evaluate, train_lib._run_chunk
     calls = []
 
-    def nan_step(state, batch, rng, mean=None, std=None):
-        state, out = real_step(state, batch, rng, mean, std)
+    def nan_chunk(*args, **kwargs):
+        state, out = real_chunk(*args, **kwargs)
         return state, {**out, "loss": out["loss"] * jnp.nan}
 
     def flaky_train(config, run_dir, **kwargs):
@@ -237,11 +237,11 @@ def test_failed_runs_are_recorded_and_the_sweep_goes_on(tmp_path, monkeypatch, c
         if config.seed == 1:
             raise RuntimeError("disk on fire")
         if config.seed == 0:
-            monkeypatch.setattr(train_lib, "_jit_train_step", nan_step)
+            monkeypatch.setattr(train_lib, "_run_chunk", nan_chunk)
         try:
             return real_train(config, run_dir, **kwargs)
         finally:
-            monkeypatch.setattr(train_lib, "_jit_train_step", real_step)
+            monkeypatch.setattr(train_lib, "_run_chunk", real_chunk)
 
     monkeypatch.setattr(train_lib, "train_and_evaluate", flaky_train)
     args = ("--poolers", "max", "--seeds", "3", "--epochs", "1")

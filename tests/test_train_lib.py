@@ -13,7 +13,7 @@ import pytest
 from conftest import mock_tfds
 
 from configs import default, digits
-from train import input_pipeline, models, train_lib
+from train import models, train_lib
 
 SHARED_TFDS = pathlib.Path(__file__).resolve().parents[1].parent / "shared" / "tfds"
 TIMING_KEYS = {"train_seconds", "eval_seconds", "epoch_seconds", "images_per_second"}
@@ -53,6 +53,7 @@ def _summary(workdir) -> dict:
         ("num_epochs", -1, "epochs must be a positive integer"),
         ("learning_rate", 0.0, "learning rate must be a positive finite number"),
         ("seed", -3, "seed must be an integer >= 0"),
+        ("steps_per_chunk", 0, "steps_per_chunk must be a positive integer"),
         ("pooler_kwargs", {"window": 2}, "bad pooler_kwargs"),
     ],
 )
@@ -136,7 +137,8 @@ def test_digits_demo_settings_reach_90_percent(tmp_path):
 @pytest.mark.slow
 def test_resume_gives_the_metrics_of_an_uninterrupted_run(tmp_path, monkeypatch):
     # A stochastic pooler: resuming must also restore the data order and the pooling keys.
-    config = _config(pooler="stochastic", num_epochs=2)
+    # Chunks of 3 steps: 22 steps per epoch make a short last chunk, and resumes mid-chunk-plan.
+    config = _config(pooler="stochastic", num_epochs=2, steps_per_chunk=3)
     train_lib.train_and_evaluate(config, str(tmp_path / "whole"))
     want = _without_timing(_rows(tmp_path / "whole"))
     assert len(want) == 2
@@ -144,25 +146,28 @@ def test_resume_gives_the_metrics_of_an_uninterrupted_run(tmp_path, monkeypatch)
     # Stopped after epoch 1 (a config that stops early), then rerun.
     stopped = tmp_path / "stopped"
     train_lib.train_and_evaluate(
-        _config(pooler="stochastic", num_epochs=2, stop_after_epochs=1), str(stopped)
+        _config(pooler="stochastic", num_epochs=2, steps_per_chunk=3, stop_after_epochs=1),
+        str(stopped),
     )
     assert _summary(stopped)["status"] == "stopped" and len(_rows(stopped)) == 1
     train_lib.train_and_evaluate(config, str(stopped))
     assert _without_timing(_rows(stopped)) == want
     assert _summary(stopped)["status"] == "done"
 
-    # SIGINT in the middle of epoch 2: a checkpoint of that exact step, then resume.
-    real_batches = input_pipeline.train_batches
+    # SIGINT in the middle of epoch 2: the running chunk ends, a checkpoint of that exact step is
+    # saved, then the rerun resumes there.
+    real_chunk = train_lib._run_chunk
     armed = []
 
-    def interrupting_batches(*args, **kwargs):
-        for i, batch in enumerate(real_batches(*args, **kwargs)):
-            if armed and kwargs["epoch"] == 1 and i == 5:
-                armed.clear()
-                os.kill(os.getpid(), signal.SIGINT)
-            yield batch
+    def interrupting_chunk(state, data, order, first, count, *args, **kwargs):
+        step = int(state.step)
+        out = real_chunk(state, data, order, first, count, *args, **kwargs)
+        if armed and step == 22 + 3:  # epoch 2, its second chunk of 3 steps
+            armed.clear()
+            os.kill(os.getpid(), signal.SIGINT)
+        return out
 
-    monkeypatch.setattr(input_pipeline, "train_batches", interrupting_batches)
+    monkeypatch.setattr(train_lib, "_run_chunk", interrupting_chunk)
     for corrupt_latest in (False, True):
         armed.append(True)
         workdir = tmp_path / f"signal-{corrupt_latest}"
@@ -180,17 +185,19 @@ def test_resume_gives_the_metrics_of_an_uninterrupted_run(tmp_path, monkeypatch)
 
 @pytest.mark.slow
 def test_non_finite_loss_stops_with_the_epoch_and_step(tmp_path, monkeypatch):
-    config = _config(pooler="max", num_epochs=2)
-    real_step = train_lib._jit_train_step
+    config = _config(pooler="max", num_epochs=2, steps_per_chunk=5)
+    real_chunk = train_lib._run_chunk
 
-    def poisoned_step(state, batch, rng, mean, std):
+    def poisoned_chunk(state, data, order, first, count, *args, **kwargs):
         step = int(state.step)
-        state, out = real_step(state, batch, rng, mean, std)
-        if step >= 30:  # epoch 2 (22 steps per epoch), its 9th step
-            out = {**out, "loss": np.float32("nan")}
-        return state, out
+        state, out = real_chunk(state, data, order, first, count, *args, **kwargs)
+        # NaN from global step 31 on: epoch 2 (22 steps per epoch), its 9th step.
+        nan_from = max(0, 30 - step)
+        loss = np.asarray(out["loss"]).copy()
+        loss[nan_from:] = np.nan
+        return state, {**out, "loss": loss}
 
-    monkeypatch.setattr(train_lib, "_jit_train_step", poisoned_step)
+    monkeypatch.setattr(train_lib, "_run_chunk", poisoned_chunk)
     with pytest.raises(train_lib.NonFiniteLossError, match=r"at epoch 2, step 9 of 22"):
         train_lib.train_and_evaluate(config, str(tmp_path))
     assert sorted(os.listdir(tmp_path / "checkpoints")) == ["22"]  # the last good one stays

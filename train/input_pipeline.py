@@ -1,14 +1,12 @@
 """Datasets as in-memory uint8 arrays, shuffled per epoch and batched onto a device mesh.
 
 Every supported dataset is small enough to hold in memory, so each split is read once into a
-:class:`Split` (``images`` uint8 ``(N, H, W, C)``, ``labels`` int32 ``(N,)``). Training batches come
-from a permutation that depends only on ``(seed, epoch)``, which makes the data order of any epoch
-reproducible after a restart; the last partial batch is dropped. Evaluation batches cover every
-example exactly once: the last batch is padded and carries a ``mask``.
-
-Batches are global arrays sharded over the mesh axis ``"data"``. Each process materialises only its
-own rows (``jax.make_array_from_process_local_data``), so the same code serves one device, many
-devices and many hosts.
+:class:`Split` (``images`` uint8 ``(N, H, W, C)``, ``labels`` int32 ``(N,)``). Training reads the
+whole split onto the devices and shuffles there (:mod:`train.device_loop`). Evaluation batches
+cover every example exactly once: the last batch is padded and carries a ``mask``; they are
+global arrays sharded over the mesh axis ``"data"``, each process materialising only its own rows
+(``jax.make_array_from_process_local_data``), so the same code serves one device, many devices
+and many hosts.
 
 TFDS datasets are read with ``tfds.data_source`` (array_record; TensorFlow is not needed to read).
 Preparing a dataset that is not on disk yet needs TensorFlow and the network.
@@ -166,11 +164,6 @@ def steps_per_epoch(split: Split, batch_size: int) -> int:
     return len(split) // batch_size
 
 
-def epoch_permutation(n: int, seed: int, epoch: int) -> np.ndarray:
-    """The training order of ``epoch`` (0-based): a function of ``(seed, epoch)`` only."""
-    return np.random.default_rng([seed, epoch]).permutation(n)
-
-
 def _local_rows(global_batch: int) -> slice:
     """Rows of a global batch that this process supplies."""
     per_process = global_batch // jax.process_count()
@@ -184,36 +177,6 @@ def _to_global(arrays: dict[str, np.ndarray], sharding: jax.sharding.Sharding, g
         k: jax.make_array_from_process_local_data(sharding, v[rows], (global_batch, *v.shape[1:]))
         for k, v in arrays.items()
     }
-
-
-def train_batches(
-    split: Split,
-    batch_size: int,
-    *,
-    seed: int,
-    epoch: int,
-    sharding: jax.sharding.Sharding,
-    start_step: int = 0,
-) -> Iterator[dict[str, jax.Array]]:
-    """Yields the sharded training batches of ``epoch`` from batch ``start_step`` on.
-
-    Args:
-      split: the training split.
-      batch_size: global batch size (all devices, all processes).
-      seed: data-order seed.
-      epoch: 0-based epoch; with ``seed`` it fixes the order.
-      sharding: sharding of the batch dimension, e.g. ``NamedSharding(mesh, P("data"))``.
-      start_step: batches of this epoch already consumed (resuming mid-epoch).
-
-    Yields:
-      ``{"image": uint8 (B, H, W, C), "label": int32 (B,)}`` global arrays.
-    """
-    perm = epoch_permutation(len(split), seed, epoch)
-    for step in range(start_step, steps_per_epoch(split, batch_size)):
-        idx = perm[step * batch_size : (step + 1) * batch_size]
-        yield _to_global(
-            {"image": split.images[idx], "label": split.labels[idx]}, sharding, batch_size
-        )
 
 
 def eval_batches(

@@ -4,7 +4,8 @@
 last epoch. Data-parallel over every device JAX sees: a 1-D mesh ``"data"``, batches sharded along
 it, parameters and optimizer state replicated. Keys: ``key(seed)`` is split into init and train
 keys; step ``s`` uses ``fold_in(train_key, s)`` on the rng stream ``"pooling"``; evaluation is
-deterministic.
+deterministic. The training split lives on the devices and each epoch runs as compiled chunks of
+``steps_per_chunk`` steps (see :mod:`train.device_loop`); the host only sums the per-step losses.
 
 Files written to ``workdir`` (by process 0):
 
@@ -54,7 +55,7 @@ import tqdm
 from flax.training import train_state
 
 import jaxpool
-from train import checkpointing, cli, input_pipeline, models
+from train import checkpointing, cli, device_loop, input_pipeline, models
 
 logger = logging.getLogger(__name__)
 
@@ -149,6 +150,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         ("seed", 0, "seed", ""),
         ("checkpoints_to_keep", 1, "checkpoints_to_keep", ""),
         ("stop_after_epochs", 0, "stop_after_epochs", " (0 = never)"),
+        ("steps_per_chunk", 1, "steps_per_chunk", ""),
     ):
         value = config[field]
         kind = "a positive integer" if low else f"an integer >= 0{zero}"
@@ -258,11 +260,6 @@ def _seed_keys(seed: int, sharding: jax.sharding.Sharding) -> tuple[jax.Array, j
     return jax.jit(lambda: tuple(jax.random.split(jax.random.key(seed))), out_shardings=sharding)()
 
 
-def _replicate(x: np.ndarray, sharding: jax.sharding.Sharding) -> jax.Array:
-    """A host array as a global array on ``sharding`` (every process holds the same value)."""
-    return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
-
-
 @functools.lru_cache(maxsize=64)
 def _adam(learning_rate: float) -> optax.GradientTransformation:
     return optax.adam(learning_rate)
@@ -328,8 +325,27 @@ def eval_step(
 
 
 # Shardings come from the arguments: state and keys replicated, batches sharded over "data".
-_jit_train_step = jax.jit(train_step, donate_argnums=(0,))
 _jit_eval_step = jax.jit(eval_step)
+
+
+def _run_chunk(state, data, order, first, count, rng, mean, std, *, batch_size, length, sharding):
+    """Steps ``first .. first + count - 1`` of an epoch as one program (the state is donated)."""
+    images, labels = data
+    return device_loop.train_chunk(
+        state,
+        images,
+        labels,
+        order,
+        np.int32(first),
+        np.int32(count),
+        rng,
+        mean,
+        std,
+        step_fn=train_step,
+        batch_size=batch_size,
+        length=length,
+        batch_sharding=sharding,
+    )
 
 
 def evaluate(
@@ -486,6 +502,7 @@ def train_and_evaluate(
     # Everything is created on the mesh directly: jax.device_put cannot place host values on
     # devices of other processes.
     init_key, train_key = _seed_keys(config.seed, replicated)
+    data_key = device_loop.data_key(config.seed, replicated)
     state = create_train_state(
         config, data.image_shape, data.num_classes, init_key, sharding=replicated
     )
@@ -539,7 +556,9 @@ def train_and_evaluate(
             _write_json(os.path.join(workdir, "summary.json"), summary(status))
 
     if mean is not None:
-        mean, std = _replicate(mean, replicated), _replicate(std, replicated)
+        mean, std = (device_loop.put_replicated(v, replicated) for v in (mean, std))
+    train_data = device_loop.put_split(data.train, replicated)
+    chunk_length = min(config.steps_per_chunk, steps)
     show_bar = bool(config.progress) and sys.stderr.isatty()
     stop_after = config.stop_after_epochs or config.num_epochs
 
@@ -552,7 +571,6 @@ def train_and_evaluate(
                 return history[-1] if history else {}
             start_step = int(jax.device_get(state.step)) - epoch * steps
             t0 = time.perf_counter()
-            outputs = []
             bar = tqdm.tqdm(
                 total=steps,
                 initial=start_step,
@@ -561,37 +579,44 @@ def train_and_evaluate(
                 leave=False,
                 file=sys.stderr,
             )
-            batches = input_pipeline.train_batches(
-                data.train,
-                batch_size,
-                seed=config.seed,
-                epoch=epoch,
-                sharding=sharded,
-                start_step=start_step,
-            )
-            for batch in batches:
-                state, out = _jit_train_step(state, batch, train_key, mean, std)
-                outputs.append(out)
-                bar.update(1)
-                if show_bar and len(outputs) % 20 == 0:
-                    bar.set_postfix(loss=f"{float(out['loss']):.4f}")
+            order = device_loop.epoch_order(data_key, epoch, len(data.train), replicated)
+            for first, count in device_loop.chunks(start_step, steps, chunk_length):
+                state, out = _run_chunk(
+                    state,
+                    train_data,
+                    order,
+                    first,
+                    count,
+                    train_key,
+                    mean,
+                    std,
+                    batch_size=batch_size,
+                    length=chunk_length,
+                    sharding=sharded,
+                )
+                losses, correct = jax.device_get((out["loss"], out["correct"]))
+                # Sequential float64 sums, continued from the checkpoint: a resumed epoch adds
+                # the same numbers in the same order as an uninterrupted one.
+                for i in range(count):
+                    loss = float(losses[i])
+                    if not math.isfinite(loss):
+                        bar.close()
+                        finish("failed")
+                        step = first + i + 1
+                        raise NonFiniteLossError(
+                            f"non-finite training loss ({loss}) at epoch {epoch + 1}, step "
+                            f"{step} of {steps} (global step {epoch * steps + step}); last good "
+                            f"checkpoint: {_last_step_text(ckpt)}"
+                        )
+                    meta["loss_sum"] += loss * batch_size
+                    meta["correct"] += int(correct[i])
+                    meta["count"] += batch_size
+                bar.update(count)
+                if show_bar:
+                    bar.set_postfix(loss=f"{float(losses[count - 1]):.4f}")
                 if received:
                     break
             bar.close()
-            # Sequential float64 sums, continued from the checkpoint: a resumed epoch adds the
-            # same numbers in the same order as an uninterrupted one.
-            for i, out in enumerate(jax.device_get(outputs), start=start_step + 1):
-                loss = float(out["loss"])
-                if not math.isfinite(loss):
-                    finish("failed")
-                    raise NonFiniteLossError(
-                        f"non-finite training loss ({loss}) at epoch {epoch + 1}, step {i} of "
-                        f"{steps} (global step {epoch * steps + i}); last good checkpoint: "
-                        f"{_last_step_text(ckpt)}"
-                    )
-                meta["loss_sum"] += loss * batch_size
-                meta["correct"] += int(out["correct"])
-                meta["count"] += batch_size
             meta["train_seconds"] += time.perf_counter() - t0
             if received:
                 step_now = int(jax.device_get(state.step))
@@ -646,7 +671,8 @@ def train_and_evaluate(
 
 def _epoch_start(epoch: int, seed: int) -> dict[str, Any]:
     """Checkpoint metadata at the start of ``epoch`` (0-based): the epoch's data order is
-    ``epoch_permutation(seed, epoch)``; the sums and seconds accumulate over its steps."""
+    ``device_loop.epoch_order(data_key(seed), epoch, n)``; the sums and seconds accumulate over
+    its steps."""
     return {
         "epoch": epoch,
         "data_seed": seed,

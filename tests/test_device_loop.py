@@ -1,0 +1,110 @@
+"""Tests of train/device_loop.py: on-device epoch order, chunk plans, and chunked training equal
+to step-by-step training on the same batches."""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+import pytest
+
+from configs import digits as digits_config
+from train import device_loop, input_pipeline, train_lib
+
+BATCH = 32
+STEPS = 7
+
+
+def test_epoch_order_is_a_permutation_fixed_by_seed_and_epoch():
+    key = device_loop.data_key(3)
+    a = np.asarray(device_loop.epoch_order(key, 1, 100))
+    assert a.dtype == np.int32
+    np.testing.assert_array_equal(np.sort(a), np.arange(100))
+    np.testing.assert_array_equal(a, device_loop.epoch_order(device_loop.data_key(3), 1, 100))
+    assert not np.array_equal(a, device_loop.epoch_order(key, 2, 100))
+    assert not np.array_equal(a, device_loop.epoch_order(device_loop.data_key(4), 1, 100))
+
+
+def test_data_key_is_not_the_init_or_train_key():
+    data = jax.random.key_data(device_loop.data_key(0))
+    for key in jax.random.split(jax.random.key(0)):
+        assert not np.array_equal(data, jax.random.key_data(key))
+
+
+@pytest.mark.parametrize(
+    ("start", "steps", "per_chunk", "want"),
+    [
+        (0, 22, 10, [(0, 10), (10, 10), (20, 2)]),
+        (5, 22, 10, [(5, 10), (15, 7)]),
+        (0, 3, 50, [(0, 3)]),
+        (22, 22, 10, []),
+        (0, 4, 1, [(0, 1), (1, 1), (2, 1), (3, 1)]),
+    ],
+)
+def test_chunks_cover_the_remaining_steps_once(start, steps, per_chunk, want):
+    assert list(device_loop.chunks(start, steps, per_chunk)) == want
+
+
+def test_chunks_refuse_a_non_positive_size():
+    with pytest.raises(ValueError, match="steps_per_chunk must be >= 1, got 0"):
+        list(device_loop.chunks(0, 10, 0))
+
+
+@pytest.fixture(scope="module")
+def setup():
+    config = digits_config.get_config()
+    config.pooler = "stochastic"  # random: the per-step pooling keys must match too
+    data = input_pipeline.load("digits")
+    state = train_lib.create_train_state(config, data.image_shape, 10, jax.random.key(0))
+    images, labels = (jax.numpy.asarray(v) for v in (data.train.images, data.train.labels))
+    order = device_loop.epoch_order(device_loop.data_key(0), 0, len(data.train))
+    return state, images, labels, order
+
+
+def _run(setup, plan, length):
+    state, images, labels, order = setup
+    state = jax.tree_util.tree_map(lambda v: v.copy(), state)  # chunks donate their state
+    losses = []
+    for first, count in plan:
+        state, out = device_loop.train_chunk(
+            state,
+            images,
+            labels,
+            order,
+            first,
+            count,
+            jax.random.key(1),
+            None,
+            None,
+            step_fn=train_lib.train_step,
+            batch_size=BATCH,
+            length=length,
+        )
+        assert np.all(np.asarray(out["loss"])[count:] == 0)
+        losses.extend(np.asarray(out["loss"])[:count].tolist())
+    return state, losses
+
+
+def test_any_chunk_split_gives_identical_training(setup):
+    whole, whole_losses = _run(setup, [(0, 4), (4, 3)], length=4)
+    split, split_losses = _run(setup, [(0, 1), (1, 4), (5, 2)], length=4)
+    assert whole_losses == split_losses and len(whole_losses) == STEPS
+    assert int(whole.step) == int(split.step) == STEPS
+    jax.tree_util.tree_map(np.testing.assert_array_equal, whole.params, split.params)
+
+
+def test_chunked_training_equals_step_by_step_on_the_permuted_batches(setup):
+    state, images, labels, order = setup
+    chunked, chunk_losses = _run(setup, [(0, STEPS)], length=STEPS)
+    stepped = jax.tree_util.tree_map(lambda v: v.copy(), state)
+    rows = np.asarray(order)
+    step = jax.jit(train_lib.train_step)
+    for s in range(STEPS):
+        idx = rows[s * BATCH : (s + 1) * BATCH]
+        batch = {"image": images[idx], "label": labels[idx]}
+        stepped, out = step(stepped, batch, jax.random.key(1))
+        np.testing.assert_allclose(chunk_losses[s], float(out["loss"]), rtol=1e-5)
+    jax.tree_util.tree_map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
+        chunked.params,
+        stepped.params,
+    )
