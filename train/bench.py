@@ -17,8 +17,8 @@ Measured:
   with its ratio to jaxpool's max pool and to a jitted copy of the same tensor (the
   memory-traffic floor: ``misc_ms["copy@<shape>"]``);
 * ``cnn_train_img_s["<pooler>@<batch>"]`` / ``cnn_eval_img_s[...]``: the standard CNN on
-  CIFAR-sized input (32x32x3, 10 classes) with Adam, one jitted ``train_lib.train_step`` /
-  ``eval_step``, batch 64 and 256;
+  CIFAR-sized input (32x32x3, 10 classes; ``--cnn-input 28,28,1`` for MNIST's) with Adam, one
+  jitted ``train_lib.train_step`` / ``eval_step``, batch 64 and 256;
 * ``misc_ms["compile_train_step@<pooler>@<batch>"]``: lowering + compiling the train step.
 """
 
@@ -47,6 +47,9 @@ _POOLERS = flags.DEFINE_string("poolers", "all", "Comma-separated poolers, or 'a
 _REPEATS = flags.DEFINE_integer("repeats", 7, "Timed repeats per figure (the median is kept).")
 _JSON = flags.DEFINE_string("json", None, "Also write the figures to this JSON file.")
 _SKIP_CNN = flags.DEFINE_bool("skip-cnn", False, "Only the pooler table.")
+_CNN_INPUT = flags.DEFINE_string(
+    "cnn-input", "32,32,3", "CNN input H,W,C (32,32,3: CIFAR; 28,28,1: MNIST, as the CLI trains)."
+)
 
 
 def time_call(fn: Callable[[], object], repeats: int = 7, target_s: float = 0.25) -> float:
@@ -99,14 +102,14 @@ def copy_floor(shape: Sequence[int]) -> Callable[[], object]:
     return lambda: copy(x)
 
 
-def cnn_steps(name: str, batch: int):
+def cnn_steps(name: str, batch: int, image: Sequence[int] = CNN_IMAGE):
     """Compile time (s) and closures for one CNN train step and one eval step."""
     config = default_config.get_config()
     config.pooler = name
-    state = train_lib.create_train_state(config, CNN_IMAGE, 10, jax.random.key(0))
+    state = train_lib.create_train_state(config, tuple(image), 10, jax.random.key(0))
     rng = np.random.default_rng(0)
     train_batch = {
-        "image": jnp.asarray(rng.integers(0, 256, (batch, *CNN_IMAGE), np.uint8)),
+        "image": jnp.asarray(rng.integers(0, 256, (batch, *image), np.uint8)),
         "label": jnp.asarray(rng.integers(0, 10, (batch,), np.int32)),
     }
     eval_batch = dict(train_batch, mask=jnp.ones((batch,), jnp.float32))
@@ -123,7 +126,12 @@ def cnn_steps(name: str, batch: int):
     )
 
 
-def run(poolers: Sequence[str], repeats: int, with_cnn: bool = True) -> dict:
+def run(
+    poolers: Sequence[str],
+    repeats: int,
+    with_cnn: bool = True,
+    cnn_input: Sequence[int] = CNN_IMAGE,
+) -> dict:
     device = jax.devices()[0]
     results: dict = {
         "lib": f"jax {jax.__version__}",
@@ -132,6 +140,7 @@ def run(poolers: Sequence[str], repeats: int, with_cnn: bool = True) -> dict:
         "cnn_train_img_s": {},
         "cnn_eval_img_s": {},
         "misc_ms": {},
+        "cnn_input": list(cnn_input),
     }
     print(f"jaxpool bench on {results['device']} ({results['lib']}), median of {repeats}")
     print(f"{'pooler':<11}{'shape':<18}{'fwd+bwd ms':>11}{'x max':>8}{'x copy':>8}")
@@ -149,10 +158,11 @@ def run(poolers: Sequence[str], repeats: int, with_cnn: bool = True) -> dict:
             )
         print(f"{'(copy)':<11}{skey:<18}{copy_ms:>11.3f}")
     if with_cnn:
-        print(f"\n{'pooler':<11}{'batch':>6}{'train img/s':>13}{'eval img/s':>12}{'compile s':>11}")
+        print(f"\nstandard CNN on {'x'.join(map(str, cnn_input))} input, Adam")
+        print(f"{'pooler':<11}{'batch':>6}{'train img/s':>13}{'eval img/s':>12}{'compile s':>11}")
         for batch in CNN_BATCHES:
             for name in poolers:
-                compile_s, train, evaluate = cnn_steps(name, batch)
+                compile_s, train, evaluate = cnn_steps(name, batch, cnn_input)
                 train_ips = batch / time_call(train, repeats)
                 eval_ips = batch / time_call(evaluate, repeats)
                 results["cnn_train_img_s"][f"{name}@{batch}"] = train_ips
@@ -176,6 +186,19 @@ def parse_poolers(text: str) -> list[str]:
     return names
 
 
+def parse_cnn_input(text: str) -> tuple[int, int, int]:
+    try:
+        dims = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        dims = ()
+    if len(dims) != 3 or min(dims) < 1 or min(dims[:2]) < 8:
+        raise ValueError(
+            f"--cnn-input: expected H,W,C with H, W >= 8 (three pools of 2) and C >= 1, "
+            f"e.g. 28,28,1; got {text!r}"
+        )
+    return dims
+
+
 def main(argv: Sequence[str]) -> None:
     if len(argv) > 1:
         sys.exit(f"train.bench: unexpected arguments {' '.join(argv[1:])}")
@@ -183,10 +206,11 @@ def main(argv: Sequence[str]) -> None:
         poolers = parse_poolers(_POOLERS.value)
         if _REPEATS.value < 1:
             raise ValueError(f"--repeats must be >= 1; got {_REPEATS.value}")
+        cnn_input = parse_cnn_input(_CNN_INPUT.value)
     except ValueError as e:
         print(f"train.bench: {e}", file=sys.stderr)
         sys.exit(2)
-    results = run(poolers, _REPEATS.value, with_cnn=not _SKIP_CNN.value)
+    results = run(poolers, _REPEATS.value, with_cnn=not _SKIP_CNN.value, cnn_input=cnn_input)
     if _JSON.value:
         with open(_JSON.value, "w") as f:
             json.dump(results, f, indent=1)

@@ -12,6 +12,7 @@ import numpy as np
 from flax import linen as nn
 
 import jaxpool
+from train import conv
 
 POOL_PREFIX = "pool"  # parameter subtrees of the pool slots are named pool1, pool2, pool3
 
@@ -61,7 +62,7 @@ class CNN(nn.Module):
     def __call__(self, x: jax.Array, deterministic: bool) -> jax.Array:
         kwargs = dict(self.pooler_kwargs or {})
         for i, features in enumerate((16, 32, 64), start=1):
-            x = nn.Conv(features, (3, 3), padding="SAME", name=f"conv{i}")(x)
+            x = conv.ConvSame(features, (3, 3), name=f"conv{i}")(x)
             x = nn.relu(x)
             x = PoolSlot(self.pooler, kwargs, name=f"{POOL_PREFIX}{i}")(x, deterministic)
         x = x.reshape((x.shape[0], -1))

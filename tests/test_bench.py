@@ -1,0 +1,58 @@
+"""Tests of train/bench.py: flag checks and the keys of its JSON (speed itself is never asserted)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from train import bench
+
+
+def test_pool_table_has_every_key_and_positive_times():
+    results = bench.run(["max", "avg"], repeats=1, with_cnn=False)
+    for name in ("max", "avg"):
+        for shape in bench.POOL_SHAPES:
+            assert results["pool_fwdbwd_ms"][f"{name}@{bench._shape_key(shape)}"] > 0
+    assert set(results["misc_ms"]) == {f"copy@{bench._shape_key(s)}" for s in bench.POOL_SHAPES}
+    assert results["device"].startswith(("cpu:", "gpu:", "tpu:", "cuda:", "rocm:"))
+
+
+def test_cnn_steps_run_on_mnist_sized_input():
+    compile_s, train, evaluate = bench.cnn_steps("max", 8, (28, 28, 1))
+    state, out = train()
+    assert compile_s > 0 and out["loss"].shape == () and int(state.step) == 1
+    assert float(evaluate()["count"]) == 8
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [("median", "unknown pooler(s) median"), ("", "unknown pooler(s) (none given)")],
+)
+def test_bad_poolers_name_the_allowed_ones(text, message):
+    with pytest.raises(ValueError, match=r"allowed: all or a comma-separated subset of max, avg"):
+        bench.parse_poolers(text)
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        bench.parse_poolers(text)
+
+
+@pytest.mark.parametrize("text", ["28,28", "a,b,c", "4,4,1", "28,28,0"])
+def test_bad_cnn_input_is_refused(text):
+    with pytest.raises(ValueError, match="--cnn-input: expected H,W,C"):
+        bench.parse_cnn_input(text)
+    assert bench.parse_cnn_input("28,28,1") == (28, 28, 1)
+
+
+def test_cli_bad_flag_exits_2_with_one_line(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "train.bench", "--poolers", "median", "--json", str(tmp_path / "b")],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        "train.bench: --poolers: unknown pooler(s) median; allowed: all or a comma-separated "
+        "subset of " + ", ".join(bench.jaxpool.available())
+    ]
+    assert not (tmp_path / "b").exists()
