@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 
 import chex
@@ -321,6 +322,51 @@ def test_same_key_same_sample_different_keys_differ(fn):
     assert not np.array_equal(a, c)
 
 
+VMAP_X = jax.random.normal(jax.random.key(0), (2, 6, 6, 3))
+VMAP_TEMPERATURE = jnp.full((3,), 0.5)
+KEYED = {  # (x, temperature, key) -> sample; x and temperature are differentiable.
+    "stochastic": lambda x, t, k: F.stochastic_pool(x, key=k),
+    "stochastic_softmax_same": lambda x, t, k: F.stochastic_pool(
+        x, 3, 2, "SAME", key=k, mode="softmax"
+    ),
+    "tdgs": lambda x, t, k: F.tdgs_pool(x, t, key=k, tau=0.7),
+    "tdgs_same": lambda x, t, k: F.tdgs_pool(x, t, 3, 2, "SAME", key=k),
+    "gumbel_softmax": lambda x, t, k: F.gumbel_softmax(k, x / t, hard=True),
+    "s3": lambda x, t, k: F.s3_pool(x, key=k),
+    "s3_per_example": lambda x, t, k: F.s3_pool(x, key=k, per_example=True),
+}
+
+
+@pytest.mark.parametrize("name", list(KEYED))
+def test_vmap_over_keys_equals_a_loop_of_unbatched_calls(name):
+    fn = functools.partial(KEYED[name], VMAP_X, VMAP_TEMPERATURE)
+    keys = jax.random.split(jax.random.key(11), 4)
+    loop = np.stack([fn(k) for k in keys])
+    assert len({row.tobytes() for row in loop}) > 1  # the keys do make different samples
+    np.testing.assert_array_equal(jax.vmap(fn)(keys), loop)
+    np.testing.assert_array_equal(jax.jit(jax.vmap(fn))(keys), loop)
+
+
+@pytest.mark.parametrize("name", ["stochastic", "tdgs", "tdgs_same", "gumbel_softmax"])
+def test_vmap_of_grad_over_keys_equals_a_loop(name):
+    def loss(x, t, k):
+        y = KEYED[name](x, t, k)
+        return (y * jnp.cos(y)).sum()  # a nonlinear loss: the cotangent depends on the sample
+
+    grad = jax.grad(loss, argnums=(0, 1))
+    keys = jax.random.split(jax.random.key(12), 3)
+    loop = [grad(VMAP_X, VMAP_TEMPERATURE, k) for k in keys]
+    batched = jax.jit(jax.vmap(grad, in_axes=(None, None, 0)))(VMAP_X, VMAP_TEMPERATURE, keys)
+    for i, row in enumerate(loop):
+        for got, want in zip(batched, row, strict=True):
+            assert np.isfinite(want).all()
+            # jit vs eager may fuse the float32 arithmetic differently: rounding-level tolerance.
+            np.testing.assert_allclose(got[i], want, rtol=1e-5, atol=1e-6)
+    # And the reverse nesting: the gradient of a loss summed over a vmap over keys.
+    total = jax.grad(lambda x: jax.vmap(lambda k: loss(x, VMAP_TEMPERATURE, k))(keys).sum())(VMAP_X)
+    np.testing.assert_allclose(total, sum(g[0] for g in loop), rtol=1e-5, atol=1e-5)
+
+
 def test_stochastic_training_gradient_reaches_sampled_element_only():
     x = jax.random.uniform(jax.random.key(0), (1, 4, 4, 2)) + 0.1
     key = jax.random.key(5)
@@ -527,7 +573,7 @@ def _tdgs_autodiff_reference(x, temperature, key, deterministic, tau, padding):
     if deterministic:
         return (jax.nn.softmax(logits, axis=0) * values).sum(0)
     # The same noise as the pooler: the same key and shape; then gumbel_softmax's formula.
-    gumbels = jax.random.gumbel(key, values.shape, jnp.float32)
+    gumbels = F._gumbel(key, values.shape)
     soft = jax.nn.softmax((logits + gumbels) / tau, axis=0)
     hard = jax.nn.one_hot(jnp.argmax(soft, axis=0), values.shape[0], axis=0)
     return ((hard - jax.lax.stop_gradient(soft) + soft) * values).sum(0)

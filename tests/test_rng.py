@@ -1,0 +1,147 @@
+"""The noise behind the stochastic poolers: jaxpool.functional._uniform and _gumbel.
+
+They draw with XLA's ``lax.rng_bit_generator`` instead of ``jax.random``'s threefry, so these tests
+check what ``jax.random`` would guarantee: the distribution, finiteness, batching (row ``i`` of a
+``vmap`` over keys is the draw for key ``i``) and independence from how the batch is sharded.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import pathlib
+import subprocess
+import sys
+from unittest import mock
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxpool import functional as F
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+N = 1 << 20
+EULER_GAMMA = 0.5772156649015329
+
+
+@pytest.fixture(scope="module")
+def uniforms():
+    return np.asarray(jax.jit(lambda k: F._uniform(k, (N,)))(jax.random.key(0)), np.float64)
+
+
+@pytest.fixture(scope="module")
+def gumbels():
+    return np.asarray(jax.jit(lambda k: F._gumbel(k, (N,)))(jax.random.key(1)), np.float64)
+
+
+def test_uniform_lies_in_unit_interval_on_the_float32_mantissa_grid(uniforms):
+    assert uniforms.min() >= 0.0 and uniforms.max() < 1.0
+    # Top 23 bits as the mantissa: every value is a multiple of 2**-23, as jax.random.uniform.
+    np.testing.assert_array_equal(uniforms * 2**23, np.round(uniforms * 2**23))
+    # Mean and variance of U[0, 1): 1/2 and 1/12.  Standard errors: sqrt(1/12 / n) for the mean;
+    # for the variance sqrt((mu4 - sigma^4) / n) with mu4 = 1/80, sigma^4 = 1/144.  5 sigma bands.
+    assert abs(uniforms.mean() - 0.5) < 5 * math.sqrt(1 / 12 / N)
+    assert abs(uniforms.var() - 1 / 12) < 5 * math.sqrt((1 / 80 - 1 / 144) / N)
+
+
+def test_gumbel_is_finite_with_the_standard_gumbel_moments_and_cdf(gumbels):
+    assert np.isfinite(gumbels).all()
+    # Standard Gumbel: mean = Euler's gamma, variance = pi^2 / 6 (sigma^2 = 1.645), excess kurtosis
+    # 12/5, so mu4 = 5.4 sigma^4.  Standard errors at n = 2^20: mean sqrt(sigma^2 / n) = 0.00125,
+    # variance sigma^2 sqrt(4.4 / n) = 0.0034.  5-sigma bands: 0.0063 and 0.017; a uniform bias of
+    # 2^-23 moves neither, a wrong transform (e.g. -log u, mean 1) fails by far.
+    var = math.pi**2 / 6
+    assert abs(gumbels.mean() - EULER_GAMMA) < 5 * math.sqrt(var / N)
+    assert abs(gumbels.var() - var) < 5 * var * math.sqrt(4.4 / N)
+    # CDF exp(-exp(-x)) at a few points; each empirical value is Binomial(n, F) / n.
+    for x in (-1.5, -0.5, 0.0, 1.0, 3.0):
+        p = math.exp(-math.exp(-x))
+        assert abs((gumbels <= x).mean() - p) < 5 * math.sqrt(p * (1 - p) / N), x
+
+
+def test_gumbel_extreme_bits_stay_finite():
+    # All-zero bits give u = 0 (clamped to the smallest normal float, as jax.random.gumbel), all-one
+    # bits the largest u, 1 - 2^-23.  Neither may give inf or NaN.
+    bits = jnp.array([0, 1, (1 << 9) - 1, 1 << 9, 0xFFFFFFFF], jnp.uint32)
+    with mock.patch.object(F, "_rng_bits", lambda shape: lambda seed: bits):
+        u = F._uniform(jax.random.key(0), bits.shape)
+        g = F._gumbel(jax.random.key(0), bits.shape)
+    np.testing.assert_array_equal(u, [0.0, 0.0, 0.0, 2.0**-23, 1.0 - 2.0**-23])
+    assert np.isfinite(g).all()
+    tiny = np.finfo(np.float32).tiny
+    np.testing.assert_allclose(g[0], -np.log(-np.log(np.float64(tiny))), rtol=1e-6)
+    np.testing.assert_allclose(g[-1], -np.log(-np.log1p(-(2.0**-23))), rtol=1e-3)
+
+
+def test_uniform_is_fixed_by_the_key_and_shape():
+    a = F._uniform(jax.random.key(3), (64,))
+    np.testing.assert_array_equal(a, F._uniform(jax.random.key(3), (64,)))
+    np.testing.assert_array_equal(a, jax.jit(lambda k: F._uniform(k, (64,)))(jax.random.key(3)))
+    assert not np.array_equal(a, F._uniform(jax.random.key(4), (64,)))
+    # Legacy raw uint32 keys work too.
+    raw = F._uniform(jax.random.PRNGKey(3), (64,))
+    assert raw.shape == (64,) and raw.dtype == jnp.float32
+
+
+@pytest.mark.parametrize("fn", [F._uniform, F._gumbel], ids=["uniform", "gumbel"])
+def test_vmap_over_keys_gives_each_key_its_own_draw(fn):
+    # lax.rng_bit_generator alone would give every row the first key's draw.
+    keys = jax.random.split(jax.random.key(5), 6)
+    loop = np.stack([fn(k, (3, 4)) for k in keys])
+    assert len({row.tobytes() for row in loop}) == len(keys)
+    np.testing.assert_array_equal(jax.vmap(lambda k: fn(k, (3, 4)))(keys), loop)
+    np.testing.assert_array_equal(jax.jit(jax.vmap(lambda k: fn(k, (3, 4))))(keys), loop)
+    nested = jax.vmap(jax.vmap(lambda k: fn(k, (3, 4))))(keys.reshape(2, 3))
+    np.testing.assert_array_equal(nested.reshape(loop.shape), loop)
+    # A vmap over something else leaves the key unbatched: every row is the one draw.
+    rows = jax.vmap(lambda s: fn(jax.random.key(5), (3, 4)) * s)(jnp.ones(2))
+    np.testing.assert_array_equal(rows, np.stack([fn(jax.random.key(5), (3, 4))] * 2))
+
+
+SHARDING_SCRIPT = """
+import jax, jax.numpy as jnp, numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jaxpool import functional as F
+
+assert jax.device_count() == 8
+x = jax.random.normal(jax.random.key(0), (16, 8, 8, 4))
+temp, key = jnp.full((4,), 0.5), jax.random.key(1)
+
+def draws(x, key):
+    return {
+        "uniform": F._uniform(key, x.shape),
+        "gumbel": F._gumbel(key, (4, *x.shape)),
+        "stochastic": F.stochastic_pool(x, key=key),
+        "tdgs": F.tdgs_pool(x, temp, key=key),
+        "tdgs_grad": jax.grad(lambda v: (F.tdgs_pool(v, temp, key=key) ** 2).sum())(x),
+    }
+
+one = jax.jit(draws)(jax.device_put(x, jax.devices()[0]), key)
+mesh = Mesh(np.array(jax.devices()), ("data",))
+batch = NamedSharding(mesh, P("data"))
+out = {name: batch for name in one}
+out["gumbel"] = NamedSharding(mesh, P(None, "data"))
+eight = jax.jit(draws, out_shardings=out)(jax.device_put(x, batch), key)
+for name in one:
+    assert len(eight[name].sharding.device_set) == 8, name
+    np.testing.assert_array_equal(np.asarray(one[name]), np.asarray(eight[name]), err_msg=name)
+print("ok")
+"""
+
+
+def test_draws_do_not_depend_on_sharding():
+    # The device count is fixed at start-up, hence a subprocess with 8 virtual CPU devices.
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
+    proc = subprocess.run(
+        [sys.executable, "-c", SHARDING_SCRIPT],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.strip().splitlines()[-1] == "ok"
