@@ -8,7 +8,9 @@ import os
 import pathlib
 import signal
 
+import jax
 import numpy as np
+import optax
 import pytest
 from conftest import mock_tfds
 
@@ -219,8 +221,6 @@ def test_real_mnist_one_epoch_max_pool_reaches_97_percent(tmp_path):
 
 
 def test_enable_compilation_cache_points_jax_at_the_directory(tmp_path, monkeypatch):
-    import jax
-
     old = jax.config.jax_compilation_cache_dir
     try:
         path = train_lib.enable_compilation_cache(str(tmp_path / "cache"))
@@ -230,3 +230,79 @@ def test_enable_compilation_cache_points_jax_at_the_directory(tmp_path, monkeypa
         assert train_lib.enable_compilation_cache() == str(tmp_path / "env")
     finally:
         jax.config.update("jax_compilation_cache_dir", old)
+
+
+@pytest.mark.parametrize(
+    ("per_device", "size", "platform", "want"),
+    [
+        (64, 0, "cpu", 2),
+        (256, 0, "cpu", 8),
+        (100, 0, "cpu", 2),  # 3 does not divide 100: two micro-batches of 50
+        (16, 0, "cpu", 1),
+        (256, 0, "gpu", 1),
+        (256, 0, "tpu", 1),
+        (256, 64, "gpu", 4),
+        (64, 64, "cpu", 1),
+    ],
+)
+def test_microbatches_for(per_device, size, platform, want):
+    assert train_lib.microbatches_for(per_device, size, platform) == want
+
+
+def test_microbatch_size_must_divide_the_per_device_batch():
+    with pytest.raises(train_lib.ConfigError, match="microbatch_size 24 does not divide the"):
+        train_lib.validate_config(_config(batch_size=64, microbatch_size=24))
+    with pytest.raises(train_lib.ConfigError, match="microbatch_size must be an integer >= 0"):
+        train_lib.validate_config(_config(microbatch_size=-1))
+
+
+def _step_inputs(pooler):
+    config = _config(pooler=pooler)
+    state = train_lib.create_train_state(config, (8, 8, 1), 10, jax.random.key(0))
+    rng = np.random.default_rng(0)
+    batch = {
+        "image": rng.integers(0, 256, (16, 8, 8, 1)).astype(np.uint8),
+        "label": rng.integers(0, 10, (16,)).astype(np.int32),
+    }
+    return state, batch
+
+
+def _params_close(a, b):
+    jax.tree_util.tree_map(
+        lambda u, v: np.testing.assert_allclose(u, v, rtol=2e-5, atol=1e-6), a, b
+    )
+
+
+def test_microbatched_step_equals_the_whole_batch_step():
+    state, batch = _step_inputs("mixed")
+    whole, out = jax.jit(train_lib.train_step)(state, batch, jax.random.key(1))
+    for m in (2, 4):
+        parts, out_m = jax.jit(train_lib.step_fn(m))(state, batch, jax.random.key(1))
+        np.testing.assert_allclose(out_m["loss"], out["loss"], rtol=1e-5)
+        assert int(out_m["correct"]) == int(out["correct"])
+        assert int(parts.step) == int(whole.step) == 1
+        _params_close(parts.params, whole.params)
+
+
+def test_microbatches_draw_their_own_pooling_keys():
+    # Spec of the key derivation: micro-batch j (rows i % M == j) uses fold_in(step key, j).
+    state, batch = _step_inputs("stochastic")
+    got, _ = jax.jit(train_lib.step_fn(2))(state, batch, jax.random.key(1))
+    key = jax.random.fold_in(jax.random.key(1), 0)
+    grads = []
+    for j in range(2):
+        x = batch["image"][j::2].astype(np.float32) / 255.0
+        y = batch["label"][j::2]
+
+        def loss(p, x=x, y=y, j=j):
+            logits = state.apply_fn(
+                {"params": p}, x, deterministic=False, rngs={"pooling": jax.random.fold_in(key, j)}
+            )
+            return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+
+        grads.append(jax.grad(loss)(state.params))
+    mean = jax.tree_util.tree_map(lambda a, b: (a + b) / 2, *grads)
+    _params_close(got.params, state.apply_gradients(grads=mean).params)
+    same_key_for_both, _ = jax.jit(train_lib.train_step)(state, batch, jax.random.key(1))
+    with pytest.raises(AssertionError):  # the noise really differs from one whole-batch draw
+        _params_close(got.params, same_key_for_both.params)

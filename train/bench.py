@@ -18,7 +18,8 @@ Measured:
   memory-traffic floor: ``misc_ms["copy@<shape>"]``);
 * ``cnn_train_img_s["<pooler>@<batch>"]`` / ``cnn_eval_img_s[...]``: the standard CNN on
   CIFAR-sized input (32x32x3, 10 classes; ``--cnn-input 28,28,1`` for MNIST's) with Adam, one
-  jitted ``train_lib.train_step`` / ``eval_step``, batch 64 and 256;
+  jitted ``train_lib.train_step`` (micro-batched as ``train.main`` would on this device) /
+  ``eval_step``, batch 64 and 256;
 * ``misc_ms["compile_train_step@<pooler>@<batch>"]``: lowering + compiling the train step.
 """
 
@@ -114,8 +115,12 @@ def cnn_steps(name: str, batch: int, image: Sequence[int] = CNN_IMAGE):
     }
     eval_batch = dict(train_batch, mask=jnp.ones((batch,), jnp.float32))
     key = jax.random.key(1)
+    # The step as train.main runs it, micro-batched as it would be on this device.
+    microbatches = train_lib.microbatches_for(
+        batch // jax.device_count(), config.microbatch_size, jax.devices()[0].platform
+    )
     start = time.perf_counter()
-    train = jax.jit(train_lib.train_step).lower(state, train_batch, key).compile()
+    train = jax.jit(train_lib.step_fn(microbatches)).lower(state, train_batch, key).compile()
     compile_s = time.perf_counter() - start
     evaluate = jax.jit(train_lib.eval_step)
     # Each call starts from the same state: the timing is of the step, not of training.
@@ -158,7 +163,10 @@ def run(
             )
         print(f"{'(copy)':<11}{skey:<18}{copy_ms:>11.3f}")
     if with_cnn:
-        print(f"\nstandard CNN on {'x'.join(map(str, cnn_input))} input, Adam")
+        print(
+            f"\nstandard CNN on {'x'.join(map(str, cnn_input))} input, Adam, train step as "
+            f"train.main runs it (micro-batches: config.microbatch_size=0, automatic)"
+        )
         print(f"{'pooler':<11}{'batch':>6}{'train img/s':>13}{'eval img/s':>12}{'compile s':>11}")
         for batch in CNN_BATCHES:
             for name in poolers:

@@ -151,6 +151,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         ("checkpoints_to_keep", 1, "checkpoints_to_keep", ""),
         ("stop_after_epochs", 0, "stop_after_epochs", " (0 = never)"),
         ("steps_per_chunk", 1, "steps_per_chunk", ""),
+        ("microbatch_size", 0, "microbatch_size", " (0 = automatic)"),
     ):
         value = config[field]
         kind = "a positive integer" if low else f"an integer >= 0{zero}"
@@ -180,6 +181,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
             f"{field.replace('_', ' ')} {size} does not divide by the {n} devices JAX sees; "
             f"use a multiple of {n}",
         )
+    microbatches_for(config.batch_size // n, config.microbatch_size, jax.devices()[0].platform)
 
 
 def pooler_kwargs(config: ml_collections.ConfigDict) -> dict[str, Any]:
@@ -278,10 +280,18 @@ def train_step(
     rng: jax.Array,
     mean: np.ndarray | None = None,
     std: np.ndarray | None = None,
+    *,
+    microbatches: int = 1,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
     """One Adam step on the mean cross-entropy of ``batch``.
 
     The pooling key is ``fold_in(rng, state.step)``, so a resumed run draws the same keys.
+
+    With ``microbatches = M > 1`` the gradient of the batch mean is computed as the mean of the
+    gradients of ``M`` equal micro-batches (rows ``i`` with ``i % M == j`` form micro-batch ``j``,
+    so each device's shard splits evenly), one after the other (``lax.scan``): the same update up
+    to float rounding, with activations small enough to stay in the CPU caches.  Micro-batch ``j``
+    draws its pooling noise with ``fold_in(key, j)``.
 
     Returns:
       The new state and ``{"loss": mean loss, "correct": number of correct predictions}``.
@@ -290,15 +300,82 @@ def train_step(
     x = _preprocess(batch["image"], mean, std)
     labels = batch["label"]
 
-    def loss_fn(params):
-        logits = state.apply_fn({"params": params}, x, deterministic=False, rngs={"pooling": key})
-        loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
-        return loss, logits
+    def loss_and_grads(x, labels, key):
+        def loss_fn(params):
+            logits = state.apply_fn(
+                {"params": params}, x, deterministic=False, rngs={"pooling": key}
+            )
+            loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+            return loss, logits
 
-    (loss, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        (loss, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        return loss, jnp.sum(jnp.argmax(logits, -1) == labels), grads
+
+    if microbatches == 1:
+        loss, correct, grads = loss_and_grads(x, labels, key)
+    else:
+        m = microbatches
+
+        def split(v):  # (B, ...) -> (M, B / M, ...), micro-batch j = rows i % M == j
+            return v.reshape(v.shape[0] // m, m, *v.shape[1:]).swapaxes(0, 1)
+
+        def accumulate(totals, part):
+            j, xs, ys = part
+            loss, correct, grads = loss_and_grads(xs, ys, jax.random.fold_in(key, j))
+            return jax.tree_util.tree_map(jnp.add, totals, (loss, correct, grads)), None
+
+        zeros = (
+            jnp.zeros((), jnp.float32),
+            jnp.zeros((), jnp.int32),
+            jax.tree_util.tree_map(jnp.zeros_like, state.params),
+        )
+        (loss, correct, grads), _ = jax.lax.scan(
+            accumulate, zeros, (jnp.arange(m), split(x), split(labels))
+        )
+        loss, grads = loss / m, jax.tree_util.tree_map(lambda g: g / m, grads)
     state = state.apply_gradients(grads=grads)
-    correct = jnp.sum(jnp.argmax(logits, -1) == labels)
     return state, {"loss": loss, "correct": correct}
+
+
+MICROBATCH_TARGET_CPU = 32  # examples per micro-batch on CPU (measured: 32-64 fit the caches)
+
+
+def microbatches_for(per_device_batch: int, microbatch_size: int, platform: str) -> int:
+    """How many micro-batches one step of ``per_device_batch`` examples is split into.
+
+    Args:
+      per_device_batch: global batch size / device count.
+      microbatch_size: the config field: 0 = automatic (CPU: about
+        ``MICROBATCH_TARGET_CPU`` examples, the largest split into equal micro-batches of at
+        least that many; GPU/TPU: no split), else examples per micro-batch, which must divide
+        ``per_device_batch``.
+      platform: ``jax.devices()[0].platform``.
+
+    Raises:
+      ConfigError: ``microbatch_size`` does not divide ``per_device_batch``.
+    """
+    if microbatch_size:
+        if per_device_batch % microbatch_size:
+            raise ConfigError(
+                f"microbatch_size {microbatch_size} does not divide the per-device batch of "
+                f"{per_device_batch} examples; use a divisor of it, or 0 for automatic"
+            )
+        return per_device_batch // microbatch_size
+    if platform != "cpu":
+        return 1
+    m = max(1, per_device_batch // MICROBATCH_TARGET_CPU)
+    while per_device_batch % m:
+        m -= 1
+    return m
+
+
+@functools.lru_cache(maxsize=16)
+def step_fn(microbatches: int) -> Callable[..., tuple[TrainState, dict[str, jax.Array]]]:
+    """:func:`train_step` with ``microbatches`` bound; the same object for the same value, so
+    jitted callers that take it as a static argument compile once."""
+    if microbatches == 1:
+        return train_step
+    return functools.partial(train_step, microbatches=microbatches)
 
 
 def eval_step(
@@ -328,7 +405,9 @@ def eval_step(
 _jit_eval_step = jax.jit(eval_step)
 
 
-def _run_chunk(state, data, order, first, count, rng, mean, std, *, batch_size, length, sharding):
+def _run_chunk(
+    state, data, order, first, count, rng, mean, std, *, batch_size, length, sharding, microbatches
+):
     """Steps ``first .. first + count - 1`` of an epoch as one program (the state is donated)."""
     images, labels = data
     return device_loop.train_chunk(
@@ -341,7 +420,7 @@ def _run_chunk(state, data, order, first, count, rng, mean, std, *, batch_size, 
         rng,
         mean,
         std,
-        step_fn=train_step,
+        step_fn=step_fn(microbatches),
         batch_size=batch_size,
         length=length,
         batch_sharding=sharding,
@@ -559,6 +638,9 @@ def train_and_evaluate(
         mean, std = (device_loop.put_replicated(v, replicated) for v in (mean, std))
     train_data = device_loop.put_split(data.train, replicated)
     chunk_length = min(config.steps_per_chunk, steps)
+    microbatches = microbatches_for(
+        batch_size // jax.device_count(), config.microbatch_size, jax.devices()[0].platform
+    )
     show_bar = bool(config.progress) and sys.stderr.isatty()
     stop_after = config.stop_after_epochs or config.num_epochs
 
@@ -593,6 +675,7 @@ def train_and_evaluate(
                     batch_size=batch_size,
                     length=chunk_length,
                     sharding=sharded,
+                    microbatches=microbatches,
                 )
                 losses, correct = jax.device_get((out["loss"], out["correct"]))
                 # Sequential float64 sums, continued from the checkpoint: a resumed epoch adds
