@@ -12,6 +12,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 import jaxpool
+import train  # noqa: F401  (sets XLA:CPU flags before the tests start JAX)
 
 # Every registered pooler and how to build/call it in the generic tests.
 STOCHASTIC = ("stochastic", "s3", "tdgs")

@@ -70,3 +70,40 @@ def test_module_equals_flax_conv_with_the_same_parameters():
 def test_module_refuses_non_nhwc_input():
     with pytest.raises(ValueError, match=r"ConvSame expects NHWC input \(4 dims\), got shape"):
         conv.ConvSame(2).init(jax.random.key(0), jnp.zeros((8, 8, 3)))
+
+
+def _numpy_conv_same(x, w):
+    """Direct float64 correlation with lax's "SAME" split: independent of XLA's kernels."""
+    x, w = np.asarray(x, np.float64), np.asarray(w, np.float64)
+    kh, kw = w.shape[:2]
+    pads = (((kh - 1) // 2, kh // 2), ((kw - 1) // 2, kw // 2))
+    xp = np.pad(x, ((0, 0), *pads, (0, 0)))
+    n, h, wd, _ = x.shape
+    out = np.zeros((n, h, wd, w.shape[-1]))
+    for i in range(kh):
+        for j in range(kw):
+            out += np.einsum("nhwc,co->nhwo", xp[:, i : i + h, j : j + wd], w[i, j])
+    return out
+
+
+@pytest.mark.parametrize(("x_shape", "kernel", "features"), SHAPES)
+def test_values_and_gradients_match_a_float64_numpy_reference(x_shape, kernel, features):
+    # Whatever kernel library XLA:CPU uses (train.xla_cpu picks XNNPACK), float32 accuracy holds.
+    kx, kw = jax.random.split(jax.random.key(5))
+    x = jax.random.normal(kx, x_shape)
+    w = jax.random.normal(kw, (*kernel, x_shape[-1], features))
+    np.testing.assert_allclose(conv.conv_same(x, w), _numpy_conv_same(x, w), rtol=1e-4, atol=1e-4)
+    # Gradients of sum(y * c): d/dw_ijco = sum x_pad c, checked through the float64 forward.
+    c = np.random.default_rng(0).standard_normal((*x_shape[:3], features))
+    dx, dw = jax.grad(lambda a, b: jnp.sum(conv.conv_same(a, b) * c), argnums=(0, 1))(x, w)
+    eps = 1e-3
+    for idx in [(0, 0, 0, 0), tuple(s - 1 for s in w.shape)]:
+        step = np.zeros(w.shape)
+        step[idx] = eps
+        num = (_numpy_conv_same(x, w + step) * c).sum() - (_numpy_conv_same(x, w - step) * c).sum()
+        np.testing.assert_allclose(dw[idx], num / (2 * eps), rtol=1e-3, atol=1e-3)
+    for idx in [(0, 0, 0, 0), tuple(s - 1 for s in x.shape)]:
+        step = np.zeros(x.shape)
+        step[idx] = eps
+        num = (_numpy_conv_same(x + step, w) * c).sum() - (_numpy_conv_same(x - step, w) * c).sum()
+        np.testing.assert_allclose(dx[idx], num / (2 * eps), rtol=1e-3, atol=1e-3)
