@@ -166,6 +166,15 @@ def count_valid(spec: WindowSpec, masks: list[np.ndarray | None] | None) -> np.n
     return sum(ones if m is None else m for m in masks).astype(np.float32)
 
 
+def explicit_spec(x: jax.Array) -> tuple | None:
+    """The per-dimension mesh axes of ``x`` under explicit sharding (``jax.make_mesh`` meshes),
+    or None where ``x`` carries no explicit sharding (the usual, automatic case)."""
+    spec = getattr(getattr(jax.typeof(x), "sharding", None), "spec", None)
+    if spec is None or all(axis is None for axis in spec):
+        return None
+    return (*spec, *([None] * (x.ndim - len(spec))))
+
+
 def window_elements(
     x: jax.Array, spec: WindowSpec, *, force_general: bool = False
 ) -> list[jax.Array]:
@@ -182,8 +191,16 @@ def window_elements(
     n, _, _, c = x.shape
     (kh, kw), (sh, sw) = spec.window, spec.strides
     ho, wo = spec.out_size
-    if spec.is_fast and not force_general:
-        x6 = x[:, : ho * kh, : wo * kw, :].reshape(n, ho, kh, wo, kw, c)
+    sharded = explicit_spec(x)
+    spatially_sharded = sharded is not None and (sharded[1] is not None or sharded[2] is not None)
+    if spec.is_fast and not force_general and not spatially_sharded:
+        x = x[:, : ho * kh, : wo * kw, :]
+        shape = (n, ho, kh, wo, kw, c)
+        if sharded is None:
+            x6 = x.reshape(shape)
+        else:  # explicit sharding (jax.make_mesh) needs the split's output sharding spelled out
+            out = jax.sharding.PartitionSpec(sharded[0], None, None, None, None, sharded[3])
+            x6 = jax.lax.reshape(x, shape, out_sharding=out)
         return [x6[:, :, i, :, j, :] for i in range(kh) for j in range(kw)]
     (pt, pb), (pl, pr) = spec.pads
     if pt or pb or pl or pr:

@@ -654,9 +654,18 @@ def _tdgs_window_bwd(hard, residuals, cotangent):
     else:
         d_values = [cotangent * (w + a_k) for w, a_k in zip(weights, a, strict=True)]
         d_tau = jnp.zeros_like(tau)
-    d_t = -cotangent * _window_dot(a, values) / t
+    d_t = _same_sharding(-cotangent * _window_dot(a, values) / t, t)
     zeros = jax.tree_util.tree_map(jnp.zeros_like, (offsets, gumbels))
     return (tuple(d_values), d_t, d_tau, *zeros)
+
+
+def _same_sharding(cotangent: jax.Array, primal: jax.Array) -> jax.Array:
+    """``cotangent`` resharded like ``primal`` under explicit sharding (a custom VJP must return
+    its inputs' types; the broadcast temperature is unsharded while the batch is sharded)."""
+    want = _windows.explicit_spec(primal)
+    if _windows.explicit_spec(cotangent) == want:
+        return cotangent
+    return jax.sharding.reshard(cotangent, jax.sharding.PartitionSpec(*(want or ())))
 
 
 _tdgs_window.defvjp(_tdgs_window_fwd, _tdgs_window_bwd)

@@ -1,0 +1,72 @@
+"""Every pooler under explicit sharding (``jax.make_mesh``, JAX's default axis type): the batch
+sharded over 8 virtual CPU devices gives the values and gradients of an unsharded run.
+
+A subprocess, because the device count of a JAX process is fixed at start-up.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+SCRIPT = """
+import json
+import jax, jax.numpy as jnp, numpy as np
+from jax.sharding import PartitionSpec as P
+import jaxpool
+
+GEOMETRIES = [{}, {"window_shape": 3, "strides": 2, "padding": "SAME"}]
+x = jax.random.normal(jax.random.key(0), (16, 8, 8, 4))
+mesh = jax.make_mesh((8,), ("data",))
+out = {}
+for name in jaxpool.available():
+    for geometry in GEOMETRIES if name != "s3" else [{}]:
+        module = jaxpool.create(name, **geometry)
+        keys = {"params": jax.random.key(1), "pooling": jax.random.key(2)}
+        params = module.init(keys, x, deterministic=True).get("params", {})
+
+        def run(params, x, deterministic):
+            def f(p, v):
+                rngs = {"pooling": jax.random.key(3)}
+                y = module.apply({"params": p}, v, deterministic=deterministic, rngs=rngs)
+                return jnp.sum(y * jnp.arange(y.size).reshape(y.shape) / y.size), y
+
+            (_, y), grads = jax.jit(jax.value_and_grad(f, argnums=(0, 1), has_aux=True))(params, x)
+            return y, grads
+
+        label = f"{name}{'-same' if geometry else ''}"
+        for deterministic in (True, False):
+            want = run(params, x, deterministic)
+            with jax.set_mesh(mesh):
+                xs = jax.device_put(x, P("data"))
+                got = run(params, xs, deterministic)
+                spec = str(jax.typeof(got[0]).sharding.spec)
+            errors = jax.tree_util.tree_map(
+                lambda a, b: float(np.max(np.abs(np.asarray(a) - np.asarray(b)), initial=0.0)),
+                got, want,
+            )
+            out[f"{label}-{'det' if deterministic else 'train'}"] = {
+                "max_error": max(jax.tree_util.tree_leaves(errors)),
+                "spec": spec,
+            }
+print(json.dumps(out))
+"""
+
+
+def test_every_pooler_matches_unsharded_under_explicit_sharding():
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
+    proc = subprocess.run(
+        [sys.executable, "-c", SCRIPT], cwd=ROOT, env=env, capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert len(results) == 2 * (2 * 7 + 1)  # every pooler, both modes, two geometries (s3: one)
+    for label, result in results.items():
+        assert result["max_error"] < 1e-4, (label, result)
+        assert result["spec"].startswith("P('data'"), (label, result)
