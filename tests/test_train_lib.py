@@ -303,6 +303,6 @@ def test_microbatches_draw_their_own_pooling_keys():
         grads.append(jax.grad(loss)(state.params))
     mean = jax.tree_util.tree_map(lambda a, b: (a + b) / 2, *grads)
     _params_close(got.params, state.apply_gradients(grads=mean).params)
-    same_key_for_both, _ = jax.jit(train_lib.train_step)(state, batch, jax.random.key(1))
+    whole_batch, _ = jax.jit(train_lib.train_step)(state, batch, jax.random.key(1))
     with pytest.raises(AssertionError):  # the noise really differs from one whole-batch draw
-        _params_close(got.params, same_key_for_both.params)
+        _params_close(got.params, whole_batch.params)

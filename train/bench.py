@@ -116,9 +116,7 @@ def cnn_steps(name: str, batch: int, image: Sequence[int] = CNN_IMAGE):
     eval_batch = dict(train_batch, mask=jnp.ones((batch,), jnp.float32))
     key = jax.random.key(1)
     # The step as train.main runs it, micro-batched as it would be on this device.
-    microbatches = train_lib.microbatches_for(
-        batch // jax.device_count(), config.microbatch_size, jax.devices()[0].platform
-    )
+    microbatches = train_lib.config_microbatches(config, batch)
     start = time.perf_counter()
     train = jax.jit(train_lib.step_fn(microbatches)).lower(state, train_batch, key).compile()
     compile_s = time.perf_counter() - start

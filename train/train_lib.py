@@ -181,7 +181,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
             f"{field.replace('_', ' ')} {size} does not divide by the {n} devices JAX sees; "
             f"use a multiple of {n}",
         )
-    microbatches_for(config.batch_size // n, config.microbatch_size, jax.devices()[0].platform)
+    config_microbatches(config, config.batch_size)
 
 
 def pooler_kwargs(config: ml_collections.ConfigDict) -> dict[str, Any]:
@@ -367,6 +367,13 @@ def microbatches_for(per_device_batch: int, microbatch_size: int, platform: str)
     while per_device_batch % m:
         m -= 1
     return m
+
+
+def config_microbatches(config: ml_collections.ConfigDict, batch_size: int) -> int:
+    """:func:`microbatches_for` a global batch of ``batch_size`` on the devices JAX sees."""
+    return microbatches_for(
+        batch_size // jax.device_count(), config.microbatch_size, jax.devices()[0].platform
+    )
 
 
 @functools.lru_cache(maxsize=16)
@@ -638,9 +645,7 @@ def train_and_evaluate(
         mean, std = (device_loop.put_replicated(v, replicated) for v in (mean, std))
     train_data = device_loop.put_split(data.train, replicated)
     chunk_length = min(config.steps_per_chunk, steps)
-    microbatches = microbatches_for(
-        batch_size // jax.device_count(), config.microbatch_size, jax.devices()[0].platform
-    )
+    microbatches = config_microbatches(config, batch_size)
     show_bar = bool(config.progress) and sys.stderr.isatty()
     stop_after = config.stop_after_epochs or config.num_epochs
 
