@@ -175,6 +175,34 @@ def explicit_spec(x: jax.Array) -> tuple | None:
     return (*spec, *([None] * (x.ndim - len(spec))))
 
 
+def window_view(x: jax.Array, spec: WindowSpec) -> jax.Array | None:
+    """``x`` as ``(N, Ho, kh, Wo, kw, C)`` windows (a free reshape) where the fast path applies.
+
+    Element ``(n, i, a, j, b, c)`` is element ``(a, b)`` of window ``(i, j)``.  None for
+    overlapping or padded windows, and where the spatial dims are sharded (explicit sharding): the
+    strided path serves those.
+    """
+    n, _, _, c = x.shape
+    (kh, kw), (ho, wo) = spec.window, spec.out_size
+    sharded = explicit_spec(x)
+    spatially_sharded = sharded is not None and (sharded[1] is not None or sharded[2] is not None)
+    if not spec.is_fast or spatially_sharded:
+        return None
+    x = x[:, : ho * kh, : wo * kw, :]
+    shape = (n, ho, kh, wo, kw, c)
+    if sharded is None:
+        return x.reshape(shape)
+    # explicit sharding (jax.make_mesh) needs the split's output sharding spelled out
+    out = jax.sharding.PartitionSpec(sharded[0], None, None, None, None, sharded[3])
+    return jax.lax.reshape(x, shape, out_sharding=out)
+
+
+def view_elements(x6: jax.Array) -> list[jax.Array]:
+    """The K ``(N, Ho, Wo, C)`` elements of a :func:`window_view`-shaped array, row-major."""
+    _, _, kh, _, kw, _ = x6.shape
+    return [x6[:, :, i, :, j, :] for i in range(kh) for j in range(kw)]
+
+
 def window_elements(
     x: jax.Array, spec: WindowSpec, *, force_general: bool = False
 ) -> list[jax.Array]:
@@ -191,17 +219,9 @@ def window_elements(
     n, _, _, c = x.shape
     (kh, kw), (sh, sw) = spec.window, spec.strides
     ho, wo = spec.out_size
-    sharded = explicit_spec(x)
-    spatially_sharded = sharded is not None and (sharded[1] is not None or sharded[2] is not None)
-    if spec.is_fast and not force_general and not spatially_sharded:
-        x = x[:, : ho * kh, : wo * kw, :]
-        shape = (n, ho, kh, wo, kw, c)
-        if sharded is None:
-            x6 = x.reshape(shape)
-        else:  # explicit sharding (jax.make_mesh) needs the split's output sharding spelled out
-            out = jax.sharding.PartitionSpec(sharded[0], None, None, None, None, sharded[3])
-            x6 = jax.lax.reshape(x, shape, out_sharding=out)
-        return [x6[:, :, i, :, j, :] for i in range(kh) for j in range(kw)]
+    x6 = None if force_general else window_view(x, spec)
+    if x6 is not None:
+        return view_elements(x6)
     (pt, pb), (pl, pr) = spec.pads
     if pt or pb or pl or pr:
         x = jnp.pad(x, ((0, 0), (pt, pb), (pl, pr), (0, 0)))

@@ -588,75 +588,159 @@ def tdgs_pool(
     if not deterministic:
         key = _windows.require_key(key, "tdgs_pool")
     x4, unbatched = _windows.check_input(x)
-    elems, masks, spec = _windows.windows(x4, window_shape, strides, padding)
-    values = _f32(elems)
-    t = jax.nn.relu(_temperature_for(temperature, spec, x4.shape[-1])) + eps
-    t = _broadcast_param(t, values[0].shape)
+    spec = _windows.window_spec(x4.shape[1:3], window_shape, strides, padding)
+    n, c = x4.shape[0], x4.shape[-1]
+    # Reciprocals of the (small) temperature and of tau: one multiply per element below.
+    inv_t = 1.0 / (jax.nn.relu(_temperature_for(temperature, spec, c)) + eps)
+    inv_t = _broadcast_param(inv_t, (n, *spec.out_size, c))
+    inv_tau = 1.0 / jnp.asarray(tau, _F32)
+    noise = None if deterministic else _tdgs_noise(key, n, spec, c)
+    x6 = None if deterministic else _windows.window_view(x4, spec)
+    if x6 is not None:
+        y = _tdgs_sample_view(x6.astype(_F32), inv_t[:, :, None, :, None, :], inv_tau, noise)
+        return _finish(y, x.dtype, unbatched)
+    values = _f32(_windows.window_elements(x4, spec))
+    masks = _windows.valid_masks(spec)
     # Padding enters the logits as an offset of -inf (0 elsewhere): never drawn, weight 0.
     offsets = tuple(
         jnp.zeros(()) if m is None else jnp.where(m, 0.0, -jnp.inf)
         for m in (masks or [None] * len(values))
     )
-    if deterministic:
-        gumbels = jnp.zeros(())
-    else:
-        gumbels = _gumbel(key, (len(values), *values[0].shape))
-    y = _tdgs_window(tuple(values), t, jnp.asarray(tau, _F32), offsets, gumbels, not deterministic)
+    noise = jnp.zeros(()) if deterministic else jnp.stack(_windows.view_elements(noise))
+    y = _tdgs_window(tuple(values), inv_t, inv_tau, offsets, noise, not deterministic)
     return _finish(y, x.dtype, unbatched)
 
 
-def _tdgs_forward(values, t, tau, offsets, gumbels, hard: bool):
+def _tdgs_noise(key: jax.Array, n: int, spec: _windows.WindowSpec, c: int) -> jax.Array:
+    """Minus TDGS's Gumbel noise, ``log(-log u)``, one per window element.
+
+    Shape ``(N, Ho, kh, Wo, kw, C)``: element ``(n, i, a, j, b, c)`` belongs to element ``(a, b)``
+    of window ``(i, j)``, the layout of :func:`_windows.window_view`, so the fast path reads it
+    alongside ``x``.  The Gumbels ``-log(-log u)`` are those of :func:`_gumbel` (same key, same
+    shape), negated; subtracting this noise adds them.
+    """
+    (kh, kw), (ho, wo) = spec.window, spec.out_size
+    u = jnp.maximum(_uniform(key, (n, ho, kh, wo, kw, c)), jnp.finfo(_F32).tiny)
+    return jnp.log(-jnp.log(u))
+
+
+def _tdgs_forward(values, inv_t, inv_tau, offsets, noise, hard: bool):
     """TDGS over a window given as elements; returns ``(y, weights, index, logits)``.
 
-    ``hard``: ``y`` is the element drawn by the Gumbel-max trick on ``(R / t + g) / tau`` and
-    ``weights`` the soft sample; otherwise ``weights = softmax(R / t)`` and ``y = sum weights R``.
-    ``index`` is the drawn element (None unless ``hard``); ``logits`` are the (perturbed) logits.
+    ``hard``: ``y`` is the element drawn by the Gumbel-max trick on ``(R / t + g) / tau`` (with
+    ``g = -noise``) and ``weights`` the soft sample; otherwise ``weights = softmax(R / t)`` and
+    ``y = sum weights R``.  ``index`` is the drawn element (None unless ``hard``); ``logits`` are
+    the (perturbed) logits.
     """
-    logits = [v / t + o for v, o in zip(values, offsets, strict=True)]
+    logits = [v * inv_t + o for v, o in zip(values, offsets, strict=True)]
     if not hard:
         weights = _window_softmax(logits)
         return _window_dot(weights, values), weights, None, logits
-    perturbed = [(z + g) / tau for z, g in zip(logits, gumbels, strict=True)]
+    perturbed = [(z - e) * inv_tau for z, e in zip(logits, noise, strict=True)]
     index = _first_argmax(perturbed)
     return _select(index, values), _window_softmax(perturbed), index, perturbed
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(5,))
-def _tdgs_window(values, t, tau, offsets, gumbels, hard):
+def _tdgs_window(values, inv_t, inv_tau, offsets, noise, hard):
     """TDGS value with a hand-written gradient: one fused pass instead of autodiff's many.
 
     The gradient equals autodiff of ``y_hard + sum (s - stop_gradient(s)) R`` (straight-through,
-    ``hard``) or of ``sum softmax(R / t) R``; the tests compare the two.  With ``w`` the weights and
-    ``m = sum w R``: ``dy/dR_k = [k drawn] + w_k (R_k - m) / (tau t)`` (or ``w_k (1 + (R_k - m) / t)``
-    deterministic), ``dy/dt = -sum_k w_k (R_k - m) R_k / (tau t^2)``.
+    ``hard``) or of ``sum softmax(R / t) R``; the tests compare the two.  With ``w`` the weights,
+    ``m = sum w R`` and ``a_k = dy w_k (R_k - m)``: ``dR_k = dy [k drawn] + a_k / (tau t)`` (or
+    ``dy w_k + a_k / t`` deterministic), ``d(1/t) = sum_k a_k R_k / tau`` (or ``sum_k a_k R_k``),
+    ``d(1/tau) = sum_k a_k (R_k / t + g_k)``.
     """
-    return _tdgs_forward(values, t, tau, offsets, gumbels, hard)[0]
+    return _tdgs_forward(values, inv_t, inv_tau, offsets, noise, hard)[0]
 
 
-def _tdgs_window_fwd(values, t, tau, offsets, gumbels, hard):
+def _tdgs_window_fwd(values, inv_t, inv_tau, offsets, noise, hard):
     # Recomputing in the backward pass is cheaper than storing K weights.
-    return _tdgs_window(values, t, tau, offsets, gumbels, hard), (values, t, tau, offsets, gumbels)
+    y = _tdgs_window(values, inv_t, inv_tau, offsets, noise, hard)
+    return y, (values, inv_t, inv_tau, offsets, noise)
 
 
 def _tdgs_window_bwd(hard, residuals, cotangent):
-    values, t, tau, offsets, gumbels = residuals
-    _, weights, index, scaled = _tdgs_forward(values, t, tau, offsets, gumbels, hard)
+    values, inv_t, inv_tau, offsets, noise = residuals
+    _, weights, index, scaled = _tdgs_forward(values, inv_t, inv_tau, offsets, noise, hard)
     mean = _window_dot(weights, values)
-    scale = tau * t if hard else t
-    # a_k = d(sum w R)/d(logit_k) / t-scale; 0 for padding (w = 0, R = 0).
-    a = [w * (v - mean) / scale for w, v in zip(weights, values, strict=True)]
+    # a_k is 0 for padding (w = 0, R = 0).
+    a = [cotangent * w * (v - mean) for w, v in zip(weights, values, strict=True)]
+    d_inv_t = _window_dot(a, values)
     if hard:
-        d_values = [cotangent * (jnp.where(index == k, 1.0, 0.0) + a_k) for k, a_k in enumerate(a)]
-        # d/dtau of the soft sample: dw_k/dtau = -w_k/tau on the (finite) perturbed logits.
-        finite = [jnp.where(o == 0, z, 0.0) for o, z in zip(offsets, scaled, strict=True)]
-        # dy/dtau = -(1/tau) sum_k w_k (R_k - m) scaled_k = -t sum_k a_k scaled_k.
-        d_tau = -jnp.sum(cotangent * t * _window_dot(a, finite))
+        d_values = [
+            jnp.where(index == k, cotangent, 0.0) + a_k * (inv_t * inv_tau)
+            for k, a_k in enumerate(a)
+        ]
+        d_inv_t = d_inv_t * inv_tau
+        # Unscaled logits R/t + g, 0 at padding (their -inf times w = 0 would be NaN).
+        finite = [jnp.where(o == 0, z / inv_tau, 0.0) for o, z in zip(offsets, scaled, strict=True)]
+        d_inv_tau = jnp.sum(_window_dot(a, finite))
     else:
-        d_values = [cotangent * (w + a_k) for w, a_k in zip(weights, a, strict=True)]
-        d_tau = jnp.zeros_like(tau)
-    d_t = _same_sharding(-cotangent * _window_dot(a, values) / t, t)
-    zeros = jax.tree_util.tree_map(jnp.zeros_like, (offsets, gumbels))
-    return (tuple(d_values), d_t, d_tau, *zeros)
+        d_values = [cotangent * w + a_k * inv_t for w, a_k in zip(weights, a, strict=True)]
+        d_inv_tau = jnp.zeros_like(inv_tau)
+    zeros = jax.tree_util.tree_map(jnp.zeros_like, (offsets, noise))
+    return (tuple(d_values), _same_sharding(d_inv_t, inv_t), d_inv_tau, *zeros)
+
+
+_tdgs_window.defvjp(_tdgs_window_fwd, _tdgs_window_bwd)
+
+
+def _view_first_argmax(scores: jax.Array, top: jax.Array) -> jax.Array:
+    """Row-major index of the first ``scores == top`` in each ``(kh, kw)`` window of a view-shaped
+    array, ``(N, Ho, 1, Wo, 1, C)`` int32, clamped to ``K - 1`` (a NaN window matches nowhere)."""
+    _, _, kh, _, kw, _ = scores.shape
+    k = np.arange(kh * kw, dtype=np.int32).reshape(1, 1, kh, 1, kw, 1)
+    first = jnp.min(jnp.where(scores == top, k, kh * kw), axis=(2, 4), keepdims=True)
+    return jnp.minimum(first, kh * kw - 1)
+
+
+def _view_sample(x6, inv_t6, inv_tau, noise6):
+    """Unscaled perturbed logits ``R / t + g``, the scaled ones (``/ tau``), their window max
+    and the drawn element's index."""
+    unscaled = x6 * inv_t6 - noise6
+    perturbed = unscaled * inv_tau
+    top = jnp.max(perturbed, axis=(2, 4), keepdims=True)
+    return unscaled, perturbed, top, _view_first_argmax(perturbed, top)
+
+
+@jax.custom_vjp
+def _tdgs_sample_view(x6, inv_t6, inv_tau, noise6):
+    """TDGS training value on the fast path: ``x6`` is a :func:`_windows.window_view`, ``inv_t6``
+    the reciprocal temperature broadcast to ``(N, Ho, 1, Wo, 1, C)``, ``noise6`` shaped like
+    ``x6`` (:func:`_tdgs_noise`).
+
+    The same value and gradient as :func:`_tdgs_window` with ``hard=True`` (tested), computed on
+    whole windows: the window max, sums and the drawn index are reductions over the ``kh, kw``
+    axes, and the gradient w.r.t. ``x`` is written in ``x``'s own layout, which XLA:CPU runs in
+    a few passes instead of several per window element.
+    """
+    *_, index = _view_sample(x6, inv_t6, inv_tau, noise6)
+    return _select(index[:, :, 0, :, 0, :], _windows.view_elements(x6))
+
+
+def _tdgs_sample_view_fwd(x6, inv_t6, inv_tau, noise6):
+    return _tdgs_sample_view(x6, inv_t6, inv_tau, noise6), (x6, inv_t6, inv_tau, noise6)
+
+
+def _tdgs_sample_view_bwd(residuals, cotangent):
+    # The formulas of _tdgs_window (hard), with w = softmax of the perturbed logits per window.
+    x6, inv_t6, inv_tau, noise6 = residuals
+    unscaled, perturbed, top, index = _view_sample(x6, inv_t6, inv_tau, noise6)
+    _, _, kh, _, kw, _ = x6.shape
+    k = np.arange(kh * kw, dtype=np.int32).reshape(1, 1, kh, 1, kw, 1)
+    exps = jnp.exp(perturbed - top)
+    inv_total = 1.0 / jnp.sum(exps, axis=(2, 4), keepdims=True)
+    mean = jnp.sum(exps * x6, axis=(2, 4), keepdims=True) * inv_total
+    dy = cotangent[:, :, None, :, None, :]
+    a = dy * inv_total * exps * (x6 - mean)
+    d_x6 = jnp.where(k == index, dy, 0.0) + a * (inv_t6 * inv_tau)
+    d_inv_t6 = jnp.sum(a * x6, axis=(2, 4), keepdims=True) * inv_tau
+    d_inv_tau = jnp.sum(a * unscaled)
+    return d_x6, _same_sharding(d_inv_t6, inv_t6), d_inv_tau, None
+
+
+_tdgs_sample_view.defvjp(_tdgs_sample_view_fwd, _tdgs_sample_view_bwd)
 
 
 def _same_sharding(cotangent: jax.Array, primal: jax.Array) -> jax.Array:
@@ -666,9 +750,6 @@ def _same_sharding(cotangent: jax.Array, primal: jax.Array) -> jax.Array:
     if _windows.explicit_spec(cotangent) == want:
         return cotangent
     return jax.sharding.reshard(cotangent, jax.sharding.PartitionSpec(*(want or ())))
-
-
-_tdgs_window.defvjp(_tdgs_window_fwd, _tdgs_window_bwd)
 
 
 # ----------------------------------------------------------------------------- S3Pool

@@ -422,6 +422,58 @@ def test_fast_and_general_windows_agree(shape):
     np.testing.assert_array_equal(g_fast, g_gen)
 
 
+def test_window_view_layout_and_where_it_applies():
+    x = jnp.arange(2 * 7 * 6 * 3, dtype=jnp.float32).reshape(2, 7, 6, 3)
+    x6 = _windows.window_view(x, _windows.window_spec((7, 6), (3, 2), None, "VALID"))
+    assert x6.shape == (2, 2, 3, 3, 2, 3)  # the last row of 7 is cropped, as VALID drops it
+    # element (a, b) of window (i, j) is x[3i + a, 2j + b]
+    np.testing.assert_array_equal(x6[1, 1, 2, 0, 1, :], x[1, 5, 1, :])
+    for window, strides, padding in [(2, 1, "VALID"), (2, None, "SAME"), (3, 2, "VALID")]:
+        spec = _windows.window_spec((7, 6), window, strides, padding)
+        assert _windows.window_view(x, spec) is None, (window, strides, padding)
+
+
+@pytest.mark.parametrize(
+    "shape, window, temperature_shape, dtype",
+    [
+        ((3, 8, 8, 4), 2, "position", jnp.float32),
+        ((2, 9, 7, 3), 3, "channel", jnp.float32),
+        ((2, 6, 9, 5), (2, 3), "layer", jnp.float32),
+        ((2, 8, 8, 3), 2, "position", jnp.bfloat16),
+    ],
+)
+def test_tdgs_fast_path_matches_strided_path(shape, window, temperature_shape, dtype, monkeypatch):
+    """Training mode on non-overlapping windows takes the view path (_tdgs_sample_view); the
+    strided path (_tdgs_window) must give the same sample, value and gradients."""
+    spec = _windows.window_spec(shape[1:3], window, None, "VALID")
+    t_shape = {"position": (*spec.out_size, shape[-1]), "channel": (shape[-1],), "layer": ()}
+    x = jax.random.normal(jax.random.key(0), shape, dtype)
+    temperature = jax.random.uniform(jax.random.key(1), t_shape[temperature_shape], minval=-0.3)
+    cot = jax.random.normal(jax.random.key(2), (shape[0], *spec.out_size, shape[-1]))
+
+    def run():
+        def loss(x, temperature, tau):
+            y = F.tdgs_pool(x, temperature, window, key=jax.random.key(3), tau=tau)
+            return (y.astype(jnp.float32) * cot).sum(), y
+
+        grad = jax.grad(loss, argnums=(0, 1, 2), has_aux=True)
+        return grad(x, temperature, 0.6)
+
+    fast_grads, fast_y = run()
+    calls = []
+    original = _windows.window_view
+    monkeypatch.setattr(_windows, "window_view", lambda *a: calls.append(1))
+    general_grads, general_y = run()
+    assert calls, "the strided path was not taken"
+    np.testing.assert_array_equal(fast_y, general_y)  # the same element of every window
+    assert bool(jnp.any(fast_y != original(x, spec)[:, :, 0, :, 0, :]))  # not always the first
+    tol = 2e-5 if dtype == jnp.float32 else 1e-2  # bfloat16 gradients: a rounding step apart
+    for fast, general in zip(fast_grads, general_grads, strict=True):
+        np.testing.assert_allclose(
+            np.asarray(fast, np.float32), np.asarray(general, np.float32), rtol=tol, atol=tol
+        )
+
+
 # ----------------------------------------------------------------------------- dtypes
 @pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
 def test_low_precision_dtypes_preserved(dtype):
@@ -553,7 +605,7 @@ def test_broadcast_param_matches_plain_broadcast(param_shape):
 
 def _tdgs_autodiff_reference(x, temperature, key, deterministic, tau, padding):
     """TDGS written with plain autodiff on stacked windows: the definition the fast path matches."""
-    elems, masks, _ = _windows.windows(x, 2, None, padding)
+    elems, masks, spec = _windows.windows(x, 2, None, padding)
     values = jnp.stack(elems, axis=0)
     valid = (
         jnp.ones_like(values, bool)
@@ -572,8 +624,8 @@ def _tdgs_autodiff_reference(x, temperature, key, deterministic, tau, padding):
     logits = jnp.where(valid, values / t, -1e30)
     if deterministic:
         return (jax.nn.softmax(logits, axis=0) * values).sum(0)
-    # The same noise as the pooler: the same key and shape; then gumbel_softmax's formula.
-    gumbels = F._gumbel(key, values.shape)
+    # The same noise as the pooler (one Gumbel per window element); then gumbel_softmax's formula.
+    gumbels = jnp.stack(_windows.view_elements(-F._tdgs_noise(key, x.shape[0], spec, x.shape[-1])))
     soft = jax.nn.softmax((logits + gumbels) / tau, axis=0)
     hard = jax.nn.one_hot(jnp.argmax(soft, axis=0), values.shape[0], axis=0)
     return ((hard - jax.lax.stop_gradient(soft) + soft) * values).sum(0)
