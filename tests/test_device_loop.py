@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from configs import digits as digits_config
-from train import device_loop, input_pipeline, train_lib
+from train import device_loop, input_pipeline, steps
 
 BATCH = 32
 STEPS = 7
@@ -54,7 +54,7 @@ def setup():
     config = digits_config.get_config()
     config.pooler = "stochastic"  # random: the per-step pooling keys must match too
     data = input_pipeline.load("digits")
-    state = train_lib.create_train_state(config, data.image_shape, 10, jax.random.key(0))
+    state = steps.create_train_state(config, data.image_shape, 10, jax.random.key(0))
     images, labels = (jax.numpy.asarray(v) for v in (data.train.images, data.train.labels))
     order = device_loop.epoch_order(device_loop.data_key(0), 0, len(data.train))
     return state, images, labels, order
@@ -75,7 +75,7 @@ def _run(setup, plan, length):
             jax.random.key(1),
             None,
             None,
-            step_fn=train_lib.train_step,
+            step_fn=steps.train_step,
             batch_size=BATCH,
             length=length,
         )
@@ -97,7 +97,7 @@ def test_chunked_training_equals_step_by_step_on_the_permuted_batches(setup):
     chunked, chunk_losses = _run(setup, [(0, STEPS)], length=STEPS)
     stepped = jax.tree_util.tree_map(lambda v: v.copy(), state)
     rows = np.asarray(order)
-    step = jax.jit(train_lib.train_step)
+    step = jax.jit(steps.train_step)
     for s in range(STEPS):
         idx = rows[s * BATCH : (s + 1) * BATCH]
         batch = {"image": images[idx], "label": labels[idx]}

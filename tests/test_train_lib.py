@@ -15,7 +15,7 @@ import pytest
 from conftest import mock_tfds
 
 from configs import default, digits
-from train import models, train_lib
+from train import models, steps, train_lib
 
 SHARED_TFDS = pathlib.Path(__file__).resolve().parents[1].parent / "shared" / "tfds"
 TIMING_KEYS = {"train_seconds", "eval_seconds", "epoch_seconds", "images_per_second"}
@@ -258,7 +258,7 @@ def test_microbatch_size_must_divide_the_per_device_batch():
 
 def _step_inputs(pooler):
     config = _config(pooler=pooler)
-    state = train_lib.create_train_state(config, (8, 8, 1), 10, jax.random.key(0))
+    state = steps.create_train_state(config, (8, 8, 1), 10, jax.random.key(0))
     rng = np.random.default_rng(0)
     batch = {
         "image": rng.integers(0, 256, (16, 8, 8, 1)).astype(np.uint8),
@@ -275,9 +275,9 @@ def _params_close(a, b):
 
 def test_microbatched_step_equals_the_whole_batch_step():
     state, batch = _step_inputs("mixed")
-    whole, out = jax.jit(train_lib.train_step)(state, batch, jax.random.key(1))
+    whole, out = jax.jit(steps.train_step)(state, batch, jax.random.key(1))
     for m in (2, 4):
-        parts, out_m = jax.jit(train_lib.step_fn(m))(state, batch, jax.random.key(1))
+        parts, out_m = jax.jit(steps.step_fn(m))(state, batch, jax.random.key(1))
         np.testing.assert_allclose(out_m["loss"], out["loss"], rtol=1e-5)
         assert int(out_m["correct"]) == int(out["correct"])
         assert int(parts.step) == int(whole.step) == 1
@@ -287,7 +287,7 @@ def test_microbatched_step_equals_the_whole_batch_step():
 def test_microbatches_draw_their_own_pooling_keys():
     # Spec of the key derivation: micro-batch j (rows i % M == j) uses fold_in(step key, j).
     state, batch = _step_inputs("stochastic")
-    got, _ = jax.jit(train_lib.step_fn(2))(state, batch, jax.random.key(1))
+    got, _ = jax.jit(steps.step_fn(2))(state, batch, jax.random.key(1))
     key = jax.random.fold_in(jax.random.key(1), 0)
     grads = []
     for j in range(2):
@@ -303,6 +303,6 @@ def test_microbatches_draw_their_own_pooling_keys():
         grads.append(jax.grad(loss)(state.params))
     mean = jax.tree_util.tree_map(lambda a, b: (a + b) / 2, *grads)
     _params_close(got.params, state.apply_gradients(grads=mean).params)
-    whole_batch, _ = jax.jit(train_lib.train_step)(state, batch, jax.random.key(1))
+    whole_batch, _ = jax.jit(steps.train_step)(state, batch, jax.random.key(1))
     with pytest.raises(AssertionError):  # the noise really differs from one whole-batch draw
         _params_close(got.params, whole_batch.params)

@@ -18,7 +18,7 @@ Measured:
   memory-traffic floor: ``misc_ms["copy@<shape>"]``);
 * ``cnn_train_img_s["<pooler>@<batch>"]`` / ``cnn_eval_img_s[...]``: the standard CNN on
   CIFAR-sized input (32x32x3, 10 classes; ``--cnn-input 28,28,1`` for MNIST's) with Adam, one
-  jitted ``train_lib.train_step`` (micro-batched as ``train.main`` would on this device) /
+  jitted ``steps.train_step`` (micro-batched as ``train.main`` would on this device) /
   ``eval_step``, batch 64 and 256;
 * ``misc_ms["compile_train_step@<pooler>@<batch>"]``: lowering + compiling the train step.
 """
@@ -38,7 +38,7 @@ from absl import app, flags
 
 import jaxpool
 from configs import default as default_config
-from train import train_lib
+from train import steps, train_lib
 
 POOL_SHAPES = ((256, 32, 32, 16), (64, 16, 16, 32))
 CNN_BATCHES = (64, 256)
@@ -107,7 +107,7 @@ def cnn_steps(name: str, batch: int, image: Sequence[int] = CNN_IMAGE):
     """Compile time (s) and closures for one CNN train step and one eval step."""
     config = default_config.get_config()
     config.pooler = name
-    state = train_lib.create_train_state(config, tuple(image), 10, jax.random.key(0))
+    state = steps.create_train_state(config, tuple(image), 10, jax.random.key(0))
     rng = np.random.default_rng(0)
     train_batch = {
         "image": jnp.asarray(rng.integers(0, 256, (batch, *image), np.uint8)),
@@ -118,9 +118,9 @@ def cnn_steps(name: str, batch: int, image: Sequence[int] = CNN_IMAGE):
     # The step as train.main runs it, micro-batched as it would be on this device.
     microbatches = train_lib.config_microbatches(config, batch)
     start = time.perf_counter()
-    train = jax.jit(train_lib.step_fn(microbatches)).lower(state, train_batch, key).compile()
+    train = jax.jit(steps.step_fn(microbatches)).lower(state, train_batch, key).compile()
     compile_s = time.perf_counter() - start
-    evaluate = jax.jit(train_lib.eval_step)
+    evaluate = jax.jit(steps.eval_step)
     # Each call starts from the same state: the timing is of the step, not of training.
     return (
         compile_s,

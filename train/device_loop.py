@@ -3,7 +3,7 @@
 The host launches one program per *chunk* of up to ``steps_per_chunk`` steps instead of one per
 step.  Inside it, ``lax.fori_loop`` runs the steps: each gathers its batch from the resident
 training split with the epoch's on-device permutation, shards it over the mesh axis ``"data"``,
-and runs :func:`train.train_lib.train_step`.  The chunk's step count is a runtime argument, so one
+and runs :func:`train.steps.train_step`.  The chunk's step count is a runtime argument, so one
 compiled program serves every chunk, including a short last one or a resumed one.
 
 Data order: epoch ``e`` (0-based) visits the examples in ``epoch_order(data_key(seed), e, n)``,

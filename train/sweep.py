@@ -47,7 +47,7 @@ from typing import Any
 
 from absl import flags
 
-from train import cli, report
+from train import cli, report, run_files
 
 # Own FlagValues: train.main's flags (--epochs, --workdir, ...) live in absl's global FLAGS, and both
 # modules are imported in one process by the tests.
@@ -251,13 +251,6 @@ def checkpoint_steps(run_dir: str) -> list[int]:
     return sorted(int(n) for n in names if n.isdigit())
 
 
-def _run_fields_differ(old: dict[str, Any], config) -> list[str]:
-    from train import train_lib
-
-    new = json.loads(config.to_json_best_effort())
-    return [k for k in train_lib.RUN_FIELDS if old.get(k) != new.get(k)]
-
-
 def plan_entry(entry: Entry, config, workdir: str, *, retry_failed: bool = False) -> Plan:
     """Decides whether ``entry`` is done, resumes, starts, or is skipped (see module docstring)."""
     path = report.run_dir(workdir, entry.dataset, entry.label, entry.seed)
@@ -267,7 +260,7 @@ def plan_entry(entry: Entry, config, workdir: str, *, retry_failed: bool = False
 
     old_config = report.read_json(os.path.join(path, "config.json"))
     if old_config:
-        diff = _run_fields_differ(old_config, config)
+        diff = run_files.changed_run_fields(old_config, config)
         if diff:
             return plan(
                 "conflict",
@@ -329,14 +322,6 @@ def environment() -> dict[str, Any]:
     }
 
 
-def _write_json(path: str, obj: Any) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=1)
-        f.write("\n")
-    os.replace(tmp, path)
-
-
 def run_one(
     plan: Plan,
     env: dict[str, Any],
@@ -369,7 +354,7 @@ def run_one(
         "started": _now(),
         **env,
     }
-    _write_json(record_path, record)
+    run_files.write_json(record_path, record)
     t0 = time.perf_counter()
     try:
         train_lib.train_and_evaluate(plan.config, plan.run_dir, on_epoch=on_epoch)
@@ -377,7 +362,7 @@ def run_one(
         record["status"] = summary.get("status", "done")
     except (train_lib.Interrupted, KeyboardInterrupt):
         record.update(status="interrupted", finished=_now())
-        _write_json(record_path, record)
+        run_files.write_json(record_path, record)
         raise
     except Exception as e:  # any failure of one run is recorded; the sweep goes on
         expected = (train_lib.NonFiniteLossError, train_lib.ConfigError)
@@ -390,7 +375,7 @@ def run_one(
             error_type=type(e).__name__,
         )
     record.update(finished=_now(), seconds=round(time.perf_counter() - t0, 3))
-    _write_json(record_path, record)
+    run_files.write_json(record_path, record)
     return record
 
 
@@ -411,7 +396,7 @@ def record_command(workdir: str, command: str) -> None:
     data = report.read_json(path) or {"commands": []}
     data["commands"].append({"command": command, "time": _now()})
     os.makedirs(workdir, exist_ok=True)
-    _write_json(path, data)
+    run_files.write_json(path, data)
 
 
 def sweep(

@@ -34,7 +34,6 @@ Files written to ``workdir`` (by process 0):
 from __future__ import annotations
 
 import contextlib
-import functools
 import json
 import logging
 import math
@@ -47,28 +46,24 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
 import tqdm
-from flax.training import train_state
 
 import jaxpool
-from train import checkpointing, cli, device_loop, input_pipeline, models
+from train import checkpointing, cli, device_loop, input_pipeline, models, run_files
+from train.steps import (  # noqa: F401  (train_step and TrainState: public through train_lib too)
+    TrainState,
+    create_train_state,
+    eval_step,
+    pooler_kwargs,
+    step_fn,
+    train_step,
+)
 
 logger = logging.getLogger(__name__)
 
-# Fields that define a run: a workdir holding a run with other values is not resumed.
-RUN_FIELDS = (
-    "dataset",
-    "pooler",
-    "pooler_kwargs",
-    "learning_rate",
-    "batch_size",
-    "seed",
-    "standardize",
-)
+RUN_FIELDS = run_files.RUN_FIELDS
 
 
 class ConfigError(ValueError):
@@ -85,10 +80,6 @@ class Interrupted(Exception):
     def __init__(self, signum: int, message: str):
         super().__init__(message)
         self.signum = signum
-
-
-class TrainState(train_state.TrainState):
-    """Flax's TrainState (step, params, optimizer state, apply_fn, tx)."""
 
 
 # --------------------------------------------------------------------------- config
@@ -184,157 +175,9 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     config_microbatches(config, config.batch_size)
 
 
-def pooler_kwargs(config: ml_collections.ConfigDict) -> dict[str, Any]:
-    """``config.pooler_kwargs`` as a plain dict."""
-    kwargs = config.pooler_kwargs
-    if isinstance(kwargs, ml_collections.ConfigDict):
-        return kwargs.to_dict()
-    return dict(kwargs)
-
-
-# --------------------------------------------------------------------------- model and steps
-
-
-def create_train_state(
-    config: ml_collections.ConfigDict,
-    image_shape: tuple[int, ...],
-    num_classes: int,
-    rng: jax.Array,
-    sharding: jax.sharding.Sharding | None = None,
-) -> TrainState:
-    """Initialises the CNN and Adam for ``config``.
-
-    Args:
-      config: the run config (``pooler``, ``pooler_kwargs``, ``learning_rate``).
-      image_shape: ``(H, W, C)`` of one example.
-      num_classes: number of outputs.
-      rng: key for initialisation, split into ``"params"`` and ``"pooling"`` keys.
-      sharding: where the state goes, e.g. replicated over the mesh; it is created there
-        directly, which also works when the mesh spans several processes.
-
-    Returns:
-      A :class:`TrainState` at step 0.
-    """
-    kwargs_json = json.dumps(pooler_kwargs(config), sort_keys=True)
-    init = _jit_create(
-        num_classes, config.pooler, kwargs_json, tuple(image_shape), config.learning_rate, sharding
-    )
-    return init(rng)
-
-
-# The model and optimizer are static parts of the TrainState, hence of the jit cache key: the
-# same objects for the same settings let repeated runs in one process (sweeps, tests) reuse
-# compiled steps.
-@functools.lru_cache(maxsize=64)
-def _model(num_classes: int, pooler: str, kwargs_json: str) -> models.CNN:
-    return models.CNN(num_classes=num_classes, pooler=pooler, pooler_kwargs=json.loads(kwargs_json))
-
-
-@functools.lru_cache(maxsize=64)
-def _jit_create(
-    num_classes: int,
-    pooler: str,
-    kwargs_json: str,
-    image_shape: tuple[int, ...],
-    learning_rate: float,
-    sharding: jax.sharding.Sharding | None,
-):
-    # One jitted function: run eagerly, init and the optimizer's zeros would each compile
-    # dozens of one-op programs.
-    model = _model(num_classes, pooler, kwargs_json)
-
-    def create(rng):
-        params_key, pooling_key = jax.random.split(rng)
-        dummy = jnp.zeros((1, *image_shape), jnp.float32)
-        keys = {"params": params_key, "pooling": pooling_key}
-        variables = model.init(keys, dummy, deterministic=False)
-        state = TrainState.create(
-            apply_fn=model.apply, params=variables["params"], tx=_adam(learning_rate)
-        )
-        # A strongly typed step, like a restored one, so resumed runs hit the same jit cache.
-        return state.replace(step=jnp.zeros((), jnp.int32))
-
-    return jax.jit(create, out_shardings=sharding)
-
-
 def _seed_keys(seed: int, sharding: jax.sharding.Sharding) -> tuple[jax.Array, jax.Array]:
     """(init key, train key) from ``seed``, replicated on ``sharding``'s mesh."""
     return jax.jit(lambda: tuple(jax.random.split(jax.random.key(seed))), out_shardings=sharding)()
-
-
-@functools.lru_cache(maxsize=64)
-def _adam(learning_rate: float) -> optax.GradientTransformation:
-    return optax.adam(learning_rate)
-
-
-def _preprocess(images: jax.Array, mean: np.ndarray | None, std: np.ndarray | None) -> jax.Array:
-    x = images.astype(jnp.float32) / 255.0
-    if mean is not None:
-        x = (x - mean) / std
-    return x
-
-
-def train_step(
-    state: TrainState,
-    batch: dict[str, jax.Array],
-    rng: jax.Array,
-    mean: np.ndarray | None = None,
-    std: np.ndarray | None = None,
-    *,
-    microbatches: int = 1,
-) -> tuple[TrainState, dict[str, jax.Array]]:
-    """One Adam step on the mean cross-entropy of ``batch``.
-
-    The pooling key is ``fold_in(rng, state.step)``, so a resumed run draws the same keys.
-
-    With ``microbatches = M > 1`` the gradient of the batch mean is computed as the mean of the
-    gradients of ``M`` equal micro-batches (rows ``i`` with ``i % M == j`` form micro-batch ``j``,
-    so each device's shard splits evenly), one after the other (``lax.scan``): the same update up
-    to float rounding, with activations small enough to stay in the CPU caches.  Micro-batch ``j``
-    draws its pooling noise with ``fold_in(key, j)``.
-
-    Returns:
-      The new state and ``{"loss": mean loss, "correct": number of correct predictions}``.
-    """
-    key = jax.random.fold_in(rng, state.step)
-    x = _preprocess(batch["image"], mean, std)
-    labels = batch["label"]
-
-    def loss_and_grads(x, labels, key):
-        def loss_fn(params):
-            logits = state.apply_fn(
-                {"params": params}, x, deterministic=False, rngs={"pooling": key}
-            )
-            loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
-            return loss, logits
-
-        (loss, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-        return loss, jnp.sum(jnp.argmax(logits, -1) == labels), grads
-
-    if microbatches == 1:
-        loss, correct, grads = loss_and_grads(x, labels, key)
-    else:
-        m = microbatches
-
-        def split(v):  # (B, ...) -> (M, B / M, ...), micro-batch j = rows i % M == j
-            return v.reshape(v.shape[0] // m, m, *v.shape[1:]).swapaxes(0, 1)
-
-        def accumulate(totals, part):
-            j, xs, ys = part
-            loss, correct, grads = loss_and_grads(xs, ys, jax.random.fold_in(key, j))
-            return jax.tree_util.tree_map(jnp.add, totals, (loss, correct, grads)), None
-
-        zeros = (
-            jnp.zeros((), jnp.float32),
-            jnp.zeros((), jnp.int32),
-            jax.tree_util.tree_map(jnp.zeros_like, state.params),
-        )
-        (loss, correct, grads), _ = jax.lax.scan(
-            accumulate, zeros, (jnp.arange(m), split(x), split(labels))
-        )
-        loss, grads = loss / m, jax.tree_util.tree_map(lambda g: g / m, grads)
-    state = state.apply_gradients(grads=grads)
-    return state, {"loss": loss, "correct": correct}
 
 
 MICROBATCH_TARGET_CPU = 32  # examples per micro-batch on CPU (measured: 32-64 fit the caches)
@@ -374,38 +217,6 @@ def config_microbatches(config: ml_collections.ConfigDict, batch_size: int) -> i
     return microbatches_for(
         batch_size // jax.device_count(), config.microbatch_size, jax.devices()[0].platform
     )
-
-
-@functools.lru_cache(maxsize=16)
-def step_fn(microbatches: int) -> Callable[..., tuple[TrainState, dict[str, jax.Array]]]:
-    """:func:`train_step` with ``microbatches`` bound; the same object for the same value, so
-    jitted callers that take it as a static argument compile once."""
-    if microbatches == 1:
-        return train_step
-    return functools.partial(train_step, microbatches=microbatches)
-
-
-def eval_step(
-    state: TrainState,
-    batch: dict[str, jax.Array],
-    mean: np.ndarray | None = None,
-    std: np.ndarray | None = None,
-) -> dict[str, jax.Array]:
-    """Deterministic forward pass; sums over the examples where ``batch["mask"]`` is 1.
-
-    Returns:
-      ``{"loss_sum", "correct", "count"}`` for the batch.
-    """
-    x = _preprocess(batch["image"], mean, std)
-    logits = state.apply_fn({"params": state.params}, x, deterministic=True)
-    losses = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"])
-    mask = batch["mask"]
-    correct = (jnp.argmax(logits, -1) == batch["label"]).astype(jnp.float32)
-    return {
-        "loss_sum": jnp.sum(losses * mask),
-        "correct": jnp.sum(correct * mask),
-        "count": jnp.sum(mask),
-    }
 
 
 # Shardings come from the arguments: state and keys replicated, batches sharded over "data".
@@ -466,48 +277,7 @@ def evaluate(
     return {"loss": sums["loss_sum"] / sums["count"], "accuracy": sums["correct"] / sums["count"]}
 
 
-# --------------------------------------------------------------------------- files
-
-
-def _write_json(path: str, obj: Any) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=1)
-        f.write("\n")
-    os.replace(tmp, path)  # atomic: a crash never leaves a half-written file
-
-
-def _read_metrics(path: str, upto_epoch: int) -> list[dict[str, Any]]:
-    """Lines of ``metrics.jsonl`` for epochs <= ``upto_epoch`` (later ones are from a lost run)."""
-    if not os.path.exists(path):
-        return []
-    rows = []
-    with open(path) as f:
-        for line in f:
-            line = line.strip()
-            if not line:
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # a torn last line from a crash
-            if row.get("epoch", 0) <= upto_epoch:
-                rows.append(row)
-    return rows
-
-
-def _check_workdir_config(path: str, config: ml_collections.ConfigDict) -> None:
-    if not os.path.exists(path):
-        return
-    with open(path) as f:
-        old = json.load(f)
-    new = json.loads(config.to_json_best_effort())
-    diff = [k for k in RUN_FIELDS if old.get(k) != new.get(k)]
-    if diff:
-        raise ConfigError(
-            f"workdir {os.path.dirname(path)} holds a run with different "
-            f"{', '.join(diff)}; use another --workdir or delete it"
-        )
+# --------------------------------------------------------------------------- signals
 
 
 @contextlib.contextmanager
@@ -562,7 +332,14 @@ def train_and_evaluate(
     workdir = os.path.abspath(workdir)
     config_path = os.path.join(workdir, "config.json")
     metrics_path = os.path.join(workdir, "metrics.jsonl")
-    _check_workdir_config(config_path, config)
+    if os.path.exists(config_path):
+        with open(config_path) as f:
+            changed = run_files.changed_run_fields(json.load(f), config)
+        if changed:
+            raise ConfigError(
+                f"workdir {workdir} holds a run with different {', '.join(changed)}; use "
+                "another --workdir or delete it"
+            )
 
     data = input_pipeline.load(config.dataset, config.data_dir)
     batch_size = config.batch_size
@@ -579,7 +356,7 @@ def train_and_evaluate(
 
     if lead:
         os.makedirs(workdir, exist_ok=True)
-        _write_json(config_path, json.loads(config.to_json_best_effort()))
+        run_files.write_json(config_path, json.loads(config.to_json_best_effort()))
 
     mesh = jax.sharding.Mesh(np.array(jax.devices()), ("data",))
     replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
@@ -608,7 +385,7 @@ def train_and_evaluate(
             logger.warning("skipped unreadable checkpoint at step %d: %s", step, reason)
         logger.info("resumed from checkpoint at step %d (epoch %d)", restored.step, meta["epoch"])
 
-    history = _read_metrics(metrics_path, meta["epoch"])
+    history = run_files.read_metrics(metrics_path, meta["epoch"])
     if lead:
         with open(metrics_path, "w") as f:  # drop epochs the checkpoint does not cover
             f.writelines(json.dumps(row) + "\n" for row in history)
@@ -639,7 +416,7 @@ def train_and_evaluate(
     def finish(status: str) -> None:
         ckpt.close()
         if lead:
-            _write_json(os.path.join(workdir, "summary.json"), summary(status))
+            run_files.write_json(os.path.join(workdir, "summary.json"), summary(status))
 
     if mean is not None:
         mean, std = (device_loop.put_replicated(v, replicated) for v in (mean, std))
@@ -738,7 +515,7 @@ def train_and_evaluate(
             if lead:
                 with open(metrics_path, "a") as f:
                     f.write(json.dumps(row) + "\n")
-                _write_json(
+                run_files.write_json(
                     os.path.join(workdir, "pooler_params.json"),
                     models.pooler_report(state.params, config.pooler, pooler_kwargs(config)),
                 )

@@ -1,0 +1,55 @@
+"""The JSON files of a run directory: written atomically, read back tolerantly."""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import ml_collections
+
+# Fields that define a run: a workdir holding a run with other values is not resumed.
+RUN_FIELDS = (
+    "dataset",
+    "pooler",
+    "pooler_kwargs",
+    "learning_rate",
+    "batch_size",
+    "seed",
+    "standardize",
+)
+
+
+def write_json(path: str, obj: Any) -> None:
+    """Writes ``obj`` as indented JSON; atomic, so a crash never leaves a half-written file."""
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=1)
+        f.write("\n")
+    os.replace(tmp, path)  # atomic: a crash never leaves a half-written file
+
+
+def read_metrics(path: str, upto_epoch: int) -> list[dict[str, Any]]:
+    """Lines of ``metrics.jsonl`` for epochs <= ``upto_epoch`` (later ones are from a lost run)."""
+    if not os.path.exists(path):
+        return []
+    rows = []
+    with open(path) as f:
+        for line in f:
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a torn last line from a crash
+            if row.get("epoch", 0) <= upto_epoch:
+                rows.append(row)
+    return rows
+
+
+def changed_run_fields(old: dict[str, Any], config: ml_collections.ConfigDict) -> list[str]:
+    """The :data:`RUN_FIELDS` whose value in ``config`` differs from ``old``, a run's saved
+    ``config.json``."""
+    new = json.loads(config.to_json_best_effort())
+    return [k for k in RUN_FIELDS if old.get(k) != new.get(k)]

@@ -1,0 +1,203 @@
+"""The standard CNN's train state, its Adam step and its evaluation step.
+
+``train_step`` is the pure step that :mod:`train.device_loop` runs inside its compiled chunks
+(optionally split into micro-batches, see :func:`step_fn`); ``eval_step`` is the deterministic
+forward pass :func:`train.train_lib.evaluate` sums over the test split.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from flax.training import train_state
+
+from train import models
+
+
+class TrainState(train_state.TrainState):
+    """Flax's TrainState (step, params, optimizer state, apply_fn, tx)."""
+
+
+def pooler_kwargs(config: ml_collections.ConfigDict) -> dict[str, Any]:
+    """``config.pooler_kwargs`` as a plain dict."""
+    kwargs = config.pooler_kwargs
+    if isinstance(kwargs, ml_collections.ConfigDict):
+        return kwargs.to_dict()
+    return dict(kwargs)
+
+
+def create_train_state(
+    config: ml_collections.ConfigDict,
+    image_shape: tuple[int, ...],
+    num_classes: int,
+    rng: jax.Array,
+    sharding: jax.sharding.Sharding | None = None,
+) -> TrainState:
+    """Initialises the CNN and Adam for ``config``.
+
+    Args:
+      config: the run config (``pooler``, ``pooler_kwargs``, ``learning_rate``).
+      image_shape: ``(H, W, C)`` of one example.
+      num_classes: number of outputs.
+      rng: key for initialisation, split into ``"params"`` and ``"pooling"`` keys.
+      sharding: where the state goes, e.g. replicated over the mesh; it is created there
+        directly, which also works when the mesh spans several processes.
+
+    Returns:
+      A :class:`TrainState` at step 0.
+    """
+    kwargs_json = json.dumps(pooler_kwargs(config), sort_keys=True)
+    init = _jit_create(
+        num_classes, config.pooler, kwargs_json, tuple(image_shape), config.learning_rate, sharding
+    )
+    return init(rng)
+
+
+# The model and optimizer are static parts of the TrainState, hence of the jit cache key: the
+# same objects for the same settings let repeated runs in one process (sweeps, tests) reuse
+# compiled steps.
+@functools.lru_cache(maxsize=64)
+def _model(num_classes: int, pooler: str, kwargs_json: str) -> models.CNN:
+    return models.CNN(num_classes=num_classes, pooler=pooler, pooler_kwargs=json.loads(kwargs_json))
+
+
+@functools.lru_cache(maxsize=64)
+def _jit_create(
+    num_classes: int,
+    pooler: str,
+    kwargs_json: str,
+    image_shape: tuple[int, ...],
+    learning_rate: float,
+    sharding: jax.sharding.Sharding | None,
+):
+    # One jitted function: run eagerly, init and the optimizer's zeros would each compile
+    # dozens of one-op programs.
+    model = _model(num_classes, pooler, kwargs_json)
+
+    def create(rng):
+        params_key, pooling_key = jax.random.split(rng)
+        dummy = jnp.zeros((1, *image_shape), jnp.float32)
+        keys = {"params": params_key, "pooling": pooling_key}
+        variables = model.init(keys, dummy, deterministic=False)
+        state = TrainState.create(
+            apply_fn=model.apply, params=variables["params"], tx=_adam(learning_rate)
+        )
+        # A strongly typed step, like a restored one, so resumed runs hit the same jit cache.
+        return state.replace(step=jnp.zeros((), jnp.int32))
+
+    return jax.jit(create, out_shardings=sharding)
+
+
+@functools.lru_cache(maxsize=64)
+def _adam(learning_rate: float) -> optax.GradientTransformation:
+    return optax.adam(learning_rate)
+
+
+def _preprocess(images: jax.Array, mean: np.ndarray | None, std: np.ndarray | None) -> jax.Array:
+    x = images.astype(jnp.float32) / 255.0
+    if mean is not None:
+        x = (x - mean) / std
+    return x
+
+
+def train_step(
+    state: TrainState,
+    batch: dict[str, jax.Array],
+    rng: jax.Array,
+    mean: np.ndarray | None = None,
+    std: np.ndarray | None = None,
+    *,
+    microbatches: int = 1,
+) -> tuple[TrainState, dict[str, jax.Array]]:
+    """One Adam step on the mean cross-entropy of ``batch``.
+
+    The pooling key is ``fold_in(rng, state.step)``, so a resumed run draws the same keys.
+
+    With ``microbatches = M > 1`` the gradient of the batch mean is computed as the mean of the
+    gradients of ``M`` equal micro-batches (rows ``i`` with ``i % M == j`` form micro-batch ``j``,
+    so each device's shard splits evenly), one after the other (``lax.scan``): the same update up
+    to float rounding, with activations small enough to stay in the CPU caches.  Micro-batch ``j``
+    draws its pooling noise with ``fold_in(key, j)``.
+
+    Returns:
+      The new state and ``{"loss": mean loss, "correct": number of correct predictions}``.
+    """
+    key = jax.random.fold_in(rng, state.step)
+    x = _preprocess(batch["image"], mean, std)
+    labels = batch["label"]
+
+    def loss_and_grads(x, labels, key):
+        def loss_fn(params):
+            logits = state.apply_fn(
+                {"params": params}, x, deterministic=False, rngs={"pooling": key}
+            )
+            loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+            return loss, logits
+
+        (loss, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        return loss, jnp.sum(jnp.argmax(logits, -1) == labels), grads
+
+    if microbatches == 1:
+        loss, correct, grads = loss_and_grads(x, labels, key)
+    else:
+        m = microbatches
+
+        def split(v):  # (B, ...) -> (M, B / M, ...), micro-batch j = rows i % M == j
+            return v.reshape(v.shape[0] // m, m, *v.shape[1:]).swapaxes(0, 1)
+
+        def accumulate(totals, part):
+            j, xs, ys = part
+            loss, correct, grads = loss_and_grads(xs, ys, jax.random.fold_in(key, j))
+            return jax.tree_util.tree_map(jnp.add, totals, (loss, correct, grads)), None
+
+        zeros = (
+            jnp.zeros((), jnp.float32),
+            jnp.zeros((), jnp.int32),
+            jax.tree_util.tree_map(jnp.zeros_like, state.params),
+        )
+        (loss, correct, grads), _ = jax.lax.scan(
+            accumulate, zeros, (jnp.arange(m), split(x), split(labels))
+        )
+        loss, grads = loss / m, jax.tree_util.tree_map(lambda g: g / m, grads)
+    state = state.apply_gradients(grads=grads)
+    return state, {"loss": loss, "correct": correct}
+
+
+@functools.lru_cache(maxsize=16)
+def step_fn(microbatches: int) -> Callable[..., tuple[TrainState, dict[str, jax.Array]]]:
+    """:func:`train_step` with ``microbatches`` bound; the same object for the same value, so
+    jitted callers that take it as a static argument compile once."""
+    if microbatches == 1:
+        return train_step
+    return functools.partial(train_step, microbatches=microbatches)
+
+
+def eval_step(
+    state: TrainState,
+    batch: dict[str, jax.Array],
+    mean: np.ndarray | None = None,
+    std: np.ndarray | None = None,
+) -> dict[str, jax.Array]:
+    """Deterministic forward pass; sums over the examples where ``batch["mask"]`` is 1.
+
+    Returns:
+      ``{"loss_sum", "correct", "count"}`` for the batch.
+    """
+    x = _preprocess(batch["image"], mean, std)
+    logits = state.apply_fn({"params": state.params}, x, deterministic=True)
+    losses = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"])
+    mask = batch["mask"]
+    correct = (jnp.argmax(logits, -1) == batch["label"]).astype(jnp.float32)
+    return {
+        "loss_sum": jnp.sum(losses * mask),
+        "correct": jnp.sum(correct * mask),
+        "count": jnp.sum(mask),
+    }
