@@ -594,11 +594,6 @@ def tdgs_pool(
     inv_t = 1.0 / (jax.nn.relu(_temperature_for(temperature, spec, c)) + eps)
     inv_t = _broadcast_param(inv_t, (n, *spec.out_size, c))
     inv_tau = 1.0 / jnp.asarray(tau, _F32)
-    noise = None if deterministic else _tdgs_noise(key, n, spec, c)
-    x6 = None if deterministic else _windows.window_view(x4, spec)
-    if x6 is not None:
-        y = _tdgs_sample_view(x6.astype(_F32), inv_t[:, :, None, :, None, :], inv_tau, noise)
-        return _finish(y, x.dtype, unbatched)
     values = _f32(_windows.window_elements(x4, spec))
     masks = _windows.valid_masks(spec)
     # Padding enters the logits as an offset of -inf (0 elsewhere): never drawn, weight 0.
@@ -606,22 +601,15 @@ def tdgs_pool(
         jnp.zeros(()) if m is None else jnp.where(m, 0.0, -jnp.inf)
         for m in (masks or [None] * len(values))
     )
-    noise = jnp.zeros(()) if deterministic else jnp.stack(_windows.view_elements(noise))
+    noise = jnp.zeros(()) if deterministic else _tdgs_noise(key, (len(values), *values[0].shape))
     y = _tdgs_window(tuple(values), inv_t, inv_tau, offsets, noise, not deterministic)
     return _finish(y, x.dtype, unbatched)
 
 
-def _tdgs_noise(key: jax.Array, n: int, spec: _windows.WindowSpec, c: int) -> jax.Array:
-    """Minus TDGS's Gumbel noise, ``log(-log u)``, one per window element.
-
-    Shape ``(N, Ho, kh, Wo, kw, C)``: element ``(n, i, a, j, b, c)`` belongs to element ``(a, b)``
-    of window ``(i, j)``, the layout of :func:`_windows.window_view`, so the fast path reads it
-    alongside ``x``.  The Gumbels ``-log(-log u)`` are those of :func:`_gumbel` (same key, same
-    shape), negated; subtracting this noise adds them.
-    """
-    (kh, kw), (ho, wo) = spec.window, spec.out_size
-    u = jnp.maximum(_uniform(key, (n, ho, kh, wo, kw, c)), jnp.finfo(_F32).tiny)
-    return jnp.log(-jnp.log(u))
+def _tdgs_noise(key: jax.Array, shape: tuple[int, ...]) -> jax.Array:
+    """Minus TDGS's Gumbel noise, ``log(-log u)``, shape ``(K, N, Ho, Wo, C)`` (one per window
+    element): exactly ``-_gumbel(key, shape)``, without a separate negation pass."""
+    return jnp.log(-jnp.log(jnp.maximum(_uniform(key, shape), jnp.finfo(_F32).tiny)))
 
 
 def _tdgs_forward(values, inv_t, inv_tau, offsets, noise, hard: bool):
@@ -684,63 +672,6 @@ def _tdgs_window_bwd(hard, residuals, cotangent):
 
 
 _tdgs_window.defvjp(_tdgs_window_fwd, _tdgs_window_bwd)
-
-
-def _view_first_argmax(scores: jax.Array, top: jax.Array) -> jax.Array:
-    """Row-major index of the first ``scores == top`` in each ``(kh, kw)`` window of a view-shaped
-    array, ``(N, Ho, 1, Wo, 1, C)`` int32, clamped to ``K - 1`` (a NaN window matches nowhere)."""
-    _, _, kh, _, kw, _ = scores.shape
-    k = np.arange(kh * kw, dtype=np.int32).reshape(1, 1, kh, 1, kw, 1)
-    first = jnp.min(jnp.where(scores == top, k, kh * kw), axis=(2, 4), keepdims=True)
-    return jnp.minimum(first, kh * kw - 1)
-
-
-def _view_sample(x6, inv_t6, inv_tau, noise6):
-    """Unscaled perturbed logits ``R / t + g``, the scaled ones (``/ tau``), their window max
-    and the drawn element's index."""
-    unscaled = x6 * inv_t6 - noise6
-    perturbed = unscaled * inv_tau
-    top = jnp.max(perturbed, axis=(2, 4), keepdims=True)
-    return unscaled, perturbed, top, _view_first_argmax(perturbed, top)
-
-
-@jax.custom_vjp
-def _tdgs_sample_view(x6, inv_t6, inv_tau, noise6):
-    """TDGS training value on the fast path: ``x6`` is a :func:`_windows.window_view`, ``inv_t6``
-    the reciprocal temperature broadcast to ``(N, Ho, 1, Wo, 1, C)``, ``noise6`` shaped like
-    ``x6`` (:func:`_tdgs_noise`).
-
-    The same value and gradient as :func:`_tdgs_window` with ``hard=True`` (tested), computed on
-    whole windows: the window max, sums and the drawn index are reductions over the ``kh, kw``
-    axes, and the gradient w.r.t. ``x`` is written in ``x``'s own layout, which XLA:CPU runs in
-    a few passes instead of several per window element.
-    """
-    *_, index = _view_sample(x6, inv_t6, inv_tau, noise6)
-    return _select(index[:, :, 0, :, 0, :], _windows.view_elements(x6))
-
-
-def _tdgs_sample_view_fwd(x6, inv_t6, inv_tau, noise6):
-    return _tdgs_sample_view(x6, inv_t6, inv_tau, noise6), (x6, inv_t6, inv_tau, noise6)
-
-
-def _tdgs_sample_view_bwd(residuals, cotangent):
-    # The formulas of _tdgs_window (hard), with w = softmax of the perturbed logits per window.
-    x6, inv_t6, inv_tau, noise6 = residuals
-    unscaled, perturbed, top, index = _view_sample(x6, inv_t6, inv_tau, noise6)
-    _, _, kh, _, kw, _ = x6.shape
-    k = np.arange(kh * kw, dtype=np.int32).reshape(1, 1, kh, 1, kw, 1)
-    exps = jnp.exp(perturbed - top)
-    inv_total = 1.0 / jnp.sum(exps, axis=(2, 4), keepdims=True)
-    mean = jnp.sum(exps * x6, axis=(2, 4), keepdims=True) * inv_total
-    dy = cotangent[:, :, None, :, None, :]
-    a = dy * inv_total * exps * (x6 - mean)
-    d_x6 = jnp.where(k == index, dy, 0.0) + a * (inv_t6 * inv_tau)
-    d_inv_t6 = jnp.sum(a * x6, axis=(2, 4), keepdims=True) * inv_tau
-    d_inv_tau = jnp.sum(a * unscaled)
-    return d_x6, _same_sharding(d_inv_t6, inv_t6), d_inv_tau, None
-
-
-_tdgs_sample_view.defvjp(_tdgs_sample_view_fwd, _tdgs_sample_view_bwd)
 
 
 def _same_sharding(cotangent: jax.Array, primal: jax.Array) -> jax.Array:

@@ -442,9 +442,11 @@ def test_window_view_layout_and_where_it_applies():
         ((2, 8, 8, 3), 2, "position", jnp.bfloat16),
     ],
 )
-def test_tdgs_fast_path_matches_strided_path(shape, window, temperature_shape, dtype, monkeypatch):
-    """Training mode on non-overlapping windows takes the view path (_tdgs_sample_view); the
-    strided path (_tdgs_window) must give the same sample, value and gradients."""
+def test_tdgs_reshape_path_matches_strided_path(
+    shape, window, temperature_shape, dtype, monkeypatch
+):
+    """Training mode, non-overlapping windows: the reshape path and the strided path give the
+    same sample, value and gradients (temperature and tau too; 3x3 and 2x3 windows, bfloat16)."""
     spec = _windows.window_spec(shape[1:3], window, None, "VALID")
     t_shape = {"position": (*spec.out_size, shape[-1]), "channel": (shape[-1],), "layer": ()}
     x = jax.random.normal(jax.random.key(0), shape, dtype)
@@ -459,18 +461,21 @@ def test_tdgs_fast_path_matches_strided_path(shape, window, temperature_shape, d
         grad = jax.grad(loss, argnums=(0, 1, 2), has_aux=True)
         return grad(x, temperature, 0.6)
 
-    fast_grads, fast_y = run()
+    reshape_grads, reshape_y = run()
     calls = []
     original = _windows.window_view
     monkeypatch.setattr(_windows, "window_view", lambda *a: calls.append(1))
-    general_grads, general_y = run()
+    strided_grads, strided_y = run()
     assert calls, "the strided path was not taken"
-    np.testing.assert_array_equal(fast_y, general_y)  # the same element of every window
-    assert bool(jnp.any(fast_y != original(x, spec)[:, :, 0, :, 0, :]))  # not always the first
+    np.testing.assert_array_equal(reshape_y, strided_y)  # the same element of every window
+    assert bool(jnp.any(reshape_y != original(x, spec)[:, :, 0, :, 0, :]))  # not always the first
     tol = 2e-5 if dtype == jnp.float32 else 1e-2  # bfloat16 gradients: a rounding step apart
-    for fast, general in zip(fast_grads, general_grads, strict=True):
+    for via_reshape, via_strided in zip(reshape_grads, strided_grads, strict=True):
         np.testing.assert_allclose(
-            np.asarray(fast, np.float32), np.asarray(general, np.float32), rtol=tol, atol=tol
+            np.asarray(via_reshape, np.float32),
+            np.asarray(via_strided, np.float32),
+            rtol=tol,
+            atol=tol,
         )
 
 
@@ -605,7 +610,7 @@ def test_broadcast_param_matches_plain_broadcast(param_shape):
 
 def _tdgs_autodiff_reference(x, temperature, key, deterministic, tau, padding):
     """TDGS written with plain autodiff on stacked windows: the definition the fast path matches."""
-    elems, masks, spec = _windows.windows(x, 2, None, padding)
+    elems, masks, _ = _windows.windows(x, 2, None, padding)
     values = jnp.stack(elems, axis=0)
     valid = (
         jnp.ones_like(values, bool)
@@ -625,7 +630,7 @@ def _tdgs_autodiff_reference(x, temperature, key, deterministic, tau, padding):
     if deterministic:
         return (jax.nn.softmax(logits, axis=0) * values).sum(0)
     # The same noise as the pooler (one Gumbel per window element); then gumbel_softmax's formula.
-    gumbels = jnp.stack(_windows.view_elements(-F._tdgs_noise(key, x.shape[0], spec, x.shape[-1])))
+    gumbels = -F._tdgs_noise(key, values.shape)
     soft = jax.nn.softmax((logits + gumbels) / tau, axis=0)
     hard = jax.nn.one_hot(jnp.argmax(soft, axis=0), values.shape[0], axis=0)
     return ((hard - jax.lax.stop_gradient(soft) + soft) * values).sum(0)
