@@ -7,8 +7,10 @@ Run::
 
 Everything is measured in one process on whatever device JAX has (CPU here, GPU/TPU elsewhere;
 the table says which).  Each figure is a median over ``--repeats`` timed batches of calls, after
-warm-up (compilation excluded), every call blocked until its result is ready.  Compare figures
-as ratios from one sitting: absolute times on a shared machine vary by up to 2x between runs.
+warm-up (compilation excluded), every call blocked until its result is ready.  The batches are timed
+round-robin (one of every pooler, then the next round), so a passing slowdown of the machine hits
+all poolers alike.  Compare figures as ratios from one sitting: absolute times on a shared machine
+vary by up to 2x between runs.
 
 Measured:
 
@@ -29,7 +31,7 @@ import json
 import statistics
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -55,19 +57,34 @@ _CNN_INPUT = flags.DEFINE_string(
 
 def time_call(fn: Callable[[], object], repeats: int = 7, target_s: float = 0.25) -> float:
     """Median seconds per call of ``fn`` over ``repeats`` batches of calls, after warm-up."""
-    for _ in range(2):
-        jax.block_until_ready(fn())
-    start = time.perf_counter()
-    jax.block_until_ready(fn())
-    per_batch = max(1, int(target_s / max(time.perf_counter() - start, 1e-6)))
-    times = []
-    for _ in range(repeats):
+    return time_interleaved({"fn": fn}, repeats, target_s)["fn"]
+
+
+def time_interleaved(
+    fns: Mapping[str, Callable[[], object]], repeats: int = 7, target_s: float = 0.25
+) -> dict[str, float]:
+    """Median seconds per call of each of ``fns``, timed round-robin.
+
+    Each function is warmed up and given a batch size of about ``target_s`` seconds of calls; then
+    each of ``repeats`` rounds times one batch of every function in turn.  A transient slowdown of
+    the machine thus lands on all of them alike instead of on whichever was being timed, so the
+    ratios between them (to max pool, to a copy) hold even where absolute times drift.
+    """
+    per_batch = {}
+    for name, fn in fns.items():
+        for _ in range(2):
+            jax.block_until_ready(fn())
         start = time.perf_counter()
-        for _ in range(per_batch):
-            out = fn()
-            jax.block_until_ready(out)
-        times.append((time.perf_counter() - start) / per_batch)
-    return statistics.median(times)
+        jax.block_until_ready(fn())
+        per_batch[name] = max(1, int(target_s / max(time.perf_counter() - start, 1e-6)))
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            for _ in range(per_batch[name]):
+                jax.block_until_ready(fn())
+            times[name].append((time.perf_counter() - start) / per_batch[name])
+    return {name: statistics.median(ts) for name, ts in times.items()}
 
 
 def _shape_key(shape: Sequence[int]) -> str:
@@ -149,17 +166,18 @@ def run(
     print(f"{'pooler':<11}{'shape':<18}{'fwd+bwd ms':>11}{'x max':>8}{'x copy':>8}")
     for shape in POOL_SHAPES:
         skey = _shape_key(shape)
-        copy_ms = time_call(copy_floor(shape), repeats) * 1e3
+        fns = {"(copy)": copy_floor(shape)}
+        fns.update({name: pooler_fwd_bwd(name, shape) for name in dict.fromkeys(["max", *poolers])})
+        ms = {name: s * 1e3 for name, s in time_interleaved(fns, repeats).items()}
+        copy_ms, max_ms = ms["(copy)"], ms["max"]
         results["misc_ms"][f"copy@{skey}"] = copy_ms
-        max_ms = time_call(pooler_fwd_bwd("max", shape), repeats) * 1e3
         for name in poolers:
-            ms = max_ms if name == "max" else time_call(pooler_fwd_bwd(name, shape), repeats) * 1e3
-            results["pool_fwdbwd_ms"][f"{name}@{skey}"] = ms
+            results["pool_fwdbwd_ms"][f"{name}@{skey}"] = ms[name]
             print(
-                f"{name:<11}{skey:<18}{ms:>11.3f}{ms / max_ms:>8.2f}{ms / copy_ms:>8.2f}",
-                flush=True,
+                f"{name:<11}{skey:<18}{ms[name]:>11.3f}{ms[name] / max_ms:>8.2f}"
+                f"{ms[name] / copy_ms:>8.2f}"
             )
-        print(f"{'(copy)':<11}{skey:<18}{copy_ms:>11.3f}")
+        print(f"{'(copy)':<11}{skey:<18}{copy_ms:>11.3f}", flush=True)
     if with_cnn:
         print(
             f"\nstandard CNN on {'x'.join(map(str, cnn_input))} input, Adam, train step as "
@@ -167,10 +185,14 @@ def run(
         )
         print(f"{'pooler':<11}{'batch':>6}{'train img/s':>13}{'eval img/s':>12}{'compile s':>11}")
         for batch in CNN_BATCHES:
-            for name in poolers:
-                compile_s, train, evaluate = cnn_steps(name, batch, cnn_input)
-                train_ips = batch / time_call(train, repeats)
-                eval_ips = batch / time_call(evaluate, repeats)
+            steps_by_name = {name: cnn_steps(name, batch, cnn_input) for name in poolers}
+            fns = {}
+            for name, (_, train, evaluate) in steps_by_name.items():
+                fns[("train", name)], fns[("eval", name)] = train, evaluate
+            seconds = time_interleaved(fns, repeats)
+            for name, (compile_s, _, _) in steps_by_name.items():
+                train_ips = batch / seconds[("train", name)]
+                eval_ips = batch / seconds[("eval", name)]
                 results["cnn_train_img_s"][f"{name}@{batch}"] = train_ips
                 results["cnn_eval_img_s"][f"{name}@{batch}"] = eval_ips
                 results["misc_ms"][f"compile_train_step@{name}@{batch}"] = compile_s * 1e3
