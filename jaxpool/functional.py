@@ -200,7 +200,8 @@ def _rng_bits(shape: tuple[int, ...]):
 
 
 def _sample_index(key: jax.Array, probs: Elements) -> jax.Array:
-    """Draws one index per window with the given probabilities (inverse CDF, one uniform each).
+    """Draws one index per window with probabilities proportional to the non-negative ``probs``
+    (inverse CDF, one uniform each; they need not sum to 1).
 
     An element of probability 0 is never drawn: its cumulative sum equals its predecessor's, so a
     smaller index always satisfies ``cdf > u * total`` first.  The fallback for ``u * total``
@@ -467,6 +468,7 @@ def stochastic_pool(
     values = _f32(elems)
     if mode == "softmax":
         probs = _window_softmax(_masked(values, masks, -jnp.inf))
+        weights = probs
     else:
         mass = [jnp.maximum(v, 0.0) for v in values]
         total = _window_sum(mass)
@@ -483,10 +485,13 @@ def stochastic_pool(
             jnp.where(has_mass, a / safe_total, u / n_valid)
             for a, u in zip(mass, valid, strict=True)
         ]
+        # Sampling needs them only up to a common factor (_sample_index scales its uniform by
+        # their sum): the same draw without K divisions per window element.
+        weights = [jnp.where(has_mass, a, u) for a, u in zip(mass, valid, strict=True)]
     if deterministic:
         y = _window_dot(probs, values)
     else:
-        index = _sample_index(key, [jax.lax.stop_gradient(p) for p in probs])
+        index = _sample_index(key, [jax.lax.stop_gradient(w) for w in weights])
         y = _select(index, values)
     return _finish(y, x.dtype, unbatched)
 
