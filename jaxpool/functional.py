@@ -163,14 +163,20 @@ def _uniform(key: jax.Array, shape: tuple[int, ...]) -> jax.Array:
 
 
 def _gumbel(key: jax.Array, shape: tuple[int, ...]) -> jax.Array:
-    """Standard Gumbel float32 noise ``-log(-log(u))``, always finite.
+    """Standard Gumbel float32 noise ``-log(-log(u))``, always finite: ``-_neg_gumbel``."""
+    return -_neg_gumbel(key, shape)
+
+
+def _neg_gumbel(key: jax.Array, shape: tuple[int, ...]) -> jax.Array:
+    """Minus standard Gumbel noise, ``log(-log(u))``: the form TDGS subtracts, which saves XLA a
+    separate negation pass over the noise.
 
     As ``jax.random.gumbel`` (its default ``mode='low'``): ``u`` is clamped to the smallest
-    normal float32, so ``u = 0`` gives ``-log(87.3) = -4.47`` instead of ``-inf``; ``u < 1``, so
-    the largest value is ``-log(-log(1 - 2**-23)) = 15.9``.
+    normal float32, so ``u = 0`` gives a Gumbel of ``-log(87.3) = -4.47`` instead of ``-inf``;
+    ``u < 1``, so the largest Gumbel is ``-log(-log(1 - 2**-23)) = 15.9``.
     """
     tiny = jnp.finfo(_F32).tiny
-    return -jnp.log(-jnp.log(jnp.maximum(_uniform(key, shape), tiny)))
+    return jnp.log(-jnp.log(jnp.maximum(_uniform(key, shape), tiny)))
 
 
 def _rng_bits(shape: tuple[int, ...]):
@@ -479,15 +485,13 @@ def stochastic_pool(
             else _masked([jnp.ones(v.shape[1:]) for v in values], masks, 0.0)
         )
         n_valid = _window_sum(valid)
-        # Double where: the untaken branch must not divide by zero, or its gradient is NaN.
-        safe_total = jnp.where(has_mass, total, 1.0)
-        probs = [
-            jnp.where(has_mass, a / safe_total, u / n_valid)
-            for a, u in zip(mass, valid, strict=True)
-        ]
-        # Sampling needs them only up to a common factor (_sample_index scales its uniform by
-        # their sum): the same draw without K divisions per window element.
+        # Proportional to the probabilities (sampling needs no more: _sample_index scales its
+        # uniform by their sum); an all-zero window is uniform over its valid elements.
         weights = [jnp.where(has_mass, a, u) for a, u in zip(mass, valid, strict=True)]
+        # The denominator is never 0 (every window has a valid element), so no branch divides
+        # by zero and the gradient stays finite.
+        denominator = jnp.where(has_mass, total, n_valid)
+        probs = [w / denominator for w in weights]
     if deterministic:
         y = _window_dot(probs, values)
     else:
@@ -606,15 +610,10 @@ def tdgs_pool(
         jnp.zeros(()) if m is None else jnp.where(m, 0.0, -jnp.inf)
         for m in (masks or [None] * len(values))
     )
-    noise = jnp.zeros(()) if deterministic else _tdgs_noise(key, (len(values), *values[0].shape))
+    # One Gumbel per window element, (K, N, Ho, Wo, C), negated.
+    noise = jnp.zeros(()) if deterministic else _neg_gumbel(key, (len(values), *values[0].shape))
     y = _tdgs_window(tuple(values), inv_t, inv_tau, offsets, noise, not deterministic)
     return _finish(y, x.dtype, unbatched)
-
-
-def _tdgs_noise(key: jax.Array, shape: tuple[int, ...]) -> jax.Array:
-    """Minus TDGS's Gumbel noise, ``log(-log u)``, shape ``(K, N, Ho, Wo, C)`` (one per window
-    element): exactly ``-_gumbel(key, shape)``, without a separate negation pass."""
-    return jnp.log(-jnp.log(jnp.maximum(_uniform(key, shape), jnp.finfo(_F32).tiny)))
 
 
 def _tdgs_forward(values, inv_t, inv_tau, offsets, noise, hard: bool):

@@ -56,3 +56,15 @@ def test_cli_bad_flag_exits_2_with_one_line(tmp_path):
         "subset of " + ", ".join(bench.jaxpool.available())
     ]
     assert not (tmp_path / "b").exists()
+
+
+def test_time_interleaved_times_round_robin_after_warm_up():
+    calls = []
+
+    def fn(name):
+        return lambda: calls.append(name) or 0
+
+    seconds = bench.time_interleaved({"a": fn("a"), "b": fn("b")}, repeats=3, target_s=0.0)
+    assert set(seconds) == {"a", "b"} and all(s >= 0 for s in seconds.values())
+    # 3 warm-up/calibration calls each, then one batch (of 1 call: target 0 s) per round, in turn
+    assert calls == ["a"] * 3 + ["b"] * 3 + ["a", "b"] * 3

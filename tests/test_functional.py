@@ -630,7 +630,7 @@ def _tdgs_autodiff_reference(x, temperature, key, deterministic, tau, padding):
     if deterministic:
         return (jax.nn.softmax(logits, axis=0) * values).sum(0)
     # The same noise as the pooler (one Gumbel per window element); then gumbel_softmax's formula.
-    gumbels = -F._tdgs_noise(key, values.shape)
+    gumbels = F._gumbel(key, values.shape)
     soft = jax.nn.softmax((logits + gumbels) / tau, axis=0)
     hard = jax.nn.one_hot(jnp.argmax(soft, axis=0), values.shape[0], axis=0)
     return ((hard - jax.lax.stop_gradient(soft) + soft) * values).sum(0)

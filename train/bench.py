@@ -55,11 +55,6 @@ _CNN_INPUT = flags.DEFINE_string(
 )
 
 
-def time_call(fn: Callable[[], object], repeats: int = 7, target_s: float = 0.25) -> float:
-    """Median seconds per call of ``fn`` over ``repeats`` batches of calls, after warm-up."""
-    return time_interleaved({"fn": fn}, repeats, target_s)["fn"]
-
-
 def time_interleaved(
     fns: Mapping[str, Callable[[], object]], repeats: int = 7, target_s: float = 0.25
 ) -> dict[str, float]:

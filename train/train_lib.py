@@ -52,18 +52,9 @@ import tqdm
 
 import jaxpool
 from train import checkpointing, cli, device_loop, input_pipeline, models, run_files
-from train.steps import (  # noqa: F401  (train_step and TrainState: public through train_lib too)
-    TrainState,
-    create_train_state,
-    eval_step,
-    pooler_kwargs,
-    step_fn,
-    train_step,
-)
+from train.steps import TrainState, create_train_state, eval_step, pooler_kwargs, step_fn
 
 logger = logging.getLogger(__name__)
-
-RUN_FIELDS = run_files.RUN_FIELDS
 
 
 class ConfigError(ValueError):
