@@ -479,6 +479,68 @@ def test_tdgs_reshape_path_matches_strided_path(
         )
 
 
+@pytest.mark.parametrize("pooler", ["gated", "tree"])
+@pytest.mark.parametrize(
+    "shape, window, sharing, dtype",
+    [
+        ((3, 8, 8, 4), 2, "layer", jnp.float32),
+        ((2, 9, 7, 3), 3, "channel", jnp.float32),
+        ((2, 6, 9, 5), (2, 3), "region_channel", jnp.float32),
+        ((2, 8, 8, 3), 2, "channel", jnp.bfloat16),
+    ],
+)
+def test_kernel_poolers_reshape_path_matches_strided_path(
+    pooler, shape, window, sharing, dtype, monkeypatch
+):
+    """Non-overlapping windows: the reshape path (kernel gradient as one reduction over the
+    window view) and the strided path give the same value and gradients for x, kernels and bias,
+    with every kernel sharing; 3x3 and 2x3 windows, bfloat16."""
+    spec = _windows.window_spec(shape[1:3], window, None, "VALID")
+    (kh, kw), (ho, wo), c = spec.window, spec.out_size, shape[-1]
+    kernel_shape = {
+        "layer": (kh, kw),
+        "channel": (kh, kw, c),
+        "region_channel": (ho, wo, kh, kw, c),
+    }
+    bias_shape = {"layer": (), "channel": (c,), "region_channel": (ho, wo, c)}
+    x = jax.random.normal(jax.random.key(0), shape, dtype)
+    keys = jax.random.split(jax.random.key(1), 3)
+    kernel = jax.random.normal(keys[0], kernel_shape[sharing])
+    second = (
+        jax.random.normal(keys[1], bias_shape[sharing])
+        if pooler == "gated"
+        else jax.random.normal(keys[1], (2, *kernel_shape[sharing])) / (kh * kw)
+    )
+    cot = jax.random.normal(keys[2], (shape[0], ho, wo, c))
+
+    def run():
+        def loss(x, kernel, second):
+            if pooler == "gated":
+                y = F.gated_pool(x, kernel, second, window)
+            else:
+                y = F.tree_pool(x, second, kernel, window)
+            return (y.astype(jnp.float32) * cot).sum(), y
+
+        return jax.grad(loss, argnums=(0, 1, 2), has_aux=True)(x, kernel, second)
+
+    reshape_grads, reshape_y = run()
+    calls = []
+    monkeypatch.setattr(_windows, "window_view", lambda *a: calls.append(1))
+    strided_grads, strided_y = run()
+    assert calls, "the strided path was not taken"
+    tol = 2e-5 if dtype == jnp.float32 else 1e-2
+    for via_reshape, via_strided in zip(
+        (reshape_y, *reshape_grads), (strided_y, *strided_grads), strict=True
+    ):
+        assert float(jnp.max(jnp.abs(via_strided.astype(jnp.float32)))) > 0
+        np.testing.assert_allclose(
+            np.asarray(via_reshape, np.float32),
+            np.asarray(via_strided, np.float32),
+            rtol=tol,
+            atol=tol * max(1.0, float(jnp.max(jnp.abs(via_strided.astype(jnp.float32))))),
+        )
+
+
 # ----------------------------------------------------------------------------- dtypes
 @pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
 def test_low_precision_dtypes_preserved(dtype):
