@@ -13,6 +13,7 @@ Two ways to build the list, equal in value and gradient (the tests check both):
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from typing import NamedTuple
@@ -198,9 +199,31 @@ def window_view(x: jax.Array, spec: WindowSpec) -> jax.Array | None:
 
 
 def view_elements(x6: jax.Array) -> list[jax.Array]:
-    """The K ``(N, Ho, Wo, C)`` elements of a :func:`window_view`-shaped array, row-major."""
+    """The K ``(N, Ho, Wo, C)`` elements of a :func:`window_view`-shaped array, row-major.
+
+    Their gradient is the K cotangents stacked back into the view (one concatenation), not
+    autodiff's K zero-padded copies summed: XLA:CPU emits each pad with a branch per element,
+    which kept the poolers' backward pass from vectorising.
+    """
     _, _, kh, _, kw, _ = x6.shape
-    return [x6[:, :, i, :, j, :] for i in range(kh) for j in range(kw)]
+    return list(_view_slices(kh, kw, x6))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
+def _view_slices(kh: int, kw: int, x6: jax.Array) -> tuple[jax.Array, ...]:
+    return tuple(x6[:, :, i, :, j, :] for i in range(kh) for j in range(kw))
+
+
+def _view_slices_fwd(kh, kw, x6):
+    return _view_slices(kh, kw, x6), None
+
+
+def _view_slices_bwd(kh, kw, _, cotangents):
+    rows = [jnp.stack(cotangents[i * kw : (i + 1) * kw], axis=3) for i in range(kh)]
+    return (jnp.stack(rows, axis=2),)
+
+
+_view_slices.defvjp(_view_slices_fwd, _view_slices_bwd)
 
 
 def window_elements(
