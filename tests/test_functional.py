@@ -541,6 +541,38 @@ def test_kernel_poolers_reshape_path_matches_strided_path(
         )
 
 
+@pytest.mark.parametrize(
+    "shape, window, dtype",
+    [
+        ((3, 8, 8, 4), 2, jnp.float32),
+        ((2, 9, 7, 3), 3, jnp.float32),
+        ((2, 6, 9, 5), (2, 3), jnp.bfloat16),
+        ((2, 24, 12, 2), 12, jnp.float32),  # K = 144: an int32 index
+    ],
+)
+def test_max_pool_reshape_path_matches_strided_path(shape, window, dtype, monkeypatch):
+    """Non-overlapping windows: the reshape path (gradient broadcast over the window view) and
+    the strided path give the same value and gradient, ties going to the first maximum."""
+    # Small integers: many ties inside a window.
+    x = jax.random.randint(jax.random.key(0), shape, 0, 3).astype(dtype)
+    spec = _windows.window_spec(shape[1:3], window, None, "VALID")
+    cot = jax.random.normal(jax.random.key(1), (shape[0], *spec.out_size, shape[-1]), dtype)
+
+    def run():
+        y, vjp = jax.vjp(lambda v: F.max_pool(v, window), x)
+        return y, vjp(cot)[0]
+
+    reshape_y, reshape_dx = run()
+    calls = []
+    monkeypatch.setattr(_windows, "window_view", lambda *a: calls.append(1))
+    strided_y, strided_dx = run()
+    assert calls, "the strided path was not taken"
+    np.testing.assert_array_equal(reshape_y, strided_y)
+    np.testing.assert_array_equal(reshape_dx, strided_dx)
+    # Exactly one element of each window receives its cotangent.
+    assert int(jnp.sum(reshape_dx != 0)) == int(jnp.sum(cot != 0))
+
+
 # ----------------------------------------------------------------------------- dtypes
 @pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
 def test_low_precision_dtypes_preserved(dtype):
