@@ -594,8 +594,10 @@ def stochastic_pool(
     if not deterministic:
         key = _windows.require_key(key, "stochastic_pool")
     x4, unbatched = _windows.check_input(x)
-    elems, masks, _ = _windows.windows(x4, window_shape, strides, padding)
-    values = _f32(elems)
+    spec = _windows.window_spec(x4.shape[1:3], window_shape, strides, padding)
+    masks = _windows.valid_masks(spec)
+    # The sample's gradient is a custom VJP anyway; the expectation keeps forward mode.
+    values = _f32(_windows.window_elements(x4, spec, stack_gradient=not deterministic))
     if mode == "softmax":
         probs = _window_softmax(_masked(values, masks, -jnp.inf))
         weights = probs
@@ -727,7 +729,7 @@ def tdgs_pool(
     inv_t = 1.0 / (jax.nn.relu(_temperature_for(temperature, spec, c)) + eps)
     inv_t = _broadcast_param(inv_t, (n, *spec.out_size, c))
     inv_tau = 1.0 / jnp.asarray(tau, _F32)
-    values = _f32(_windows.window_elements(x4, spec))
+    values = _f32(_windows.window_elements(x4, spec, stack_gradient=True))
     masks = _windows.valid_masks(spec)
     # Padding enters the logits as an offset of -inf (0 elsewhere): never drawn, weight 0.
     offsets = tuple(

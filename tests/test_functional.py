@@ -573,6 +573,19 @@ def test_max_pool_reshape_path_matches_strided_path(shape, window, dtype, monkey
     assert int(jnp.sum(reshape_dx != 0)) == int(jnp.sum(cot != 0))
 
 
+@pytest.mark.parametrize("padding", ["VALID", "SAME"])
+def test_forward_mode_where_the_gradient_is_autodiff(padding):
+    """avg pooling and the deterministic stochastic pooler are plain autodiff: ``jax.jvp`` works
+    (the others have custom VJPs, reverse mode only); avg is linear, so its JVP is avg of the
+    tangent."""
+    x = jax.random.normal(jax.random.key(0), (2, 6, 6, 3))
+    t = jax.random.normal(jax.random.key(1), x.shape)
+    _, dy = jax.jvp(lambda v: F.avg_pool(v, 2, None, padding), (x,), (t,))
+    np.testing.assert_allclose(dy, F.avg_pool(t, 2, None, padding), rtol=1e-6, atol=1e-6)
+    _, dy = jax.jvp(lambda v: F.stochastic_pool(v, padding=padding, deterministic=True), (x,), (t,))
+    assert bool(jnp.all(jnp.isfinite(dy)))
+
+
 # ----------------------------------------------------------------------------- dtypes
 @pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
 def test_low_precision_dtypes_preserved(dtype):
