@@ -574,16 +574,29 @@ def test_max_pool_reshape_path_matches_strided_path(shape, window, dtype, monkey
 
 
 @pytest.mark.parametrize("padding", ["VALID", "SAME"])
-def test_forward_mode_where_the_gradient_is_autodiff(padding):
-    """avg pooling and the deterministic stochastic pooler are plain autodiff: ``jax.jvp`` works
-    (the others have custom VJPs, reverse mode only); avg is linear, so its JVP is avg of the
-    tangent."""
+def test_forward_mode_of_avg_tree_and_deterministic_stochastic(padding):
+    """avg, tree and the deterministic stochastic pooler support ``jax.jvp`` (the others have
+    custom VJPs, reverse mode only); avg is linear, so its JVP is avg of the tangent."""
     x = jax.random.normal(jax.random.key(0), (2, 6, 6, 3))
     t = jax.random.normal(jax.random.key(1), x.shape)
     _, dy = jax.jvp(lambda v: F.avg_pool(v, 2, None, padding), (x,), (t,))
     np.testing.assert_allclose(dy, F.avg_pool(t, 2, None, padding), rtol=1e-6, atol=1e-6)
     _, dy = jax.jvp(lambda v: F.stochastic_pool(v, padding=padding, deterministic=True), (x,), (t,))
     assert bool(jnp.all(jnp.isfinite(dy)))
+    # Tree pooling: forward mode equals reverse mode (its kernel product has a custom JVP).
+    keys = jax.random.split(jax.random.key(2), 2)
+    leaves, gate = jax.random.normal(keys[0], (2, 2, 2, 3)), jax.random.normal(keys[1], (2, 2, 3))
+
+    def tree(v, leaves, gate):
+        return F.tree_pool(v, leaves, gate, 2, None, padding)
+
+    tangents = (t, jnp.ones_like(leaves), -jnp.ones_like(gate))
+    _, forward = jax.jvp(tree, (x, leaves, gate), tangents)
+    jacobians = jax.jacrev(tree, argnums=(0, 1, 2))(x, leaves, gate)
+    reverse = sum(
+        jnp.tensordot(j, d, axes=d.ndim) for j, d in zip(jacobians, tangents, strict=True)
+    )
+    np.testing.assert_allclose(forward, reverse, rtol=1e-4, atol=1e-4)
 
 
 # ----------------------------------------------------------------------------- dtypes
