@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from train import report, stats
+from train import report, stats, sweep_runs
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -32,7 +32,7 @@ def make_run(
 ):
     """Writes the files train_lib and train.sweep would leave for one run."""
     kwargs = kwargs or {}
-    path = report.run_dir(str(workdir), dataset, report.pooler_label(pooler, kwargs), seed)
+    path = sweep_runs.run_dir(str(workdir), dataset, sweep_runs.pooler_label(pooler, kwargs), seed)
     os.makedirs(path)
     config = {
         "dataset": dataset,
@@ -83,7 +83,7 @@ def make_run(
         "versions": {"jax": "0.0", "flax": "0.0", "optax": "0.0", "jaxpool": "0.1.0"},
         "finished": "2026-01-01 00:00:00 UTC",
     }
-    with open(os.path.join(path, report.RUN_FILE), "w") as f:
+    with open(os.path.join(path, sweep_runs.RUN_FILE), "w") as f:
         json.dump(info, f)
     return path
 
@@ -170,17 +170,17 @@ def workdir(tmp_path):
 
 
 def test_labels_and_run_dirs():
-    assert report.pooler_label("max", {}) == "max"
-    assert report.pooler_label("tdgs", {"init_temperature": 0.5}) == "tdgs@T=0.5"
-    assert report.pooler_label("tdgs", {"init_temperature": 2.0, "tau": 1}) == "tdgs@T=2,tau=1"
-    assert report.run_dir("w", "mnist", "tdgs@T=0.5", 1) == os.path.join(
+    assert sweep_runs.pooler_label("max", {}) == "max"
+    assert sweep_runs.pooler_label("tdgs", {"init_temperature": 0.5}) == "tdgs@T=0.5"
+    assert sweep_runs.pooler_label("tdgs", {"init_temperature": 2.0, "tau": 1}) == "tdgs@T=2,tau=1"
+    assert sweep_runs.run_dir("w", "mnist", "tdgs@T=0.5", 1) == os.path.join(
         "w", "runs", "mnist", "tdgs@T=0.5", "s1"
     )
-    assert report.run_dir("w", "mnist", "gated@per=[1, 2]", 0).endswith("gated@per=_1,_2_/s0")
+    assert sweep_runs.run_dir("w", "mnist", "gated@per=[1, 2]", 0).endswith("gated@per=_1,_2_/s0")
 
 
 def test_collect_orders_and_reads_status(workdir):
-    runs = report.collect(workdir)
+    runs = sweep_runs.collect(workdir)
     labels = list(dict.fromkeys(r.label for r in runs))
     assert labels == ["max", "avg", "mixed", "gated", "tree", "tdgs@T=0.5", "tdgs@T=2"]
     (tree,) = [r for r in runs if r.pooler == "tree"]
@@ -188,7 +188,7 @@ def test_collect_orders_and_reads_status(workdir):
 
 
 def test_table_numbers_and_best_marking(workdir):
-    rows = {r.label: r for r in report.table(report.collect(workdir))}
+    rows = {r.label: r for r in report.table(sweep_runs.collect(workdir))}
     mean, std = rows["mixed"].accuracy
     assert mean == pytest.approx(np.mean(MIXED))
     assert std == pytest.approx(np.std(MIXED, ddof=1))
@@ -209,7 +209,7 @@ def test_no_mark_when_interval_contains_zero(tmp_path):
     for seed, (a, b) in enumerate([(0.90, 0.91), (0.93, 0.90)]):
         make_run(tmp_path, "digits", "max", seed, [a])
         make_run(tmp_path, "digits", "avg", seed, [b])
-    rows = report.table(report.collect(str(tmp_path)))
+    rows = report.table(sweep_runs.collect(str(tmp_path)))
     assert not any(r.best for r in rows)
 
 
@@ -281,7 +281,7 @@ def test_pairs_only_seeds_both_finished(tmp_path):
     make_run(tmp_path, "digits", "max", 1, [0.92])
     make_run(tmp_path, "digits", "avg", 1, [0.95])
     make_run(tmp_path, "digits", "avg", 2, [0.80])
-    rows = {r.label: r for r in report.table(report.collect(str(tmp_path)))}
+    rows = {r.label: r for r in report.table(sweep_runs.collect(str(tmp_path)))}
     diff = rows["avg"].diff
     assert diff.n == 1 and diff.mean == pytest.approx(0.03)
     assert "+3.00 (n=1, no CI)" in "\n".join(report.table_markdown(rows.values()))

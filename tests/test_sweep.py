@@ -17,7 +17,7 @@ import pytest
 import tensorflow_datasets as tfds
 from PIL import Image
 
-from train import report, stats, sweep, train_lib
+from train import report, stats, sweep, sweep_runs, train_lib
 
 # Every end-to-end sweep uses the same shapes (digits, batch 64) so compiled steps are shared.
 TINY = ["--datasets", "digits", "--batch-size", "64", "--quiet"]
@@ -211,7 +211,7 @@ def test_deleted_final_checkpoint_resumes_exactly_that_run(done_sweep, tmp_path,
     shutil.rmtree(run / "checkpoints" / str(steps[-1]))
     assert run_sweep(workdir, "--poolers", "max,mixed", "--seeds", "2", "--epochs", "2") == 0
     assert count_training == [os.path.relpath(run)]
-    record = json.loads((run / report.RUN_FILE).read_text())
+    record = json.loads((run / sweep_runs.RUN_FILE).read_text())
     assert (record["action"], record["status"]) == ("resume", "done")
     after = read_metrics(run)
     # Epoch 1 came from the checkpoint (its row, timings included, is untouched); epoch 2 reran.
@@ -329,9 +329,9 @@ def test_interrupt_stops_the_sweep_and_rerun_resumes(done_sweep, tmp_path, monke
     assert run_sweep(workdir, *args) == 128 + 2
     assert "rerun the same command to resume" in capsys.readouterr().err
     assert (workdir / "report" / "results.csv").exists()  # the report is written on the way out
-    record = json.loads((workdir / "runs/digits/max/s0" / report.RUN_FILE).read_text())
+    record = json.loads((workdir / "runs/digits/max/s0" / sweep_runs.RUN_FILE).read_text())
     assert record["status"] == "interrupted"
-    assert "interrupted" not in (workdir / "runs/digits/max/s1" / report.RUN_FILE).read_text()
+    assert "interrupted" not in (workdir / "runs/digits/max/s1" / sweep_runs.RUN_FILE).read_text()
 
     monkeypatch.undo()
     assert run_sweep(workdir, *args, "--dry-run") == 0

@@ -1,5 +1,5 @@
 """The report's plots (matplotlib, PNG): curves over epochs, learned pooler parameters, TDGS's
-initial-temperature curve. Each function draws one figure from :class:`train.report.Run` objects;
+initial-temperature curve. Each function draws one figure from :class:`train.sweep_runs.Run` objects;
 :func:`draw_all` draws every plot that has data. See :mod:`train.report` for the file names.
 """
 

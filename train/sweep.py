@@ -10,7 +10,7 @@ Examples::
 Each run is ``train_lib.train_and_evaluate`` with ``configs/<dataset>.py`` and these overrides:
 ``pooler``, ``pooler_kwargs``, ``seed`` (0 .. ``--seeds``-1) and, when given, ``num_epochs``,
 ``batch_size``, ``learning_rate``, ``data_dir``. Its workdir is
-``<workdir>/runs/<dataset>/<pooler label>/s<seed>`` (labels: :func:`train.report.pooler_label`,
+``<workdir>/runs/<dataset>/<pooler label>/s<seed>`` (labels: :func:`train.sweep_runs.pooler_label`,
 e.g. ``tdgs@T=0.5`` for ``--tdgs-init-temperatures``), and holds ``train_lib``'s files plus
 ``sweep_run.json`` (status, error, timings, device kind, library versions).
 
@@ -47,7 +47,7 @@ from typing import Any
 
 from absl import flags
 
-from train import cli, report, run_files
+from train import cli, report, run_files, sweep_runs
 
 # Own FlagValues: train.main's flags (--epochs, --workdir, ...) live in absl's global FLAGS, and both
 # modules are imported in one process by the tests.
@@ -115,7 +115,7 @@ class Entry:
 
     @property
     def label(self) -> str:
-        return report.pooler_label(self.pooler, self.kwargs)
+        return sweep_runs.pooler_label(self.pooler, self.kwargs)
 
     def name(self) -> str:
         return f"{self.dataset}/{self.label}/s{self.seed}"
@@ -253,12 +253,12 @@ def checkpoint_steps(run_dir: str) -> list[int]:
 
 def plan_entry(entry: Entry, config, workdir: str, *, retry_failed: bool = False) -> Plan:
     """Decides whether ``entry`` is done, resumes, starts, or is skipped (see module docstring)."""
-    path = report.run_dir(workdir, entry.dataset, entry.label, entry.seed)
+    path = sweep_runs.run_dir(workdir, entry.dataset, entry.label, entry.seed)
 
     def plan(action: str, detail: str) -> Plan:
         return Plan(entry, config, path, action, detail)
 
-    old_config = report.read_json(os.path.join(path, "config.json"))
+    old_config = sweep_runs.read_json(os.path.join(path, "config.json"))
     if old_config:
         diff = run_files.changed_run_fields(old_config, config)
         if diff:
@@ -267,8 +267,8 @@ def plan_entry(entry: Entry, config, workdir: str, *, retry_failed: bool = False
                 f"{path} holds a run with different {', '.join(diff)}; delete it or use another "
                 "--workdir",
             )
-    summary = report.read_json(os.path.join(path, "summary.json")) or {}
-    info = report.read_json(os.path.join(path, report.RUN_FILE)) or {}
+    summary = sweep_runs.read_json(os.path.join(path, "summary.json")) or {}
+    info = sweep_runs.read_json(os.path.join(path, sweep_runs.RUN_FILE)) or {}
     steps = checkpoint_steps(path)
     final_step = (summary.get("final") or {}).get("step")
     if (
@@ -339,7 +339,7 @@ def run_one(
 
     entry = plan.entry
     os.makedirs(plan.run_dir, exist_ok=True)
-    record_path = os.path.join(plan.run_dir, report.RUN_FILE)
+    record_path = os.path.join(plan.run_dir, sweep_runs.RUN_FILE)
     record = {
         "label": entry.label,
         "dataset": entry.dataset,
@@ -358,7 +358,7 @@ def run_one(
     t0 = time.perf_counter()
     try:
         train_lib.train_and_evaluate(plan.config, plan.run_dir, on_epoch=on_epoch)
-        summary = report.read_json(os.path.join(plan.run_dir, "summary.json")) or {}
+        summary = sweep_runs.read_json(os.path.join(plan.run_dir, "summary.json")) or {}
         record["status"] = summary.get("status", "done")
     except (train_lib.Interrupted, KeyboardInterrupt):
         record.update(status="interrupted", finished=_now())
@@ -393,7 +393,7 @@ def _epoch_printer(num_epochs: int) -> Callable[[dict[str, Any]], None]:
 def record_command(workdir: str, command: str) -> None:
     """Appends ``command`` to ``<workdir>/sweep.json`` (the report quotes it)."""
     path = os.path.join(workdir, SWEEP_FILE)
-    data = report.read_json(path) or {"commands": []}
+    data = sweep_runs.read_json(path) or {"commands": []}
     data["commands"].append({"command": command, "time": _now()})
     os.makedirs(workdir, exist_ok=True)
     run_files.write_json(path, data)
@@ -432,7 +432,7 @@ def sweep(
             seconds = time.perf_counter() - t0
             if record["status"] == "done":
                 outcome["done"].append(p)
-                summary = report.read_json(os.path.join(p.run_dir, "summary.json")) or {}
+                summary = sweep_runs.read_json(os.path.join(p.run_dir, "summary.json")) or {}
                 acc = (summary.get("final") or {}).get("test_accuracy", math.nan)
                 print(f"      done: test accuracy {acc:.2%} ({seconds:.1f} s)", flush=True)
             else:

@@ -1,0 +1,176 @@
+"""A sweep's run directories: where :mod:`train.sweep` puts each run and how :mod:`train.report`
+reads one back (config, metrics, summary, learned pooler parameters, the sweep's own record).
+
+A run lives in ``<workdir>/runs/<dataset>/<pooler label>/s<seed>/``; the pooler label is the registry
+name, followed by ``@key=value,...`` when the run has pooler keyword arguments (``init_temperature``
+is written ``T``: ``tdgs@T=0.5``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import glob
+import json
+import math
+import os
+import re
+from typing import Any
+
+import numpy as np
+
+DATASET_ORDER = ("mnist", "cifar10", "cifar100", "digits")
+POOLER_ORDER = ("max", "avg", "mixed", "gated", "tree", "stochastic", "s3", "tdgs")
+# Short names of pooler keyword arguments in labels.
+KWARG_ALIASES = {"init_temperature": "T"}
+RUN_FILE = "sweep_run.json"  # written by train.sweep into every run directory
+
+
+def pooler_label(pooler: str, kwargs: dict[str, Any] | None) -> str:
+    """``"tdgs"``, or ``"tdgs@T=0.5"`` for ``init_temperature=0.5`` (keys sorted)."""
+    if not kwargs:
+        return pooler
+    parts = []
+    for key in sorted(kwargs):
+        value = kwargs[key]
+        text = f"{value:g}" if isinstance(value, float) else json.dumps(value)
+        parts.append(f"{KWARG_ALIASES.get(key, key)}={text.strip(chr(34))}")
+    return f"{pooler}@{','.join(parts)}"
+
+
+def run_dir(workdir: str, dataset: str, label: str, seed: int) -> str:
+    """``<workdir>/runs/<dataset>/<label>/s<seed>`` (odd characters of the label become ``_``)."""
+    safe = re.sub(r"[^A-Za-z0-9._=@,+-]", "_", label)
+    return os.path.join(workdir, "runs", dataset, safe, f"s{seed}")
+
+
+def read_json(path: str) -> Any:
+    """The JSON in ``path``, or None when it is missing or unreadable."""
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def read_metrics(path: str) -> list[dict[str, Any]]:
+    """The rows of a ``metrics.jsonl`` (a torn last line is skipped)."""
+    rows = []
+    try:
+        with open(path) as f:
+            for line in f:
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError:
+                    continue
+    except OSError:
+        return []
+    return rows
+
+
+@dataclasses.dataclass
+class Run:
+    """Everything the report needs from one run directory.
+
+    Attributes:
+      path: the run directory.
+      dataset, pooler, pooler_kwargs, seed, num_epochs: from the run's config.
+      status: ``done``, ``failed``, ``stopped``, ``interrupted``, ``incomplete`` (started, no
+        summary) or ``running``.
+      error: the error message of a failed run, else ``""``.
+      metrics: the ``metrics.jsonl`` rows.
+      summary: ``summary.json`` (or ``{}``).
+      pooler_params: ``pooler_params.json`` (or ``{}``).
+      info: ``sweep_run.json`` (or ``{}``).
+    """
+
+    path: str
+    dataset: str
+    pooler: str
+    pooler_kwargs: dict[str, Any]
+    seed: int
+    num_epochs: int
+    status: str
+    error: str
+    metrics: list[dict[str, Any]]
+    summary: dict[str, Any]
+    pooler_params: dict[str, Any]
+    info: dict[str, Any]
+
+    @property
+    def label(self) -> str:
+        return pooler_label(self.pooler, self.pooler_kwargs)
+
+    @property
+    def done(self) -> bool:
+        return self.status == "done" and bool(self.metrics)
+
+    @property
+    def final(self) -> dict[str, Any]:
+        return self.metrics[-1] if self.metrics else {}
+
+    def timing_rows(self) -> list[dict[str, Any]]:
+        """Epochs used for speed: all but the first (it includes compilation) when there are more."""
+        return self.metrics[1:] if len(self.metrics) > 1 else self.metrics
+
+    @property
+    def seconds_per_epoch(self) -> float:
+        rows = self.timing_rows()
+        return float(np.mean([r["train_seconds"] for r in rows])) if rows else math.nan
+
+    @property
+    def images_per_second(self) -> float:
+        rows = self.timing_rows()
+        return float(np.mean([r["images_per_second"] for r in rows])) if rows else math.nan
+
+
+def load_run(path: str) -> Run | None:
+    """Reads one run directory; None when it holds neither a config nor a sweep record."""
+    info = read_json(os.path.join(path, RUN_FILE)) or {}
+    config = info.get("config") or read_json(os.path.join(path, "config.json"))
+    if not config:
+        return None
+    summary = read_json(os.path.join(path, "summary.json")) or {}
+    metrics = read_metrics(os.path.join(path, "metrics.jsonl"))
+    if summary.get("epochs_completed") is not None:
+        metrics = metrics[: summary["epochs_completed"]]
+    status = info.get("status") or ""
+    error = info.get("error") or ""
+    if status != "failed":
+        status = summary.get("status") or ("running" if status == "running" else "incomplete")
+        if status == "failed" and not error:
+            error = "non-finite training loss"
+    return Run(
+        path=path,
+        dataset=config["dataset"],
+        pooler=config["pooler"],
+        pooler_kwargs=dict(config.get("pooler_kwargs") or {}),
+        seed=int(config["seed"]),
+        num_epochs=int(config["num_epochs"]),
+        status=status,
+        error=error,
+        metrics=metrics,
+        summary=summary,
+        pooler_params=read_json(os.path.join(path, "pooler_params.json")) or {},
+        info=info,
+    )
+
+
+def _sort_key(run: Run) -> tuple:
+    d = DATASET_ORDER.index(run.dataset) if run.dataset in DATASET_ORDER else len(DATASET_ORDER)
+    p = POOLER_ORDER.index(run.pooler) if run.pooler in POOLER_ORDER else len(POOLER_ORDER)
+    kwargs = tuple(
+        (k, v if isinstance(v, int | float) else 0, str(v))
+        for k, v in sorted(run.pooler_kwargs.items())
+    )
+    return (d, run.dataset, p, run.pooler, len(kwargs), kwargs, run.seed)
+
+
+def collect(workdir: str) -> list[Run]:
+    """Every run under ``<workdir>/runs/<dataset>/<label>/s<seed>``, in report order."""
+    runs = []
+    for path in sorted(glob.glob(os.path.join(workdir, "runs", "*", "*", "s*"))):
+        if os.path.isdir(path):
+            run = load_run(path)
+            if run is not None:
+                runs.append(run)
+    return sorted(runs, key=_sort_key)
