@@ -15,7 +15,7 @@ import pytest
 from conftest import mock_tfds
 
 from configs import default, digits
-from train import models, steps, train_lib
+from train import models, run_config, steps, train_lib
 
 SHARED_TFDS = pathlib.Path(__file__).resolve().parents[1].parent / "shared" / "tfds"
 TIMING_KEYS = {"train_seconds", "eval_seconds", "epoch_seconds", "images_per_second"}
@@ -62,13 +62,13 @@ def _summary(workdir) -> dict:
 def test_validate_config_names_the_field_and_the_allowed_values(field, value, message):
     config = default.get_config()
     config[field] = value
-    with pytest.raises(train_lib.ConfigError, match=message):
-        train_lib.validate_config(config)
+    with pytest.raises(run_config.ConfigError, match=message):
+        run_config.validate_config(config)
 
 
 def test_default_config_is_valid():
-    train_lib.validate_config(default.get_config())
-    train_lib.validate_config(_config(pooler="tdgs", pooler_kwargs={}))
+    run_config.validate_config(default.get_config())
+    run_config.validate_config(_config(pooler="tdgs", pooler_kwargs={}))
 
 
 def test_pooler_report_is_readable():
@@ -93,7 +93,7 @@ def test_pooler_report_is_readable():
 
 def test_a_workdir_of_another_run_is_refused(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps(_config(pooler="avg").to_dict()))
-    with pytest.raises(train_lib.ConfigError, match="different pooler"):
+    with pytest.raises(run_config.ConfigError, match="different pooler"):
         train_lib.train_and_evaluate(_config(pooler="max"), str(tmp_path))
 
 
@@ -223,11 +223,11 @@ def test_real_mnist_one_epoch_max_pool_reaches_97_percent(tmp_path):
 def test_enable_compilation_cache_points_jax_at_the_directory(tmp_path, monkeypatch):
     old = jax.config.jax_compilation_cache_dir
     try:
-        path = train_lib.enable_compilation_cache(str(tmp_path / "cache"))
+        path = run_config.enable_compilation_cache(str(tmp_path / "cache"))
         assert path == str(tmp_path / "cache") and (tmp_path / "cache").is_dir()
         assert jax.config.jax_compilation_cache_dir == path
         monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", str(tmp_path / "env"))
-        assert train_lib.enable_compilation_cache() == str(tmp_path / "env")
+        assert run_config.enable_compilation_cache() == str(tmp_path / "env")
     finally:
         jax.config.update("jax_compilation_cache_dir", old)
 
@@ -246,14 +246,14 @@ def test_enable_compilation_cache_points_jax_at_the_directory(tmp_path, monkeypa
     ],
 )
 def test_microbatches_for(per_device, size, platform, want):
-    assert train_lib.microbatches_for(per_device, size, platform) == want
+    assert run_config.microbatches_for(per_device, size, platform) == want
 
 
 def test_microbatch_size_must_divide_the_per_device_batch():
-    with pytest.raises(train_lib.ConfigError, match="microbatch_size 24 does not divide the"):
-        train_lib.validate_config(_config(batch_size=64, microbatch_size=24))
-    with pytest.raises(train_lib.ConfigError, match="microbatch_size must be an integer >= 0"):
-        train_lib.validate_config(_config(microbatch_size=-1))
+    with pytest.raises(run_config.ConfigError, match="microbatch_size 24 does not divide the"):
+        run_config.validate_config(_config(batch_size=64, microbatch_size=24))
+    with pytest.raises(run_config.ConfigError, match="microbatch_size must be an integer >= 0"):
+        run_config.validate_config(_config(microbatch_size=-1))
 
 
 def _step_inputs(pooler):

@@ -40,7 +40,7 @@ from absl import app, flags
 
 import jaxpool
 from configs import default as default_config
-from train import steps, train_lib
+from train import run_config, steps
 
 POOL_SHAPES = ((256, 32, 32, 16), (64, 16, 16, 32))
 CNN_BATCHES = (64, 256)
@@ -128,7 +128,7 @@ def cnn_steps(name: str, batch: int, image: Sequence[int] = CNN_IMAGE):
     eval_batch = dict(train_batch, mask=jnp.ones((batch,), jnp.float32))
     key = jax.random.key(1)
     # The step as train.main runs it, micro-batched as it would be on this device.
-    microbatches = train_lib.config_microbatches(config, batch)
+    microbatches = run_config.config_microbatches(config, batch)
     start = time.perf_counter()
     train = jax.jit(steps.step_fn(microbatches)).lower(state, train_batch, key).compile()
     compile_s = time.perf_counter() - start

@@ -170,13 +170,13 @@ def run(argv: list[str]) -> int:
 
     import jax
 
-    from train import input_pipeline, train_lib
+    from train import input_pipeline, run_config, train_lib
 
     try:
-        train_lib.validate_config(config)
-    except train_lib.ConfigError as e:
+        run_config.validate_config(config)
+    except run_config.ConfigError as e:
         raise cli.UsageError(str(e)) from e
-    train_lib.enable_compilation_cache()
+    run_config.enable_compilation_cache()
     workdir = _WORKDIR.value or os.path.join(
         "runs", f"{config.dataset}-{config.pooler}-s{config.seed}"
     )
@@ -185,7 +185,7 @@ def run(argv: list[str]) -> int:
         final = train_lib.train_and_evaluate(
             config, workdir, on_epoch=_epoch_line(config.num_epochs) if lead else None
         )
-    except (train_lib.ConfigError, input_pipeline.DataError) as e:
+    except (run_config.ConfigError, input_pipeline.DataError) as e:
         raise cli.UsageError(str(e)) from e
     except train_lib.NonFiniteLossError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -335,7 +335,7 @@ def run_one(
     Raises:
       train_lib.Interrupted, KeyboardInterrupt: after recording ``interrupted``; the sweep stops.
     """
-    from train import train_lib
+    from train import run_config, train_lib
 
     entry = plan.entry
     os.makedirs(plan.run_dir, exist_ok=True)
@@ -365,7 +365,7 @@ def run_one(
         run_files.write_json(record_path, record)
         raise
     except Exception as e:  # any failure of one run is recorded; the sweep goes on
-        expected = (train_lib.NonFiniteLossError, train_lib.ConfigError)
+        expected = (train_lib.NonFiniteLossError, run_config.ConfigError)
         logger.error("%s failed", entry.name(), exc_info=not isinstance(e, expected))
         record.update(
             status="failed",
@@ -448,7 +448,7 @@ def sweep(
 
 def build_plans(argv: list[str]) -> tuple[list[Plan], str]:
     """Parses flags and plans every entry. Returns the plans and the workdir."""
-    from train import train_lib
+    from train import run_config
 
     _FLAGS.unparse_flags()  # back to the defaults: main() may run more than once per process
     try:
@@ -475,8 +475,8 @@ def build_plans(argv: list[str]) -> tuple[list[Plan], str]:
             learning_rate=_LEARNING_RATE.value,
         )
         try:
-            train_lib.validate_config(config)
-        except train_lib.ConfigError as e:
+            run_config.validate_config(config)
+        except run_config.ConfigError as e:
             raise cli.UsageError(str(e)) from e
         plans.append(plan_entry(entry, config, workdir, retry_failed=_RETRY_FAILED.value))
     return plans, workdir
@@ -493,7 +493,7 @@ def describe(plans: Sequence[Plan]) -> list[str]:
 
 def run(argv: list[str]) -> int:
     """Parses ``argv``, runs the sweep (or lists it) and returns the exit code."""
-    from train import train_lib
+    from train import run_config, train_lib
 
     if any(a in ("-h", "--help", "-help", "--helpfull") for a in argv[1:]):
         print(__doc__.strip().splitlines()[0])
@@ -506,7 +506,7 @@ def run(argv: list[str]) -> int:
         return 0
     record_command(workdir, "python -m train.sweep " + shlex.join(argv[1:]))
     try:
-        train_lib.enable_compilation_cache()
+        run_config.enable_compilation_cache()
         outcome = sweep(plans, workdir, verbose=not _QUIET.value)
     except train_lib.Interrupted as e:
         print(f"{e}; report written; rerun the same command to resume", file=sys.stderr)

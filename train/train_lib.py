@@ -42,7 +42,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -50,15 +50,11 @@ import ml_collections
 import numpy as np
 import tqdm
 
-import jaxpool
-from train import checkpointing, cli, device_loop, input_pipeline, models, run_files
+from train import checkpointing, device_loop, input_pipeline, models, run_files
+from train.run_config import ConfigError, config_microbatches, validate_config
 from train.steps import TrainState, create_train_state, eval_step, pooler_kwargs, step_fn
 
 logger = logging.getLogger(__name__)
-
-
-class ConfigError(ValueError):
-    """A config value is invalid; the message says which and what is allowed."""
 
 
 class NonFiniteLossError(RuntimeError):
@@ -73,141 +69,12 @@ class Interrupted(Exception):
         self.signum = signum
 
 
-# --------------------------------------------------------------------------- config
-
-
-def enable_compilation_cache(path: str | None = None) -> str:
-    """Turns on JAX's persistent compilation cache, so a rerun of a config skips compilation.
-
-    The directory is ``path``, else ``$JAX_COMPILATION_CACHE_DIR`` (JAX's own variable), else
-    ``~/.cache/jaxpool/xla``. Every compiled program is kept, however fast it compiled.
-
-    Returns:
-      The cache directory, or "" when it cannot be created (the run goes on without it).
-    """
-    path = (
-        path
-        or os.environ.get("JAX_COMPILATION_CACHE_DIR")
-        or os.path.join(os.path.expanduser("~"), ".cache", "jaxpool", "xla")
-    )
-    try:
-        os.makedirs(path, exist_ok=True)
-    except OSError as e:  # a read-only home: run without the cache rather than fail
-        logger.warning("compilation cache disabled: cannot create %s (%s)", path, e)
-        return ""
-    jax.config.update("jax_compilation_cache_dir", path)
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
-    return path
-
-
-def validate_config(config: ml_collections.ConfigDict) -> None:
-    """Checks every field cheaply (no data, no compilation).
-
-    Raises:
-      ConfigError: naming the field, its value and what is allowed.
-    """
-
-    def need(ok: bool, msg: str) -> None:
-        if not ok:
-            raise ConfigError(msg)
-
-    def is_int(v: Any) -> bool:
-        return isinstance(v, int) and not isinstance(v, bool)
-
-    names = jaxpool.available()
-    need(
-        config.pooler in names,
-        f"unknown pooler {config.pooler!r}; choose one of: {', '.join(names)}",
-    )
-    need(
-        config.dataset in input_pipeline.DATASETS,
-        f"unknown dataset {config.dataset!r}; choose one of: {', '.join(input_pipeline.DATASETS)}",
-    )
-    # (field, smallest allowed value, how the message names it, what 0 means if allowed)
-    for field, low, label, zero in (
-        ("batch_size", 1, "batch size", ""),
-        ("eval_batch_size", 0, "eval_batch_size", " (0 = batch size)"),
-        ("num_epochs", 1, "epochs", ""),
-        ("seed", 0, "seed", ""),
-        ("checkpoints_to_keep", 1, "checkpoints_to_keep", ""),
-        ("stop_after_epochs", 0, "stop_after_epochs", " (0 = never)"),
-        ("steps_per_chunk", 1, "steps_per_chunk", ""),
-        ("microbatch_size", 0, "microbatch_size", " (0 = automatic)"),
-    ):
-        value = config[field]
-        kind = "a positive integer" if low else f"an integer >= 0{zero}"
-        need(is_int(value) and value >= low, f"{label} must be {kind}, got {value!r}")
-    lr = config.learning_rate
-    need(
-        isinstance(lr, int | float) and math.isfinite(lr) and lr > 0,
-        f"learning rate must be a positive finite number, got {lr!r}",
-    )
-    kwargs = config.pooler_kwargs
-    need(
-        isinstance(kwargs, Mapping | ml_collections.ConfigDict),
-        f"pooler_kwargs must be a mapping of keyword arguments, got {kwargs!r}",
-    )
-    try:
-        jaxpool.create(config.pooler, **pooler_kwargs(config))
-    except (TypeError, ValueError) as e:
-        raise ConfigError(
-            f"bad pooler_kwargs {pooler_kwargs(config)!r} for pooler {config.pooler!r}: "
-            f"{cli.first_line(e)}"
-        ) from e
-    n = jax.device_count()
-    for field in ("batch_size", "eval_batch_size"):
-        size = config[field]
-        need(
-            size % n == 0,
-            f"{field.replace('_', ' ')} {size} does not divide by the {n} devices JAX sees; "
-            f"use a multiple of {n}",
-        )
-    config_microbatches(config, config.batch_size)
+# --------------------------------------------------------------------------- keys and steps
 
 
 def _seed_keys(seed: int, sharding: jax.sharding.Sharding) -> tuple[jax.Array, jax.Array]:
     """(init key, train key) from ``seed``, replicated on ``sharding``'s mesh."""
     return jax.jit(lambda: tuple(jax.random.split(jax.random.key(seed))), out_shardings=sharding)()
-
-
-MICROBATCH_TARGET_CPU = 32  # examples per micro-batch on CPU (measured: 32-64 fit the caches)
-
-
-def microbatches_for(per_device_batch: int, microbatch_size: int, platform: str) -> int:
-    """How many micro-batches one step of ``per_device_batch`` examples is split into.
-
-    Args:
-      per_device_batch: global batch size / device count.
-      microbatch_size: the config field: 0 = automatic (CPU: about
-        ``MICROBATCH_TARGET_CPU`` examples, the largest split into equal micro-batches of at
-        least that many; GPU/TPU: no split), else examples per micro-batch, which must divide
-        ``per_device_batch``.
-      platform: ``jax.devices()[0].platform``.
-
-    Raises:
-      ConfigError: ``microbatch_size`` does not divide ``per_device_batch``.
-    """
-    if microbatch_size:
-        if per_device_batch % microbatch_size:
-            raise ConfigError(
-                f"microbatch_size {microbatch_size} does not divide the per-device batch of "
-                f"{per_device_batch} examples; use a divisor of it, or 0 for automatic"
-            )
-        return per_device_batch // microbatch_size
-    if platform != "cpu":
-        return 1
-    m = max(1, per_device_batch // MICROBATCH_TARGET_CPU)
-    while per_device_batch % m:
-        m -= 1
-    return m
-
-
-def config_microbatches(config: ml_collections.ConfigDict, batch_size: int) -> int:
-    """:func:`microbatches_for` a global batch of ``batch_size`` on the devices JAX sees."""
-    return microbatches_for(
-        batch_size // jax.device_count(), config.microbatch_size, jax.devices()[0].platform
-    )
 
 
 # Shardings come from the arguments: state and keys replicated, batches sharded over "data".
