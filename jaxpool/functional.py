@@ -78,33 +78,28 @@ def _f32(elems: Elements) -> Elements:
     return [e.astype(_F32) for e in elems]
 
 
-def _window_max(elems: Elements, masks: Masks, x6: jax.Array | None = None) -> jax.Array:
+def _window_max(elems: Elements, masks: Masks) -> jax.Array:
     """Per-window max; its gradient goes to the first maximal element (row-major), as in
-    ``flax.linen.max_pool`` and PyTorch, not split between ties.
-
-    ``x6``: the window view (fast path) that ``elems`` are slices of, or None.  Only max pooling
-    passes it: where the max is one term of a pooler (mixed, gated) the view form of its gradient
-    made the whole backward pass slower (0.84x), as the other terms' gradients are stacked.
-    """
-    if x6 is not None and masks is None:
-        return _view_max(x6.shape[2], x6.shape[4], x6)
+    ``flax.linen.max_pool`` and PyTorch, not split between ties."""
     elems = _masked(elems, masks, -jnp.inf)
     return _max_to_first(len(elems), *elems)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
 def _view_max(kh: int, kw: int, x6: jax.Array) -> jax.Array:
-    """Max over each window of a view ``(N, Ho, kh, Wo, kw, C)``; gradient to the first max."""
+    """:func:`_window_max` over each window of a view ``(N, Ho, kh, Wo, kw, C)`` (fast path).
+
+    Only max pooling uses it: where the max is one term of a pooler (mixed, gated) its view-form
+    gradient made the whole backward pass slower (0.84x), as the other terms' are stacked.
+    """
     return functools.reduce(jnp.maximum, _windows.view_elements(x6))
 
 
 def _view_max_fwd(kh, kw, x6):
     elems = _windows.view_elements(x6)
-    index = _first_argmax(elems)
-    if kh * kw <= 127:
-        # Through float32 on purpose: with the int32 index (or int32 -> int8) XLA:CPU compiled
-        # the backward pass's loop 3-6x slower (measured on jaxlib 0.10.2).
-        index = index.astype(_F32).astype(jnp.int8)
+    # Through float32 on purpose: with the int32 index (or int32 -> int8) XLA:CPU compiled the
+    # backward pass's loop 3-6x slower (measured on jaxlib 0.10.2).
+    index = _narrow_index(_first_argmax(elems).astype(_F32), kh * kw)
     return functools.reduce(jnp.maximum, elems), index
 
 
@@ -304,8 +299,11 @@ def max_pool(
     """
     x4, unbatched = _windows.check_input(x)
     spec = _windows.window_spec(x4.shape[1:3], window_shape, strides, padding)
-    x6, elems = _windows_and_view(x4, spec)
-    return _finish(_window_max(elems, _windows.valid_masks(spec), x6), x.dtype, unbatched)
+    x6 = _windows.window_view(x4, spec)
+    if x6 is not None:
+        return _finish(_view_max(x6.shape[2], x6.shape[4], x6), x.dtype, unbatched)
+    elems = _windows.window_elements(x4, spec)
+    return _finish(_window_max(elems, _windows.valid_masks(spec)), x.dtype, unbatched)
 
 
 def avg_pool(
@@ -403,7 +401,7 @@ def _kernel_dot(
     gradient is one reduction over that view (:func:`_view_dot`); otherwise autodiff of the
     K-element sum, which XLA:CPU runs as K strided copies and K reductions.
     """
-    weights = _kernel_weights(kernel, spec, values[0].shape, name)
+    weights = _kernel_weights(kernel, spec, values[0].shape, name)  # also checks the shape
     if x6 is None:
         return _window_dot(weights, values)
     (kh, kw), (ho, wo) = spec.window, spec.out_size
@@ -436,20 +434,13 @@ def _view_dot_jvp(primals, tangents):
     return _view_dot(w6, x6), by_input + by_kernel
 
 
-def _windows_and_view(
-    x4: jax.Array, spec: _windows.WindowSpec
-) -> tuple[jax.Array | None, Elements]:
-    """The window view of ``x4`` where the fast path applies (else None) and the K window
-    elements (slices of that view, or strided slices)."""
-    x6 = _windows.window_view(x4, spec)
+def _f32_windows(x4: jax.Array, spec: _windows.WindowSpec) -> tuple[jax.Array | None, Elements]:
+    """The float32 window view of ``x4`` where the fast path applies (else None) and the K
+    float32 window elements (slices of that view, or strided slices)."""
+    x6 = _windows.window_view(x4.astype(_F32), spec)
     if x6 is not None:
         return x6, _windows.view_elements(x6)
-    return None, _windows.window_elements(x4, spec)
-
-
-def _f32_windows(x4: jax.Array, spec: _windows.WindowSpec) -> tuple[jax.Array | None, Elements]:
-    """:func:`_windows_and_view` in float32."""
-    return _windows_and_view(x4.astype(_F32), spec)
+    return None, _f32(_windows.window_elements(x4, spec))
 
 
 def _bias_for(bias, kernel_rank: int, spec: _windows.WindowSpec, channels: int) -> jax.Array:

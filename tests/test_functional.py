@@ -433,6 +433,16 @@ def test_window_view_layout_and_where_it_applies():
         assert _windows.window_view(x, spec) is None, (window, strides, padding)
 
 
+def _on_both_paths(run, monkeypatch):
+    """``run()`` on the reshape path, then with ``window_view`` disabled (the strided path)."""
+    via_reshape = run()
+    calls = []
+    monkeypatch.setattr(_windows, "window_view", lambda *a: calls.append(1))
+    via_strided = run()
+    assert calls, "the strided path was not taken"
+    return via_reshape, via_strided
+
+
 @pytest.mark.parametrize(
     "shape, window, temperature_shape, dtype",
     [
@@ -461,12 +471,8 @@ def test_tdgs_reshape_path_matches_strided_path(
         grad = jax.grad(loss, argnums=(0, 1, 2), has_aux=True)
         return grad(x, temperature, 0.6)
 
-    reshape_grads, reshape_y = run()
-    calls = []
     original = _windows.window_view
-    monkeypatch.setattr(_windows, "window_view", lambda *a: calls.append(1))
-    strided_grads, strided_y = run()
-    assert calls, "the strided path was not taken"
+    (reshape_grads, reshape_y), (strided_grads, strided_y) = _on_both_paths(run, monkeypatch)
     np.testing.assert_array_equal(reshape_y, strided_y)  # the same element of every window
     assert bool(jnp.any(reshape_y != original(x, spec)[:, :, 0, :, 0, :]))  # not always the first
     tol = 2e-5 if dtype == jnp.float32 else 1e-2  # bfloat16 gradients: a rounding step apart
@@ -523,11 +529,7 @@ def test_kernel_poolers_reshape_path_matches_strided_path(
 
         return jax.grad(loss, argnums=(0, 1, 2), has_aux=True)(x, kernel, second)
 
-    reshape_grads, reshape_y = run()
-    calls = []
-    monkeypatch.setattr(_windows, "window_view", lambda *a: calls.append(1))
-    strided_grads, strided_y = run()
-    assert calls, "the strided path was not taken"
+    (reshape_grads, reshape_y), (strided_grads, strided_y) = _on_both_paths(run, monkeypatch)
     tol = 2e-5 if dtype == jnp.float32 else 1e-2
     for via_reshape, via_strided in zip(
         (reshape_y, *reshape_grads), (strided_y, *strided_grads), strict=True
@@ -562,11 +564,7 @@ def test_max_pool_reshape_path_matches_strided_path(shape, window, dtype, monkey
         y, vjp = jax.vjp(lambda v: F.max_pool(v, window), x)
         return y, vjp(cot)[0]
 
-    reshape_y, reshape_dx = run()
-    calls = []
-    monkeypatch.setattr(_windows, "window_view", lambda *a: calls.append(1))
-    strided_y, strided_dx = run()
-    assert calls, "the strided path was not taken"
+    (reshape_y, reshape_dx), (strided_y, strided_dx) = _on_both_paths(run, monkeypatch)
     np.testing.assert_array_equal(reshape_y, strided_y)
     np.testing.assert_array_equal(reshape_dx, strided_dx)
     # Exactly one element of each window receives its cotangent.
@@ -581,22 +579,27 @@ def test_forward_mode_of_avg_tree_and_deterministic_stochastic(padding):
     t = jax.random.normal(jax.random.key(1), x.shape)
     _, dy = jax.jvp(lambda v: F.avg_pool(v, 2, None, padding), (x,), (t,))
     np.testing.assert_allclose(dy, F.avg_pool(t, 2, None, padding), rtol=1e-6, atol=1e-6)
-    _, dy = jax.jvp(lambda v: F.stochastic_pool(v, padding=padding, deterministic=True), (x,), (t,))
-    assert bool(jnp.all(jnp.isfinite(dy)))
-    # Tree pooling: forward mode equals reverse mode (its kernel product has a custom JVP).
+
+    def forward_equals_reverse(fn, primals, tangents):
+        _, forward = jax.jvp(fn, primals, tangents)
+        jacobians = jax.jacrev(fn, argnums=tuple(range(len(primals))))(*primals)
+        reverse = sum(
+            jnp.tensordot(j, d, axes=d.ndim) for j, d in zip(jacobians, tangents, strict=True)
+        )
+        np.testing.assert_allclose(forward, reverse, rtol=1e-4, atol=1e-4)
+        assert float(jnp.max(jnp.abs(forward))) > 0
+
+    forward_equals_reverse(
+        lambda v: F.stochastic_pool(v, padding=padding, deterministic=True), (x,), (t,)
+    )
+    # Tree pooling: its kernel product on the view has a custom JVP.
     keys = jax.random.split(jax.random.key(2), 2)
     leaves, gate = jax.random.normal(keys[0], (2, 2, 2, 3)), jax.random.normal(keys[1], (2, 2, 3))
-
-    def tree(v, leaves, gate):
-        return F.tree_pool(v, leaves, gate, 2, None, padding)
-
-    tangents = (t, jnp.ones_like(leaves), -jnp.ones_like(gate))
-    _, forward = jax.jvp(tree, (x, leaves, gate), tangents)
-    jacobians = jax.jacrev(tree, argnums=(0, 1, 2))(x, leaves, gate)
-    reverse = sum(
-        jnp.tensordot(j, d, axes=d.ndim) for j, d in zip(jacobians, tangents, strict=True)
+    forward_equals_reverse(
+        lambda v, lv, g: F.tree_pool(v, lv, g, 2, None, padding),
+        (x, leaves, gate),
+        (t, jnp.ones_like(leaves), -jnp.ones_like(gate)),
     )
-    np.testing.assert_allclose(forward, reverse, rtol=1e-4, atol=1e-4)
 
 
 # ----------------------------------------------------------------------------- dtypes

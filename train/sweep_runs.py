@@ -18,6 +18,8 @@ from typing import Any
 
 import numpy as np
 
+from train import run_files
+
 DATASET_ORDER = ("mnist", "cifar10", "cifar100", "digits")
 POOLER_ORDER = ("max", "avg", "mixed", "gated", "tree", "stochastic", "s3", "tdgs")
 # Short names of pooler keyword arguments in labels.
@@ -50,21 +52,6 @@ def read_json(path: str) -> Any:
             return json.load(f)
     except (OSError, json.JSONDecodeError):
         return None
-
-
-def read_metrics(path: str) -> list[dict[str, Any]]:
-    """The rows of a ``metrics.jsonl`` (a torn last line is skipped)."""
-    rows = []
-    try:
-        with open(path) as f:
-            for line in f:
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError:
-                    continue
-    except OSError:
-        return []
-    return rows
 
 
 @dataclasses.dataclass
@@ -130,9 +117,10 @@ def load_run(path: str) -> Run | None:
     if not config:
         return None
     summary = read_json(os.path.join(path, "summary.json")) or {}
-    metrics = read_metrics(os.path.join(path, "metrics.jsonl"))
-    if summary.get("epochs_completed") is not None:
-        metrics = metrics[: summary["epochs_completed"]]
+    completed = summary.get("epochs_completed")
+    metrics = run_files.read_metrics(
+        os.path.join(path, "metrics.jsonl"), math.inf if completed is None else completed
+    )
     status = info.get("status") or ""
     error = info.get("error") or ""
     if status != "failed":
