@@ -106,10 +106,19 @@ def _view_max_fwd(kh, kw, x6):
 def _view_max_bwd(kh, kw, index, cotangent):
     # dy where the view element is the stored first max, else 0: one broadcasting loop over the
     # view instead of K selects stacked back into it.
-    k6 = (np.arange(kh)[:, None] * kw + np.arange(kw)).reshape(1, 1, kh, 1, kw, 1)
-    hit = index[:, :, None, :, None, :] == k6.astype(index.dtype)
     zero = jnp.zeros((), cotangent.dtype)
-    return (jnp.where(hit, cotangent[:, :, None, :, None, :], zero),)
+    return (jnp.where(_view_hit(index, kh, kw), _per_window(cotangent), zero),)
+
+
+def _per_window(values: jax.Array) -> jax.Array:
+    """``(N, Ho, Wo, C)`` per-window values, broadcastable over a view ``(N, Ho, kh, Wo, kw, C)``."""
+    return values[:, :, None, :, None, :]
+
+
+def _view_hit(index: jax.Array, kh: int, kw: int) -> jax.Array:
+    """``(N, Ho, kh, Wo, kw, C)`` bool: the view element is element ``index`` of its window."""
+    k6 = (np.arange(kh)[:, None] * kw + np.arange(kw)).reshape(1, 1, kh, 1, kw, 1)
+    return _per_window(index) == k6.astype(index.dtype)
 
 
 _view_max.defvjp(_view_max_fwd, _view_max_bwd)
@@ -353,10 +362,54 @@ def mixed_pool(
             f"alpha must have shape () or (C,) = ({channels},) for an input with C={channels}; "
             f"got {alpha.shape}"
         )
-    elems, masks, spec = _windows.windows(x4, window_shape, strides, padding)
+    spec = _windows.window_spec(x4.shape[1:3], window_shape, strides, padding)
+    x6 = _windows.window_view(x4.astype(_F32), spec)
+    if x6 is not None:
+        z = _broadcast_param(alpha.astype(_F32), (x6.shape[0], *spec.out_size, channels))
+        return _finish(_view_gate_mix(*spec.window, x6, z), x.dtype, unbatched)
+    elems, masks = _windows.window_elements(x4, spec), _windows.valid_masks(spec)
     s = _broadcast_param(jax.nn.sigmoid(alpha.astype(_F32)), elems[0].shape)
     y = s * _window_max(elems, masks).astype(_F32) + (1 - s) * _window_mean(elems, spec, masks)
     return _finish(y, x.dtype, unbatched)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
+def _view_gate_mix(kh: int, kw: int, x6: jax.Array, z: jax.Array) -> jax.Array:
+    r"""``g max(R) + (1 - g) mean(R)``, ``g = sigmoid(z)``, over each window of a float32 view
+    ``x6`` ``(N, Ho, kh, Wo, kw, C)`` (fast path of mixed and gated pooling); ``z`` is the gate
+    logit, ``(N, Ho, Wo, C)``.
+
+    The backward pass is written by hand:
+
+    .. math::
+      \frac{\partial y}{\partial x_i} = g [i = i^*] + \frac{1 - g}{K}, \qquad
+      \frac{\partial y}{\partial z} = g (1 - g) (\max R - \mathrm{mean} R)
+
+    with ``i*`` the first maximal element.  The input's cotangent is then one broadcast over the
+    view, where autodiff summed K zero-padded copies for the max and K for the mean (XLA:CPU
+    runs each with a branch per element): 1.7-1.9x faster forward+backward at (256, 32, 32, 16).
+    """
+    return _view_gate_mix_fwd(kh, kw, x6, z)[0]  # XLA drops the unused residuals
+
+
+def _view_gate_mix_fwd(kh, kw, x6, z):
+    elems = _windows.view_elements(x6)
+    # The float32 route as in _view_max_fwd: an int index made XLA:CPU's loops slower.
+    index = _narrow_index(_first_argmax(elems).astype(_F32), len(elems))
+    window_max, window_mean = functools.reduce(jnp.maximum, elems), _window_sum(elems) / len(elems)
+    g = jax.nn.sigmoid(z)
+    return g * window_max + (1 - g) * window_mean, (index, g, window_max - window_mean)
+
+
+def _view_gate_mix_bwd(kh, kw, residuals, cotangent):
+    index, g, spread = residuals
+    by_mean = cotangent * (1 - g) / (kh * kw)
+    hit = _view_hit(index, kh, kw)
+    dx6 = jnp.where(hit, _per_window(cotangent * g + by_mean), _per_window(by_mean))
+    return dx6, cotangent * spread * g * (1 - g)
+
+
+_view_gate_mix.defvjp(_view_gate_mix_fwd, _view_gate_mix_bwd)
 
 
 def _kernel_weights(
@@ -489,6 +542,8 @@ def gated_pool(
     if gate_bias is not None:
         bias = _bias_for(gate_bias, jnp.ndim(gate_kernel), spec, channels)
         z = z + _broadcast_param(bias, shape)
+    if x6 is not None:
+        return _finish(_view_gate_mix(*spec.window, x6, z), x.dtype, unbatched)
     g = jax.nn.sigmoid(z)
     y = g * _window_max(values, masks) + (1 - g) * _window_mean(values, spec, masks)
     return _finish(y, x.dtype, unbatched)

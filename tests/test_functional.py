@@ -543,6 +543,67 @@ def test_kernel_poolers_reshape_path_matches_strided_path(
         )
 
 
+@pytest.mark.parametrize("pooler", ["mixed", "gated"])
+@pytest.mark.parametrize(
+    "shape, window, dtype",
+    [
+        ((3, 8, 8, 4), 2, jnp.float32),
+        ((2, 9, 7, 3), 3, jnp.float32),
+        ((2, 6, 9, 5), (2, 3), jnp.bfloat16),
+        ((2, 24, 12, 2), 12, jnp.float32),  # K = 144: an int32 index
+    ],
+)
+def test_max_mean_mixtures_reshape_path_matches_strided_path(
+    pooler, shape, window, dtype, monkeypatch
+):
+    """Mixed and gated pooling on the reshape path (hand-written backward over the window view)
+    and on the strided path (autodiff): the same value and gradients for x and the parameters,
+    with many ties, whose max gradient goes to the first maximum only."""
+    x = jax.random.randint(jax.random.key(0), shape, 0, 3).astype(dtype)
+    spec = _windows.window_spec(shape[1:3], window, None, "VALID")
+    (kh, kw), (ho, wo), c = spec.window, spec.out_size, shape[-1]
+    keys = jax.random.split(jax.random.key(1), 3)
+    if pooler == "mixed":
+        params = (jax.random.normal(keys[0], (c,)),)
+        pool = lambda v, alpha: F.mixed_pool(v, alpha, window)
+    else:
+        params = (jax.random.normal(keys[0], (kh, kw, c)) / 2, jax.random.normal(keys[1], (c,)))
+        pool = lambda v, kernel, bias: F.gated_pool(v, kernel, bias, window)
+    cot = jax.random.normal(keys[2], (shape[0], ho, wo, c))
+
+    def run():
+        def loss(x, *params):
+            y = pool(x, *params)
+            return (y.astype(jnp.float32) * cot).sum(), y
+
+        return jax.grad(loss, argnums=tuple(range(1 + len(params))), has_aux=True)(x, *params)
+
+    (reshape_grads, reshape_y), (strided_grads, strided_y) = _on_both_paths(run, monkeypatch)
+    tol = 2e-5 if dtype == jnp.float32 else 1e-2
+    for via_reshape, via_strided in zip(
+        (reshape_y, *reshape_grads), (strided_y, *strided_grads), strict=True
+    ):
+        scale = float(jnp.max(jnp.abs(via_strided.astype(jnp.float32))))
+        assert scale > 0
+        np.testing.assert_allclose(
+            np.asarray(via_reshape, np.float32),
+            np.asarray(via_strided, np.float32),
+            rtol=tol,
+            atol=tol * max(1.0, scale),
+        )
+    if pooler == "mixed" and dtype == jnp.float32:
+        # Known values: dx = dy (s [first max] + (1 - s) / K), s = sigmoid(alpha).
+        windows6 = np.asarray(x)[:, : ho * kh, : wo * kw].reshape(shape[0], ho, kh, wo, kw, c)
+        flat = windows6.transpose(0, 1, 3, 5, 2, 4).reshape(shape[0], ho, wo, c, kh * kw)
+        first = np.eye(kh * kw)[flat.argmax(-1)]  # numpy's argmax takes the first maximum
+        s_ = 1 / (1 + np.exp(-np.asarray(params[0])))
+        dy = np.asarray(cot)[..., None]
+        expected = dy * (s_[:, None] * first + (1 - s_[:, None]) / (kh * kw))
+        expected = expected.reshape(shape[0], ho, wo, c, kh, kw).transpose(0, 1, 4, 2, 5, 3)
+        got = np.asarray(reshape_grads[0])[:, : ho * kh, : wo * kw]
+        np.testing.assert_allclose(got, expected.reshape(got.shape), rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.parametrize(
     "shape, window, dtype",
     [
