@@ -406,7 +406,8 @@ def _view_gate_mix_bwd(kh, kw, residuals, cotangent):
     by_mean = cotangent * (1 - g) / (kh * kw)
     hit = _view_hit(index, kh, kw)
     dx6 = jnp.where(hit, _per_window(cotangent * g + by_mean), _per_window(by_mean))
-    return dx6, cotangent * spread * g * (1 - g)
+    # g has z's sharding (the batch-broadcast mixed-pool logit is unsharded, see _same_sharding)
+    return dx6, _same_sharding(cotangent * spread * g * (1 - g), g)
 
 
 _view_gate_mix.defvjp(_view_gate_mix_fwd, _view_gate_mix_bwd)
