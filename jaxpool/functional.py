@@ -89,8 +89,9 @@ def _window_max(elems: Elements, masks: Masks) -> jax.Array:
 def _view_max(kh: int, kw: int, x6: jax.Array) -> jax.Array:
     """:func:`_window_max` over each window of a view ``(N, Ho, kh, Wo, kw, C)`` (fast path).
 
-    Only max pooling uses it: where the max is one term of a pooler (mixed, gated) its view-form
-    gradient made the whole backward pass slower (0.84x), as the other terms' are stacked.
+    Only max pooling uses it. Mixed and gated pooling have their own view-form backward for the
+    whole max/mean mixture (:func:`_view_gate_mix`): this one as a term beside autodiff's
+    gradient of the mean made their backward pass slower (0.84x).
     """
     return functools.reduce(jnp.maximum, _windows.view_elements(x6))
 
