@@ -1,4 +1,4 @@
-"""train.sweep: planning, flags, and a few tiny end-to-end sweeps on digits (slow)."""
+"""train.sweep: flags, and a few tiny end-to-end sweeps on digits (slow)."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ import pytest
 import tensorflow_datasets as tfds
 from PIL import Image
 
-from train import report, stats, sweep, sweep_runs, train_lib
+from train import report, stats, sweep, sweep_plan, sweep_runs, train_lib
 
 # Every end-to-end sweep uses the same shapes (digits, batch 64) so compiled steps are shared.
 TINY = ["--datasets", "digits", "--batch-size", "64", "--quiet"]
@@ -65,28 +65,7 @@ def copy_of(done_sweep, tmp_path):
     return target
 
 
-# --------------------------------------------------------------------------- fast: planning, flags
-
-
-def test_entries_order_and_labels():
-    entries = sweep.entries(["max", "tdgs"], ["digits", "mnist"], 2, temperatures=[0.5])
-    names = [e.name() for e in entries]
-    assert names[:6] == [
-        "digits/max/s0",
-        "digits/tdgs/s0",
-        "digits/tdgs@T=0.5/s0",
-        "digits/max/s1",
-        "digits/tdgs/s1",
-        "digits/tdgs@T=0.5/s1",
-    ]
-    assert len(names) == 12 and names[-1] == "mnist/tdgs@T=0.5/s1"
-    config = sweep.make_config(entries[2], epochs=3, batch_size=32, data_dir="/d")
-    assert (config.pooler, config.pooler_kwargs.to_dict(), config.seed) == (
-        "tdgs",
-        {"init_temperature": 0.5},
-        0,
-    )
-    assert (config.num_epochs, config.batch_size, config.data_dir) == (3, 32, "/d")
+# --------------------------------------------------------------------------- fast: flags
 
 
 @pytest.mark.parametrize(
@@ -207,7 +186,7 @@ def test_deleted_final_checkpoint_resumes_exactly_that_run(done_sweep, tmp_path,
     workdir = copy_of(done_sweep, tmp_path)
     run = workdir / "runs" / "digits" / "mixed" / "s1"
     before = read_metrics(run)
-    steps = sweep.checkpoint_steps(str(run))
+    steps = sweep_plan.checkpoint_steps(str(run))
     shutil.rmtree(run / "checkpoints" / str(steps[-1]))
     assert run_sweep(workdir, "--poolers", "max,mixed", "--seeds", "2", "--epochs", "2") == 0
     assert count_training == [os.path.relpath(run)]
@@ -218,7 +197,7 @@ def test_deleted_final_checkpoint_resumes_exactly_that_run(done_sweep, tmp_path,
     assert after[0] == before[0]
     assert after[1]["step"] == before[1]["step"]
     assert after[1]["test_accuracy"] == pytest.approx(before[1]["test_accuracy"], abs=0.01)
-    assert sweep.checkpoint_steps(str(run))[-1] == steps[-1]
+    assert sweep_plan.checkpoint_steps(str(run))[-1] == steps[-1]
 
 
 @pytest.mark.slow
@@ -318,7 +297,7 @@ def test_interrupt_stops_the_sweep_and_rerun_resumes(done_sweep, tmp_path, monke
     workdir = copy_of(done_sweep, tmp_path)
     for seed in (0, 1):
         run = workdir / "runs" / "digits" / "max" / f"s{seed}"
-        shutil.rmtree(run / "checkpoints" / str(sweep.checkpoint_steps(str(run))[-1]))
+        shutil.rmtree(run / "checkpoints" / str(sweep_plan.checkpoint_steps(str(run))[-1]))
     (workdir / "report" / "results.csv").unlink()
 
     def interrupted(config, run_dir, **kwargs):

@@ -32,9 +32,7 @@ resume). Runs execute one after another in this process (compiled steps are reus
 
 from __future__ import annotations
 
-import dataclasses
 import datetime
-import importlib
 import json
 import logging
 import math
@@ -47,7 +45,7 @@ from typing import Any
 
 from absl import flags
 
-from train import cli, report, run_files, sweep_runs
+from train import cli, report, run_files, sweep_plan, sweep_runs
 
 # Own FlagValues: train.main's flags (--epochs, --workdir, ...) live in absl's global FLAGS, and both
 # modules are imported in one process by the tests.
@@ -93,208 +91,6 @@ SWEEP_FILE = "sweep.json"
 logger = logging.getLogger(__name__)
 
 
-@dataclasses.dataclass(frozen=True)
-class Entry:
-    """One run of the sweep.
-
-    Attributes:
-      dataset: dataset name.
-      pooler: registry name.
-      pooler_kwargs: keyword arguments for ``jaxpool.create`` as sorted ``(key, value)`` pairs.
-      seed: the run's seed.
-    """
-
-    dataset: str
-    pooler: str
-    pooler_kwargs: tuple[tuple[str, Any], ...]
-    seed: int
-
-    @property
-    def kwargs(self) -> dict[str, Any]:
-        return dict(self.pooler_kwargs)
-
-    @property
-    def label(self) -> str:
-        return sweep_runs.pooler_label(self.pooler, self.kwargs)
-
-    def name(self) -> str:
-        return f"{self.dataset}/{self.label}/s{self.seed}"
-
-
-@dataclasses.dataclass(frozen=True)
-class Plan:
-    """What the sweep will do with one entry.
-
-    Attributes:
-      entry: the run.
-      config: its full config.
-      run_dir: its workdir.
-      action: ``done`` (skip), ``failed`` (skip; non-finite loss before), ``conflict`` (the
-        directory holds a run with other run-defining fields; skipped and counted as failed),
-        ``resume`` (from a checkpoint), ``new`` (from scratch), ``retry`` (failed before with an
-        error that may be transient).
-      detail: a human-readable reason.
-    """
-
-    entry: Entry
-    config: Any
-    run_dir: str
-    action: str
-    detail: str
-
-    @property
-    def runs(self) -> bool:
-        return self.action in ("resume", "new", "retry")
-
-
-# --------------------------------------------------------------------------- planning
-
-
-def _split(text: str) -> list[str]:
-    return [t.strip() for t in text.split(",") if t.strip()]
-
-
-def parse_poolers(text: str) -> list[str]:
-    import jaxpool
-
-    names = list(jaxpool.available()) if text.strip() == "all" else _split(text)
-    unknown = [n for n in names if n not in jaxpool.available()]
-    if unknown or not names:
-        raise cli.UsageError(
-            f"unknown pooler(s) {', '.join(unknown) or repr(text)} in --poolers; choose from: "
-            f"all, {', '.join(jaxpool.available())}"
-        )
-    return list(dict.fromkeys(names))
-
-
-def parse_datasets(text: str) -> list[str]:
-    from train import input_pipeline
-
-    names = _split(text)
-    unknown = [n for n in names if n not in input_pipeline.DATASETS]
-    if unknown or not names:
-        raise cli.UsageError(
-            f"unknown dataset(s) {', '.join(unknown) or repr(text)} in --datasets; choose from: "
-            f"{', '.join(input_pipeline.DATASETS)}"
-        )
-    return list(dict.fromkeys(names))
-
-
-def parse_temperatures(text: str | None) -> list[float]:
-    if text is None:
-        return []
-    values = []
-    for item in _split(text):
-        try:
-            value = float(item)
-        except ValueError:
-            value = math.nan
-        if not (math.isfinite(value) and value > 0):
-            raise cli.UsageError(
-                f"--tdgs-init-temperatures needs positive numbers separated by commas, got {item!r}"
-            )
-        values.append(value)
-    if not values:
-        raise cli.UsageError("--tdgs-init-temperatures is empty")
-    return list(dict.fromkeys(values))
-
-
-def entries(
-    poolers: Sequence[str],
-    datasets: Sequence[str],
-    seeds: int,
-    temperatures: Sequence[float] = (),
-) -> list[Entry]:
-    """Every run, dataset by dataset, seed by seed (all poolers of seed 0 finish first)."""
-    variants = [(p, ()) for p in poolers]
-    variants += [("tdgs", (("init_temperature", float(t)),)) for t in temperatures]
-    return [
-        Entry(dataset, pooler, kwargs, seed)
-        for dataset in datasets
-        for seed in range(seeds)
-        for pooler, kwargs in variants
-    ]
-
-
-def make_config(
-    entry: Entry,
-    *,
-    epochs: int | None = None,
-    data_dir: str | None = None,
-    batch_size: int | None = None,
-    learning_rate: float | None = None,
-):
-    """``configs/<dataset>.py`` with the entry's pooler, kwargs and seed and the given overrides."""
-    config = importlib.import_module(f"configs.{entry.dataset}").get_config()
-    config.pooler = entry.pooler
-    config.pooler_kwargs = entry.kwargs
-    config.seed = entry.seed
-    overrides = {
-        "num_epochs": epochs,
-        "data_dir": data_dir,
-        "batch_size": batch_size,
-        "learning_rate": learning_rate,
-    }
-    for field, value in overrides.items():
-        if value is not None:
-            config[field] = value
-    return config
-
-
-def checkpoint_steps(run_dir: str) -> list[int]:
-    """Steps of the finalised checkpoints in ``<run_dir>/checkpoints`` (orbax's temporary
-    directories, which carry a suffix, are not counted)."""
-    try:
-        names = os.listdir(os.path.join(run_dir, "checkpoints"))
-    except OSError:
-        return []
-    return sorted(int(n) for n in names if n.isdigit())
-
-
-def plan_entry(entry: Entry, config, workdir: str, *, retry_failed: bool = False) -> Plan:
-    """Decides whether ``entry`` is done, resumes, starts, or is skipped (see module docstring)."""
-    path = sweep_runs.run_dir(workdir, entry.dataset, entry.label, entry.seed)
-
-    def plan(action: str, detail: str) -> Plan:
-        return Plan(entry, config, path, action, detail)
-
-    old_config = sweep_runs.read_json(os.path.join(path, "config.json"))
-    if old_config:
-        diff = run_files.changed_run_fields(old_config, config)
-        if diff:
-            return plan(
-                "conflict",
-                f"{path} holds a run with different {', '.join(diff)}; delete it or use another "
-                "--workdir",
-            )
-    summary = sweep_runs.read_json(os.path.join(path, "summary.json")) or {}
-    info = sweep_runs.read_json(os.path.join(path, sweep_runs.RUN_FILE)) or {}
-    steps = checkpoint_steps(path)
-    final_step = (summary.get("final") or {}).get("step")
-    if (
-        old_config
-        and summary.get("status") == "done"
-        and summary.get("num_epochs") == config.num_epochs
-        and final_step in steps
-    ):
-        acc = summary["final"]["test_accuracy"]
-        return plan("done", f"{summary['epochs_completed']} epochs, test accuracy {acc:.2%}")
-    if info.get("status") == "failed":
-        if info.get("error_type") == "NonFiniteLossError" and not retry_failed:
-            return plan("failed", f"{info.get('error', '')} (--retry-failed to rerun)")
-        if not steps:
-            return plan("retry", f"failed before: {info.get('error', '')}")
-    if steps:
-        if summary.get("status") != "done":
-            why = "unfinished"
-        elif summary.get("num_epochs") != config.num_epochs:
-            why = f"extends {summary.get('num_epochs')} to {config.num_epochs} epochs"
-        else:
-            why = "final checkpoint missing"
-        return plan("resume", f"{why}; from checkpoint step {steps[-1]}")
-    return plan("new", "starts over: no checkpoint" if old_config else "")
-
-
 # --------------------------------------------------------------------------- running
 
 
@@ -323,7 +119,7 @@ def environment() -> dict[str, Any]:
 
 
 def run_one(
-    plan: Plan,
+    plan: sweep_plan.Plan,
     env: dict[str, Any],
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
@@ -400,11 +196,11 @@ def record_command(workdir: str, command: str) -> None:
 
 
 def sweep(
-    plans: Sequence[Plan],
+    plans: Sequence[sweep_plan.Plan],
     workdir: str,
     *,
     verbose: bool = True,
-) -> dict[str, list[Plan]]:
+) -> dict[str, list[sweep_plan.Plan]]:
     """Runs every plan that needs running, then writes the report.
 
     Returns:
@@ -413,7 +209,7 @@ def sweep(
     Raises:
       train_lib.Interrupted, KeyboardInterrupt: the report is written first.
     """
-    outcome: dict[str, list[Plan]] = {"done": [], "failed": [], "skipped": []}
+    outcome: dict[str, list[sweep_plan.Plan]] = {"done": [], "failed": [], "skipped": []}
     env = environment()
     todo = [p for p in plans if p.runs]
     for p in plans:
@@ -446,7 +242,7 @@ def sweep(
 # --------------------------------------------------------------------------- command line
 
 
-def build_plans(argv: list[str]) -> tuple[list[Plan], str]:
+def build_plans(argv: list[str]) -> tuple[list[sweep_plan.Plan], str]:
     """Parses flags and plans every entry. Returns the plans and the workdir."""
     from train import run_config
 
@@ -457,17 +253,17 @@ def build_plans(argv: list[str]) -> tuple[list[Plan], str]:
         raise cli.UsageError(cli.first_line(e)) from e
     if len(rest) > 1:
         raise cli.UsageError(f"unexpected arguments: {' '.join(rest[1:])}")
-    poolers = parse_poolers(_POOLERS.value)
-    datasets = parse_datasets(_DATASETS.value)
+    poolers = sweep_plan.parse_poolers(_POOLERS.value)
+    datasets = sweep_plan.parse_datasets(_DATASETS.value)
     if _SEEDS.value < 1:
         raise cli.UsageError(f"--seeds must be >= 1, got {_SEEDS.value}")
     if _EPOCHS.value is not None and _EPOCHS.value < 1:
         raise cli.UsageError(f"--epochs must be >= 1, got {_EPOCHS.value}")
-    temperatures = parse_temperatures(_TEMPERATURES.value)
+    temperatures = sweep_plan.parse_temperatures(_TEMPERATURES.value)
     workdir = _WORKDIR.value
     plans = []
-    for entry in entries(poolers, datasets, _SEEDS.value, temperatures):
-        config = make_config(
+    for entry in sweep_plan.entries(poolers, datasets, _SEEDS.value, temperatures):
+        config = sweep_plan.make_config(
             entry,
             epochs=_EPOCHS.value,
             data_dir=_DATA_DIR.value,
@@ -478,17 +274,10 @@ def build_plans(argv: list[str]) -> tuple[list[Plan], str]:
             run_config.validate_config(config)
         except run_config.ConfigError as e:
             raise cli.UsageError(str(e)) from e
-        plans.append(plan_entry(entry, config, workdir, retry_failed=_RETRY_FAILED.value))
+        plans.append(
+            sweep_plan.plan_entry(entry, config, workdir, retry_failed=_RETRY_FAILED.value)
+        )
     return plans, workdir
-
-
-def describe(plans: Sequence[Plan]) -> list[str]:
-    """The ``--dry-run`` listing: one line per run, then a count."""
-    width = max(len(p.entry.name()) for p in plans)
-    lines = [f"  {p.action:<8} {p.entry.name():<{width}}  {p.detail}".rstrip() for p in plans]
-    n_run = sum(p.runs for p in plans)
-    lines.append(f"would run {n_run} of {len(plans)} runs ({len(plans) - n_run} done or skipped)")
-    return lines
 
 
 def run(argv: list[str]) -> int:
@@ -502,7 +291,7 @@ def run(argv: list[str]) -> int:
     plans, workdir = build_plans(argv)
     if _DRY_RUN.value:
         print(f"sweep in {workdir}: {len(plans)} runs")
-        print("\n".join(describe(plans)))
+        print("\n".join(sweep_plan.describe(plans)))
         return 0
     record_command(workdir, "python -m train.sweep " + shlex.join(argv[1:]))
     try:

@@ -1,0 +1,226 @@
+"""Planning a sweep: its runs (:class:`Entry`), each run's config, and what the sweep does with
+each one (:class:`Plan`: skip it as done or failed, resume it from a checkpoint, or start it).
+
+:mod:`train.sweep` parses the command line into these and runs the plans; the rules for a rerun are
+in its docstring.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import math
+import os
+from collections.abc import Sequence
+from typing import Any
+
+from train import cli, run_files, sweep_runs
+
+
+@dataclasses.dataclass(frozen=True)
+class Entry:
+    """One run of the sweep.
+
+    Attributes:
+      dataset: dataset name.
+      pooler: registry name.
+      pooler_kwargs: keyword arguments for ``jaxpool.create`` as sorted ``(key, value)`` pairs.
+      seed: the run's seed.
+    """
+
+    dataset: str
+    pooler: str
+    pooler_kwargs: tuple[tuple[str, Any], ...]
+    seed: int
+
+    @property
+    def kwargs(self) -> dict[str, Any]:
+        return dict(self.pooler_kwargs)
+
+    @property
+    def label(self) -> str:
+        return sweep_runs.pooler_label(self.pooler, self.kwargs)
+
+    def name(self) -> str:
+        return f"{self.dataset}/{self.label}/s{self.seed}"
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """What the sweep will do with one entry.
+
+    Attributes:
+      entry: the run.
+      config: its full config.
+      run_dir: its workdir.
+      action: ``done`` (skip), ``failed`` (skip; non-finite loss before), ``conflict`` (the
+        directory holds a run with other run-defining fields; skipped and counted as failed),
+        ``resume`` (from a checkpoint), ``new`` (from scratch), ``retry`` (failed before with an
+        error that may be transient).
+      detail: a human-readable reason.
+    """
+
+    entry: Entry
+    config: Any
+    run_dir: str
+    action: str
+    detail: str
+
+    @property
+    def runs(self) -> bool:
+        return self.action in ("resume", "new", "retry")
+
+
+def _split(text: str) -> list[str]:
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
+def parse_poolers(text: str) -> list[str]:
+    import jaxpool
+
+    names = list(jaxpool.available()) if text.strip() == "all" else _split(text)
+    unknown = [n for n in names if n not in jaxpool.available()]
+    if unknown or not names:
+        raise cli.UsageError(
+            f"unknown pooler(s) {', '.join(unknown) or repr(text)} in --poolers; choose from: "
+            f"all, {', '.join(jaxpool.available())}"
+        )
+    return list(dict.fromkeys(names))
+
+
+def parse_datasets(text: str) -> list[str]:
+    from train import input_pipeline
+
+    names = _split(text)
+    unknown = [n for n in names if n not in input_pipeline.DATASETS]
+    if unknown or not names:
+        raise cli.UsageError(
+            f"unknown dataset(s) {', '.join(unknown) or repr(text)} in --datasets; choose from: "
+            f"{', '.join(input_pipeline.DATASETS)}"
+        )
+    return list(dict.fromkeys(names))
+
+
+def parse_temperatures(text: str | None) -> list[float]:
+    if text is None:
+        return []
+    values = []
+    for item in _split(text):
+        try:
+            value = float(item)
+        except ValueError:
+            value = math.nan
+        if not (math.isfinite(value) and value > 0):
+            raise cli.UsageError(
+                f"--tdgs-init-temperatures needs positive numbers separated by commas, got {item!r}"
+            )
+        values.append(value)
+    if not values:
+        raise cli.UsageError("--tdgs-init-temperatures is empty")
+    return list(dict.fromkeys(values))
+
+
+def entries(
+    poolers: Sequence[str],
+    datasets: Sequence[str],
+    seeds: int,
+    temperatures: Sequence[float] = (),
+) -> list[Entry]:
+    """Every run, dataset by dataset, seed by seed (all poolers of seed 0 finish first)."""
+    variants = [(p, ()) for p in poolers]
+    variants += [("tdgs", (("init_temperature", float(t)),)) for t in temperatures]
+    return [
+        Entry(dataset, pooler, kwargs, seed)
+        for dataset in datasets
+        for seed in range(seeds)
+        for pooler, kwargs in variants
+    ]
+
+
+def make_config(
+    entry: Entry,
+    *,
+    epochs: int | None = None,
+    data_dir: str | None = None,
+    batch_size: int | None = None,
+    learning_rate: float | None = None,
+):
+    """``configs/<dataset>.py`` with the entry's pooler, kwargs and seed and the given overrides."""
+    config = importlib.import_module(f"configs.{entry.dataset}").get_config()
+    config.pooler = entry.pooler
+    config.pooler_kwargs = entry.kwargs
+    config.seed = entry.seed
+    overrides = {
+        "num_epochs": epochs,
+        "data_dir": data_dir,
+        "batch_size": batch_size,
+        "learning_rate": learning_rate,
+    }
+    for field, value in overrides.items():
+        if value is not None:
+            config[field] = value
+    return config
+
+
+def checkpoint_steps(run_dir: str) -> list[int]:
+    """Steps of the finalised checkpoints in ``<run_dir>/checkpoints`` (orbax's temporary
+    directories, which carry a suffix, are not counted)."""
+    try:
+        names = os.listdir(os.path.join(run_dir, "checkpoints"))
+    except OSError:
+        return []
+    return sorted(int(n) for n in names if n.isdigit())
+
+
+def plan_entry(entry: Entry, config, workdir: str, *, retry_failed: bool = False) -> Plan:
+    """Decides whether ``entry`` is done, resumes, starts, or is skipped (the rules are in
+    :mod:`train.sweep`'s docstring)."""
+    path = sweep_runs.run_dir(workdir, entry.dataset, entry.label, entry.seed)
+
+    def plan(action: str, detail: str) -> Plan:
+        return Plan(entry, config, path, action, detail)
+
+    old_config = sweep_runs.read_json(os.path.join(path, "config.json"))
+    if old_config:
+        diff = run_files.changed_run_fields(old_config, config)
+        if diff:
+            return plan(
+                "conflict",
+                f"{path} holds a run with different {', '.join(diff)}; delete it or use another "
+                "--workdir",
+            )
+    summary = sweep_runs.read_json(os.path.join(path, "summary.json")) or {}
+    info = sweep_runs.read_json(os.path.join(path, sweep_runs.RUN_FILE)) or {}
+    steps = checkpoint_steps(path)
+    final_step = (summary.get("final") or {}).get("step")
+    if (
+        old_config
+        and summary.get("status") == "done"
+        and summary.get("num_epochs") == config.num_epochs
+        and final_step in steps
+    ):
+        acc = summary["final"]["test_accuracy"]
+        return plan("done", f"{summary['epochs_completed']} epochs, test accuracy {acc:.2%}")
+    if info.get("status") == "failed":
+        if info.get("error_type") == "NonFiniteLossError" and not retry_failed:
+            return plan("failed", f"{info.get('error', '')} (--retry-failed to rerun)")
+        if not steps:
+            return plan("retry", f"failed before: {info.get('error', '')}")
+    if steps:
+        if summary.get("status") != "done":
+            why = "unfinished"
+        elif summary.get("num_epochs") != config.num_epochs:
+            why = f"extends {summary.get('num_epochs')} to {config.num_epochs} epochs"
+        else:
+            why = "final checkpoint missing"
+        return plan("resume", f"{why}; from checkpoint step {steps[-1]}")
+    return plan("new", "starts over: no checkpoint" if old_config else "")
+
+
+def describe(plans: Sequence[Plan]) -> list[str]:
+    """The ``--dry-run`` listing: one line per run, then a count."""
+    width = max(len(p.entry.name()) for p in plans)
+    lines = [f"  {p.action:<8} {p.entry.name():<{width}}  {p.detail}".rstrip() for p in plans]
+    n_run = sum(p.runs for p in plans)
+    lines.append(f"would run {n_run} of {len(plans)} runs ({len(plans) - n_run} done or skipped)")
+    return lines
