@@ -10,7 +10,7 @@ are flattened in row-major ``(kh, kw)`` order; learnable window-shaped kernels u
 
 Stochastic functions take an explicit ``key`` and raise without one unless ``deterministic=True``.
 Their per-element noise (uniforms, Gumbels) comes from XLA's threefry generator seeded by ``key``
-(:func:`_uniform`): the distributions of ``jax.random.uniform`` and ``jax.random.gumbel``, other
+(:func:`jaxpool._rng.uniform`): the distributions of ``jax.random.uniform`` and ``jax.random.gumbel``, other
 bits.  As with ``jax.random``, a ``vmap`` over keys equals a loop over them, and the samples do not
 depend on how the batch is sharded.
 """
@@ -18,276 +18,24 @@ depend on how the batch is sharded.
 from __future__ import annotations
 
 import functools
-import itertools
-import math
 from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxpool import _windows
+from jaxpool import _rng, _window_ops, _windows
 
 Window = int | Sequence[int]
 _F32 = jnp.float32
 
 
 Elements = list  # K arrays (N, Ho, Wo, C), see jaxpool._windows
-Masks = list | None  # per element (Ho, Wo, 1) bool or None
 
 
 def _finish(y: jax.Array, dtype, unbatched: bool) -> jax.Array:
     y = y.astype(dtype)
     return y[0] if unbatched else y
-
-
-def _broadcast_param(param: jax.Array, shape: tuple[int, ...]) -> jax.Array:
-    """``broadcast_to(param, shape)`` for a parameter aligned with the trailing axes of ``shape``.
-
-    Same value and gradient as the plain broadcast; the gradient's sum over the leading axes is a
-    matrix-vector product, which XLA:CPU runs several times faster than the reduction it would
-    otherwise fuse into the surrounding elementwise loops.
-    """
-    return _broadcast_trailing(param, tuple(shape), tuple(param.shape))
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
-def _broadcast_trailing(param, shape, param_shape):
-    return jnp.broadcast_to(param, shape)
-
-
-def _broadcast_trailing_fwd(param, shape, param_shape):
-    return jnp.broadcast_to(param, shape), None
-
-
-def _broadcast_trailing_bwd(shape, param_shape, _, cotangent):
-    flat = cotangent.reshape(-1, math.prod(param_shape))
-    return ((jnp.ones((flat.shape[0],), flat.dtype) @ flat).reshape(param_shape),)
-
-
-_broadcast_trailing.defvjp(_broadcast_trailing_fwd, _broadcast_trailing_bwd)
-
-
-def _masked(elems: Elements, masks: Masks, fill: float) -> Elements:
-    if masks is None:
-        return elems
-    return [e if m is None else jnp.where(m, e, fill) for e, m in zip(elems, masks, strict=True)]
-
-
-def _f32(elems: Elements) -> Elements:
-    return [e.astype(_F32) for e in elems]
-
-
-def _window_max(elems: Elements, masks: Masks) -> jax.Array:
-    """Per-window max; its gradient goes to the first maximal element (row-major), as in
-    ``flax.linen.max_pool`` and PyTorch, not split between ties."""
-    elems = _masked(elems, masks, -jnp.inf)
-    return _max_to_first(len(elems), *elems)
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
-def _view_max(kh: int, kw: int, x6: jax.Array) -> jax.Array:
-    """:func:`_window_max` over each window of a view ``(N, Ho, kh, Wo, kw, C)`` (fast path).
-
-    Only max pooling uses it. Mixed and gated pooling have their own view-form backward for the
-    whole max/mean mixture (:func:`_view_gate_mix`): this one as a term beside autodiff's
-    gradient of the mean made their backward pass slower (0.84x).
-    """
-    return functools.reduce(jnp.maximum, _windows.view_elements(x6))
-
-
-def _view_max_fwd(kh, kw, x6):
-    elems = _windows.view_elements(x6)
-    # Through float32 on purpose: with the int32 index (or int32 -> int8) XLA:CPU compiled the
-    # backward pass's loop 3-6x slower (measured on jaxlib 0.10.2).
-    index = _narrow_index(_first_argmax(elems).astype(_F32), kh * kw)
-    return functools.reduce(jnp.maximum, elems), index
-
-
-def _view_max_bwd(kh, kw, index, cotangent):
-    # dy where the view element is the stored first max, else 0: one broadcasting loop over the
-    # view instead of K selects stacked back into it.
-    zero = jnp.zeros((), cotangent.dtype)
-    return (jnp.where(_view_hit(index, kh, kw), _per_window(cotangent), zero),)
-
-
-def _per_window(values: jax.Array) -> jax.Array:
-    """``(N, Ho, Wo, C)`` per-window values, broadcastable over a view ``(N, Ho, kh, Wo, kw, C)``."""
-    return values[:, :, None, :, None, :]
-
-
-def _view_hit(index: jax.Array, kh: int, kw: int) -> jax.Array:
-    """``(N, Ho, kh, Wo, kw, C)`` bool: the view element is element ``index`` of its window."""
-    k6 = (np.arange(kh)[:, None] * kw + np.arange(kw)).reshape(1, 1, kh, 1, kw, 1)
-    return _per_window(index) == k6.astype(index.dtype)
-
-
-_view_max.defvjp(_view_max_fwd, _view_max_bwd)
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
-def _max_to_first(k: int, *elems: jax.Array) -> jax.Array:
-    del k
-    return functools.reduce(jnp.maximum, elems)
-
-
-def _max_to_first_fwd(k, *elems):
-    # The index is the only residual: the backward pass is one select per element, which XLA
-    # fuses with its neighbours; autodiff of the jnp.maximum chain (tie-splitting divisions per
-    # element) made the CNN's backward pass several times slower.
-    return _max_to_first(k, *elems), _narrow_index(_first_argmax(list(elems)), k)
-
-
-def _max_to_first_bwd(k, index, cotangent):
-    return _to_index(k, index, cotangent)
-
-
-def _narrow_index(index: jax.Array, k: int) -> jax.Array:
-    """A window index as int8 where ``k`` elements fit: a residual a quarter the size."""
-    return index.astype(jnp.int8) if k <= 127 else index
-
-
-def _to_index(k: int, index: jax.Array, cotangent: jax.Array) -> tuple[jax.Array, ...]:
-    """The K element cotangents of a selection: ``cotangent`` at the selected element, else 0."""
-    zero = jnp.zeros((), cotangent.dtype)
-    return tuple(jnp.where(index == i, cotangent, zero) for i in range(k))
-
-
-_max_to_first.defvjp(_max_to_first_fwd, _max_to_first_bwd)
-
-
-def _window_sum(elems: Elements) -> jax.Array:
-    # Padding holds 0, so the plain sum already excludes it.
-    return functools.reduce(jnp.add, elems)
-
-
-def _window_mean(elems: Elements, spec: _windows.WindowSpec, masks: Masks) -> jax.Array:
-    return _window_sum(_f32(elems)) / _windows.count_valid(spec, masks)
-
-
-def _window_softmax(logits: Elements) -> Elements:
-    top = jax.lax.stop_gradient(functools.reduce(jnp.maximum, logits))
-    exps = [jnp.exp(z - top) for z in logits]
-    total = _window_sum(exps)
-    return [e / total for e in exps]
-
-
-def _window_dot(weights: Elements, elems: Elements) -> jax.Array:
-    """Per-window inner product ``w . R``; padding holds 0, so it contributes nothing."""
-    return _window_sum([w * e for w, e in zip(weights, elems, strict=True)])
-
-
-def _select(index: jax.Array, values: Elements) -> jax.Array:
-    """``values[index]`` per window, exactly; the gradient reaches the selected element only."""
-    return _select_saved(len(values), _narrow_index(index, len(values)), *values)
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
-def _select_saved(k: int, index: jax.Array, *values: jax.Array) -> jax.Array:
-    out = values[0]
-    for i in range(1, k):
-        out = jnp.where(index == i, values[i], out)
-    return out
-
-
-def _select_saved_fwd(k, index, *values):
-    return _select_saved(k, index, *values), index
-
-
-def _select_saved_bwd(k, index, cotangent):
-    return (None, *_to_index(k, index, cotangent))
-
-
-_select_saved.defvjp(_select_saved_fwd, _select_saved_bwd)
-
-
-def _first_argmax(scores: Elements) -> jax.Array:
-    """Index of the largest score per window (the first one on ties)."""
-    best, index = scores[0], jnp.zeros(scores[0].shape, jnp.int32)
-    for k in range(1, len(scores)):
-        better = scores[k] > best
-        best, index = jnp.where(better, scores[k], best), jnp.where(better, k, index)
-    return index
-
-
-# ----------------------------------------------------------------------------- random numbers
-def _uniform(key: jax.Array, shape: tuple[int, ...]) -> jax.Array:
-    """float32 uniforms in ``[0, 1)``, the distribution of ``jax.random.uniform(key, shape)``.
-
-    The bits come from XLA's own threefry (``lax.rng_bit_generator``), seeded by 128 bits of
-    ``key``; on CPU it is about 4x faster than ``jax.random``'s threefry, which is written in HLO
-    ops.  The bits differ from ``jax.random.uniform``'s; the conversion is the same (the top 23
-    bits as the mantissa of a float in ``[1, 2)``, minus 1), so the values are the multiples of
-    ``2**-23`` below 1, each with probability ``2**-23``.  Under ``vmap`` over keys, row ``i``
-    equals the unbatched draw for key ``i`` (see :func:`_rng_bits`).
-    """
-    seed = jax.random.bits(key, (4,), jnp.uint32)
-    bits = _rng_bits(tuple(shape))(seed)
-    one = np.array(1.0, np.float32).view(np.uint32)
-    mantissa = jax.lax.shift_right_logical(bits, np.uint32(32 - 23)) | one
-    return jax.lax.bitcast_convert_type(mantissa, _F32) - 1.0
-
-
-def _gumbel(key: jax.Array, shape: tuple[int, ...]) -> jax.Array:
-    """Standard Gumbel float32 noise ``-log(-log(u))``, always finite: ``-_neg_gumbel``."""
-    return -_neg_gumbel(key, shape)
-
-
-def _neg_gumbel(key: jax.Array, shape: tuple[int, ...]) -> jax.Array:
-    """Minus standard Gumbel noise, ``log(-log(u))``: the form TDGS subtracts, which saves XLA a
-    separate negation pass over the noise.
-
-    As ``jax.random.gumbel`` (its default ``mode='low'``): ``u`` is clamped to the smallest
-    normal float32, so ``u = 0`` gives a Gumbel of ``-log(87.3) = -4.47`` instead of ``-inf``;
-    ``u < 1``, so the largest Gumbel is ``-log(-log(1 - 2**-23)) = 15.9``.
-    """
-    tiny = jnp.finfo(_F32).tiny
-    return jnp.log(-jnp.log(jnp.maximum(_uniform(key, shape), tiny)))
-
-
-def _rng_bits(shape: tuple[int, ...]):
-    """``seed (4,) uint32 -> (*shape) uint32`` bits by ``lax.rng_bit_generator`` (threefry).
-
-    ``rng_bit_generator``'s own batching rule draws every row from the first seed of a batch, so
-    a ``vmap`` over keys would give every key the first key's sample.  The custom rule draws the
-    rows one seed at a time instead (``lax.map``): row ``i`` is exactly the unbatched draw, at
-    the price of a sequential loop over the keys.  The key is never differentiated, so ``grad``
-    never reaches this function (``vmap`` of ``grad`` and ``grad`` of ``vmap`` are tested).
-    """
-
-    @jax.custom_batching.custom_vmap
-    def bits(seed: jax.Array) -> jax.Array:
-        return jax.lax.rng_bit_generator(
-            seed, shape, jnp.uint32, algorithm=jax.lax.RandomAlgorithm.RNG_THREE_FRY
-        )[1]
-
-    @bits.def_vmap
-    def _batched(axis_size, in_batched, seed):
-        del axis_size
-        if in_batched[0]:
-            return jax.lax.map(bits, seed), True
-        return bits(seed), False
-
-    return bits
-
-
-def _sample_index(key: jax.Array, probs: Elements) -> jax.Array:
-    """Draws one index per window with probabilities proportional to the non-negative ``probs``
-    (inverse CDF, one uniform each; they need not sum to 1).
-
-    An element of probability 0 is never drawn: its cumulative sum equals its predecessor's, so a
-    smaller index always satisfies ``cdf > u * total`` first.  The fallback for ``u * total``
-    rounding up to ``total`` is the last element of positive probability.
-    """
-    u = _uniform(key, probs[0].shape)
-    cdf = list(itertools.accumulate(probs))
-    threshold = u * cdf[-1]
-    index = jnp.zeros(probs[0].shape, jnp.int32)
-    for k in range(len(probs)):
-        index = jnp.where(probs[k] > 0, k, index)
-    for k in reversed(range(len(probs))):
-        index = jnp.where(cdf[k] > threshold, k, index)
-    return index
 
 
 # ----------------------------------------------------------------------------- baselines
@@ -311,9 +59,9 @@ def max_pool(
     spec = _windows.window_spec(x4.shape[1:3], window_shape, strides, padding)
     x6 = _windows.window_view(x4, spec)
     if x6 is not None:
-        return _finish(_view_max(x6.shape[2], x6.shape[4], x6), x.dtype, unbatched)
+        return _finish(_window_ops.view_max(x6.shape[2], x6.shape[4], x6), x.dtype, unbatched)
     elems = _windows.window_elements(x4, spec)
-    return _finish(_window_max(elems, _windows.valid_masks(spec)), x.dtype, unbatched)
+    return _finish(_window_ops.window_max(elems, _windows.valid_masks(spec)), x.dtype, unbatched)
 
 
 def avg_pool(
@@ -326,7 +74,7 @@ def avg_pool(
     """
     x4, unbatched = _windows.check_input(x)
     elems, masks, spec = _windows.windows(x4, window_shape, strides, padding)
-    return _finish(_window_mean(elems, spec, masks), x.dtype, unbatched)
+    return _finish(_window_ops.window_mean(elems, spec, masks), x.dtype, unbatched)
 
 
 # ----------------------------------------------------------------------------- Lee et al.
@@ -366,52 +114,14 @@ def mixed_pool(
     spec = _windows.window_spec(x4.shape[1:3], window_shape, strides, padding)
     x6 = _windows.window_view(x4.astype(_F32), spec)
     if x6 is not None:
-        z = _broadcast_param(alpha.astype(_F32), (x6.shape[0], *spec.out_size, channels))
-        return _finish(_view_gate_mix(*spec.window, x6, z), x.dtype, unbatched)
+        z = _window_ops.broadcast_param(alpha.astype(_F32), (x6.shape[0], *spec.out_size, channels))
+        return _finish(_window_ops.view_gate_mix(*spec.window, x6, z), x.dtype, unbatched)
     elems, masks = _windows.window_elements(x4, spec), _windows.valid_masks(spec)
-    s = _broadcast_param(jax.nn.sigmoid(alpha.astype(_F32)), elems[0].shape)
-    y = s * _window_max(elems, masks).astype(_F32) + (1 - s) * _window_mean(elems, spec, masks)
+    s = _window_ops.broadcast_param(jax.nn.sigmoid(alpha.astype(_F32)), elems[0].shape)
+    y = s * _window_ops.window_max(elems, masks).astype(_F32) + (1 - s) * _window_ops.window_mean(
+        elems, spec, masks
+    )
     return _finish(y, x.dtype, unbatched)
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
-def _view_gate_mix(kh: int, kw: int, x6: jax.Array, z: jax.Array) -> jax.Array:
-    r"""``g max(R) + (1 - g) mean(R)``, ``g = sigmoid(z)``, over each window of a float32 view
-    ``x6`` ``(N, Ho, kh, Wo, kw, C)`` (fast path of mixed and gated pooling); ``z`` is the gate
-    logit, ``(N, Ho, Wo, C)``.
-
-    The backward pass is written by hand:
-
-    .. math::
-      \frac{\partial y}{\partial x_i} = g [i = i^*] + \frac{1 - g}{K}, \qquad
-      \frac{\partial y}{\partial z} = g (1 - g) (\max R - \mathrm{mean} R)
-
-    with ``i*`` the first maximal element.  The input's cotangent is then one broadcast over the
-    view, where autodiff summed K zero-padded copies for the max and K for the mean (XLA:CPU
-    runs each with a branch per element): 1.7-1.9x faster forward+backward at (256, 32, 32, 16).
-    """
-    return _view_gate_mix_fwd(kh, kw, x6, z)[0]  # XLA drops the unused residuals
-
-
-def _view_gate_mix_fwd(kh, kw, x6, z):
-    elems = _windows.view_elements(x6)
-    # The float32 route as in _view_max_fwd: an int index made XLA:CPU's loops slower.
-    index = _narrow_index(_first_argmax(elems).astype(_F32), len(elems))
-    window_max, window_mean = functools.reduce(jnp.maximum, elems), _window_sum(elems) / len(elems)
-    g = jax.nn.sigmoid(z)
-    return g * window_max + (1 - g) * window_mean, (index, g, window_max - window_mean)
-
-
-def _view_gate_mix_bwd(kh, kw, residuals, cotangent):
-    index, g, spread = residuals
-    by_mean = cotangent * (1 - g) / (kh * kw)
-    hit = _view_hit(index, kh, kw)
-    dx6 = jnp.where(hit, _per_window(cotangent * g + by_mean), _per_window(by_mean))
-    # g has z's sharding (the batch-broadcast mixed-pool logit is unsharded, see _same_sharding)
-    return dx6, _same_sharding(cotangent * spread * g * (1 - g), g)
-
-
-_view_gate_mix.defvjp(_view_gate_mix_fwd, _view_gate_mix_bwd)
 
 
 def _kernel_weights(
@@ -458,7 +168,7 @@ def _kernel_dot(
     """
     weights = _kernel_weights(kernel, spec, values[0].shape, name)  # also checks the shape
     if x6 is None:
-        return _window_dot(weights, values)
+        return _window_ops.window_dot(weights, values)
     (kh, kw), (ho, wo) = spec.window, spec.out_size
     kernel = jnp.asarray(kernel).astype(_F32)
     if kernel.ndim == 5:  # (Ho, Wo, kh, kw, C) -> (1, Ho, kh, Wo, kw, C)
@@ -472,7 +182,7 @@ def _kernel_dot(
 def _view_dot(w6: jax.Array, x6: jax.Array) -> jax.Array:
     """``sum_{a, b} w6[..., a, :, b, :] x6[..., a, :, b, :]``: ``(N, Ho, Wo, C)`` from the window
     view ``x6`` ``(N, Ho, kh, Wo, kw, C)`` and a kernel ``w6`` broadcastable to it."""
-    return _window_dot(_windows.view_elements(w6), _windows.view_elements(x6))
+    return _window_ops.window_dot(_windows.view_elements(w6), _windows.view_elements(x6))
 
 
 @_view_dot.defjvp
@@ -495,7 +205,7 @@ def _f32_windows(x4: jax.Array, spec: _windows.WindowSpec) -> tuple[jax.Array | 
     x6 = _windows.window_view(x4.astype(_F32), spec)
     if x6 is not None:
         return x6, _windows.view_elements(x6)
-    return None, _f32(_windows.window_elements(x4, spec))
+    return None, _window_ops.f32(_windows.window_elements(x4, spec))
 
 
 def _bias_for(bias, kernel_rank: int, spec: _windows.WindowSpec, channels: int) -> jax.Array:
@@ -543,11 +253,13 @@ def gated_pool(
     z = _kernel_dot(gate_kernel, spec, x6, values, "gate_kernel")
     if gate_bias is not None:
         bias = _bias_for(gate_bias, jnp.ndim(gate_kernel), spec, channels)
-        z = z + _broadcast_param(bias, shape)
+        z = z + _window_ops.broadcast_param(bias, shape)
     if x6 is not None:
-        return _finish(_view_gate_mix(*spec.window, x6, z), x.dtype, unbatched)
+        return _finish(_window_ops.view_gate_mix(*spec.window, x6, z), x.dtype, unbatched)
     g = jax.nn.sigmoid(z)
-    y = g * _window_max(values, masks) + (1 - g) * _window_mean(values, spec, masks)
+    y = g * _window_ops.window_max(values, masks) + (1 - g) * _window_ops.window_mean(
+        values, spec, masks
+    )
     return _finish(y, x.dtype, unbatched)
 
 
@@ -641,21 +353,21 @@ def stochastic_pool(
     spec = _windows.window_spec(x4.shape[1:3], window_shape, strides, padding)
     masks = _windows.valid_masks(spec)
     # The sample's gradient is a custom VJP anyway; the expectation keeps forward mode.
-    values = _f32(_windows.window_elements(x4, spec, stack_gradient=not deterministic))
+    values = _window_ops.f32(_windows.window_elements(x4, spec, stack_gradient=not deterministic))
     if mode == "softmax":
-        probs = _window_softmax(_masked(values, masks, -jnp.inf))
+        probs = _window_ops.window_softmax(_window_ops.masked(values, masks, -jnp.inf))
         weights = probs
     else:
         mass = [jnp.maximum(v, 0.0) for v in values]
-        total = _window_sum(mass)
+        total = _window_ops.window_sum(mass)
         has_mass = total > 0
         valid = (
             [jnp.ones(()) for _ in values]
             if masks is None
-            else _masked([jnp.ones(v.shape[1:]) for v in values], masks, 0.0)
+            else _window_ops.masked([jnp.ones(v.shape[1:]) for v in values], masks, 0.0)
         )
-        n_valid = _window_sum(valid)
-        # Proportional to the probabilities (sampling needs no more: _sample_index scales its
+        n_valid = _window_ops.window_sum(valid)
+        # Proportional to the probabilities (sampling needs no more: _rng.sample_index scales its
         # uniform by their sum); an all-zero window is uniform over its valid elements.
         weights = [jnp.where(has_mass, a, u) for a, u in zip(mass, valid, strict=True)]
         # The denominator is never 0 (every window has a valid element), so no branch divides
@@ -663,10 +375,10 @@ def stochastic_pool(
         denominator = jnp.where(has_mass, total, n_valid)
         probs = [w / denominator for w in weights]
     if deterministic:
-        y = _window_dot(probs, values)
+        y = _window_ops.window_dot(probs, values)
     else:
-        index = _sample_index(key, [jax.lax.stop_gradient(w) for w in weights])
-        y = _select(index, values)
+        index = _rng.sample_index(key, [jax.lax.stop_gradient(w) for w in weights])
+        y = _window_ops.select(index, values)
     return _finish(y, x.dtype, unbatched)
 
 
@@ -696,7 +408,7 @@ def gumbel_softmax(
     if isinstance(tau, (int, float)) and not tau > 0:
         raise ValueError(f"tau must be > 0; got {tau!r}")
     logits = jnp.asarray(logits)
-    gumbels = _gumbel(key, logits.shape)
+    gumbels = _rng.gumbel(key, logits.shape)
     y_soft = jax.nn.softmax((logits.astype(_F32) + gumbels) / tau, axis=axis)
     if hard:
         index = jnp.argmax(y_soft, axis=axis)
@@ -771,9 +483,9 @@ def tdgs_pool(
     n, c = x4.shape[0], x4.shape[-1]
     # Reciprocals of the (small) temperature and of tau: one multiply per element below.
     inv_t = 1.0 / (jax.nn.relu(_temperature_for(temperature, spec, c)) + eps)
-    inv_t = _broadcast_param(inv_t, (n, *spec.out_size, c))
+    inv_t = _window_ops.broadcast_param(inv_t, (n, *spec.out_size, c))
     inv_tau = 1.0 / jnp.asarray(tau, _F32)
-    values = _f32(_windows.window_elements(x4, spec, stack_gradient=True))
+    values = _window_ops.f32(_windows.window_elements(x4, spec, stack_gradient=True))
     masks = _windows.valid_masks(spec)
     # Padding enters the logits as an offset of -inf (0 elsewhere): never drawn, weight 0.
     offsets = tuple(
@@ -781,7 +493,9 @@ def tdgs_pool(
         for m in (masks or [None] * len(values))
     )
     # One Gumbel per window element, (K, N, Ho, Wo, C), negated.
-    noise = jnp.zeros(()) if deterministic else _neg_gumbel(key, (len(values), *values[0].shape))
+    noise = (
+        jnp.zeros(()) if deterministic else _rng.neg_gumbel(key, (len(values), *values[0].shape))
+    )
     y = _tdgs_window(tuple(values), inv_t, inv_tau, offsets, noise, not deterministic)
     return _finish(y, x.dtype, unbatched)
 
@@ -796,11 +510,16 @@ def _tdgs_forward(values, inv_t, inv_tau, offsets, noise, hard: bool):
     """
     logits = [v * inv_t + o for v, o in zip(values, offsets, strict=True)]
     if not hard:
-        weights = _window_softmax(logits)
-        return _window_dot(weights, values), weights, None, logits
+        weights = _window_ops.window_softmax(logits)
+        return _window_ops.window_dot(weights, values), weights, None, logits
     perturbed = [(z - e) * inv_tau for z, e in zip(logits, noise, strict=True)]
-    index = _first_argmax(perturbed)
-    return _select(index, values), _window_softmax(perturbed), index, perturbed
+    index = _window_ops.first_argmax(perturbed)
+    return (
+        _window_ops.select(index, values),
+        _window_ops.window_softmax(perturbed),
+        index,
+        perturbed,
+    )
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(5,))
@@ -825,10 +544,10 @@ def _tdgs_window_fwd(values, inv_t, inv_tau, offsets, noise, hard):
 def _tdgs_window_bwd(hard, residuals, cotangent):
     values, inv_t, inv_tau, offsets, noise = residuals
     _, weights, index, scaled = _tdgs_forward(values, inv_t, inv_tau, offsets, noise, hard)
-    mean = _window_dot(weights, values)
+    mean = _window_ops.window_dot(weights, values)
     # a_k is 0 for padding (w = 0, R = 0).
     a = [cotangent * w * (v - mean) for w, v in zip(weights, values, strict=True)]
-    d_inv_t = _window_dot(a, values)
+    d_inv_t = _window_ops.window_dot(a, values)
     if hard:
         d_values = [
             jnp.where(index == k, cotangent, 0.0) + a_k * (inv_t * inv_tau)
@@ -837,24 +556,15 @@ def _tdgs_window_bwd(hard, residuals, cotangent):
         d_inv_t = d_inv_t * inv_tau
         # Unscaled logits R/t + g, 0 at padding (their -inf times w = 0 would be NaN).
         finite = [jnp.where(o == 0, z / inv_tau, 0.0) for o, z in zip(offsets, scaled, strict=True)]
-        d_inv_tau = jnp.sum(_window_dot(a, finite))
+        d_inv_tau = jnp.sum(_window_ops.window_dot(a, finite))
     else:
         d_values = [cotangent * w + a_k * inv_t for w, a_k in zip(weights, a, strict=True)]
         d_inv_tau = jnp.zeros_like(inv_tau)
     zeros = jax.tree_util.tree_map(jnp.zeros_like, (offsets, noise))
-    return (tuple(d_values), _same_sharding(d_inv_t, inv_t), d_inv_tau, *zeros)
+    return (tuple(d_values), _window_ops.same_sharding(d_inv_t, inv_t), d_inv_tau, *zeros)
 
 
 _tdgs_window.defvjp(_tdgs_window_fwd, _tdgs_window_bwd)
-
-
-def _same_sharding(cotangent: jax.Array, primal: jax.Array) -> jax.Array:
-    """``cotangent`` resharded like ``primal`` under explicit sharding (a custom VJP must return
-    its inputs' types; the broadcast temperature is unsharded while the batch is sharded)."""
-    want = _windows.explicit_spec(primal)
-    if _windows.explicit_spec(cotangent) == want:
-        return cotangent
-    return jax.sharding.reshard(cotangent, jax.sharding.PartitionSpec(*(want or ())))
 
 
 # ----------------------------------------------------------------------------- S3Pool
@@ -871,7 +581,7 @@ def _s3_indices(key: jax.Array, size: int, stride: int, grid: int) -> jax.Array:
     block_len = np.minimum(grid, size - np.arange(n_blocks) * grid)
     need = (block_len // stride)[:, None]
     # A few scores per call: jax.random is cheap here, and under s3_pool's per-example vmap it
-    # batches natively, where _uniform would draw the examples one at a time.
+    # batches natively, where _rng.uniform would draw the examples one at a time.
     scores = jnp.where(available, jax.random.uniform(key, (n_blocks, grid)), 2.0)
     ranks = jnp.argsort(jnp.argsort(scores, axis=1), axis=1)
     chosen = (ranks < need).reshape(-1)
@@ -930,12 +640,12 @@ def s3_pool(
             f"s3_pool needs H >= stride and W >= stride; got input {x.shape}, stride={stride!r}"
         )
     elems, _, _ = _windows.windows(x4, strides, 1, "VALID")
-    max_map = _window_max(elems, None)  # (N, H-s+1, W-s+1, C)
+    max_map = _window_ops.window_max(elems, None)  # (N, H-s+1, W-s+1, C)
     out_h, out_w = h // strides[0], w // strides[1]
     if deterministic:
         pads = ((strides[0] // 2,) * 2, (strides[1] // 2,) * 2)
         m_elems, masks, spec = _windows.windows(max_map, strides, strides, pads)
-        y = _window_mean(m_elems, spec, masks)[:, :out_h, :out_w]
+        y = _window_ops.window_mean(m_elems, spec, masks)[:, :out_h, :out_w]
         return _finish(y, x.dtype, unbatched)
 
     def sample(k, m):

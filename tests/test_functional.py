@@ -16,7 +16,7 @@ from conftest import ref_windows
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from jaxpool import _windows
+from jaxpool import _rng, _window_ops, _windows
 from jaxpool import functional as F
 
 GRID_1_16 = jnp.arange(1, 17, dtype=jnp.float32).reshape(4, 4, 1)
@@ -786,8 +786,8 @@ def test_broadcast_param_matches_plain_broadcast(param_shape):
     shape = (2, 4, 5, 3)
     p = jax.random.normal(jax.random.key(0), param_shape)
     cot = jax.random.normal(jax.random.key(1), shape)
-    np.testing.assert_array_equal(F._broadcast_param(p, shape), jnp.broadcast_to(p, shape))
-    g_custom = jax.grad(lambda q: (F._broadcast_param(q, shape) * cot).sum())(p)
+    np.testing.assert_array_equal(_window_ops.broadcast_param(p, shape), jnp.broadcast_to(p, shape))
+    g_custom = jax.grad(lambda q: (_window_ops.broadcast_param(q, shape) * cot).sum())(p)
     g_plain = jax.grad(lambda q: (jnp.broadcast_to(q, shape) * cot).sum())(p)
     np.testing.assert_allclose(g_custom, g_plain, rtol=1e-5, atol=1e-5)
 
@@ -814,7 +814,7 @@ def _tdgs_autodiff_reference(x, temperature, key, deterministic, tau, padding):
     if deterministic:
         return (jax.nn.softmax(logits, axis=0) * values).sum(0)
     # The same noise as the pooler (one Gumbel per window element); then gumbel_softmax's formula.
-    gumbels = F._gumbel(key, values.shape)
+    gumbels = _rng.gumbel(key, values.shape)
     soft = jax.nn.softmax((logits + gumbels) / tau, axis=0)
     hard = jax.nn.one_hot(jnp.argmax(soft, axis=0), values.shape[0], axis=0)
     return ((hard - jax.lax.stop_gradient(soft) + soft) * values).sum(0)

@@ -1,4 +1,4 @@
-"""The noise behind the stochastic poolers: jaxpool.functional._uniform and _gumbel.
+"""The noise behind the stochastic poolers: jaxpool._rng.uniform and gumbel.
 
 They draw with XLA's ``lax.rng_bit_generator`` instead of ``jax.random``'s threefry, so these tests
 check what ``jax.random`` would guarantee: the distribution, finiteness, batching (row ``i`` of a
@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxpool import functional as F
+from jaxpool import _rng
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 N = 1 << 20
@@ -28,12 +28,12 @@ EULER_GAMMA = 0.5772156649015329
 
 @pytest.fixture(scope="module")
 def uniforms():
-    return np.asarray(jax.jit(lambda k: F._uniform(k, (N,)))(jax.random.key(0)), np.float64)
+    return np.asarray(jax.jit(lambda k: _rng.uniform(k, (N,)))(jax.random.key(0)), np.float64)
 
 
 @pytest.fixture(scope="module")
 def gumbels():
-    return np.asarray(jax.jit(lambda k: F._gumbel(k, (N,)))(jax.random.key(1)), np.float64)
+    return np.asarray(jax.jit(lambda k: _rng.gumbel(k, (N,)))(jax.random.key(1)), np.float64)
 
 
 def test_uniform_lies_in_unit_interval_on_the_float32_mantissa_grid(uniforms):
@@ -65,9 +65,9 @@ def test_gumbel_extreme_bits_stay_finite():
     # All-zero bits give u = 0 (clamped to the smallest normal float, as jax.random.gumbel), all-one
     # bits the largest u, 1 - 2^-23.  Neither may give inf or NaN.
     bits = jnp.array([0, 1, (1 << 9) - 1, 1 << 9, 0xFFFFFFFF], jnp.uint32)
-    with mock.patch.object(F, "_rng_bits", lambda shape: lambda seed: bits):
-        u = F._uniform(jax.random.key(0), bits.shape)
-        g = F._gumbel(jax.random.key(0), bits.shape)
+    with mock.patch.object(_rng, "_rng_bits", lambda shape: lambda seed: bits):
+        u = _rng.uniform(jax.random.key(0), bits.shape)
+        g = _rng.gumbel(jax.random.key(0), bits.shape)
     np.testing.assert_array_equal(u, [0.0, 0.0, 0.0, 2.0**-23, 1.0 - 2.0**-23])
     assert np.isfinite(g).all()
     tiny = np.finfo(np.float32).tiny
@@ -76,16 +76,16 @@ def test_gumbel_extreme_bits_stay_finite():
 
 
 def test_uniform_is_fixed_by_the_key_and_shape():
-    a = F._uniform(jax.random.key(3), (64,))
-    np.testing.assert_array_equal(a, F._uniform(jax.random.key(3), (64,)))
-    np.testing.assert_array_equal(a, jax.jit(lambda k: F._uniform(k, (64,)))(jax.random.key(3)))
-    assert not np.array_equal(a, F._uniform(jax.random.key(4), (64,)))
+    a = _rng.uniform(jax.random.key(3), (64,))
+    np.testing.assert_array_equal(a, _rng.uniform(jax.random.key(3), (64,)))
+    np.testing.assert_array_equal(a, jax.jit(lambda k: _rng.uniform(k, (64,)))(jax.random.key(3)))
+    assert not np.array_equal(a, _rng.uniform(jax.random.key(4), (64,)))
     # Legacy raw uint32 keys work too.
-    raw = F._uniform(jax.random.PRNGKey(3), (64,))
+    raw = _rng.uniform(jax.random.PRNGKey(3), (64,))
     assert raw.shape == (64,) and raw.dtype == jnp.float32
 
 
-@pytest.mark.parametrize("fn", [F._uniform, F._gumbel], ids=["uniform", "gumbel"])
+@pytest.mark.parametrize("fn", [_rng.uniform, _rng.gumbel], ids=["uniform", "gumbel"])
 def test_vmap_over_keys_gives_each_key_its_own_draw(fn):
     # lax.rng_bit_generator alone would give every row the first key's draw.
     keys = jax.random.split(jax.random.key(5), 6)
@@ -103,6 +103,7 @@ def test_vmap_over_keys_gives_each_key_its_own_draw(fn):
 SHARDING_SCRIPT = """
 import jax, jax.numpy as jnp, numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jaxpool import _rng
 from jaxpool import functional as F
 
 assert jax.device_count() == 8
@@ -111,8 +112,8 @@ temp, key = jnp.full((4,), 0.5), jax.random.key(1)
 
 def draws(x, key):
     return {
-        "uniform": F._uniform(key, x.shape),
-        "gumbel": F._gumbel(key, (4, *x.shape)),
+        "uniform": _rng.uniform(key, x.shape),
+        "gumbel": _rng.gumbel(key, (4, *x.shape)),
         "stochastic": F.stochastic_pool(x, key=key),
         "tdgs": F.tdgs_pool(x, temp, key=key),
         "tdgs_grad": jax.grad(lambda v: (F.tdgs_pool(v, temp, key=key) ** 2).sum())(x),
