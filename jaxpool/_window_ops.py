@@ -241,3 +241,87 @@ def same_sharding(cotangent: jax.Array, primal: jax.Array) -> jax.Array:
     if _windows.explicit_spec(cotangent) == want:
         return cotangent
     return jax.sharding.reshard(cotangent, jax.sharding.PartitionSpec(*(want or ())))
+
+
+def kernel_weights(
+    kernel: jax.Array, spec: _windows.WindowSpec, shape: tuple[int, ...], name: str
+) -> Elements:
+    """A window-shaped kernel as K weights, each broadcastable to the elements' ``(N, Ho, Wo, C)``.
+
+    Shapes: ``(kh, kw)`` per layer, ``(kh, kw, C)`` per channel, ``(Ho, Wo, kh, kw, C)`` per region
+    and channel.
+    """
+    (kh, kw), (ho, wo), k = spec.window, spec.out_size, spec.num_elements
+    channels = shape[-1]
+    kernel = jnp.asarray(kernel)
+    allowed = {
+        (kh, kw): (k, 1),
+        (kh, kw, channels): (k, channels),
+        (ho, wo, kh, kw, channels): (ho, wo, k, channels),
+    }
+    if kernel.shape not in allowed:
+        raise ValueError(
+            f"{name} must have one of the shapes {sorted(allowed)} (per layer, per channel, per "
+            f"region and channel) for window {spec.window}, output {spec.out_size} and "
+            f"C={channels}; got {kernel.shape}"
+        )
+    weights = kernel.astype(_F32).reshape(allowed[kernel.shape])
+    # Plain broadcasting here: K custom broadcasts would materialise K products for the gradient.
+    if weights.ndim == 2:
+        return [weights[i] for i in range(k)]
+    return [weights[:, :, i, :] for i in range(k)]
+
+
+def kernel_dot(
+    kernel: jax.Array,
+    spec: _windows.WindowSpec,
+    x6: jax.Array | None,
+    values: Elements,
+    name: str,
+) -> jax.Array:
+    """``w . R`` per window for a window-shaped kernel (shapes as :func:`kernel_weights`).
+
+    Where the windows are a view ``x6`` (``(N, Ho, kh, Wo, kw, C)``, fast path) the kernel's
+    gradient is one reduction over that view (:func:`view_dot`); otherwise autodiff of the
+    K-element sum, which XLA:CPU runs as K strided copies and K reductions.
+    """
+    weights = kernel_weights(kernel, spec, values[0].shape, name)  # also checks the shape
+    if x6 is None:
+        return window_dot(weights, values)
+    (kh, kw), (ho, wo) = spec.window, spec.out_size
+    kernel = jnp.asarray(kernel).astype(_F32)
+    if kernel.ndim == 5:  # (Ho, Wo, kh, kw, C) -> (1, Ho, kh, Wo, kw, C)
+        w6 = kernel.transpose(0, 2, 1, 3, 4).reshape(1, ho, kh, wo, kw, -1)
+    else:  # (kh, kw) or (kh, kw, C) -> (1, 1, kh, 1, kw, 1 or C)
+        w6 = kernel.reshape(1, 1, kh, 1, kw, -1)
+    return view_dot(w6, x6)
+
+
+@jax.custom_jvp
+def view_dot(w6: jax.Array, x6: jax.Array) -> jax.Array:
+    """``sum_{a, b} w6[..., a, :, b, :] x6[..., a, :, b, :]``: ``(N, Ho, Wo, C)`` from the window
+    view ``x6`` ``(N, Ho, kh, Wo, kw, C)`` and a kernel ``w6`` broadcastable to it."""
+    return window_dot(_windows.view_elements(w6), _windows.view_elements(x6))
+
+
+@view_dot.defjvp
+def _view_dot_jvp(primals, tangents):
+    """Written so that its transpose (reverse mode) is fast on XLA:CPU: the input's cotangent
+    is the output's broadcast over the view times ``w6``, and the kernel's is one reduction over
+    the view.  The barrier sits on the kernel term only, so in reverse mode it lands on the
+    reduction's operand: XLA then reads the ``(N, Ho, Wo, C)`` cotangent broadcast inside the
+    reduction instead of first writing an x-sized broadcast copy (3x slower for tree pooling)."""
+    w6, x6 = primals
+    dw6, dx6 = tangents
+    by_input = jnp.sum(w6 * dx6, axis=(2, 4))
+    by_kernel = jax.lax.optimization_barrier(jnp.sum(dw6 * x6, axis=(2, 4)))
+    return view_dot(w6, x6), by_input + by_kernel
+
+
+def f32_windows(x4: jax.Array, spec: _windows.WindowSpec) -> tuple[jax.Array | None, Elements]:
+    """The float32 window view of ``x4`` where the fast path applies (else None) and the K
+    float32 window elements (slices of that view, or strided slices)."""
+    x6 = _windows.window_view(x4.astype(_F32), spec)
+    if x6 is not None:
+        return x6, _windows.view_elements(x6)
+    return None, f32(_windows.window_elements(x4, spec))

@@ -30,9 +30,6 @@ Window = int | Sequence[int]
 _F32 = jnp.float32
 
 
-Elements = list  # K arrays (N, Ho, Wo, C), see jaxpool._windows
-
-
 def _finish(y: jax.Array, dtype, unbatched: bool) -> jax.Array:
     y = y.astype(dtype)
     return y[0] if unbatched else y
@@ -124,90 +121,6 @@ def mixed_pool(
     return _finish(y, x.dtype, unbatched)
 
 
-def _kernel_weights(
-    kernel: jax.Array, spec: _windows.WindowSpec, shape: tuple[int, ...], name: str
-) -> Elements:
-    """A window-shaped kernel as K weights, each broadcastable to the elements' ``(N, Ho, Wo, C)``.
-
-    Shapes: ``(kh, kw)`` per layer, ``(kh, kw, C)`` per channel, ``(Ho, Wo, kh, kw, C)`` per region
-    and channel.
-    """
-    (kh, kw), (ho, wo), k = spec.window, spec.out_size, spec.num_elements
-    channels = shape[-1]
-    kernel = jnp.asarray(kernel)
-    allowed = {
-        (kh, kw): (k, 1),
-        (kh, kw, channels): (k, channels),
-        (ho, wo, kh, kw, channels): (ho, wo, k, channels),
-    }
-    if kernel.shape not in allowed:
-        raise ValueError(
-            f"{name} must have one of the shapes {sorted(allowed)} (per layer, per channel, per "
-            f"region and channel) for window {spec.window}, output {spec.out_size} and "
-            f"C={channels}; got {kernel.shape}"
-        )
-    weights = kernel.astype(_F32).reshape(allowed[kernel.shape])
-    # Plain broadcasting here: K custom broadcasts would materialise K products for the gradient.
-    if weights.ndim == 2:
-        return [weights[i] for i in range(k)]
-    return [weights[:, :, i, :] for i in range(k)]
-
-
-def _kernel_dot(
-    kernel: jax.Array,
-    spec: _windows.WindowSpec,
-    x6: jax.Array | None,
-    values: Elements,
-    name: str,
-) -> jax.Array:
-    """``w . R`` per window for a window-shaped kernel (shapes as :func:`_kernel_weights`).
-
-    Where the windows are a view ``x6`` (``(N, Ho, kh, Wo, kw, C)``, fast path) the kernel's
-    gradient is one reduction over that view (:func:`_view_dot`); otherwise autodiff of the
-    K-element sum, which XLA:CPU runs as K strided copies and K reductions.
-    """
-    weights = _kernel_weights(kernel, spec, values[0].shape, name)  # also checks the shape
-    if x6 is None:
-        return _window_ops.window_dot(weights, values)
-    (kh, kw), (ho, wo) = spec.window, spec.out_size
-    kernel = jnp.asarray(kernel).astype(_F32)
-    if kernel.ndim == 5:  # (Ho, Wo, kh, kw, C) -> (1, Ho, kh, Wo, kw, C)
-        w6 = kernel.transpose(0, 2, 1, 3, 4).reshape(1, ho, kh, wo, kw, -1)
-    else:  # (kh, kw) or (kh, kw, C) -> (1, 1, kh, 1, kw, 1 or C)
-        w6 = kernel.reshape(1, 1, kh, 1, kw, -1)
-    return _view_dot(w6, x6)
-
-
-@jax.custom_jvp
-def _view_dot(w6: jax.Array, x6: jax.Array) -> jax.Array:
-    """``sum_{a, b} w6[..., a, :, b, :] x6[..., a, :, b, :]``: ``(N, Ho, Wo, C)`` from the window
-    view ``x6`` ``(N, Ho, kh, Wo, kw, C)`` and a kernel ``w6`` broadcastable to it."""
-    return _window_ops.window_dot(_windows.view_elements(w6), _windows.view_elements(x6))
-
-
-@_view_dot.defjvp
-def _view_dot_jvp(primals, tangents):
-    """Written so that its transpose (reverse mode) is fast on XLA:CPU: the input's cotangent
-    is the output's broadcast over the view times ``w6``, and the kernel's is one reduction over
-    the view.  The barrier sits on the kernel term only, so in reverse mode it lands on the
-    reduction's operand: XLA then reads the ``(N, Ho, Wo, C)`` cotangent broadcast inside the
-    reduction instead of first writing an x-sized broadcast copy (3x slower for tree pooling)."""
-    w6, x6 = primals
-    dw6, dx6 = tangents
-    by_input = jnp.sum(w6 * dx6, axis=(2, 4))
-    by_kernel = jax.lax.optimization_barrier(jnp.sum(dw6 * x6, axis=(2, 4)))
-    return _view_dot(w6, x6), by_input + by_kernel
-
-
-def _f32_windows(x4: jax.Array, spec: _windows.WindowSpec) -> tuple[jax.Array | None, Elements]:
-    """The float32 window view of ``x4`` where the fast path applies (else None) and the K
-    float32 window elements (slices of that view, or strided slices)."""
-    x6 = _windows.window_view(x4.astype(_F32), spec)
-    if x6 is not None:
-        return x6, _windows.view_elements(x6)
-    return None, _window_ops.f32(_windows.window_elements(x4, spec))
-
-
 def _bias_for(bias, kernel_rank: int, spec: _windows.WindowSpec, channels: int) -> jax.Array:
     expected = {2: (), 3: (channels,), 5: (*spec.out_size, channels)}[kernel_rank]
     bias = jnp.asarray(bias)
@@ -248,9 +161,9 @@ def gated_pool(
     channels = x4.shape[-1]
     spec = _windows.window_spec(x4.shape[1:3], window_shape, strides, padding)
     masks = _windows.valid_masks(spec)
-    x6, values = _f32_windows(x4, spec)
+    x6, values = _window_ops.f32_windows(x4, spec)
     shape = values[0].shape
-    z = _kernel_dot(gate_kernel, spec, x6, values, "gate_kernel")
+    z = _window_ops.kernel_dot(gate_kernel, spec, x6, values, "gate_kernel")
     if gate_bias is not None:
         bias = _bias_for(gate_bias, jnp.ndim(gate_kernel), spec, channels)
         z = z + _window_ops.broadcast_param(bias, shape)
@@ -292,15 +205,17 @@ def tree_pool(
     """
     x4, unbatched = _windows.check_input(x)
     spec = _windows.window_spec(x4.shape[1:3], window_shape, strides, padding)
-    x6, values = _f32_windows(x4, spec)
+    x6, values = _window_ops.f32_windows(x4, spec)
     leaf_kernels, gate_kernel = jnp.asarray(leaf_kernels), jnp.asarray(gate_kernel)
     if leaf_kernels.shape != (2, *gate_kernel.shape):
         raise ValueError(
             f"leaf_kernels must have shape (2,) + gate_kernel.shape = {(2, *gate_kernel.shape)}; "
             f"got {leaf_kernels.shape}"
         )
-    gate = jax.nn.sigmoid(_kernel_dot(gate_kernel, spec, x6, values, "gate_kernel"))
-    leaves = [_kernel_dot(leaf, spec, x6, values, "leaf_kernels[i]") for leaf in leaf_kernels]
+    gate = jax.nn.sigmoid(_window_ops.kernel_dot(gate_kernel, spec, x6, values, "gate_kernel"))
+    leaves = [
+        _window_ops.kernel_dot(leaf, spec, x6, values, "leaf_kernels[i]") for leaf in leaf_kernels
+    ]
     y = gate * leaves[0] + (1 - gate) * leaves[1]
     return _finish(y, x.dtype, unbatched)
 
