@@ -433,6 +433,33 @@ def test_window_view_layout_and_where_it_applies():
         assert _windows.window_view(x, spec) is None, (window, strides, padding)
 
 
+def _assert_paths_close(via_reshape, via_strided, dtype):
+    """Values and gradients of the two paths agree (bfloat16: to a rounding step), and none is 0."""
+    tol = 2e-5 if dtype == jnp.float32 else 1e-2
+    for fast, general in zip(via_reshape, via_strided, strict=True):
+        scale = float(jnp.max(jnp.abs(general.astype(jnp.float32))))
+        assert scale > 0
+        np.testing.assert_allclose(
+            np.asarray(fast, np.float32),
+            np.asarray(general, np.float32),
+            rtol=tol,
+            atol=tol * max(1.0, scale),
+        )
+
+
+# Windows for the poolers whose gradient picks the first maximum: 2x2, 3x3, 2x3 in bfloat16, and
+# K = 144 elements, whose index no longer fits int8.
+MAX_WINDOW_CASES = pytest.mark.parametrize(
+    "shape, window, dtype",
+    [
+        ((3, 8, 8, 4), 2, jnp.float32),
+        ((2, 9, 7, 3), 3, jnp.float32),
+        ((2, 6, 9, 5), (2, 3), jnp.bfloat16),
+        ((2, 24, 12, 2), 12, jnp.float32),
+    ],
+)
+
+
 def _on_both_paths(run, monkeypatch):
     """``run()`` on the reshape path, then with ``window_view`` disabled (the strided path)."""
     via_reshape = run()
@@ -530,29 +557,11 @@ def test_kernel_poolers_reshape_path_matches_strided_path(
         return jax.grad(loss, argnums=(0, 1, 2), has_aux=True)(x, kernel, second)
 
     (reshape_grads, reshape_y), (strided_grads, strided_y) = _on_both_paths(run, monkeypatch)
-    tol = 2e-5 if dtype == jnp.float32 else 1e-2
-    for via_reshape, via_strided in zip(
-        (reshape_y, *reshape_grads), (strided_y, *strided_grads), strict=True
-    ):
-        assert float(jnp.max(jnp.abs(via_strided.astype(jnp.float32)))) > 0
-        np.testing.assert_allclose(
-            np.asarray(via_reshape, np.float32),
-            np.asarray(via_strided, np.float32),
-            rtol=tol,
-            atol=tol * max(1.0, float(jnp.max(jnp.abs(via_strided.astype(jnp.float32))))),
-        )
+    _assert_paths_close((reshape_y, *reshape_grads), (strided_y, *strided_grads), dtype)
 
 
 @pytest.mark.parametrize("pooler", ["mixed", "gated"])
-@pytest.mark.parametrize(
-    "shape, window, dtype",
-    [
-        ((3, 8, 8, 4), 2, jnp.float32),
-        ((2, 9, 7, 3), 3, jnp.float32),
-        ((2, 6, 9, 5), (2, 3), jnp.bfloat16),
-        ((2, 24, 12, 2), 12, jnp.float32),  # K = 144: an int32 index
-    ],
-)
+@MAX_WINDOW_CASES
 def test_max_mean_mixtures_reshape_path_matches_strided_path(
     pooler, shape, window, dtype, monkeypatch
 ):
@@ -579,18 +588,7 @@ def test_max_mean_mixtures_reshape_path_matches_strided_path(
         return jax.grad(loss, argnums=tuple(range(1 + len(params))), has_aux=True)(x, *params)
 
     (reshape_grads, reshape_y), (strided_grads, strided_y) = _on_both_paths(run, monkeypatch)
-    tol = 2e-5 if dtype == jnp.float32 else 1e-2
-    for via_reshape, via_strided in zip(
-        (reshape_y, *reshape_grads), (strided_y, *strided_grads), strict=True
-    ):
-        scale = float(jnp.max(jnp.abs(via_strided.astype(jnp.float32))))
-        assert scale > 0
-        np.testing.assert_allclose(
-            np.asarray(via_reshape, np.float32),
-            np.asarray(via_strided, np.float32),
-            rtol=tol,
-            atol=tol * max(1.0, scale),
-        )
+    _assert_paths_close((reshape_y, *reshape_grads), (strided_y, *strided_grads), dtype)
     if pooler == "mixed" and dtype == jnp.float32:
         # Known values: dx = dy (s [first max] + (1 - s) / K), s = sigmoid(alpha).
         windows6 = np.asarray(x)[:, : ho * kh, : wo * kw].reshape(shape[0], ho, kh, wo, kw, c)
@@ -604,15 +602,7 @@ def test_max_mean_mixtures_reshape_path_matches_strided_path(
         np.testing.assert_allclose(got, expected.reshape(got.shape), rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize(
-    "shape, window, dtype",
-    [
-        ((3, 8, 8, 4), 2, jnp.float32),
-        ((2, 9, 7, 3), 3, jnp.float32),
-        ((2, 6, 9, 5), (2, 3), jnp.bfloat16),
-        ((2, 24, 12, 2), 12, jnp.float32),  # K = 144: an int32 index
-    ],
-)
+@MAX_WINDOW_CASES
 def test_max_pool_reshape_path_matches_strided_path(shape, window, dtype, monkeypatch):
     """Non-overlapping windows: the reshape path (gradient broadcast over the window view) and
     the strided path give the same value and gradient, ties going to the first maximum."""
