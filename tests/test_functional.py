@@ -573,7 +573,8 @@ def test_max_mean_mixtures_reshape_path_matches_strided_path(
     (kh, kw), (ho, wo), c = spec.window, spec.out_size, shape[-1]
     keys = jax.random.split(jax.random.key(1), 3)
     if pooler == "mixed":
-        params = (jax.random.normal(keys[0], (c,)),)
+        # alpha per channel, and one per layer for the 3x3 windows
+        params = (jax.random.normal(keys[0], () if window == 3 else (c,)),)
         pool = lambda v, alpha: F.mixed_pool(v, alpha, window)
     else:
         params = (jax.random.normal(keys[0], (kh, kw, c)) / 2, jax.random.normal(keys[1], (c,)))
@@ -594,12 +595,17 @@ def test_max_mean_mixtures_reshape_path_matches_strided_path(
         windows6 = np.asarray(x)[:, : ho * kh, : wo * kw].reshape(shape[0], ho, kh, wo, kw, c)
         flat = windows6.transpose(0, 1, 3, 5, 2, 4).reshape(shape[0], ho, wo, c, kh * kw)
         first = np.eye(kh * kw)[flat.argmax(-1)]  # numpy's argmax takes the first maximum
-        s_ = 1 / (1 + np.exp(-np.asarray(params[0])))
+        s_ = np.broadcast_to(1 / (1 + np.exp(-np.asarray(params[0]))), (c,))
         dy = np.asarray(cot)[..., None]
         expected = dy * (s_[:, None] * first + (1 - s_[:, None]) / (kh * kw))
         expected = expected.reshape(shape[0], ho, wo, c, kh, kw).transpose(0, 1, 4, 2, 5, 3)
         got = np.asarray(reshape_grads[0])[:, : ho * kh, : wo * kw]
         np.testing.assert_allclose(got, expected.reshape(got.shape), rtol=1e-5, atol=1e-6)
+        # d alpha = sum dy (max R - mean R) s (1 - s), over the batch and positions (and channels)
+        spread = flat.max(-1) - flat.mean(-1)
+        d_alpha = (np.asarray(cot) * spread).sum(axis=(0, 1, 2)) * s_ * (1 - s_)
+        d_alpha = d_alpha.sum() if np.ndim(params[0]) == 0 else d_alpha
+        np.testing.assert_allclose(reshape_grads[1], d_alpha, rtol=1e-4, atol=1e-5)
 
 
 @MAX_WINDOW_CASES
