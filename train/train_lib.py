@@ -248,33 +248,13 @@ def train_and_evaluate(
         with open(metrics_path, "w") as f:  # drop epochs the checkpoint does not cover
             f.writelines(json.dumps(row) + "\n" for row in history)
 
-    param_count = models.count_params(state.params)
-    pooler_param_count = models.count_params(models.pooler_subtrees(state.params))
-
-    def summary(status: str) -> dict[str, Any]:
-        best = max(history, key=lambda r: r["test_accuracy"]) if history else None
-        return {
-            "status": status,
-            "dataset": config.dataset,
-            "pooler": config.pooler,
-            "pooler_kwargs": pooler_kwargs(config),
-            "seed": config.seed,
-            "num_epochs": config.num_epochs,
-            "epochs_completed": len(history),
-            "final": history[-1] if history else None,
-            "best_test_accuracy": best["test_accuracy"] if best else None,
-            "best_epoch": best["epoch"] if best else None,
-            "param_count": param_count,
-            "pooler_param_count": pooler_param_count,
-            "num_devices": jax.device_count(),
-            "num_processes": jax.process_count(),
-            "workdir": workdir,
-        }
-
     def finish(status: str) -> None:
         ckpt.close()
         if lead:
-            run_files.write_json(os.path.join(workdir, "summary.json"), summary(status))
+            run_files.write_json(
+                os.path.join(workdir, "summary.json"),
+                _summary(status, config, history, state.params, workdir),
+            )
 
     if mean is not None:
         mean, std = (device_loop.put_replicated(v, replicated) for v in (mean, std))
@@ -318,22 +298,16 @@ def train_and_evaluate(
                     microbatches=microbatches,
                 )
                 losses, correct = jax.device_get((out["loss"], out["correct"]))
-                # Sequential float64 sums, continued from the checkpoint: a resumed epoch adds
-                # the same numbers in the same order as an uninterrupted one.
-                for i in range(count):
-                    loss = float(losses[i])
-                    if not math.isfinite(loss):
-                        bar.close()
-                        finish("failed")
-                        step = first + i + 1
-                        raise NonFiniteLossError(
-                            f"non-finite training loss ({loss}) at epoch {epoch + 1}, step "
-                            f"{step} of {steps} (global step {epoch * steps + step}); last good "
-                            f"checkpoint: {_last_step_text(ckpt)}"
-                        )
-                    meta["loss_sum"] += loss * batch_size
-                    meta["correct"] += int(correct[i])
-                    meta["count"] += batch_size
+                bad = _accumulate(meta, losses[:count], correct[:count], batch_size)
+                if bad is not None:
+                    bar.close()
+                    finish("failed")
+                    step = first + bad + 1
+                    raise NonFiniteLossError(
+                        f"non-finite training loss ({float(losses[bad])}) at epoch {epoch + 1}, "
+                        f"step {step} of {steps} (global step {epoch * steps + step}); last good "
+                        f"checkpoint: {_last_step_text(ckpt)}"
+                    )
                 bar.update(count)
                 if show_bar:
                     bar.set_postfix(loss=f"{float(losses[count - 1]):.4f}")
@@ -355,19 +329,7 @@ def train_and_evaluate(
             t1 = time.perf_counter()
             test = evaluate(state, data.test, eval_batch_size, sharded, mean, std)
             eval_seconds = time.perf_counter() - t1
-            train_seconds = meta["train_seconds"]
-            row = {
-                "epoch": epoch + 1,
-                "step": int(jax.device_get(state.step)),
-                "train_loss": meta["loss_sum"] / meta["count"],
-                "train_accuracy": meta["correct"] / meta["count"],
-                "test_loss": test["loss"],
-                "test_accuracy": test["accuracy"],
-                "train_seconds": train_seconds,
-                "eval_seconds": eval_seconds,
-                "epoch_seconds": train_seconds + eval_seconds,
-                "images_per_second": meta["count"] / max(train_seconds, 1e-9),
-            }
+            row = _epoch_row(epoch, int(jax.device_get(state.step)), meta, test, eval_seconds)
             history.append(row)
             meta = _epoch_start(epoch + 1, config.seed)
             if lead:
@@ -403,6 +365,66 @@ def _epoch_start(epoch: int, seed: int) -> dict[str, Any]:
         "correct": 0,
         "count": 0,
         "train_seconds": 0.0,
+    }
+
+
+def _accumulate(meta: dict[str, Any], losses, correct, batch_size: int) -> int | None:
+    """Adds a chunk's per-step losses and correct counts to the epoch's running sums in ``meta``.
+
+    Sequential float64 sums, continued from the checkpoint: a resumed epoch adds the same numbers
+    in the same order as an uninterrupted one.  Returns the index of the first non-finite loss
+    (the sums then hold the steps before it), or None.
+    """
+    for i, (loss, right) in enumerate(zip(losses, correct, strict=True)):
+        loss = float(loss)
+        if not math.isfinite(loss):
+            return i
+        meta["loss_sum"] += loss * batch_size
+        meta["correct"] += int(right)
+        meta["count"] += batch_size
+    return None
+
+
+def _epoch_row(
+    epoch: int, step: int, meta: dict[str, Any], test: dict[str, float], eval_seconds: float
+) -> dict[str, Any]:
+    """The ``metrics.jsonl`` line of the finished ``epoch`` (0-based) from its running sums."""
+    train_seconds = meta["train_seconds"]
+    return {
+        "epoch": epoch + 1,
+        "step": step,
+        "train_loss": meta["loss_sum"] / meta["count"],
+        "train_accuracy": meta["correct"] / meta["count"],
+        "test_loss": test["loss"],
+        "test_accuracy": test["accuracy"],
+        "train_seconds": train_seconds,
+        "eval_seconds": eval_seconds,
+        "epoch_seconds": train_seconds + eval_seconds,
+        "images_per_second": meta["count"] / max(train_seconds, 1e-9),
+    }
+
+
+def _summary(
+    status: str, config: ml_collections.ConfigDict, history: list[dict[str, Any]], params, workdir
+) -> dict[str, Any]:
+    """``summary.json``: the run's status, identity, final and best epochs, and sizes."""
+    best = max(history, key=lambda r: r["test_accuracy"]) if history else None
+    return {
+        "status": status,
+        "dataset": config.dataset,
+        "pooler": config.pooler,
+        "pooler_kwargs": pooler_kwargs(config),
+        "seed": config.seed,
+        "num_epochs": config.num_epochs,
+        "epochs_completed": len(history),
+        "final": history[-1] if history else None,
+        "best_test_accuracy": best["test_accuracy"] if best else None,
+        "best_epoch": best["epoch"] if best else None,
+        "param_count": models.count_params(params),
+        "pooler_param_count": models.count_params(models.pooler_subtrees(params)),
+        "num_devices": jax.device_count(),
+        "num_processes": jax.process_count(),
+        "workdir": workdir,
     }
 
 
