@@ -81,10 +81,14 @@ def view_max(kh: int, kw: int, x6: jax.Array) -> jax.Array:
 
 
 def _view_max_fwd(kh, kw, x6):
-    elems = _windows.view_elements(x6)
-    # Through float32 on purpose: with the int32 index (or int32 -> int8) XLA:CPU compiled the
-    # backward pass's loop 3-6x slower (measured on jaxlib 0.10.2).
-    index = narrow_index(first_argmax(elems).astype(_F32), kh * kw)
+    return _max_and_index(_windows.view_elements(x6))
+
+
+def _max_and_index(elems: Elements) -> tuple[jax.Array, jax.Array]:
+    """Per-window max and the (narrow) index of its first maximal element, for a view-form
+    backward pass.  The index goes through float32 on purpose: with the int32 index (or int32 ->
+    int8) XLA:CPU compiled the backward pass's loop 3-6x slower (measured on jaxlib 0.10.2)."""
+    index = narrow_index(first_argmax(elems).astype(_F32), len(elems))
     return functools.reduce(jnp.maximum, elems), index
 
 
@@ -215,9 +219,8 @@ def view_gate_mix(kh: int, kw: int, x6: jax.Array, z: jax.Array) -> jax.Array:
 
 def _view_gate_mix_fwd(kh, kw, x6, z):
     elems = _windows.view_elements(x6)
-    # The float32 route as in _view_max_fwd: an int index made XLA:CPU's loops slower.
-    index = narrow_index(first_argmax(elems).astype(_F32), len(elems))
-    window_max, window_mean = functools.reduce(jnp.maximum, elems), window_sum(elems) / len(elems)
+    window_max, index = _max_and_index(elems)
+    window_mean = window_sum(elems) / len(elems)
     g = jax.nn.sigmoid(z)
     return g * window_max + (1 - g) * window_mean, (index, g, window_max - window_mean)
 

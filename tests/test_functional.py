@@ -502,14 +502,7 @@ def test_tdgs_reshape_path_matches_strided_path(
     (reshape_grads, reshape_y), (strided_grads, strided_y) = _on_both_paths(run, monkeypatch)
     np.testing.assert_array_equal(reshape_y, strided_y)  # the same element of every window
     assert bool(jnp.any(reshape_y != original(x, spec)[:, :, 0, :, 0, :]))  # not always the first
-    tol = 2e-5 if dtype == jnp.float32 else 1e-2  # bfloat16 gradients: a rounding step apart
-    for via_reshape, via_strided in zip(reshape_grads, strided_grads, strict=True):
-        np.testing.assert_allclose(
-            np.asarray(via_reshape, np.float32),
-            np.asarray(via_strided, np.float32),
-            rtol=tol,
-            atol=tol,
-        )
+    _assert_paths_close(reshape_grads, strided_grads, dtype)
 
 
 @pytest.mark.parametrize("pooler", ["gated", "tree"])
