@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import platform
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from train import bench
@@ -16,7 +18,33 @@ def test_pool_table_has_every_key_and_positive_times():
         for shape in bench.POOL_SHAPES:
             assert results["pool_fwdbwd_ms"][f"{name}@{bench._shape_key(shape)}"] > 0
     assert set(results["misc_ms"]) == {f"copy@{bench._shape_key(s)}" for s in bench.POOL_SHAPES}
+    assert results["malloc"] == "default"
     assert results["device"].startswith(("cpu:", "gpu:", "tpu:", "cuda:", "rocm:"))
+
+
+def test_pooler_step_returns_the_forward_and_takes_the_cotangent_as_an_argument():
+    # A cotangent closed over as a constant let XLA fold avg's backward pass at compile time, and
+    # an unreturned forward output let it drop the forward pass: the timing missed both.
+    step, (params, x, key, cotangent) = bench.pooler_step("avg", (2, 4, 6, 3))
+    y, (_, dx) = step(params, x, key, cotangent)
+    windows = np.asarray(x).reshape(2, 2, 2, 3, 2, 3)
+    np.testing.assert_allclose(y, windows.mean(axis=(2, 4)), rtol=1e-6)
+    y2, (_, dx2) = step(params, x, key, 2.0 * cotangent)
+    expected = np.repeat(np.repeat(np.asarray(cotangent), 2, axis=1), 2, axis=2) / 4
+    np.testing.assert_allclose(dx, expected, rtol=1e-6)
+    np.testing.assert_allclose(dx2, 2.0 * expected, rtol=1e-6)
+    assert cotangent.shape == y.shape == y2.shape
+
+
+def test_keep_freed_memory_reports_what_it_did():
+    # In a subprocess: mallopt changes the whole process's allocator.
+    code = "from train import bench; print(bench.keep_freed_memory())"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    line = out.stdout.strip()
+    if sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc":
+        assert line == "glibc, freed memory kept (M_MMAP_MAX=0, M_TRIM_THRESHOLD=1 GiB)"
+    else:
+        assert line.startswith("default (")
 
 
 def test_cnn_steps_run_on_mnist_sized_input():

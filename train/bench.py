@@ -27,6 +27,7 @@ Measured:
 
 from __future__ import annotations
 
+import ctypes
 import json
 import statistics
 import sys
@@ -53,6 +54,38 @@ _SKIP_CNN = flags.DEFINE_bool("skip-cnn", False, "Only the pooler table.")
 _CNN_INPUT = flags.DEFINE_string(
     "cnn-input", "32,32,3", "CNN input H,W,C (32,32,3: CIFAR; 28,28,1: MNIST, as the CLI trains)."
 )
+
+
+_M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4  # glibc's mallopt parameters (malloc.h)
+_KEEP = 1 << 30
+
+
+def keep_freed_memory() -> str:
+    """Makes glibc's malloc keep freed memory for reuse; returns what was done, for the report.
+
+    Each call of a benchmarked function allocates its outputs afresh (16 MiB for a pool's input
+    gradient) and frees them when the next call's result replaces them.  By default glibc hands
+    such large blocks back to the kernel (``munmap``, or trimming the heap), so the next call
+    page-faults the same amount in again: about 1 us per 4 KiB page, several ms per call, more
+    than the pooling itself, and it comes and goes with the allocator's state (dynamic
+    thresholds), which made the figures swing by up to 5x between sittings.  With ``mmap`` off
+    (``M_MMAP_MAX=0``) and trimming above 1 GiB only, freed blocks are reused and the figures
+    measure the computation.  A training step is not affected either way (measured: equal).
+
+    The PyTorch reference gets the same setting from the environment::
+
+      GLIBC_TUNABLES=glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=1073741824
+    """
+    if not sys.platform.startswith("linux"):
+        return f"default ({sys.platform} allocator)"
+    try:
+        libc = ctypes.CDLL(None)
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return "default (no glibc mallopt)"
+    if mallopt(_M_MMAP_MAX, 0) != 1 or mallopt(_M_TRIM_THRESHOLD, _KEEP) != 1:
+        return "default (mallopt refused)"
+    return "glibc, freed memory kept (M_MMAP_MAX=0, M_TRIM_THRESHOLD=1 GiB)"
 
 
 def time_interleaved(
@@ -86,8 +119,14 @@ def _shape_key(shape: Sequence[int]) -> str:
     return "(" + ",".join(str(s) for s in shape) + ")"
 
 
-def pooler_fwd_bwd(name: str, shape: Sequence[int]) -> Callable[[], object]:
-    """A no-argument closure running one jitted forward+backward of pooler ``name``."""
+def pooler_step(name: str, shape: Sequence[int]) -> tuple[Callable[..., object], tuple]:
+    """The jitted forward+backward of pooler ``name`` and its arguments: ``step(*args)`` returns
+    ``(y, (d params, d x))``.
+
+    Every input is an argument and the forward output is returned too: a cotangent closed over as
+    a constant lets XLA fold the backward pass at compile time (avg's gradient becomes a copy of a
+    constant), and an unused output lets it drop the forward pass's own work.
+    """
     module = jaxpool.create(name)
     x = jax.random.uniform(jax.random.key(0), shape)
     variables = module.init(
@@ -98,15 +137,20 @@ def pooler_fwd_bwd(name: str, shape: Sequence[int]) -> Callable[[], object]:
     cotangent = jax.random.normal(jax.random.key(3), out_shape)
 
     @jax.jit
-    def step(params, x, key):
+    def step(params, x, key, cotangent):
         def apply(p, v):
             return module.apply({"params": p}, v, deterministic=False, rngs={"pooling": key})
 
-        _, vjp = jax.vjp(apply, params, x)
-        return vjp(cotangent)
+        y, vjp = jax.vjp(apply, params, x)
+        return y, vjp(cotangent)
 
-    key = jax.random.key(4)
-    return lambda: step(params, x, key)
+    return step, (params, x, jax.random.key(4), cotangent)
+
+
+def pooler_fwd_bwd(name: str, shape: Sequence[int]) -> Callable[[], object]:
+    """A no-argument closure running one jitted forward+backward of pooler ``name``."""
+    step, args = pooler_step(name, shape)
+    return lambda: step(*args)
 
 
 def copy_floor(shape: Sequence[int]) -> Callable[[], object]:
@@ -146,18 +190,23 @@ def run(
     repeats: int,
     with_cnn: bool = True,
     cnn_input: Sequence[int] = CNN_IMAGE,
+    malloc: str = "default",
 ) -> dict:
     device = jax.devices()[0]
     results: dict = {
         "lib": f"jax {jax.__version__}",
         "device": f"{device.platform}:{device.device_kind} x{jax.device_count()}",
+        "malloc": malloc,
         "pool_fwdbwd_ms": {},
         "cnn_train_img_s": {},
         "cnn_eval_img_s": {},
         "misc_ms": {},
         "cnn_input": list(cnn_input),
     }
-    print(f"jaxpool bench on {results['device']} ({results['lib']}), median of {repeats}")
+    print(
+        f"jaxpool bench on {results['device']} ({results['lib']}), median of {repeats}; "
+        f"malloc: {malloc}"
+    )
     print(f"{'pooler':<11}{'shape':<18}{'fwd+bwd ms':>11}{'x max':>8}{'x copy':>8}")
     for shape in POOL_SHAPES:
         skey = _shape_key(shape)
@@ -233,7 +282,15 @@ def main(argv: Sequence[str]) -> None:
     except ValueError as e:
         print(f"train.bench: {e}", file=sys.stderr)
         sys.exit(2)
-    results = run(poolers, _REPEATS.value, with_cnn=not _SKIP_CNN.value, cnn_input=cnn_input)
+    # Before JAX allocates anything large: see keep_freed_memory.
+    malloc = keep_freed_memory()
+    results = run(
+        poolers,
+        _REPEATS.value,
+        with_cnn=not _SKIP_CNN.value,
+        cnn_input=cnn_input,
+        malloc=malloc,
+    )
     if _JSON.value:
         with open(_JSON.value, "w") as f:
             json.dump(results, f, indent=1)
