@@ -15,14 +15,16 @@ vary by up to 2x between runs.
 Measured:
 
 * ``pool_fwdbwd_ms["<pooler>@<shape>"]``: one pooler layer, training mode, forward + backward
-  (vjp w.r.t. input and parameters) on NHWC ``(256, 32, 32, 16)`` and ``(64, 16, 16, 32)``,
+  (one jitted call returning the output and its vjp w.r.t. input and parameters, the cotangent an
+  argument: see :func:`pooler_step`) on NHWC ``(256, 32, 32, 16)`` and ``(64, 16, 16, 32)``,
   with its ratio to jaxpool's max pool and to a jitted copy of the same tensor (the
   memory-traffic floor: ``misc_ms["copy@<shape>"]``);
 * ``cnn_train_img_s["<pooler>@<batch>"]`` / ``cnn_eval_img_s[...]``: the standard CNN on
   CIFAR-sized input (32x32x3, 10 classes; ``--cnn-input 28,28,1`` for MNIST's) with Adam, one
   jitted ``steps.train_step`` (micro-batched as ``train.main`` would on this device) /
   ``eval_step``, batch 64 and 256;
-* ``misc_ms["compile_train_step@<pooler>@<batch>"]``: lowering + compiling the train step.
+* ``misc_ms["compile_train_step@<pooler>@<batch>"]``: lowering + compiling the train step;
+* ``malloc``: the allocator setting the figures were taken under (:func:`keep_freed_memory`).
 """
 
 from __future__ import annotations
