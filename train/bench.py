@@ -24,7 +24,10 @@ Measured:
   jitted ``steps.train_step`` (micro-batched as ``train.main`` would on this device) /
   ``eval_step``, batch 64 and 256;
 * ``misc_ms["compile_train_step@<pooler>@<batch>"]``: lowering + compiling the train step;
-* ``malloc``: the allocator setting the figures were taken under (:func:`keep_freed_memory`).
+* ``malloc``: the allocator setting the figures were taken under (:func:`keep_freed_memory`);
+* ``page_faults_per_call["<pooler>@<shape>"]`` (and ``copy@<shape>``): minor page faults per timed
+  call of the pool figures, the "faults" column: well above 0, that figure includes memory faulted
+  back in (see :func:`time_interleaved`).
 """
 
 from __future__ import annotations
@@ -35,6 +38,11 @@ import statistics
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
+
+try:
+    import resource
+except ImportError:  # Windows
+    resource = None
 
 import jax
 import jax.numpy as jnp
@@ -90,8 +98,16 @@ def keep_freed_memory() -> str:
     return "glibc, freed memory kept (M_MMAP_MAX=0, M_TRIM_THRESHOLD=1 GiB)"
 
 
+def _minor_faults() -> int:
+    """Minor page faults of this process so far (0 where ``resource`` is missing: Windows)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt if resource else 0
+
+
 def time_interleaved(
-    fns: Mapping[str, Callable[[], object]], repeats: int = 7, target_s: float = 0.25
+    fns: Mapping[str, Callable[[], object]],
+    repeats: int = 7,
+    target_s: float = 0.25,
+    faults: dict[str, float] | None = None,
 ) -> dict[str, float]:
     """Median seconds per call of each of ``fns``, timed round-robin.
 
@@ -99,6 +115,10 @@ def time_interleaved(
     each of ``repeats`` rounds times one batch of every function in turn.  A transient slowdown of
     the machine thus lands on all of them alike instead of on whichever was being timed, so the
     ratios between them (to max pool, to a copy) hold even where absolute times drift.
+
+    ``faults``, if given, receives each function's minor page faults per timed call (the process's
+    count across its batches): well above 0, its time includes memory the allocator handed back to
+    the kernel and faulted in again (see :func:`keep_freed_memory`).
     """
     per_batch = {}
     for name, fn in fns.items():
@@ -108,12 +128,17 @@ def time_interleaved(
         jax.block_until_ready(fn())
         per_batch[name] = max(1, int(target_s / max(time.perf_counter() - start, 1e-6)))
     times: dict[str, list[float]] = {name: [] for name in fns}
+    faulted = dict.fromkeys(fns, 0)
     for _ in range(repeats):
         for name, fn in fns.items():
+            faults_before = _minor_faults()
             start = time.perf_counter()
             for _ in range(per_batch[name]):
                 jax.block_until_ready(fn())
             times[name].append((time.perf_counter() - start) / per_batch[name])
+            faulted[name] += _minor_faults() - faults_before
+    if faults is not None:
+        faults.update({name: faulted[name] / (repeats * per_batch[name]) for name in fns})
     return {name: statistics.median(ts) for name, ts in times.items()}
 
 
@@ -203,27 +228,34 @@ def run(
         "cnn_train_img_s": {},
         "cnn_eval_img_s": {},
         "misc_ms": {},
+        "page_faults_per_call": {},
         "cnn_input": list(cnn_input),
     }
     print(
         f"jaxpool bench on {results['device']} ({results['lib']}), median of {repeats}; "
         f"malloc: {malloc}"
     )
-    print(f"{'pooler':<11}{'shape':<18}{'fwd+bwd ms':>11}{'x max':>8}{'x copy':>8}")
+    print(f"{'pooler':<11}{'shape':<18}{'fwd+bwd ms':>11}{'x max':>8}{'x copy':>8}{'faults':>8}")
+    faults = results["page_faults_per_call"]
     for shape in POOL_SHAPES:
         skey = _shape_key(shape)
         fns = {"(copy)": copy_floor(shape)}
         fns.update({name: pooler_fwd_bwd(name, shape) for name in dict.fromkeys(["max", *poolers])})
-        ms = {name: s * 1e3 for name, s in time_interleaved(fns, repeats).items()}
+        faulted: dict[str, float] = {}
+        ms = {name: s * 1e3 for name, s in time_interleaved(fns, repeats, faults=faulted).items()}
         copy_ms, max_ms = ms["(copy)"], ms["max"]
         results["misc_ms"][f"copy@{skey}"] = copy_ms
+        faults[f"copy@{skey}"] = faulted["(copy)"]
         for name in poolers:
             results["pool_fwdbwd_ms"][f"{name}@{skey}"] = ms[name]
+            faults[f"{name}@{skey}"] = faulted[name]
             print(
                 f"{name:<11}{skey:<18}{ms[name]:>11.3f}{ms[name] / max_ms:>8.2f}"
-                f"{ms[name] / copy_ms:>8.2f}"
+                f"{ms[name] / copy_ms:>8.2f}{faulted[name]:>8.0f}"
             )
-        print(f"{'(copy)':<11}{skey:<18}{copy_ms:>11.3f}", flush=True)
+        print(
+            f"{'(copy)':<11}{skey:<18}{copy_ms:>11.3f}{'':>16}{faulted['(copy)']:>8.0f}", flush=True
+        )
     if with_cnn:
         print(
             f"\nstandard CNN on {'x'.join(map(str, cnn_input))} input, Adam, train step as "
