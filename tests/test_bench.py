@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import platform
 import subprocess
 import sys
@@ -23,6 +24,7 @@ def test_pool_table_has_every_key_and_positive_times():
     )
     assert all(f >= 0 for f in results["page_faults_per_call"].values())
     assert results["malloc"] == "default"
+    assert results["xla_flags"] == os.environ.get("XLA_FLAGS", "")
     assert results["device"].startswith(("cpu:", "gpu:", "tpu:", "cuda:", "rocm:"))
 
 

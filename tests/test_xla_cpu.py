@@ -1,4 +1,5 @@
-"""Tests of train/xla_cpu.py: when the XNNPACK convolution flags are added to XLA_FLAGS."""
+"""Tests of train/xla_cpu.py: when the XNNPACK convolution and vector-width flags are added to
+XLA_FLAGS."""
 
 from __future__ import annotations
 
@@ -38,6 +39,39 @@ def test_importing_train_sets_them_before_jax_starts_and_jax_accepts_them():
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True
     ).stdout.split("\n")
+    expected = []
     if xla_cpu._jaxlib_version().startswith(xla_cpu.VERIFIED_JAXLIB):
-        assert out[0].split() == list(xla_cpu.CONV_FLAGS)
+        expected += xla_cpu.CONV_FLAGS
+        if "avx512f" in xla_cpu._cpu_flags():
+            expected.append(xla_cpu.VECTOR_FLAG)
+    assert out[0].split() == expected
     assert out[1] == "3.0"
+
+
+def test_wide_vectors_only_on_avx512_verified_jaxlib_and_not_over_the_user():
+    avx512 = {"sse2", "avx2", "avx512f"}
+    env = {"XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
+    assert xla_cpu.prefer_wide_vectors(env, "0.10.2", avx512)
+    assert env["XLA_FLAGS"].split() == [
+        "--xla_force_host_platform_device_count=8",
+        xla_cpu.VECTOR_FLAG,
+    ]
+    assert not xla_cpu.prefer_wide_vectors(env, "0.10.2", avx512)  # not twice
+    mine = {"XLA_FLAGS": "--xla_cpu_prefer_vector_width=256"}
+    assert not xla_cpu.prefer_wide_vectors(mine, "0.10.2", avx512)
+    assert mine == {"XLA_FLAGS": "--xla_cpu_prefer_vector_width=256"}
+    for version, flags in (("0.10.2", {"sse2", "avx2"}), ("0.10.2", set()), ("0.11.0", avx512)):
+        env = {}
+        assert not xla_cpu.prefer_wide_vectors(env, version, flags)
+        assert env == {}
+
+
+def test_cpu_flags_are_read_from_proc_cpuinfo_where_it_exists():
+    flags = xla_cpu._cpu_flags()
+    if os.path.exists("/proc/cpuinfo") and sys.platform.startswith("linux"):
+        with open("/proc/cpuinfo") as f:
+            text = f.read()
+        assert "flags" not in text or flags  # x86 Linux lists them; some arches do not
+        assert all(flag in text for flag in flags)
+    else:
+        assert flags == set()

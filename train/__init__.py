@@ -3,3 +3,4 @@
 from train import xla_cpu
 
 xla_cpu.prefer_xnnpack_convolutions()
+xla_cpu.prefer_wide_vectors()

@@ -25,6 +25,8 @@ Measured:
   ``eval_step``, batch 64 and 256;
 * ``misc_ms["compile_train_step@<pooler>@<batch>"]``: lowering + compiling the train step;
 * ``malloc``: the allocator setting the figures were taken under (:func:`keep_freed_memory`);
+* ``xla_flags``: ``XLA_FLAGS`` as the run saw it (``import train`` adds the flags of
+  :mod:`train.xla_cpu`);
 * ``page_faults_per_call["<pooler>@<shape>"]`` (and ``copy@<shape>``): minor page faults per timed
   call of the pool figures, the "faults" column: well above 0, that figure includes memory faulted
   back in (see :func:`time_interleaved`).
@@ -34,6 +36,7 @@ from __future__ import annotations
 
 import ctypes
 import json
+import os
 import statistics
 import sys
 import time
@@ -224,6 +227,7 @@ def run(
         "lib": f"jax {jax.__version__}",
         "device": f"{device.platform}:{device.device_kind} x{jax.device_count()}",
         "malloc": malloc,
+        "xla_flags": os.environ.get("XLA_FLAGS", ""),
         "pool_fwdbwd_ms": {},
         "cnn_train_img_s": {},
         "cnn_eval_img_s": {},
@@ -235,6 +239,7 @@ def run(
         f"jaxpool bench on {results['device']} ({results['lib']}), median of {repeats}; "
         f"malloc: {malloc}"
     )
+    print(f"XLA_FLAGS: {results['xla_flags'] or '(none)'}")
     print(f"{'pooler':<11}{'shape':<18}{'fwd+bwd ms':>11}{'x max':>8}{'x copy':>8}{'faults':>8}")
     faults = results["page_faults_per_call"]
     for shape in POOL_SHAPES:

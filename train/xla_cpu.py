@@ -14,6 +14,15 @@ avg pooling). :func:`prefer_xnnpack_convolutions` moves the convolutions over by
 
 The results are the same float32 convolutions, only the kernel library differs
 (``tests/test_conv.py`` checks them against a NumPy float64 reference).
+
+On a CPU with AVX-512, :func:`prefer_wide_vectors` also asks XLA to emit its own loops (the
+poolers, the noise of the stochastic poolers) with 512-bit vectors instead of its default 256
+(:data:`VECTOR_FLAG`), under the same jaxlib and user-choice rules. Measured on a 2-core AVX-512
+x86 CPU, same process, each pooler's jitted step compiled both ways: XLA's threefry bits and
+Gumbel noise about 2x faster, pool forward+backward at (64, 16, 16, 32) 1.7x faster for
+stochastic and 1.55x for TDGS pooling (1.1-1.2x for mixed, gated, tree, s3; max and avg equal),
+and the standard CNN's train step 0-8% faster with the deterministic poolers and 17-21% with TDGS.
+The results were bitwise identical (every pooler's output and gradients, and a CNN train step).
 """
 
 from __future__ import annotations
@@ -26,6 +35,7 @@ CONV_FLAGS = (
     "--xla_cpu_experimental_ynn_fusion_type=-individual_convolution",
     "--xla_cpu_experimental_xnn_fusion_type=+individual_convolution",
 )
+VECTOR_FLAG = "--xla_cpu_prefer_vector_width=512"
 VERIFIED_JAXLIB = "0.10."
 
 
@@ -45,4 +55,37 @@ def prefer_xnnpack_convolutions(
     if not version.startswith(VERIFIED_JAXLIB) or "nn_fusion_type" in current:
         return False
     environ["XLA_FLAGS"] = " ".join([current, *CONV_FLAGS]).strip()
+    return True
+
+
+def _cpu_flags() -> set[str]:
+    """The CPU feature flags of ``/proc/cpuinfo`` (Linux); empty elsewhere or if unreadable."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def prefer_wide_vectors(
+    environ: MutableMapping[str, str] = os.environ,
+    jaxlib_version: str | None = None,
+    cpu_flags: set[str] | None = None,
+) -> bool:
+    """Adds :data:`VECTOR_FLAG` to ``environ["XLA_FLAGS"]`` on an AVX-512 CPU, where safe;
+    returns whether it did.  Left alone: other jaxlib versions, CPUs without ``avx512f``, and
+    ``XLA_FLAGS`` that already set a vector width."""
+    version = _jaxlib_version() if jaxlib_version is None else jaxlib_version
+    flags = _cpu_flags() if cpu_flags is None else cpu_flags
+    current = environ.get("XLA_FLAGS", "")
+    if (
+        not version.startswith(VERIFIED_JAXLIB)
+        or "avx512f" not in flags
+        or "xla_cpu_prefer_vector_width" in current
+    ):
+        return False
+    environ["XLA_FLAGS"] = " ".join([current, VECTOR_FLAG]).strip()
     return True
