@@ -81,9 +81,10 @@ def keep_freed_memory() -> str:
     such large blocks back to the kernel (``munmap``, or trimming the heap), so the next call
     page-faults the same amount in again: about 1 us per 4 KiB page, several ms per call, more
     than the pooling itself, and it comes and goes with the allocator's state (dynamic
-    thresholds), which made the figures swing by up to 5x between sittings.  With ``mmap`` off
-    (``M_MMAP_MAX=0``) and trimming above 1 GiB only, freed blocks are reused and the figures
-    measure the computation.  A training step is not affected either way (measured: equal).
+    thresholds), which made the figures swing by several times between sittings.  With ``mmap``
+    off (``M_MMAP_MAX=0``) and trimming above 1 GiB only, freed blocks are mostly reused: some
+    runs still fault (the faults column of the report says which figures), but most count none.
+    A training step is not affected either way (measured: equal).
 
     The PyTorch reference gets the same setting from the environment::
 
