@@ -7,6 +7,12 @@ import os
 import subprocess
 import sys
 
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jaxpool
 from train import xla_cpu
 
 
@@ -75,3 +81,36 @@ def test_cpu_flags_are_read_from_proc_cpuinfo_where_it_exists():
         assert all(flag in text for flag in flags)
     else:
         assert flags == set()
+
+
+@pytest.mark.parametrize("name", ["tdgs", "stochastic", "gated"])
+def test_wide_vectors_give_bitwise_the_same_pooling(name):
+    # prefer_wide_vectors promises only speed: the same step compiled for 256- and 512-bit vectors
+    # must give the same output and gradients to the bit (exp/log included).
+    if jax.default_backend() != "cpu":
+        pytest.skip("an XLA:CPU compile option")
+    module = jaxpool.create(name)
+    x = jax.random.normal(jax.random.key(0), (2, 8, 8, 16))
+    variables = module.init(
+        {"params": jax.random.key(1), "pooling": jax.random.key(2)}, x, deterministic=True
+    )
+
+    def step(params, x, key):
+        def apply(p, v):
+            return module.apply({"params": p}, v, deterministic=False, rngs={"pooling": key})
+
+        y, vjp = jax.vjp(apply, params, x)
+        return y, vjp(jnp.cos(y))
+
+    params = variables.get("params", {})
+    lowered = jax.jit(step).lower(params, x, jax.random.key(3))
+    outs = [
+        lowered.compile(compiler_options={"xla_cpu_prefer_vector_width": width})(
+            params, x, jax.random.key(3)
+        )
+        for width in (256, 512)
+    ]
+    leaves = [jax.tree_util.tree_leaves(out) for out in outs]
+    assert len(leaves[0]) >= 2  # y, d x (and d params)
+    for a, b in zip(*leaves, strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
