@@ -23,6 +23,8 @@ Gumbel noise about 2x faster, pool forward+backward at (64, 16, 16, 32) 1.7x fas
 stochastic and 1.55x for TDGS pooling (1.1-1.2x for mixed, gated, tree, s3; max and avg equal),
 and the standard CNN's train step 0-8% faster with the deterministic poolers and 17-21% with TDGS.
 The results were bitwise identical (every pooler's output and gradients, and a CNN train step).
+Not measured on Intel CPUs, some of which lower their clock for 512-bit code: there
+``XLA_FLAGS=--xla_cpu_prefer_vector_width=256`` keeps XLA's default.
 """
 
 from __future__ import annotations
