@@ -8,12 +8,10 @@ import subprocess
 import sys
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import jaxpool
-from train import xla_cpu
+from train import bench, xla_cpu
 
 
 def test_flags_added_on_jaxlib_0_10_after_existing_flags():
@@ -89,25 +87,10 @@ def test_wide_vectors_give_bitwise_the_same_pooling(name):
     # must give the same output and gradients to the bit (exp/log included).
     if jax.default_backend() != "cpu":
         pytest.skip("an XLA:CPU compile option")
-    module = jaxpool.create(name)
-    x = jax.random.normal(jax.random.key(0), (2, 8, 8, 16))
-    variables = module.init(
-        {"params": jax.random.key(1), "pooling": jax.random.key(2)}, x, deterministic=True
-    )
-
-    def step(params, x, key):
-        def apply(p, v):
-            return module.apply({"params": p}, v, deterministic=False, rngs={"pooling": key})
-
-        y, vjp = jax.vjp(apply, params, x)
-        return y, vjp(jnp.cos(y))
-
-    params = variables.get("params", {})
-    lowered = jax.jit(step).lower(params, x, jax.random.key(3))
+    step, args = bench.pooler_step(name, (2, 8, 8, 16))
+    lowered = step.lower(*args)
     outs = [
-        lowered.compile(compiler_options={"xla_cpu_prefer_vector_width": width})(
-            params, x, jax.random.key(3)
-        )
+        lowered.compile(compiler_options={"xla_cpu_prefer_vector_width": width})(*args)
         for width in (256, 512)
     ]
     leaves = [jax.tree_util.tree_leaves(out) for out in outs]

@@ -56,8 +56,13 @@ def prefer_xnnpack_convolutions(
     current = environ.get("XLA_FLAGS", "")
     if not version.startswith(VERIFIED_JAXLIB) or "nn_fusion_type" in current:
         return False
-    environ["XLA_FLAGS"] = " ".join([current, *CONV_FLAGS]).strip()
+    _append_flags(environ, CONV_FLAGS)
     return True
+
+
+def _append_flags(environ: MutableMapping[str, str], flags: tuple[str, ...]) -> None:
+    """Appends ``flags`` to ``environ["XLA_FLAGS"]``, after what the user set."""
+    environ["XLA_FLAGS"] = " ".join([environ.get("XLA_FLAGS", ""), *flags]).strip()
 
 
 def _cpu_flags() -> set[str]:
@@ -89,5 +94,5 @@ def prefer_wide_vectors(
         or "xla_cpu_prefer_vector_width" in current
     ):
         return False
-    environ["XLA_FLAGS"] = " ".join([current, VECTOR_FLAG]).strip()
+    _append_flags(environ, (VECTOR_FLAG,))
     return True
