@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxpool import _rng, _window_ops, _windows
+from jaxpool import _rng, _tdgs, _window_ops, _windows
 
 Window = int | Sequence[int]
 _F32 = jnp.float32
@@ -400,6 +400,12 @@ def tdgs_pool(
     inv_t = 1.0 / (jax.nn.relu(_temperature_for(temperature, spec, c)) + eps)
     inv_t = _window_ops.broadcast_param(inv_t, (n, *spec.out_size, c))
     inv_tau = 1.0 / jnp.asarray(tau, _F32)
+    k = spec.window[0] * spec.window[1]
+    # One Gumbel per window element, (K, N, Ho, Wo, C), negated.
+    noise = None if deterministic else _rng.neg_gumbel(key, (k, n, *spec.out_size, c))
+    x6 = None if deterministic else _windows.window_view(x4, spec)
+    if x6 is not None:
+        return _finish(_tdgs.view_sample(x6, inv_t, inv_tau, noise), x.dtype, unbatched)
     values = _window_ops.f32(_windows.window_elements(x4, spec, stack_gradient=True))
     masks = _windows.valid_masks(spec)
     # Padding enters the logits as an offset of -inf (0 elsewhere): never drawn, weight 0.
@@ -407,79 +413,9 @@ def tdgs_pool(
         jnp.zeros(()) if m is None else jnp.where(m, 0.0, -jnp.inf)
         for m in (masks or [None] * len(values))
     )
-    # One Gumbel per window element, (K, N, Ho, Wo, C), negated.
-    noise = (
-        jnp.zeros(()) if deterministic else _rng.neg_gumbel(key, (len(values), *values[0].shape))
-    )
-    y = _tdgs_window(tuple(values), inv_t, inv_tau, offsets, noise, not deterministic)
+    noise = jnp.zeros(()) if deterministic else noise
+    y = _tdgs.window_sample(tuple(values), inv_t, inv_tau, offsets, noise, not deterministic)
     return _finish(y, x.dtype, unbatched)
-
-
-def _tdgs_forward(values, inv_t, inv_tau, offsets, noise, hard: bool):
-    """TDGS over a window given as elements; returns ``(y, weights, index, logits)``.
-
-    ``hard``: ``y`` is the element drawn by the Gumbel-max trick on ``(R / t + g) / tau`` (with
-    ``g = -noise``) and ``weights`` the soft sample; otherwise ``weights = softmax(R / t)`` and
-    ``y = sum weights R``.  ``index`` is the drawn element (None unless ``hard``); ``logits`` are
-    the (perturbed) logits.
-    """
-    logits = [v * inv_t + o for v, o in zip(values, offsets, strict=True)]
-    if not hard:
-        weights = _window_ops.window_softmax(logits)
-        return _window_ops.window_dot(weights, values), weights, None, logits
-    perturbed = [(z - e) * inv_tau for z, e in zip(logits, noise, strict=True)]
-    index = _window_ops.first_argmax(perturbed)
-    return (
-        _window_ops.select(index, values),
-        _window_ops.window_softmax(perturbed),
-        index,
-        perturbed,
-    )
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(5,))
-def _tdgs_window(values, inv_t, inv_tau, offsets, noise, hard):
-    """TDGS value with a hand-written gradient: one fused pass instead of autodiff's many.
-
-    The gradient equals autodiff of ``y_hard + sum (s - stop_gradient(s)) R`` (straight-through,
-    ``hard``) or of ``sum softmax(R / t) R``; the tests compare the two.  With ``w`` the weights,
-    ``m = sum w R`` and ``a_k = dy w_k (R_k - m)``: ``dR_k = dy [k drawn] + a_k / (tau t)`` (or
-    ``dy w_k + a_k / t`` deterministic), ``d(1/t) = sum_k a_k R_k / tau`` (or ``sum_k a_k R_k``),
-    ``d(1/tau) = sum_k a_k (R_k / t + g_k)``.
-    """
-    return _tdgs_forward(values, inv_t, inv_tau, offsets, noise, hard)[0]
-
-
-def _tdgs_window_fwd(values, inv_t, inv_tau, offsets, noise, hard):
-    # Recomputing in the backward pass is cheaper than storing K weights.
-    y = _tdgs_window(values, inv_t, inv_tau, offsets, noise, hard)
-    return y, (values, inv_t, inv_tau, offsets, noise)
-
-
-def _tdgs_window_bwd(hard, residuals, cotangent):
-    values, inv_t, inv_tau, offsets, noise = residuals
-    _, weights, index, scaled = _tdgs_forward(values, inv_t, inv_tau, offsets, noise, hard)
-    mean = _window_ops.window_dot(weights, values)
-    # a_k is 0 for padding (w = 0, R = 0).
-    a = [cotangent * w * (v - mean) for w, v in zip(weights, values, strict=True)]
-    d_inv_t = _window_ops.window_dot(a, values)
-    if hard:
-        d_values = [
-            jnp.where(index == k, cotangent, 0.0) + a_k * (inv_t * inv_tau)
-            for k, a_k in enumerate(a)
-        ]
-        d_inv_t = d_inv_t * inv_tau
-        # Unscaled logits R/t + g, 0 at padding (their -inf times w = 0 would be NaN).
-        finite = [jnp.where(o == 0, z / inv_tau, 0.0) for o, z in zip(offsets, scaled, strict=True)]
-        d_inv_tau = jnp.sum(_window_ops.window_dot(a, finite))
-    else:
-        d_values = [cotangent * w + a_k * inv_t for w, a_k in zip(weights, a, strict=True)]
-        d_inv_tau = jnp.zeros_like(inv_tau)
-    zeros = jax.tree_util.tree_map(jnp.zeros_like, (offsets, noise))
-    return (tuple(d_values), _window_ops.same_sharding(d_inv_t, inv_t), d_inv_tau, *zeros)
-
-
-_tdgs_window.defvjp(_tdgs_window_fwd, _tdgs_window_bwd)
 
 
 # ----------------------------------------------------------------------------- S3Pool
