@@ -170,10 +170,8 @@ def _view_sample_bwd(residuals, cotangent):
     centred = [v - mean for v in values]
     spread = _window_ops.window_dot(exps, [c * c for c in centred])
     d_inv_t = cotangent * inv_total * spread * inv_tau
-    unscaled = [v * inv_t - e for v, e in zip(values, noise, strict=True)]
-    d_inv_tau = jnp.sum(
-        cotangent * inv_total * _window_ops.window_dot(exps, [c * u for c, u in zip(centred, unscaled)])
-    )
+    unscaled = [(v * inv_t - e) * c for v, e, c in zip(values, noise, centred, strict=True)]
+    d_inv_tau = jnp.sum(cotangent * inv_total * _window_ops.window_dot(exps, unscaled))
     return (
         dx6.astype(x6.dtype),
         _window_ops.same_sharding(d_inv_t, inv_t),

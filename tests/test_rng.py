@@ -1,8 +1,10 @@
 """The noise behind the stochastic poolers: jaxpool._rng.uniform and gumbel.
 
-They draw with XLA's ``lax.rng_bit_generator`` instead of ``jax.random``'s threefry, so these tests
-check what ``jax.random`` would guarantee: the distribution, finiteness, batching (row ``i`` of a
-``vmap`` over keys is the draw for key ``i``) and independence from how the batch is sharded.
+They draw with jaxpool's own Threefry-2x32-20 (checked against Random123's known answers and
+``jax.random``'s implementation) over element indices instead of ``jax.random``'s bit layout, so
+these tests check what ``jax.random`` would guarantee: the distribution, finiteness, batching (row
+``i`` of a ``vmap`` over keys is the draw for key ``i``) and independence from how the batch is
+sharded.
 """
 
 from __future__ import annotations
@@ -65,7 +67,7 @@ def test_gumbel_extreme_bits_stay_finite():
     # All-zero bits give u = 0 (clamped to the smallest normal float, as jax.random.gumbel), all-one
     # bits the largest u, 1 - 2^-23.  Neither may give inf or NaN.
     bits = jnp.array([0, 1, (1 << 9) - 1, 1 << 9, 0xFFFFFFFF], jnp.uint32)
-    with mock.patch.object(_rng, "_rng_bits", lambda shape: lambda seed: bits):
+    with mock.patch.object(_rng, "threefry_bits", lambda seed, shape: bits):
         u = _rng.uniform(jax.random.key(0), bits.shape)
         g = _rng.gumbel(jax.random.key(0), bits.shape)
     np.testing.assert_array_equal(u, [0.0, 0.0, 0.0, 2.0**-23, 1.0 - 2.0**-23])
@@ -73,6 +75,42 @@ def test_gumbel_extreme_bits_stay_finite():
     tiny = np.finfo(np.float32).tiny
     np.testing.assert_allclose(g[0], -np.log(-np.log(np.float64(tiny))), rtol=1e-6)
     np.testing.assert_allclose(g[-1], -np.log(-np.log1p(-(2.0**-23))), rtol=1e-3)
+
+
+@pytest.mark.parametrize(
+    "key, counter, expected",
+    [
+        ((0, 0), (0, 0), (0x6B200159, 0x99BA4EFE)),
+        ((0xFFFFFFFF, 0xFFFFFFFF), (0xFFFFFFFF, 0xFFFFFFFF), (0x1CB996FC, 0xBB002BE7)),
+        ((0x13198A2E, 0x03707344), (0x243F6A88, 0x85A308D3), (0xC4923A9C, 0x483DF7A0)),
+    ],
+)
+def test_threefry_matches_random123_known_answers(key, counter, expected):
+    # Random123's kat_vectors for threefry2x32 with 20 rounds.
+    words = _rng.threefry2x32(*(jnp.uint32(v) for v in (*key, *counter)))
+    assert tuple(int(w) for w in words) == expected
+
+
+def test_threefry_matches_jax_random_implementation():
+    from jax.extend.random import threefry_2x32
+
+    rng = np.random.default_rng(0)
+    key = rng.integers(0, 2**32, 2, dtype=np.uint32)
+    c0, c1 = rng.integers(0, 2**32, (2, 1000), dtype=np.uint32)
+    ours = _rng.threefry2x32(*(jnp.asarray(v) for v in (key[0], key[1], c0, c1)))
+    theirs = threefry_2x32(jnp.asarray(key), jnp.concatenate([c0, c1]))
+    np.testing.assert_array_equal(np.concatenate([np.asarray(w) for w in ours]), theirs)
+
+
+def test_bits_are_the_threefry_words_of_consecutive_blocks():
+    seed = jnp.array([7, 8, 9, 0xFFFFFFF0], jnp.uint32)  # the block + seed[3] counter wraps around
+    bits = _rng.threefry_bits(seed, (3, 5))
+    blocks = (np.arange(8, dtype=np.uint32) + np.uint32(0xFFFFFFF0)).astype(np.uint32)
+    x0, x1 = _rng.threefry2x32(seed[0], seed[1], jnp.asarray(blocks), jnp.full(8, 9, jnp.uint32))
+    # 15 words from 8 blocks: the first words, then the second words (the last one unused).
+    np.testing.assert_array_equal(bits, np.concatenate([x0, x1])[:15].reshape(3, 5))
+    with pytest.raises(ValueError, match="at most 2\\*\\*32"):
+        jax.eval_shape(lambda s: _rng.threefry_bits(s, (1 << 16, 1 << 16)), seed)
 
 
 def test_uniform_is_fixed_by_the_key_and_shape():
@@ -87,7 +125,6 @@ def test_uniform_is_fixed_by_the_key_and_shape():
 
 @pytest.mark.parametrize("fn", [_rng.uniform, _rng.gumbel], ids=["uniform", "gumbel"])
 def test_vmap_over_keys_gives_each_key_its_own_draw(fn):
-    # lax.rng_bit_generator alone would give every row the first key's draw.
     keys = jax.random.split(jax.random.key(5), 6)
     loop = np.stack([fn(k, (3, 4)) for k in keys])
     assert len({row.tobytes() for row in loop}) == len(keys)
