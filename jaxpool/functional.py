@@ -430,8 +430,7 @@ def _s3_indices(key: jax.Array, size: int, stride: int, grid: int) -> jax.Array:
     available = rows < size - stride + 1
     block_len = np.minimum(grid, size - np.arange(n_blocks) * grid)
     need = (block_len // stride)[:, None]
-    # A few scores per call: jax.random is cheap here, and under s3_pool's per-example vmap it
-    # batches natively, where _rng.uniform would draw the examples one at a time.
+    # A few scores per call: jax.random is cheap here.
     scores = jnp.where(available, jax.random.uniform(key, (n_blocks, grid)), 2.0)
     ranks = jnp.argsort(jnp.argsort(scores, axis=1), axis=1)
     chosen = (ranks < need).reshape(-1)
