@@ -53,27 +53,30 @@ def threefry2x32(k0, k1, c0, c1) -> tuple[jax.Array, jax.Array]:
     return x0, x1
 
 
+_BLOCKS_PER_ROW = 2**31  # counters (c0, c1) = (j mod this + seed[3], j // this + seed[2])
+
+
 def threefry_bits(seed: jax.Array, shape: tuple[int, ...]) -> jax.Array:
     """``(*shape)`` uint32 random words from a ``(4,)`` uint32 ``seed``.
 
-    With ``h = ceil(size / 2)`` blocks of :func:`threefry2x32` (key ``seed[0:2]``, block ``j``'s
-    counter ``(j + seed[3], seed[2])``), the row-major elements ``0 .. h-1`` are the blocks' first
-    words and ``h ..`` their second words (as ``jax.random``'s ``threefry_2x32`` splits its counts).
+    With ``h = ceil(size / 2)`` blocks of :func:`threefry2x32` (key ``seed[0:2]``; block ``j``'s
+    counter ``(j + seed[3], seed[2])`` while ``j < 2**31``, its high word counting on above), the
+    row-major elements ``0 .. h-1`` are the blocks' first words and ``h ..`` their second words (as
+    ``jax.random``'s ``threefry_2x32`` splits its counts).
 
     Written in jnp ops rather than ``lax.rng_bit_generator``: on a 2-core AVX-512 CPU it drew
-    4.2 M words 2.1x faster than XLA's own threefry, which computes each element's counter in
-    64-bit arithmetic.
+    4.2 M words 2.0x faster than XLA's own threefry, which computes each element's counter in
+    64-bit arithmetic (and 13x faster than ``jax.random.bits``).
     """
     size = math.prod(shape)
-    if size >= 2**32:
-        raise ValueError(
-            f"jaxpool draws at most 2**32 - 1 random numbers per call; got shape {shape} "
-            f"({size} elements)"
-        )
     half = -(-size // 2)
-    index = jax.lax.iota(jnp.uint32, half) + seed[3]
-    x0, x1 = threefry2x32(seed[0], seed[1], index, jnp.broadcast_to(seed[2], (half,)))
-    return jnp.concatenate([x0, x1])[:size].reshape(shape)
+    width = max(1, min(half, _BLOCKS_PER_ROW))
+    grid = (-(-half // width), width)
+    low = jax.lax.broadcasted_iota(jnp.uint32, grid, 1) + seed[3]
+    high = jax.lax.broadcasted_iota(jnp.uint32, grid, 0) + seed[2]
+    x0, x1 = threefry2x32(seed[0], seed[1], low, high)
+    words = jnp.concatenate([x0.reshape(-1)[:half], x1.reshape(-1)[:half]])
+    return words[:size].reshape(shape)
 
 
 def gumbel(key: jax.Array, shape: tuple[int, ...]) -> jax.Array:

@@ -109,8 +109,19 @@ def test_bits_are_the_threefry_words_of_consecutive_blocks():
     x0, x1 = _rng.threefry2x32(seed[0], seed[1], jnp.asarray(blocks), jnp.full(8, 9, jnp.uint32))
     # 15 words from 8 blocks: the first words, then the second words (the last one unused).
     np.testing.assert_array_equal(bits, np.concatenate([x0, x1])[:15].reshape(3, 5))
-    with pytest.raises(ValueError, match="at most 2\\*\\*32"):
-        jax.eval_shape(lambda s: _rng.threefry_bits(s, (1 << 16, 1 << 16)), seed)
+
+
+def test_bits_beyond_one_row_of_counters_count_on_in_the_high_word(monkeypatch):
+    # Above 2**31 blocks the counter's high word takes over; shown here with rows of 3 blocks.
+    monkeypatch.setattr(_rng, "_BLOCKS_PER_ROW", 3)
+    seed = jnp.array([7, 8, 9, 10], jnp.uint32)
+    bits = _rng.threefry_bits(seed, (2, 7))  # 7 blocks: rows of 3, 3 and 1
+    block = np.arange(7)
+    low = jnp.asarray((block % 3 + 10).astype(np.uint32))
+    high = jnp.asarray((block // 3 + 9).astype(np.uint32))
+    x0, x1 = _rng.threefry2x32(seed[0], seed[1], low, high)
+    np.testing.assert_array_equal(bits, np.concatenate([x0, x1])[:14].reshape(2, 7))
+    assert len(set(np.asarray(bits).ravel().tolist())) == 14
 
 
 def test_uniform_is_fixed_by_the_key_and_shape():
