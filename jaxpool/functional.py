@@ -11,8 +11,9 @@ are flattened in row-major ``(kh, kw)`` order; learnable window-shaped kernels u
 Stochastic functions take an explicit ``key`` and raise without one unless ``deterministic=True``.
 Their per-element noise (uniforms, Gumbels) comes from the Threefry-2x32-20 generator of
 ``jax.random`` seeded by ``key`` and written in jnp ops (:func:`jaxpool._rng.uniform`): the
-distributions of ``jax.random.uniform`` and ``jax.random.gumbel``, other bits.  As with ``jax.random``, a ``vmap`` over keys equals a loop over
-them, and the samples do not depend on how the batch is sharded.
+distributions of ``jax.random.uniform`` and ``jax.random.gumbel``, other bits.  As with
+``jax.random``, a ``vmap`` over keys equals a loop over them, and the samples do not depend on how
+the batch is sharded.
 """
 
 from __future__ import annotations

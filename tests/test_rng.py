@@ -1,7 +1,7 @@
 """The noise behind the stochastic poolers: jaxpool._rng.uniform and gumbel.
 
 They draw with jaxpool's own Threefry-2x32-20 (checked against Random123's known answers and
-``jax.random``'s implementation) over element indices instead of ``jax.random``'s bit layout, so
+``jax.random``'s implementation) over block counters instead of ``jax.random``'s bit layout, so
 these tests check what ``jax.random`` would guarantee: the distribution, finiteness, batching (row
 ``i`` of a ``vmap`` over keys is the draw for key ``i``) and independence from how the batch is
 sharded.
