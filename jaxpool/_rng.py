@@ -53,30 +53,38 @@ def threefry2x32(k0, k1, c0, c1) -> tuple[jax.Array, jax.Array]:
     return x0, x1
 
 
-_BLOCKS_PER_ROW = 2**31  # counters (c0, c1) = (j mod this + seed[3], j // this + seed[2])
-
-
 def threefry_bits(seed: jax.Array, shape: tuple[int, ...]) -> jax.Array:
     """``(*shape)`` uint32 random words from a ``(4,)`` uint32 ``seed``.
 
-    With ``h = ceil(size / 2)`` blocks of :func:`threefry2x32` (key ``seed[0:2]``; block ``j``'s
-    counter ``(j + seed[3], seed[2])`` while ``j < 2**31``, its high word counting on above), the
-    row-major elements ``0 .. h-1`` are the blocks' first words and ``h ..`` their second words (as
-    ``jax.random``'s ``threefry_2x32`` splits its counts).
+    The array is halved along its split axis (the second-to-last of a 3-D or larger shape, else
+    the last): block ``j`` of :func:`threefry2x32` (key ``seed[0:2]``, counter
+    ``(j + seed[3], seed[2])``, ``j`` the row-major index into the halved shape) gives its first
+    word to element ``j`` of the first half and its second word to the same place in the second
+    half.  Every element is a function of its index, so the draw partitions along the other axes
+    (a batch sharded over devices draws only its own part), and the split keeps the last axis
+    (channels) contiguous for vectorised loops.
 
     Written in jnp ops rather than ``lax.rng_bit_generator``: on a 2-core AVX-512 CPU it drew
     4.2 M words 2.0x faster than XLA's own threefry, which computes each element's counter in
     64-bit arithmetic (and 13x faster than ``jax.random.bits``).
     """
-    size = math.prod(shape)
-    half = -(-size // 2)
-    width = max(1, min(half, _BLOCKS_PER_ROW))
-    grid = (-(-half // width), width)
-    low = jax.lax.broadcasted_iota(jnp.uint32, grid, 1) + seed[3]
-    high = jax.lax.broadcasted_iota(jnp.uint32, grid, 0) + seed[2]
-    x0, x1 = threefry2x32(seed[0], seed[1], low, high)
-    words = jnp.concatenate([x0.reshape(-1)[:half], x1.reshape(-1)[:half]])
-    return words[:size].reshape(shape)
+    shape = tuple(shape)
+    if not shape:
+        return threefry_bits(seed, (1,)).reshape(())
+    axis = len(shape) - 2 if len(shape) >= 3 else len(shape) - 1
+    grid = tuple(-(-n // 2) if d == axis else n for d, n in enumerate(shape))
+    if math.prod(grid) >= 2**32:
+        raise ValueError(
+            f"jaxpool's noise counters cover at most 2**32 - 1 blocks of two random numbers per "
+            f"call (about 8.6e9 numbers); got shape {shape}"
+        )
+    index = jnp.zeros(grid, jnp.uint32)
+    stride = 1
+    for d in reversed(range(len(grid))):
+        index = index + jax.lax.broadcasted_iota(jnp.uint32, grid, d) * np.uint32(stride)
+        stride *= grid[d]
+    x0, x1 = threefry2x32(seed[0], seed[1], index + seed[3], jnp.broadcast_to(seed[2], grid))
+    return jax.lax.slice_in_dim(jnp.concatenate([x0, x1], axis=axis), 0, shape[axis], axis=axis)
 
 
 def gumbel(key: jax.Array, shape: tuple[int, ...]) -> jax.Array:

@@ -102,26 +102,29 @@ def test_threefry_matches_jax_random_implementation():
     np.testing.assert_array_equal(np.concatenate([np.asarray(w) for w in ours]), theirs)
 
 
-def test_bits_are_the_threefry_words_of_consecutive_blocks():
+@pytest.mark.parametrize("shape, axis", [((3, 5), 1), ((7,), 0), ((2, 3, 5, 4), 2)])
+def test_bits_halve_the_split_axis_into_first_and_second_words(shape, axis):
     seed = jnp.array([7, 8, 9, 0xFFFFFFF0], jnp.uint32)  # the block + seed[3] counter wraps around
-    bits = _rng.threefry_bits(seed, (3, 5))
-    blocks = (np.arange(8, dtype=np.uint32) + np.uint32(0xFFFFFFF0)).astype(np.uint32)
-    x0, x1 = _rng.threefry2x32(seed[0], seed[1], jnp.asarray(blocks), jnp.full(8, 9, jnp.uint32))
-    # 15 words from 8 blocks: the first words, then the second words (the last one unused).
-    np.testing.assert_array_equal(bits, np.concatenate([x0, x1])[:15].reshape(3, 5))
+    bits = np.asarray(_rng.threefry_bits(seed, shape))
+    grid = list(shape)
+    grid[axis] = -(-shape[axis] // 2)
+    blocks = (np.arange(np.prod(grid), dtype=np.uint32) + np.uint32(0xFFFFFFF0)).astype(np.uint32)
+    x0, x1 = (
+        np.asarray(w).reshape(grid)
+        for w in _rng.threefry2x32(
+            seed[0], seed[1], jnp.asarray(blocks), jnp.full(blocks.shape, 9, jnp.uint32)
+        )
+    )
+    expected = np.concatenate([x0, x1], axis=axis).take(np.arange(shape[axis]), axis=axis)
+    np.testing.assert_array_equal(bits, expected)
+    assert len(set(bits.ravel().tolist())) == bits.size
+    assert _rng.threefry_bits(seed, ()).shape == ()
 
 
-def test_bits_beyond_one_row_of_counters_count_on_in_the_high_word(monkeypatch):
-    # Above 2**31 blocks the counter's high word takes over; shown here with rows of 3 blocks.
-    monkeypatch.setattr(_rng, "_BLOCKS_PER_ROW", 3)
-    seed = jnp.array([7, 8, 9, 10], jnp.uint32)
-    bits = _rng.threefry_bits(seed, (2, 7))  # 7 blocks: rows of 3, 3 and 1
-    block = np.arange(7)
-    low = jnp.asarray((block % 3 + 10).astype(np.uint32))
-    high = jnp.asarray((block // 3 + 9).astype(np.uint32))
-    x0, x1 = _rng.threefry2x32(seed[0], seed[1], low, high)
-    np.testing.assert_array_equal(bits, np.concatenate([x0, x1])[:14].reshape(2, 7))
-    assert len(set(np.asarray(bits).ravel().tolist())) == 14
+def test_bits_beyond_the_counter_range_fail_clearly():
+    seed = jnp.zeros(4, jnp.uint32)
+    with pytest.raises(ValueError, match="at most 2\\*\\*32 - 1 blocks"):
+        jax.eval_shape(lambda s: _rng.threefry_bits(s, (1 << 17, 1 << 17)), seed)
 
 
 def test_uniform_is_fixed_by_the_key_and_shape():
@@ -176,6 +179,9 @@ eight = jax.jit(draws, out_shardings=out)(jax.device_put(x, batch), key)
 for name in one:
     assert len(eight[name].sharding.device_set) == 8, name
     np.testing.assert_array_equal(np.asarray(one[name]), np.asarray(eight[name]), err_msg=name)
+# Each device draws the noise of its own examples: no device gathers the others' draws.
+hlo = jax.jit(draws, out_shardings=out).lower(jax.device_put(x, batch), key).compile().as_text()
+assert "all-gather" not in hlo
 print("ok")
 """
 
