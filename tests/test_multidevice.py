@@ -1,5 +1,5 @@
-"""Every pooler end to end (digits on 8 virtual CPU devices, mock TFDS MNIST on 1); and 1 device
-vs 8 devices vs 2 processes.
+"""Every pooler end to end (digits on 8 virtual CPU devices, mock TFDS MNIST on 1); 1 device vs
+8 devices vs 2 processes; and every pooler's gradient partitioned along a sharded batch.
 
 The device count of a JAX process is fixed at start-up, hence subprocesses. Compilation dominates
 these tiny runs, so the subprocesses ask XLA for its cheapest optimisation level and run side by
@@ -153,3 +153,49 @@ def test_one_device_eight_devices_and_two_processes_agree(tmp_path):
         assert run["test_loss"] == pytest.approx(one["test_loss"], rel=1e-4), name
         assert run["train_accuracy"] == pytest.approx(one["train_accuracy"], abs=1.5 / 1408), name
         assert run["test_accuracy"] == pytest.approx(one["test_accuracy"], abs=1.5 / 359), name
+
+
+PARTITION_SCRIPT = """
+import re
+import jax, jax.numpy as jnp, numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+import jaxpool
+
+mesh = Mesh(np.array(jax.devices()), ("data",))
+x = jax.device_put(jnp.ones((16, 8, 8, 4)), NamedSharding(mesh, P("data")))
+for name in jaxpool.available():
+    module = jaxpool.create(name)
+    keys = {"params": jax.random.key(1), "pooling": jax.random.key(2)}
+    variables = module.init(keys, x, deterministic=True)
+    params = variables.get("params", {})
+
+    def loss(p, v, k):
+        y = module.apply({"params": p}, v, deterministic=False, rngs={"pooling": k})
+        return (y**2).sum()
+
+    grad = jax.jit(jax.grad(loss, argnums=(0, 1)))
+    hlo = grad.lower(params, x, jax.random.key(0)).compile().as_text()
+    moves = re.findall(r" (all-gather|all-to-all|collective-permute)(?:-start)?\\(", hlo)
+    assert not moves, (name, moves)
+    reduces = len(re.findall(r" all-reduce(?:-start)?\\(", hlo))
+    assert reduces == (1 if params else 0), (name, reduces)  # the parameter gradient only
+print("ok")
+"""
+
+
+def test_every_pooler_partitions_along_a_sharded_batch():
+    """Forward and backward of every pooler on a batch sharded over 8 devices: each device works
+    on its own examples (noise included) and only the parameter gradient is summed across them;
+    no activation or noise is gathered or moved between devices."""
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8 --xla_backend_optimization_level=0"
+    proc = subprocess.run(
+        [sys.executable, "-c", PARTITION_SCRIPT],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.strip().splitlines()[-1] == "ok"
