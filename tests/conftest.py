@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
+import pathlib
+import subprocess
+import sys
 from unittest import mock
 
 import jax
@@ -13,6 +17,27 @@ import tensorflow_datasets as tfds
 
 import jaxpool
 import train  # noqa: F401  (sets XLA:CPU flags before the tests start JAX)
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def run_on_cpu_devices(script: str, devices: int = 8, flags: str = "", timeout: int = 300) -> str:
+    """Runs ``python -c script`` from the project root in a fresh process that sees ``devices``
+    virtual CPU devices (JAX fixes its device count at start-up); asserts that it exited 0 and
+    returns the last line it printed."""
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices} {flags}".strip()
+    proc = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout.strip().splitlines()[-1]
+
 
 # Every registered pooler and how to build/call it in the generic tests.
 STOCHASTIC = ("stochastic", "s3", "tdgs")

@@ -7,12 +7,8 @@ A subprocess, because the device count of a JAX process is fixed at start-up.
 from __future__ import annotations
 
 import json
-import os
-import pathlib
-import subprocess
-import sys
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+from conftest import run_on_cpu_devices
 
 SCRIPT = """
 import json
@@ -59,13 +55,7 @@ print(json.dumps(out))
 
 
 def test_every_pooler_matches_unsharded_under_explicit_sharding():
-    env = dict(os.environ, JAX_PLATFORMS="cpu")
-    env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
-    proc = subprocess.run(
-        [sys.executable, "-c", SCRIPT], cwd=ROOT, env=env, capture_output=True, text=True
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    results = json.loads(proc.stdout.strip().splitlines()[-1])
+    results = json.loads(run_on_cpu_devices(SCRIPT))
     assert len(results) == 2 * (2 * 7 + 1)  # every pooler, both modes, two geometries (s3: one)
     for label, result in results.items():
         assert result["max_error"] < 1e-4, (label, result)

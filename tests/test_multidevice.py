@@ -17,6 +17,7 @@ import subprocess
 import sys
 
 import pytest
+from conftest import run_on_cpu_devices
 
 import jaxpool
 
@@ -187,15 +188,5 @@ def test_every_pooler_partitions_along_a_sharded_batch():
     """Forward and backward of every pooler on a batch sharded over 8 devices: each device works
     on its own examples (noise included) and only the parameter gradient is summed across them;
     no activation or noise is gathered or moved between devices."""
-    env = dict(os.environ, JAX_PLATFORMS="cpu")
-    env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8 --xla_backend_optimization_level=0"
-    proc = subprocess.run(
-        [sys.executable, "-c", PARTITION_SCRIPT],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert proc.stdout.strip().splitlines()[-1] == "ok"
+    flags = "--xla_backend_optimization_level=0"
+    assert run_on_cpu_devices(PARTITION_SCRIPT, flags=flags) == "ok"

@@ -10,20 +10,16 @@ sharded.
 from __future__ import annotations
 
 import math
-import os
-import pathlib
-import subprocess
-import sys
 from unittest import mock
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import run_on_cpu_devices
 
 from jaxpool import _rng
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
 N = 1 << 20
 EULER_GAMMA = 0.5772156649015329
 
@@ -187,16 +183,4 @@ print("ok")
 
 
 def test_draws_do_not_depend_on_sharding():
-    # The device count is fixed at start-up, hence a subprocess with 8 virtual CPU devices.
-    env = dict(os.environ, JAX_PLATFORMS="cpu")
-    env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
-    proc = subprocess.run(
-        [sys.executable, "-c", SHARDING_SCRIPT],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert proc.stdout.strip().splitlines()[-1] == "ok"
+    assert run_on_cpu_devices(SHARDING_SCRIPT) == "ok"
