@@ -141,9 +141,7 @@ def view_sample(x6, inv_t, inv_tau, noise):
 def _view_sample_fwd(x6, inv_t, inv_tau, noise):
     values = _window_ops.f32(_windows.view_elements(x6))
     index = _window_ops.first_argmax(_scores(values, inv_t, inv_tau, noise))
-    y = values[0]
-    for k in range(1, len(values)):
-        y = jnp.where(index == k, values[k], y)
+    y = _window_ops.select(index, values)
     return y, (x6, inv_t, inv_tau, noise, _window_ops.narrow_index(index, len(values)))
 
 
