@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -24,8 +25,16 @@ def uniform(key: jax.Array, shape: tuple[int, ...]) -> jax.Array:
     only, so a ``vmap`` over keys gives row ``i`` the unbatched draw for key ``i``, and the draw
     does not depend on how the array is sharded.
     """
-    seed = jax.random.bits(key, (4,), jnp.uint32)
-    bits = threefry_bits(seed, tuple(shape))
+    return _uniform_from_bits(threefry_bits(_seed(key), tuple(shape)))
+
+
+def _seed(key: jax.Array) -> jax.Array:
+    """The 128-bit ``(4,)`` uint32 seed of :func:`threefry_bits` drawn from ``key``."""
+    return jax.random.bits(key, (4,), jnp.uint32)
+
+
+def _uniform_from_bits(bits: jax.Array) -> jax.Array:
+    """uint32 words to float32 uniforms in ``[0, 1)``: the top 23 bits as a mantissa, minus 1."""
     one = np.array(1.0, np.float32).view(np.uint32)
     mantissa = jax.lax.shift_right_logical(bits, np.uint32(32 - 23)) | one
     return jax.lax.bitcast_convert_type(mantissa, _F32) - 1.0
@@ -53,8 +62,12 @@ def threefry2x32(k0, k1, c0, c1) -> tuple[jax.Array, jax.Array]:
     return x0, x1
 
 
-def threefry_bits(seed: jax.Array, shape: tuple[int, ...]) -> jax.Array:
-    """``(*shape)`` uint32 random words from a ``(4,)`` uint32 ``seed``.
+def threefry_bits(
+    seed: jax.Array,
+    shape: tuple[int, ...],
+    transform: Callable[[jax.Array], jax.Array] | None = None,
+) -> jax.Array:
+    """``(*shape)`` uint32 random words from a ``(4,)`` uint32 ``seed`` (or ``transform`` of them).
 
     The array is halved along its split axis (the second-to-last of a 3-D or larger shape, else
     the last): block ``j`` of :func:`threefry2x32` (key ``seed[0:2]``, counter
@@ -67,10 +80,15 @@ def threefry_bits(seed: jax.Array, shape: tuple[int, ...]) -> jax.Array:
     Written in jnp ops rather than ``lax.rng_bit_generator``: on a 2-core AVX-512 CPU it drew
     4.2 M words 2.0x faster than XLA's own threefry, which computes each element's counter in
     64-bit arithmetic (and 13x faster than ``jax.random.bits``).
+
+    ``transform``, an elementwise function of uint32 words, is applied to each half before the two
+    are joined: XLA then computes the transformed array once, in the loop that draws the bits.
+    Applied after the join, a transformation of cheap operations (such as :func:`log_positive`)
+    is fused into, and repeated in, every loop that reads the result.
     """
     shape = tuple(shape)
     if not shape:
-        return threefry_bits(seed, (1,)).reshape(())
+        return threefry_bits(seed, (1,), transform).reshape(())
     axis = len(shape) - 2 if len(shape) >= 3 else len(shape) - 1
     grid = tuple(-(-n // 2) if d == axis else n for d, n in enumerate(shape))
     if math.prod(grid) >= 2**32:
@@ -84,6 +102,8 @@ def threefry_bits(seed: jax.Array, shape: tuple[int, ...]) -> jax.Array:
         index = index + jax.lax.broadcasted_iota(jnp.uint32, grid, d) * np.uint32(stride)
         stride *= grid[d]
     x0, x1 = threefry2x32(seed[0], seed[1], index + seed[3], jnp.broadcast_to(seed[2], grid))
+    if transform is not None:
+        x0, x1 = transform(x0), transform(x1)
     return jax.lax.slice_in_dim(jnp.concatenate([x0, x1], axis=axis), 0, shape[axis], axis=axis)
 
 
@@ -99,9 +119,60 @@ def neg_gumbel(key: jax.Array, shape: tuple[int, ...]) -> jax.Array:
     As ``jax.random.gumbel`` (its default ``mode='low'``): ``u`` is clamped to the smallest
     normal float32, so ``u = 0`` gives a Gumbel of ``-log(87.3) = -4.47`` instead of ``-inf``;
     ``u < 1``, so the largest Gumbel is ``-log(-log(1 - 2**-23)) = 15.9``.
+
+    The logarithms are :func:`log_positive`: over all ``2**23`` values of ``u`` the result is
+    within 5.6e-7 of the float64 value (``jnp.log``'s: 5.5e-7), and on a 2-core AVX-512 CPU it drew
+    4.2 M values 1.5x faster (2.7 against 4.1 ms).
     """
-    tiny = jnp.finfo(_F32).tiny
-    return jnp.log(-jnp.log(jnp.maximum(uniform(key, shape), tiny)))
+    return threefry_bits(_seed(key), tuple(shape), _neg_gumbel_from_bits)
+
+
+def _neg_gumbel_from_bits(bits: jax.Array) -> jax.Array:
+    """uint32 words to ``log(-log(u))``, ``u`` clamped below at the smallest normal float32."""
+    u = jnp.maximum(_uniform_from_bits(bits), jnp.finfo(_F32).tiny)
+    return log_positive(-log_positive(u))
+
+
+# log(1 + f) / f on [sqrt(1/2) - 1, sqrt(2) - 1]: the float64 Chebyshev least-squares fit of degree
+# 8 (20000 Chebyshev nodes), rounded to float32, lowest degree first.
+_LOG1P_COEFFS = (
+    1.0,
+    -0.49999988079071045,
+    0.3333418369293213,
+    -0.2500215470790863,
+    0.19956977665424347,
+    -0.16560696065425873,
+    0.14949095249176025,
+    -0.14377330243587494,
+    0.08743945509195328,
+)
+_SQRT_HALF_BITS = np.int32(0x3F3504F3)  # float32 sqrt(1/2)
+
+
+def log_positive(x: jax.Array) -> jax.Array:
+    r"""Natural logarithm of positive, normal, finite float32 ``x`` (the noise needs no other).
+
+    .. math::
+      x = 2^k m,\ m \in [\sqrt{1/2}, \sqrt{2}), \qquad
+      \log x = k \log 2 + f P(f),\ f = m - 1
+
+    with ``k`` and ``m`` read from the bits and ``P`` a degree-8 polynomial.  Within 2.5 float32
+    ulp of the float64 logarithm: 2.33 at worst over every float32 in ``[sqrt(1/2), sqrt(2))``
+    (``tests/test_rng.py`` checks those and every exponent).  Zero, negative, subnormal, infinite or NaN
+    ``x`` give wrong finite numbers: callers clamp.  Compiled, XLA may contract the polynomial's
+    multiply-adds into FMAs, so results can differ in the last bit between fusions (and from eager
+    evaluation).
+
+    Why not ``jnp.log``: XLA:CPU's logarithm also handles those cases, and on a 2-core AVX-512
+    CPU this one was 2x faster over 4.2 M elements (0.45 against 0.96 ms).
+    """
+    bits = jax.lax.bitcast_convert_type(x, jnp.int32)
+    k = (bits - _SQRT_HALF_BITS) >> 23  # arithmetic shift: floor((bits - sqrt(1/2)) / 2**23)
+    f = jax.lax.bitcast_convert_type(bits - (k << 23), _F32) - 1.0  # exact (Sterbenz)
+    p = jnp.asarray(_LOG1P_COEFFS[-1], _F32)
+    for c in _LOG1P_COEFFS[-2::-1]:
+        p = p * f + np.float32(c)
+    return f * p + k.astype(_F32) * np.float32(np.log(2.0))
 
 
 def sample_index(key: jax.Array, probs: list[jax.Array]) -> jax.Array:
