@@ -5,12 +5,15 @@ from __future__ import annotations
 import csv
 import json
 import os
+import subprocess
+import sys
 
 import matplotlib.image
 import numpy as np
 import pytest
 from PIL import Image
 
+import jaxpool
 from train import report, stats, sweep_runs
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -167,6 +170,13 @@ def workdir(tmp_path):
         error="NonFiniteLossError: non-finite training loss (nan)",
     )
     return str(tmp_path)
+
+
+def test_pooler_order_is_the_registry_order_and_report_reading_needs_no_jax():
+    assert sweep_runs.POOLER_ORDER == jaxpool.available()
+    code = "import sys, train.report; print('jax' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
 
 
 def test_labels_and_run_dirs():

@@ -21,6 +21,8 @@ import numpy as np
 from train import run_files
 
 DATASET_ORDER = ("mnist", "cifar10", "cifar100", "digits")
+# jaxpool.available()'s order, written out so that reading a sweep back needs no JAX
+# (tests/test_report.py checks the two agree).
 POOLER_ORDER = ("max", "avg", "mixed", "gated", "tree", "stochastic", "s3", "tdgs")
 # Short names of pooler keyword arguments in labels.
 KWARG_ALIASES = {"init_temperature": "T"}
