@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 Pair = tuple[int, int]
+Window = int | Sequence[int]  # a window or stride argument: one int for both axes, or a pair
 
 
 def normalize_pair(value: int | Sequence[int], name: str) -> Pair:
@@ -72,6 +73,12 @@ def check_input(x: jax.Array, name: str = "x") -> tuple[jax.Array, bool]:
     if len(shape) == 3:
         return x[None], True
     return x, False
+
+
+def finish(y: jax.Array, dtype, unbatched: bool) -> jax.Array:
+    """The inverse of :func:`check_input` for a result: cast to ``dtype``, drop an added batch axis."""
+    y = y.astype(dtype)
+    return y[0] if unbatched else y
 
 
 class WindowSpec(NamedTuple):

@@ -16,7 +16,7 @@ from conftest import ref_windows
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from jaxpool import _rng, _window_ops, _windows
+from jaxpool import _rng, _s3, _window_ops, _windows
 from jaxpool import functional as F
 
 GRID_1_16 = jnp.arange(1, 17, dtype=jnp.float32).reshape(4, 4, 1)
@@ -222,7 +222,7 @@ def test_s3_training_outputs_come_from_stride1_max_map():
 @pytest.mark.parametrize(("size", "stride", "grid"), [(7, 2, 4), (14, 2, 4), (32, 2, 8), (9, 3, 6)])
 def test_s3_row_sets_sorted_distinct_one_set_per_block(size, stride, grid):
     keys = jax.random.split(jax.random.key(0), 50)
-    rows = np.asarray(jax.vmap(lambda k: F._s3_indices(k, size, stride, grid))(keys))
+    rows = np.asarray(jax.vmap(lambda k: _s3.sample_indices(k, size, stride, grid))(keys))
     assert rows.shape == (50, size // stride)
     assert (np.diff(rows, axis=1) > 0).all()  # sorted and distinct
     assert (rows < size - stride + 1).all()  # rows that exist in the max map

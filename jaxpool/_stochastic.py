@@ -1,0 +1,212 @@
+r"""Stochastic pooling, the Gumbel-softmax and TDGS pooling: the implementations behind
+:func:`jaxpool.functional.stochastic_pool`, :func:`~jaxpool.functional.gumbel_softmax` and
+:func:`~jaxpool.functional.tdgs_pool` (import them from there; the conventions are in that module's
+docstring).  TDGS's window math and hand-written gradients are in :mod:`jaxpool._tdgs`.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from jaxpool import _rng, _tdgs, _window_ops, _windows
+from jaxpool._windows import Window
+
+_F32 = jnp.float32
+
+
+def stochastic_pool(
+    x: jax.Array,
+    window_shape: Window = 2,
+    strides: Window | None = None,
+    padding: str = "VALID",
+    *,
+    key: jax.Array | None = None,
+    deterministic: bool = False,
+    mode: str = "l1",
+) -> jax.Array:
+    r"""Stochastic pooling (Zeiler & Fergus, ICLR 2013).
+
+    Training samples one element of each window and outputs it; ``deterministic=True`` outputs the
+    expectation of that sample (Zeiler & Fergus's probabilistic weighting):
+
+    .. math::
+      i \sim \mathrm{Cat}(p), \quad y_{\mathrm{train}} = R_i, \qquad
+      y_{\mathrm{det}} = \sum_{i \in R} p_i R_i
+
+    ``mode='l1'`` (the paper): :math:`p_i = a_i / \sum_k a_k` with :math:`a = \max(R, 0)`, so
+    :math:`y_{\mathrm{det}} = \sum a^2 / \sum a`.  A window with no positive mass samples uniformly,
+    and its deterministic output is the plain mean (an all-zero window gives 0).
+    ``mode='softmax'``: :math:`p = \mathrm{softmax}(R)` over the raw values (any sign).
+    Gradients in training flow to the sampled element only; nothing is ever NaN.
+
+    Args:
+      x: ``(N, H, W, C)`` or ``(H, W, C)``.
+      window_shape, strides, padding: as :func:`max_pool`.
+      key: PRNG key; required unless ``deterministic``.  Draws are independent per window.
+      deterministic: output the expectation instead of a sample.
+      mode: ``'l1'`` or ``'softmax'``.
+
+    Returns:
+      ``(N, Ho, Wo, C)``, the dtype of ``x``.
+
+    References:
+      Zeiler, Fergus. Stochastic Pooling for Regularization of Deep Convolutional Neural Networks.
+      ICLR 2013 (arXiv:1301.3557).
+    """
+    if mode not in ("l1", "softmax"):
+        raise ValueError(f"mode must be 'l1' or 'softmax'; got {mode!r}")
+    if not deterministic:
+        key = _windows.require_key(key, "stochastic_pool")
+    x4, unbatched = _windows.check_input(x)
+    spec = _windows.window_spec(x4.shape[1:3], window_shape, strides, padding)
+    masks = _windows.valid_masks(spec)
+    # The sample's gradient is a custom VJP anyway; the expectation keeps forward mode.
+    values = _window_ops.f32(_windows.window_elements(x4, spec, stack_gradient=not deterministic))
+    if mode == "softmax":
+        probs = _window_ops.window_softmax(_window_ops.masked(values, masks, -jnp.inf))
+        weights = probs
+    else:
+        mass = [jnp.maximum(v, 0.0) for v in values]
+        total = _window_ops.window_sum(mass)
+        has_mass = total > 0
+        valid = (
+            [jnp.ones(()) for _ in values]
+            if masks is None
+            else _window_ops.masked([jnp.ones(v.shape[1:]) for v in values], masks, 0.0)
+        )
+        n_valid = _window_ops.window_sum(valid)
+        # Proportional to the probabilities (sampling needs no more: _rng.sample_index scales its
+        # uniform by their sum); an all-zero window is uniform over its valid elements.
+        weights = [jnp.where(has_mass, a, u) for a, u in zip(mass, valid, strict=True)]
+        # The denominator is never 0 (every window has a valid element), so no branch divides
+        # by zero and the gradient stays finite.
+        denominator = jnp.where(has_mass, total, n_valid)
+        probs = [w / denominator for w in weights]
+    if deterministic:
+        y = _window_ops.window_dot(probs, values)
+    else:
+        index = _rng.sample_index(key, [jax.lax.stop_gradient(w) for w in weights])
+        y = _window_ops.select(index, values)
+    return _windows.finish(y, x.dtype, unbatched)
+
+
+def gumbel_softmax(
+    key: jax.Array, logits: jax.Array, tau: float = 1.0, hard: bool = False, axis: int = -1
+) -> jax.Array:
+    r"""Gumbel-softmax sample (Jang, Gu & Poole; Maddison, Mnih & Teh, ICLR 2017).
+
+    .. math::
+      y_{\mathrm{soft}} = \mathrm{softmax}\!\left(\frac{\mathrm{logits} + g}{\tau}\right),
+      \quad g_i = -\log(-\log u_i),\ u_i \sim U(0, 1)
+
+    With ``hard=True`` the value is the one-hot ``y_hard`` of ``argmax y_soft`` and the gradient is
+    that of ``y_soft`` (straight-through): ``y_hard - stop_gradient(y_soft) + y_soft``.  Logits of
+    ``-inf`` are never drawn.  The math runs in float32; the result has the dtype of ``logits``.
+
+    Args:
+      key: PRNG key.
+      logits: unnormalised log-probabilities, any shape.
+      tau: temperature, > 0.
+      hard: return a straight-through one-hot sample.
+      axis: the category axis.
+
+    Returns:
+      An array shaped like ``logits`` that sums to 1 along ``axis``.
+    """
+    if isinstance(tau, (int, float)) and not tau > 0:
+        raise ValueError(f"tau must be > 0; got {tau!r}")
+    logits = jnp.asarray(logits)
+    gumbels = _rng.gumbel(key, logits.shape)
+    y_soft = jax.nn.softmax((logits.astype(_F32) + gumbels) / tau, axis=axis)
+    if hard:
+        index = jnp.argmax(y_soft, axis=axis)
+        y_hard = jax.nn.one_hot(index, logits.shape[axis], axis=axis, dtype=_F32)
+        y_soft = y_hard - jax.lax.stop_gradient(y_soft) + y_soft
+    return y_soft.astype(logits.dtype)
+
+
+def _temperature_for(temperature, spec: _windows.WindowSpec, channels: int) -> jax.Array:
+    temperature = jnp.asarray(temperature)
+    ho, wo = spec.out_size
+    if temperature.shape not in ((ho, wo, channels), (channels,), ()):
+        raise ValueError(
+            f"temperature must have shape (Ho, Wo, C) = {(ho, wo, channels)} (per position), "
+            f"({channels},) (per channel) or () (per layer) for this input; got "
+            f"{temperature.shape}. A per-position temperature fixes the spatial size at init."
+        )
+    return temperature.astype(_F32)
+
+
+def tdgs_pool(
+    x: jax.Array,
+    temperature: jax.Array,
+    window_shape: Window = 2,
+    strides: Window | None = None,
+    padding: str = "VALID",
+    *,
+    key: jax.Array | None = None,
+    deterministic: bool = False,
+    tau: float = 1.0,
+    eps: float = 0.1,
+) -> jax.Array:
+    r"""Temperature-driven Gumbel-softmax pooling (TDGS, jaxpool).
+
+    Inside each window a hard straight-through Gumbel-softmax sample whose temperature is learned:
+
+    .. math::
+      t = \mathrm{relu}(\mathrm{temperature}) + \epsilon, \qquad
+      y_{\mathrm{train}} = \sum_{i \in R} z_i R_i, \quad
+      z = \mathrm{gumbel\_softmax}(R / t, \tau, \mathrm{hard}), \qquad
+      y_{\mathrm{det}} = \sum_{i \in R} \mathrm{softmax}(R / t)_i R_i
+
+    The training value is exactly one element of the window; its gradient flows through the soft
+    sample to ``x`` and ``temperature``.  Deterministic mode is the expectation, without noise: it
+    tends to the max as ``t -> 0`` and to the mean as ``t`` grows.
+
+    Args:
+      x: ``(N, H, W, C)`` or ``(H, W, C)``.
+      temperature: ``(Ho, Wo, C)`` per output position, ``(C,)`` per channel, or ``()`` per layer.
+      window_shape, strides, padding: as :func:`max_pool`.
+      key: PRNG key; required unless ``deterministic``.
+      deterministic: output the expectation instead of a sample.
+      tau: Gumbel-softmax temperature of the soft sample, > 0.
+      eps: floor of the effective temperature, > 0.
+
+    Returns:
+      ``(N, Ho, Wo, C)``, the dtype of ``x``.
+
+    References:
+      Gumbel-softmax and its straight-through estimator: Jang, Gu, Poole. Categorical
+      Reparameterization with Gumbel-Softmax. ICLR 2017 (arXiv:1611.01144); Maddison, Mnih, Teh.
+      The Concrete Distribution. ICLR 2017 (arXiv:1611.00712).
+    """
+    if not eps > 0:
+        raise ValueError(f"eps must be > 0 (it keeps the temperature positive); got {eps!r}")
+    if isinstance(tau, (int, float)) and not tau > 0:
+        raise ValueError(f"tau must be > 0; got {tau!r}")
+    if not deterministic:
+        key = _windows.require_key(key, "tdgs_pool")
+    x4, unbatched = _windows.check_input(x)
+    spec = _windows.window_spec(x4.shape[1:3], window_shape, strides, padding)
+    n, c = x4.shape[0], x4.shape[-1]
+    # Reciprocals of the (small) temperature and of tau: one multiply per element below.
+    inv_t = 1.0 / (jax.nn.relu(_temperature_for(temperature, spec, c)) + eps)
+    inv_t = _window_ops.broadcast_param(inv_t, (n, *spec.out_size, c))
+    inv_tau = 1.0 / jnp.asarray(tau, _F32)
+    k = spec.window[0] * spec.window[1]
+    # One Gumbel per window element, (K, N, Ho, Wo, C), negated.
+    noise = None if deterministic else _rng.neg_gumbel(key, (k, n, *spec.out_size, c))
+    x6 = None if deterministic else _windows.window_view(x4, spec)
+    if x6 is not None:
+        return _windows.finish(_tdgs.view_sample(x6, inv_t, inv_tau, noise), x.dtype, unbatched)
+    values = _window_ops.f32(_windows.window_elements(x4, spec, stack_gradient=True))
+    masks = _windows.valid_masks(spec)
+    # Padding enters the logits as an offset of -inf (0 elsewhere): never drawn, weight 0.
+    offsets = tuple(
+        jnp.zeros(()) if m is None else jnp.where(m, 0.0, -jnp.inf)
+        for m in (masks or [None] * len(values))
+    )
+    noise = jnp.zeros(()) if deterministic else noise
+    y = _tdgs.window_sample(tuple(values), inv_t, inv_tau, offsets, noise, not deterministic)
+    return _windows.finish(y, x.dtype, unbatched)
