@@ -25,21 +25,11 @@ import jax
 import jax.numpy as jnp
 
 from jaxpool import _window_ops, _windows
-from jaxpool._s3 import s3_pool
-from jaxpool._stochastic import gumbel_softmax, stochastic_pool, tdgs_pool
+from jaxpool._s3 import s3_pool as s3_pool  # re-exported: `x as x` marks a public name
+from jaxpool._stochastic import gumbel_softmax as gumbel_softmax
+from jaxpool._stochastic import stochastic_pool as stochastic_pool
+from jaxpool._stochastic import tdgs_pool as tdgs_pool
 from jaxpool._windows import Window
-
-__all__ = [
-    "avg_pool",
-    "gated_pool",
-    "gumbel_softmax",
-    "max_pool",
-    "mixed_pool",
-    "s3_pool",
-    "stochastic_pool",
-    "tdgs_pool",
-    "tree_pool",
-]
 
 _F32 = jnp.float32
 
