@@ -36,7 +36,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import math
 import os
 import signal
 import sys
@@ -50,7 +49,7 @@ import ml_collections
 import numpy as np
 import tqdm
 
-from train import checkpointing, device_loop, input_pipeline, models, run_files
+from train import checkpointing, device_loop, input_pipeline, models, run_files, run_metrics
 from train.run_config import ConfigError, config_microbatches, validate_config
 from train.steps import TrainState, create_train_state, eval_step, pooler_kwargs, step_fn
 
@@ -234,7 +233,7 @@ def train_and_evaluate(
     target = {"step": state.step, "params": state.params, "opt_state": state.opt_state}
     restored = ckpt.restore_latest(target)
     # Position in the run and the running sums of the current (possibly unfinished) epoch.
-    meta = _epoch_start(0, config.seed)
+    meta = run_metrics.epoch_start(0, config.seed)
     if restored is not None:
         item = restored.item
         state = state.replace(step=item["step"], params=item["params"], opt_state=item["opt_state"])
@@ -253,7 +252,7 @@ def train_and_evaluate(
         if lead:
             run_files.write_json(
                 os.path.join(workdir, "summary.json"),
-                _summary(status, config, history, state.params, workdir),
+                run_metrics.summary(status, config, history, state.params, workdir),
             )
 
     if mean is not None:
@@ -298,7 +297,7 @@ def train_and_evaluate(
                     microbatches=microbatches,
                 )
                 losses, correct = jax.device_get((out["loss"], out["correct"]))
-                bad = _accumulate(meta, losses[:count], correct[:count], batch_size)
+                bad = run_metrics.accumulate(meta, losses[:count], correct[:count], batch_size)
                 if bad is not None:
                     bar.close()
                     finish("failed")
@@ -329,9 +328,11 @@ def train_and_evaluate(
             t1 = time.perf_counter()
             test = evaluate(state, data.test, eval_batch_size, sharded, mean, std)
             eval_seconds = time.perf_counter() - t1
-            row = _epoch_row(epoch, int(jax.device_get(state.step)), meta, test, eval_seconds)
+            row = run_metrics.epoch_row(
+                epoch, int(jax.device_get(state.step)), meta, test, eval_seconds
+            )
             history.append(row)
-            meta = _epoch_start(epoch + 1, config.seed)
+            meta = run_metrics.epoch_start(epoch + 1, config.seed)
             if lead:
                 with open(metrics_path, "a") as f:
                     f.write(json.dumps(row) + "\n")
@@ -352,80 +353,6 @@ def train_and_evaluate(
 
     finish("done")
     return history[-1] if history else {}
-
-
-def _epoch_start(epoch: int, seed: int) -> dict[str, Any]:
-    """Checkpoint metadata at the start of ``epoch`` (0-based): the epoch's data order is
-    ``device_loop.epoch_order(data_key(seed), epoch, n)``; the sums and seconds accumulate over
-    its steps."""
-    return {
-        "epoch": epoch,
-        "data_seed": seed,
-        "loss_sum": 0.0,
-        "correct": 0,
-        "count": 0,
-        "train_seconds": 0.0,
-    }
-
-
-def _accumulate(meta: dict[str, Any], losses, correct, batch_size: int) -> int | None:
-    """Adds a chunk's per-step losses and correct counts to the epoch's running sums in ``meta``.
-
-    Sequential float64 sums, continued from the checkpoint: a resumed epoch adds the same numbers
-    in the same order as an uninterrupted one.  Returns the index of the first non-finite loss
-    (the sums then hold the steps before it), or None.
-    """
-    for i, (loss, right) in enumerate(zip(losses, correct, strict=True)):
-        loss = float(loss)
-        if not math.isfinite(loss):
-            return i
-        meta["loss_sum"] += loss * batch_size
-        meta["correct"] += int(right)
-        meta["count"] += batch_size
-    return None
-
-
-def _epoch_row(
-    epoch: int, step: int, meta: dict[str, Any], test: dict[str, float], eval_seconds: float
-) -> dict[str, Any]:
-    """The ``metrics.jsonl`` line of the finished ``epoch`` (0-based) from its running sums."""
-    train_seconds = meta["train_seconds"]
-    return {
-        "epoch": epoch + 1,
-        "step": step,
-        "train_loss": meta["loss_sum"] / meta["count"],
-        "train_accuracy": meta["correct"] / meta["count"],
-        "test_loss": test["loss"],
-        "test_accuracy": test["accuracy"],
-        "train_seconds": train_seconds,
-        "eval_seconds": eval_seconds,
-        "epoch_seconds": train_seconds + eval_seconds,
-        "images_per_second": meta["count"] / max(train_seconds, 1e-9),
-    }
-
-
-def _summary(
-    status: str, config: ml_collections.ConfigDict, history: list[dict[str, Any]], params, workdir
-) -> dict[str, Any]:
-    """``summary.json``: the run's status, identity, final and best epochs, and sizes."""
-    best = max(history, key=lambda r: r["test_accuracy"]) if history else None
-    return {
-        "status": status,
-        "dataset": config.dataset,
-        "pooler": config.pooler,
-        "pooler_kwargs": pooler_kwargs(config),
-        "seed": config.seed,
-        "num_epochs": config.num_epochs,
-        "epochs_completed": len(history),
-        "final": history[-1] if history else None,
-        "best_test_accuracy": best["test_accuracy"] if best else None,
-        "best_epoch": best["epoch"] if best else None,
-        "param_count": models.count_params(params),
-        "pooler_param_count": models.count_params(models.pooler_subtrees(params)),
-        "num_devices": jax.device_count(),
-        "num_processes": jax.process_count(),
-        "workdir": workdir,
-    }
 
 
 def _ckpt_item(state: TrainState) -> dict[str, Any]:
