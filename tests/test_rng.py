@@ -153,6 +153,13 @@ def test_bits_halve_the_split_axis_into_first_and_second_words(shape, axis):
     np.testing.assert_array_equal(bits, expected)
     assert len(set(bits.ravel().tolist())) == bits.size
     assert _rng.threefry_bits(seed, ()).shape == ()
+    # A transform applied to the halves before the join equals the transform of the bits, odd
+    # split axes and scalars included (the Gumbels are drawn this way).
+    gumbels = jax.jit(lambda s: _rng.threefry_bits(s, shape, _rng._neg_gumbel_from_bits))(seed)
+    from_bits = jax.jit(_rng._neg_gumbel_from_bits)(bits)
+    np.testing.assert_allclose(gumbels, from_bits, rtol=2e-7, atol=2e-7)
+    scalar = _rng.threefry_bits(seed, (), _rng._neg_gumbel_from_bits)
+    assert scalar.shape == () and scalar.dtype == jnp.float32
 
 
 def test_bits_beyond_the_counter_range_fail_clearly():
