@@ -195,10 +195,9 @@ def tdgs_pool(
     inv_t = _window_ops.broadcast_param(inv_t, (n, *spec.out_size, c))
     inv_tau = 1.0 / jnp.asarray(tau, _F32)
     k = spec.window[0] * spec.window[1]
-    # One Gumbel per window element, (K, N, Ho, Wo, C), negated.
-    noise = None if deterministic else _rng.neg_gumbel(key, (k, n, *spec.out_size, c))
-    x6 = None if deterministic else _windows.window_view(x4, spec)
-    if x6 is not None:
+    # One Gumbel per window element, (K, N, Ho, Wo, C), negated (unused when deterministic).
+    noise = jnp.zeros(()) if deterministic else _rng.neg_gumbel(key, (k, n, *spec.out_size, c))
+    if not deterministic and (x6 := _windows.window_view(x4, spec)) is not None:
         return _windows.finish(_tdgs.view_sample(x6, inv_t, inv_tau, noise), x.dtype, unbatched)
     values = _window_ops.f32(_windows.window_elements(x4, spec, stack_gradient=True))
     masks = _windows.valid_masks(spec)
@@ -207,6 +206,5 @@ def tdgs_pool(
         jnp.zeros(()) if m is None else jnp.where(m, 0.0, -jnp.inf)
         for m in (masks or [None] * len(values))
     )
-    noise = jnp.zeros(()) if deterministic else noise
     y = _tdgs.window_sample(tuple(values), inv_t, inv_tau, offsets, noise, not deterministic)
     return _windows.finish(y, x.dtype, unbatched)
