@@ -57,6 +57,9 @@ def test_cnn_steps_run_on_mnist_sized_input():
     compile_s, train, evaluate = bench.cnn_steps("max", 8, (28, 28, 1))
     state, out = train()
     assert compile_s > 0 and out["loss"].shape == () and int(state.step) == 1
+    # Each call trains on from the previous call's (donated) state; the eval state is untouched.
+    state, _ = train()
+    assert int(state.step) == 2
     assert float(evaluate()["count"]) == 8
 
 
