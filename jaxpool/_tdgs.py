@@ -140,9 +140,10 @@ def view_sample(x6, inv_t, inv_tau, noise):
 
 def _view_sample_fwd(x6, inv_t, inv_tau, noise):
     values = _window_ops.f32(_windows.view_elements(x6))
-    index = _window_ops.first_argmax(_scores(values, inv_t, inv_tau, noise))
-    y = _window_ops.select(index, values)
-    return y, (x6, inv_t, inv_tau, noise, _window_ops.narrow_index(index, len(values)))
+    index = _window_ops.narrow_index(
+        _window_ops.first_argmax(_scores(values, inv_t, inv_tau, noise)), len(values)
+    )
+    return _window_ops.select(index, values), (x6, inv_t, inv_tau, noise, index)
 
 
 def _view_sample_bwd(residuals, cotangent):
