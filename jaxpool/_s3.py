@@ -87,7 +87,7 @@ def s3_pool(
     out_h, out_w = h // strides[0], w // strides[1]
     if deterministic:
         pads = ((strides[0] // 2,) * 2, (strides[1] // 2,) * 2)
-        m_elems, masks, spec = _windows.windows(max_map, strides, strides, pads)
+        m_elems, masks, spec = _windows.windows(max_map, strides, strides, "VALID", pads=pads)
         y = _window_ops.window_mean(m_elems, spec, masks)[:, :out_h, :out_w]
         return _windows.finish(y, x.dtype, unbatched)
 

@@ -117,27 +117,31 @@ def window_spec(
     in_size: Pair,
     window_shape: int | Sequence[int],
     strides: int | Sequence[int] | None,
-    padding: str | Sequence[Pair],
+    padding: str,
+    *,
+    pads: tuple[Pair, Pair] | None = None,
 ) -> WindowSpec:
     """Normalises window/strides/padding for an input of spatial size ``in_size``.
 
-    ``strides=None`` means strides equal to the window.  ``padding`` is ``'VALID'``, ``'SAME'``, or
-    (private use) explicit ``((top, bottom), (left, right))`` pads.
+    ``strides=None`` means strides equal to the window.  ``padding`` is ``'VALID'`` or ``'SAME'``
+    (any other value, explicit pads included, is a ``ValueError``: the public poolers take these
+    two).  ``pads``, for jaxpool's own use (s3's test mode), gives explicit
+    ``((top, bottom), (left, right))`` pads instead, with ``padding`` ignored.
     """
     window = normalize_pair(window_shape, "window_shape")
     stride = window if strides is None else normalize_pair(strides, "strides")
-    if isinstance(padding, str):
+    if pads is None:
         pad_mode = normalize_padding(padding)
         (ho, ph), (wo, pw) = (
             _axis_geometry(in_size[0], window[0], stride[0], pad_mode, "height"),
             _axis_geometry(in_size[1], window[1], stride[1], pad_mode, "width"),
         )
         return WindowSpec(window, stride, (ph, pw), tuple(in_size), (ho, wo))
-    (pt, pb), (pl, pr) = padding
+    (pt, pb), (pl, pr) = pads
     ho = (in_size[0] + pt + pb - window[0]) // stride[0] + 1
     wo = (in_size[1] + pl + pr - window[1]) // stride[1] + 1
     if ho < 1 or wo < 1:
-        raise ValueError(f"window {window} does not fit the padded input {in_size} + {padding}")
+        raise ValueError(f"window {window} does not fit the padded input {in_size} + {pads}")
     return WindowSpec(window, stride, ((pt, pb), (pl, pr)), tuple(in_size), (ho, wo))
 
 
@@ -276,10 +280,13 @@ def windows(
     x: jax.Array,
     window_shape: int | Sequence[int],
     strides: int | Sequence[int] | None,
-    padding: str | Sequence[Pair],
+    padding: str,
+    *,
+    pads: tuple[Pair, Pair] | None = None,
 ) -> tuple[list[jax.Array], list[np.ndarray | None] | None, WindowSpec]:
-    """Window elements, their validity masks (see :func:`valid_masks`) and the spec of ``x``."""
-    spec = window_spec(x.shape[1:3], window_shape, strides, padding)
+    """Window elements, their validity masks (see :func:`valid_masks`) and the spec of ``x``
+    (``padding`` and ``pads`` as in :func:`window_spec`)."""
+    spec = window_spec(x.shape[1:3], window_shape, strides, padding, pads=pads)
     return window_elements(x, spec), valid_masks(spec), spec
 
 

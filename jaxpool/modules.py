@@ -112,11 +112,18 @@ def _kernel_shape(per: str, spec: _windows.WindowSpec, channels: int) -> tuple[i
 def _fixed_param(module: nn.Module, name: str, init, shape: tuple[int, ...]) -> jax.Array:
     """``module.param`` that raises a clear ValueError when the input implies another shape."""
     if module.has_variable("params", name):
-        existing = module.get_variable("params", name)
-        if existing.shape != tuple(shape):
+        existing, shape = module.get_variable("params", name).shape, tuple(shape)
+        if existing != shape:
+            head = (
+                f"{type(module).__name__}.{name} has shape {existing} but this input needs {shape}"
+            )
+            if existing[-1:] != shape[-1:]:  # the last axis of a shape that can differ is C
+                raise ValueError(
+                    f"{head}: it was initialised for inputs with {existing[-1]} channels and this "
+                    f"input has {shape[-1]}. Call it with the channel count it was initialised with."
+                )
             raise ValueError(
-                f"{type(module).__name__}.{name} has shape {existing.shape} but this input needs "
-                f"{tuple(shape)}: a per-position parameter fixes the input's spatial size at "
+                f"{head}: a per-position parameter fixes the input's spatial size at "
                 "init. Call it with the spatial size it was initialised with, or use a sharing "
                 "option that does not depend on it (per='channel' or per='layer')."
             )

@@ -727,6 +727,29 @@ def test_bad_input_raises_clear_value_error(call, match):
         call()
 
 
+_EXPLICIT_PADS = ((2, 2), (2, 2))  # flax's explicit form: not one of the two documented values
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda x, k: F.max_pool(x, 2, None, _EXPLICIT_PADS),
+        lambda x, k: F.avg_pool(x, 2, None, _EXPLICIT_PADS),
+        lambda x, k: F.mixed_pool(x, jnp.zeros(()), 2, None, _EXPLICIT_PADS),
+        lambda x, k: F.gated_pool(x, jnp.ones((2, 2)), None, 2, None, _EXPLICIT_PADS),
+        lambda x, k: F.tree_pool(x, jnp.ones((2, 2, 2)), jnp.ones((2, 2)), 2, None, _EXPLICIT_PADS),
+        lambda x, k: F.stochastic_pool(x, 2, None, _EXPLICIT_PADS, key=k),
+        lambda x, k: F.stochastic_pool(x, 2, None, _EXPLICIT_PADS, deterministic=True),
+        lambda x, k: F.tdgs_pool(x, jnp.ones(()), 2, None, _EXPLICIT_PADS, key=k),
+        lambda x, k: F.tdgs_pool(x, jnp.ones(()), 2, None, _EXPLICIT_PADS, deterministic=True),
+    ],
+)
+def test_explicit_padding_pairs_are_rejected(call):
+    # Accepted silently, pads wider than the window made windows of padding only (NaN, -inf).
+    with pytest.raises(ValueError, match=r"padding must be 'VALID' or 'SAME'; got \(\(2, 2\)"):
+        call(jnp.ones((1, 3, 3, 1)), jax.random.key(0))
+
+
 # ----------------------------------------------------------------------------- hypothesis
 _HYP_SHAPE = (2, 5, 5, 2)
 

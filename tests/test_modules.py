@@ -259,6 +259,31 @@ def test_per_position_parameters_reject_another_spatial_size(name, kwargs):
 
 
 @pytest.mark.parametrize(
+    ("name", "kwargs"),
+    [
+        ("tdgs", {}),
+        ("tdgs", {"per": "channel"}),
+        ("gated", {}),
+        ("tree", {"per": "region_channel"}),
+    ],
+)
+def test_channel_dependent_parameters_name_the_channel_count(name, kwargs):
+    module = jaxpool.create(name, **kwargs)
+    variables, _ = init_and_apply(module, jnp.ones((1, 4, 4, 2)), deterministic=True)
+    with pytest.raises(
+        ValueError, match=r"initialised for inputs with 2 channels and this input has 3"
+    ):
+        module.apply(variables, jnp.ones((1, 4, 4, 3)), deterministic=True)
+
+
+@pytest.mark.parametrize("name", ["max", "gated", "tdgs"])
+def test_modules_reject_explicit_padding_pairs(name):
+    module = jaxpool.create(name, padding=((1, 1), (1, 1)))
+    with pytest.raises(ValueError, match=r"padding must be 'VALID' or 'SAME'; got \(\(1, 1\)"):
+        init_and_apply(module, jnp.ones((1, 4, 4, 1)), deterministic=True)
+
+
+@pytest.mark.parametrize(
     ("name", "kwargs", "match"),
     [
         ("mixed", {"per": "region"}, r"per must be one of \('channel', 'layer'\); got 'region'"),
