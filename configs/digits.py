@@ -1,7 +1,7 @@
 r"""scikit-learn's bundled 8x8 digits (1797 images, 10 classes): the offline demo and test dataset.
 
 No download: the images ship with scikit-learn. The split is a fixed 80/20 (1438 train, 359 test).
-8x8 inputs pool to 4x4, 2x2 and 1x1 through the three 2x2 pool slots. Run (about a minute on a
+8x8 inputs pool to 4x4, 2x2 and 1x1 through the three 2x2 pool slots. Run (about 10 s on a
 laptop CPU, >= 90% test accuracy with max pooling)::
 
   python -m train.main --dataset digits --pooler max

@@ -48,3 +48,30 @@ def test_corrupt_latest_falls_back_to_the_previous(tmp_path):
     assert restored.step == 1
     assert [s for s, _ in restored.skipped] == [2]
     np.testing.assert_array_equal(restored.item["w"], np.ones((3, 2)))
+
+
+def test_an_unreadable_step_is_replaced_when_training_reaches_it_again(tmp_path):
+    ckpt = checkpointing.Checkpoints(tmp_path)
+    ckpt.save(1, _item(1), {"epoch": 1})
+    ckpt.save(2, _item(2), {"epoch": 2})
+    ckpt.close()
+    _corrupt(str(tmp_path / "2"))
+    ckpt = checkpointing.Checkpoints(tmp_path)
+    assert ckpt.restore_latest(_item(0)).step == 1
+    assert ckpt.save(2, _item(5), {"epoch": 2})  # retrained: the new one replaces it
+    ckpt.close()
+    restored = checkpointing.Checkpoints(tmp_path).restore_latest(_item(0))
+    assert (restored.step, restored.skipped) == (2, ())
+    np.testing.assert_array_equal(restored.item["w"], np.full((3, 2), 5.0))
+
+
+def test_an_unfinished_write_is_reported(tmp_path, caplog):
+    ckpt = checkpointing.Checkpoints(tmp_path)
+    ckpt.save(1, _item(1), {"epoch": 1})
+    ckpt.close()
+    (tmp_path / "2.orbax-checkpoint-tmp-1234").mkdir()
+    with caplog.at_level("WARNING", logger="train.checkpointing"):
+        restored = checkpointing.Checkpoints(tmp_path).restore_latest(_item(0))
+    assert restored.step == 1
+    assert "2.orbax-checkpoint-tmp-1234" in caplog.text and "did not finish" in caplog.text
+    assert checkpointing.finalised_steps(tmp_path) == [1]

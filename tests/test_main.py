@@ -13,6 +13,7 @@ import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
+RUN_DIR = ["--workdir", "{tmp}/run"]
 # (arguments, devices, expected message): each must exit 2 with one line on stderr.
 ERRORS = [
     (
@@ -22,7 +23,19 @@ ERRORS = [
     ),
     (["--dataset", "svhn"], 1, "unknown dataset 'svhn'; choose one of: mnist, cifar10"),
     (["--dataset", "digits", "--epochs", "0"], 1, "epochs must be a positive integer, got 0"),
-    (["--batch-size", "many"], 1, "flag --batch-size=many: invalid literal for int()"),
+    (["--batch-size", "many"], 1, "--batch-size must be an integer; got 'many'"),
+    (["--learning-rate", "fast"], 1, "--learning-rate must be a number; got 'fast'"),
+    (["--dataset", "digits", "--seed", str(2**32)], 1, "seed must be below 2**32"),
+    (
+        ["--dataset", "digits", "--pooler", "tdgs", "--pooler-kwargs", '{"tau": -1}', *RUN_DIR],
+        1,
+        "bad pooler_kwargs {'tau': -1} for pooler 'tdgs' in the CNN for digits (input 8x8x1)",
+    ),
+    (["--dataset", "digits", "--workdir", "{tmp}/afile"], 1, "afile exists and is not a directory"),
+    (["--config", "{tmp}/returns_int.py"], 1, "get_config() must return an ml_collections"),
+    (["--config", "{tmp}/no_get_config.py"], 1, "the --config file must define get_config()"),
+    (["--config", "{tmp}/lacks_batch_size.py"], 1, "the config lacks field(s) batch_size"),
+    (["--config.num_epochs=2"], 1, "--config.num_epochs overrides a field of a --config file"),
     (["--dataset", "digits", "--learning-rate", "-1"], 1, "learning rate must be a positive"),
     (["--no-such-flag"], 1, "Unknown command line flag 'no-such-flag'"),
     (["--dataset", "digits", "--pooler-kwargs", "{oops"], 1, "--pooler-kwargs is not valid JSON"),
@@ -56,6 +69,13 @@ def _start(args: list[str], devices: int = 1) -> subprocess.Popen:
 
 
 def test_each_error_exits_2_with_one_line(tmp_path):
+    (tmp_path / "afile").write_text("")
+    (tmp_path / "returns_int.py").write_text("def get_config():\n    return 5\n")
+    (tmp_path / "no_get_config.py").write_text("config = None\n")
+    (tmp_path / "lacks_batch_size.py").write_text(
+        "from configs import digits\n\n\ndef get_config():\n"
+        "    config = digits.get_config()\n    del config['batch_size']\n    return config\n"
+    )
     # Started together: each one pays Python and JAX start-up, not training.
     procs = []
     for args, devices, message in ERRORS:
@@ -68,6 +88,12 @@ def test_each_error_exits_2_with_one_line(tmp_path):
         assert len(lines) == 1, (args, stderr[-2000:])
         assert lines[0].startswith("error: ") and message in lines[0], (args, lines)
         assert "Traceback" not in stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == [  # no run directory was started
+        "afile",
+        "lacks_batch_size.py",
+        "no_get_config.py",
+        "returns_int.py",
+    ]
 
 
 @pytest.mark.slow
@@ -97,6 +123,16 @@ def test_run_sigterm_and_rerun_resumes_to_the_end(tmp_path):
     assert (config["pooler"], config["num_epochs"], config["batch_size"]) == ("avg", 6, 16)
     assert config["seed"] == 1 and config["progress"] is False
     assert json.loads((tmp_path / "summary.json").read_text())["status"] == "done"
+
+
+def test_ctrl_c_outside_training_exits_130_without_a_traceback(capsys):
+    from train import cli
+
+    def run(argv):
+        raise KeyboardInterrupt  # e.g. while the data loads or the step compiles
+
+    assert cli.run_main(run, ["train.main"]) == 130
+    assert capsys.readouterr().err == "interrupted\n"
 
 
 def test_multi_process_environment_detection():

@@ -57,12 +57,21 @@ def _summary(workdir) -> dict:
         ("seed", -3, "seed must be an integer >= 0"),
         ("steps_per_chunk", 0, "steps_per_chunk must be a positive integer"),
         ("pooler_kwargs", {"window": 2}, "bad pooler_kwargs"),
+        ("pooler_kwargs", {"deterministic": True}, "pooler_kwargs cannot set deterministic"),
+        ("seed", 2**32, r"seed must be below 2\*\*32"),
     ],
 )
 def test_validate_config_names_the_field_and_the_allowed_values(field, value, message):
     config = default.get_config()
     config[field] = value
     with pytest.raises(run_config.ConfigError, match=message):
+        run_config.validate_config(config)
+
+
+def test_a_config_without_a_field_is_refused():
+    config = default.get_config()
+    del config["batch_size"]
+    with pytest.raises(run_config.ConfigError, match=r"lacks field\(s\) batch_size"):
         run_config.validate_config(config)
 
 
@@ -93,8 +102,41 @@ def test_pooler_report_is_readable():
 
 def test_a_workdir_of_another_run_is_refused(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps(_config(pooler="avg").to_dict()))
+    (tmp_path / "checkpoints" / "22").mkdir(parents=True)
     with pytest.raises(run_config.ConfigError, match="different pooler"):
         train_lib.train_and_evaluate(_config(pooler="max"), str(tmp_path))
+
+
+def test_a_workdir_of_an_untrained_run_takes_the_new_config(tmp_path, monkeypatch):
+    # A run that stopped before its first checkpoint (a bad setting, a NaN at step 2) left only
+    # its config: the corrected command may start there.
+    (tmp_path / "config.json").write_text(json.dumps(_config(pooler="avg").to_dict()))
+    (tmp_path / "checkpoints" / "3.orbax-checkpoint-tmp-1").mkdir(parents=True)  # unfinished
+
+    class Reached(Exception):
+        pass
+
+    def load(*args, **kwargs):
+        raise Reached
+
+    monkeypatch.setattr(train_lib.input_pipeline, "load", load)
+    with pytest.raises(Reached):
+        train_lib.train_and_evaluate(_config(pooler="max"), str(tmp_path))
+
+
+@pytest.mark.parametrize(
+    ("pooler", "kwargs", "message"),
+    [
+        ("tdgs", {"tau": -1}, r"bad pooler_kwargs \{'tau': -1\} for pooler 'tdgs' .*8x8x1.*tau"),
+        ("max", {"window_shape": [3, 3]}, r"window_shape height 3 is larger than the input"),
+        ("gated", {"per": "pixel"}, r"per must be one of"),
+    ],
+)
+def test_pooler_kwargs_that_fail_on_the_cnn_are_config_errors(pooler, kwargs, message):
+    config = _config(pooler=pooler, pooler_kwargs=kwargs)
+    with pytest.raises(run_config.ConfigError, match=message):
+        run_config.validate_config(config)
+        run_config.validate_model(config, (8, 8, 1), 10)
 
 
 # --------------------------------------------------------------------------- end to end

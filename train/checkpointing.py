@@ -3,7 +3,8 @@
 A checkpoint holds a pytree of arrays (``train_lib`` saves params, optimizer state and step) and a
 small JSON dict (where in the run it was taken, the running sums of the current epoch). Restoring
 walks the steps from newest to oldest: a step whose files are corrupt or partial is reported and
-skipped, so a crash while writing costs at most one checkpoint.
+skipped, so a crash while writing costs at most one checkpoint; when training reaches that step
+again, its new checkpoint replaces the unreadable one.
 """
 
 from __future__ import annotations
@@ -36,6 +37,16 @@ class Restored:
     skipped: tuple[tuple[int, str], ...] = ()
 
 
+def finalised_steps(directory: str | os.PathLike) -> list[int]:
+    """Steps of the finalised checkpoints in ``directory``, oldest first, read from the folder
+    names alone (orbax's unfinished writes carry a suffix and are not counted)."""
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return []
+    return sorted(int(n) for n in names if n.isdigit())
+
+
 class Checkpoints:
     """A thin wrapper of ``ocp.CheckpointManager`` in ``directory``.
 
@@ -50,6 +61,7 @@ class Checkpoints:
             self.directory,
             options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True),
         )
+        self._unreadable: set[int] = set()  # steps restore_latest could not read
 
     def all_steps(self) -> list[int]:
         """Steps of the finalised checkpoints, oldest first (unfinished writes are not listed)."""
@@ -59,10 +71,15 @@ class Checkpoints:
         """Saves ``item`` and ``meta`` as ``step`` (asynchronously).
 
         Returns:
-          False (and saves nothing) if ``step`` already exists.
+          False (and saves nothing) if ``step`` already exists, unless :meth:`restore_latest`
+          found it unreadable: that one is deleted and replaced.
         """
         if step in self._manager.all_steps():
-            return False
+            if step not in self._unreadable:
+                return False
+            logger.warning("replacing the unreadable checkpoint at step %d", step)
+            self._manager.delete(step)
+            self._unreadable.discard(step)
         args = ocp.args.Composite(item=ocp.args.StandardSave(item), meta=ocp.args.JsonSave(meta))
         self._manager.save(step, args=args, force=True)
         return True
@@ -78,6 +95,13 @@ class Checkpoints:
           A :class:`Restored`, or ``None`` when there is no readable checkpoint.
         """
         abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, target)
+        for name in sorted(os.listdir(self.directory)):
+            if not name.isdigit() and name.split(".")[0].isdigit():
+                logger.warning(
+                    "ignoring %s: a checkpoint whose writing did not finish (the process was "
+                    "stopped while saving)",
+                    os.path.join(self.directory, name),
+                )
         skipped = []
         for step in sorted(self._manager.all_steps(), reverse=True):
             try:
@@ -86,11 +110,14 @@ class Checkpoints:
                 )
                 restored = self._manager.restore(step, args=args)
             except Exception as e:  # any unreadable checkpoint: fall back to an older one
-                reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+                reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+                # TensorStore appends the repr of a bound method: noise in a one-line reason.
+                reason = reason.split(" See full TensorStore details")[0][:300]
                 logger.warning(
                     "checkpoint at step %d is unreadable (%s); trying an older one", step, reason
                 )
                 skipped.append((step, reason))
+                self._unreadable.add(step)
                 continue
             return Restored(step, restored.item, dict(restored.meta), tuple(skipped))
         return None

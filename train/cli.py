@@ -1,13 +1,16 @@
-"""What the command-line tools share: usage errors as one line with exit code 2, and logging."""
+"""What the command-line tools share: usage errors as one line with exit code 2, Ctrl-C as exit
+code 130 without a traceback, and logging."""
 
 from __future__ import annotations
 
 import logging
+import re
 import sys
 from collections.abc import Callable, Sequence
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports Ctrl-C
 
 
 class UsageError(Exception):
@@ -18,6 +21,26 @@ def first_line(e: BaseException) -> str:
     """The first line of an exception's message, or its type name when the message is empty."""
     text = str(e).strip()
     return text.splitlines()[0] if text else type(e).__name__
+
+
+def flag_error(e: BaseException) -> str:
+    """One line for an absl flag-parsing error.
+
+    A bad value of a typed flag says what the flag takes; a config file that fails to load gives
+    the reason from the end of the traceback that ml_collections puts in its message.
+    """
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    if not lines:
+        return type(e).__name__
+    bad_value = re.match(
+        r"flag --([\w-]+)=(.*?): (invalid literal for int|could not convert)", lines[0]
+    )
+    if bad_value:
+        kind = "an integer" if "int" in bad_value.group(3) else "a number"
+        return f"--{bad_value.group(1)} must be {kind}; got {bad_value.group(2)!r}"
+    if len(lines) > 1 and lines[0].endswith("Error whilst parsing config file:"):
+        return f"{lines[0]} {lines[-1]}"
+    return lines[0]
 
 
 def run_main(run: Callable[[Sequence[str]], int], argv: Sequence[str] | None = None) -> int:
@@ -31,3 +54,6 @@ def run_main(run: Callable[[Sequence[str]], int], argv: Sequence[str] | None = N
     except UsageError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USAGE
+    except KeyboardInterrupt:  # Ctrl-C outside training (which saves and exits by itself)
+        print("interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED

@@ -2,7 +2,7 @@ r"""Command line: train the standard CNN with one pooler.
 
 Examples::
 
-  python -m train.main --dataset digits --pooler max            # offline demo, about a minute
+  python -m train.main --dataset digits --pooler max            # offline demo, about 10 s
   python -m train.main --pooler tdgs --data-dir ../shared/tfds  # MNIST, the reference setup
   python -m train.main --config configs/cifar10.py --config.pooler=mixed --config.num_epochs=3
 
@@ -88,6 +88,11 @@ def build_config():
     except OSError as e:  # config_flags defers load errors until the value is used
         lines = [line.strip() for line in str(e).splitlines() if line.strip()]
         raise cli.UsageError(f"cannot load --config: {lines[-1] if lines else e}") from e
+    except AttributeError as e:  # get_config() returned something else than a ConfigDict
+        raise cli.UsageError(
+            f"--config {flags.FLAGS['config'].config_filename}: get_config() must return an "
+            f"ml_collections.ConfigDict (see configs/default.py), got {type(config).__name__}"
+        ) from e
     if config is None:
         dataset = _DATASET.value or "mnist"
         if dataset not in input_pipeline.DATASETS:
@@ -124,6 +129,17 @@ def build_config():
     return config
 
 
+def _unknown_field(e: Exception) -> cli.UsageError:
+    """The usage error for a ``--config.<field>`` flag that names no field of the config."""
+    text = str(e).replace("\\", "")
+    field = re.search(r"'([^']+)'", text)
+    hint = re.search(r'Did you mean "([^"]+)"', text)
+    return cli.UsageError(
+        f"unknown config field {field.group(1) if field else text!r} in a --config.<field> "
+        f"flag{f' (did you mean {hint.group(1)!r}?)' if hint else ''}; see configs/default.py"
+    )
+
+
 def _epoch_line(num_epochs: int):
     def show(row: dict) -> None:
         print(
@@ -146,16 +162,25 @@ def run(argv: list[str]) -> int:
         return 0
     try:
         rest = flags.FLAGS(argv)
-    except (KeyError, AttributeError) as e:  # ml_collections: --config.<field> names no field
-        text = str(e).replace("\\", "")
-        field = re.search(r"'([^']+)'", text)
-        hint = re.search(r'Did you mean "([^"]+)"', text)
+    except AttributeError as e:
+        if "get_config" not in str(e):
+            raise _unknown_field(e) from e
         raise cli.UsageError(
-            f"unknown config field {field.group(1) if field else text!r} in a --config.<field> "
-            f"flag{f' (did you mean {hint.group(1)!r}?)' if hint else ''}; see configs/default.py"
+            "the --config file must define get_config() returning an ml_collections.ConfigDict "
+            "(see configs/default.py)"
         ) from e
+    except KeyError as e:  # ml_collections: --config.<field> names no field
+        raise _unknown_field(e) from e
+    except flags.UnrecognizedFlagError as e:
+        if e.flagname.startswith("config."):
+            raise cli.UsageError(
+                f"--{e.flagname} overrides a field of a --config file; pass one too, e.g. "
+                "--config configs/digits.py (without --config the shortcut flags such as "
+                "--epochs set the common fields)"
+            ) from e
+        raise cli.UsageError(cli.flag_error(e)) from e
     except Exception as e:  # absl flag errors and config-file load errors alike
-        raise cli.UsageError(cli.first_line(e)) from e
+        raise cli.UsageError(cli.flag_error(e)) from e
     if len(rest) > 1:
         raise cli.UsageError(f"unexpected arguments: {' '.join(rest[1:])}")
     config = build_config()

@@ -4,6 +4,7 @@ from it: the persistent compilation cache and the number of micro-batches per st
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import os
@@ -11,10 +12,11 @@ from collections.abc import Mapping
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 
 import jaxpool
-from train import cli, input_pipeline
+from train import cli, input_pipeline, models
 from train.steps import pooler_kwargs
 
 logger = logging.getLogger(__name__)
@@ -63,6 +65,11 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     def is_int(v: Any) -> bool:
         return isinstance(v, int) and not isinstance(v, bool)
 
+    missing = [field for field in _default_config() if field not in config]
+    need(
+        not missing,
+        f"the config lacks field(s) {', '.join(missing)}; start from configs/default.py",
+    )
     names = jaxpool.available()
     need(
         config.pooler in names,
@@ -86,6 +93,8 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         value = config[field]
         kind = "a positive integer" if low else f"an integer >= 0{zero}"
         need(is_int(value) and value >= low, f"{label} must be {kind}, got {value!r}")
+    # jax.random.key(seed) keeps 32 bits: 2**32 would silently repeat seed 0.
+    need(config.seed < 2**32, f"seed must be below 2**32 = {2**32}, got {config.seed!r}")
     lr = config.learning_rate
     need(
         isinstance(lr, int | float) and math.isfinite(lr) and lr > 0,
@@ -95,6 +104,13 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     need(
         isinstance(kwargs, Mapping | ml_collections.ConfigDict),
         f"pooler_kwargs must be a mapping of keyword arguments, got {kwargs!r}",
+    )
+    loop_set = sorted(set(pooler_kwargs(config)) & set(_LOOP_FIELDS))
+    need(
+        not loop_set,
+        f"pooler_kwargs cannot set {', '.join(loop_set)}: the training loop sets "
+        "deterministic (training mode in train steps, deterministic evaluation) and feeds the "
+        "poolers' rng stream 'pooling'",
     )
     try:
         jaxpool.create(config.pooler, **pooler_kwargs(config))
@@ -113,6 +129,46 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         )
     config_microbatches(config, config.batch_size)
 
+
+def validate_model(
+    config: ml_collections.ConfigDict, image_shape: tuple[int, ...], num_classes: int
+) -> None:
+    """Traces the CNN's init and both modes of its forward pass on one example of
+    ``image_shape`` (abstractly: nothing is computed or compiled).
+
+    ``pooler_kwargs`` that only fail on a pool slot's input (a window larger than the input with
+    ``'VALID'`` padding, ``tau <= 0``, an unknown ``per``) are then a :class:`ConfigError` before
+    the run writes anything.
+    """
+    kwargs = pooler_kwargs(config)
+    model = models.CNN(num_classes=num_classes, pooler=config.pooler, pooler_kwargs=kwargs)
+
+    def trace():
+        x = jnp.zeros((1, *image_shape), jnp.float32)
+        rngs = {"params": jax.random.key(0), "pooling": jax.random.key(1)}
+        variables = model.init(rngs, x, deterministic=False)
+        return model.apply(variables, x, deterministic=True)
+
+    try:
+        jax.eval_shape(trace)
+    except (TypeError, ValueError) as e:
+        if not kwargs:
+            raise  # not the user's settings: a bug, with its traceback
+        raise ConfigError(
+            f"bad pooler_kwargs {kwargs!r} for pooler {config.pooler!r} in the CNN for "
+            f"{config.dataset} (input {'x'.join(map(str, image_shape))}): {cli.first_line(e)}"
+        ) from e
+
+
+@functools.cache
+def _default_config() -> ml_collections.ConfigDict:
+    from configs import default
+
+    return default.get_config()
+
+
+# Module fields the training loop sets itself, which pooler_kwargs may not set.
+_LOOP_FIELDS = ("deterministic", "rng_collection")
 
 MICROBATCH_TARGET_CPU = 32  # examples per micro-batch on CPU (measured: 32-64 fit the caches)
 

@@ -250,7 +250,7 @@ def build_plans(argv: list[str]) -> tuple[list[sweep_plan.Plan], str]:
     try:
         rest = _FLAGS(argv)
     except flags.Error as e:
-        raise cli.UsageError(cli.first_line(e)) from e
+        raise cli.UsageError(cli.flag_error(e)) from e
     if len(rest) > 1:
         raise cli.UsageError(f"unexpected arguments: {' '.join(rest[1:])}")
     poolers = sweep_plan.parse_poolers(_POOLERS.value)

@@ -14,7 +14,7 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
-from train import cli, run_files, sweep_runs
+from train import checkpointing, cli, run_files, sweep_runs
 
 
 @dataclasses.dataclass(frozen=True)
@@ -163,13 +163,8 @@ def make_config(
 
 
 def checkpoint_steps(run_dir: str) -> list[int]:
-    """Steps of the finalised checkpoints in ``<run_dir>/checkpoints`` (orbax's temporary
-    directories, which carry a suffix, are not counted)."""
-    try:
-        names = os.listdir(os.path.join(run_dir, "checkpoints"))
-    except OSError:
-        return []
-    return sorted(int(n) for n in names if n.isdigit())
+    """Steps of the finalised checkpoints in ``<run_dir>/checkpoints``."""
+    return checkpointing.finalised_steps(os.path.join(run_dir, "checkpoints"))
 
 
 def plan_entry(entry: Entry, config, workdir: str, *, retry_failed: bool = False) -> Plan:

@@ -50,7 +50,7 @@ import numpy as np
 import tqdm
 
 from train import checkpointing, device_loop, input_pipeline, models, run_files, run_metrics
-from train.run_config import ConfigError, config_microbatches, validate_config
+from train.run_config import ConfigError, config_microbatches, validate_config, validate_model
 from train.steps import TrainState, create_train_state, eval_step, pooler_kwargs, step_fn
 
 logger = logging.getLogger(__name__)
@@ -187,16 +187,21 @@ def train_and_evaluate(
     validate_config(config)
     lead = jax.process_index() == 0
     workdir = os.path.abspath(workdir)
+    if os.path.exists(workdir) and not os.path.isdir(workdir):
+        raise ConfigError(f"workdir {workdir} exists and is not a directory")
     config_path = os.path.join(workdir, "config.json")
     metrics_path = os.path.join(workdir, "metrics.jsonl")
+    checkpoint_dir = os.path.join(workdir, "checkpoints")
     if os.path.exists(config_path):
         with open(config_path) as f:
             changed = run_files.changed_run_fields(json.load(f), config)
-        if changed:
+        if changed and checkpointing.finalised_steps(checkpoint_dir):
             raise ConfigError(
                 f"workdir {workdir} holds a run with different {', '.join(changed)}; use "
                 "another --workdir or delete it"
             )
+        if changed:  # it never saved a checkpoint: nothing to resume, nothing to lose
+            logger.info("workdir %s held an untrained run; starting this config there", workdir)
 
     data = input_pipeline.load(config.dataset, config.data_dir)
     batch_size = config.batch_size
@@ -211,8 +216,13 @@ def train_and_evaluate(
     if config.standardize:
         mean, std = input_pipeline.channel_stats(data.train)
 
+    validate_model(config, data.image_shape, data.num_classes)
+
     if lead:
-        os.makedirs(workdir, exist_ok=True)
+        try:
+            os.makedirs(workdir, exist_ok=True)
+        except OSError as e:
+            raise ConfigError(f"cannot create workdir {workdir}: {e.strerror or e}") from e
         run_files.write_json(config_path, json.loads(config.to_json_best_effort()))
 
     mesh = jax.sharding.Mesh(np.array(jax.devices()), ("data",))
@@ -227,9 +237,7 @@ def train_and_evaluate(
         config, data.image_shape, data.num_classes, init_key, sharding=replicated
     )
 
-    ckpt = checkpointing.Checkpoints(
-        os.path.join(workdir, "checkpoints"), max_to_keep=config.checkpoints_to_keep
-    )
+    ckpt = checkpointing.Checkpoints(checkpoint_dir, max_to_keep=config.checkpoints_to_keep)
     target = {"step": state.step, "params": state.params, "opt_state": state.opt_state}
     restored = ckpt.restore_latest(target)
     # Position in the run and the running sums of the current (possibly unfinished) epoch.
@@ -238,8 +246,6 @@ def train_and_evaluate(
         item = restored.item
         state = state.replace(step=item["step"], params=item["params"], opt_state=item["opt_state"])
         meta.update(restored.meta)
-        for step, reason in restored.skipped:
-            logger.warning("skipped unreadable checkpoint at step %d: %s", step, reason)
         logger.info("resumed from checkpoint at step %d (epoch %d)", restored.step, meta["epoch"])
 
     history = run_files.read_metrics(metrics_path, meta["epoch"])
