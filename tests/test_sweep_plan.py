@@ -109,7 +109,12 @@ def test_plan_of_failed_and_conflicting_runs(planned):
     result = plan(config_json, record=crash)
     assert (result.action, result.runs, result.detail) == ("retry", True, "failed before: disk")
     other = dict(config_json, learning_rate=config_json["learning_rate"] * 2, seed=5)
-    result = plan(other)
+    # Without a checkpoint there is nothing to keep: the new settings start over, even where
+    # the old ones ended in a non-finite loss.
+    result = plan(other, record=nan)
+    assert (result.action, result.runs) == ("new", True)
+    assert result.detail == "starts over with other learning_rate, seed: no checkpoint"
+    result = plan(other, checkpoints=[20])
     assert (result.action, result.runs) == ("conflict", False)
     assert "learning_rate, seed" in result.detail
 

@@ -21,7 +21,9 @@ Rerunning the same command is cheap and safe:
 - any other run with a checkpoint resumes from it (``train_lib`` restores the newest one), so an
   interrupted sweep, or a run whose final checkpoint was deleted, continues where it stopped;
 - a run that failed on a non-finite loss is deterministic and is skipped unless
-  ``--retry-failed``; a run that failed with any other error is tried again.
+  ``--retry-failed``; a run that failed with any other error is tried again;
+- a run directory holding other run-defining settings (learning rate, batch size, ...) is a
+  conflict, skipped and reported, if it holds a checkpoint; without one it starts over.
 
 A failed run (non-finite loss or any exception) is recorded with its error and the sweep goes on.
 At the end ``<workdir>/report/`` is rewritten from all run directories (see :mod:`train.report`)

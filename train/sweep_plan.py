@@ -54,7 +54,8 @@ class Plan:
       config: its full config.
       run_dir: its workdir.
       action: ``done`` (skip), ``failed`` (skip; non-finite loss before), ``conflict`` (the
-        directory holds a run with other run-defining fields; skipped and counted as failed),
+        directory holds a checkpointed run with other run-defining fields; skipped and counted
+        as failed; one that saved no checkpoint is started over as ``new``),
         ``resume`` (from a checkpoint), ``new`` (from scratch), ``retry`` (failed before with an
         error that may be transient).
       detail: a human-readable reason.
@@ -176,17 +177,18 @@ def plan_entry(entry: Entry, config, workdir: str, *, retry_failed: bool = False
         return Plan(entry, config, path, action, detail)
 
     old_config = sweep_runs.read_json(os.path.join(path, "config.json"))
-    if old_config:
-        diff = run_files.changed_run_fields(old_config, config)
-        if diff:
-            return plan(
-                "conflict",
-                f"{path} holds a run with different {', '.join(diff)}; delete it or use another "
-                "--workdir",
-            )
+    steps = checkpoint_steps(path)
+    diff = run_files.changed_run_fields(old_config, config) if old_config else []
+    if diff and steps:
+        return plan(
+            "conflict",
+            f"{path} holds a run with different {', '.join(diff)}; delete it or use another "
+            "--workdir",
+        )
+    if diff:  # that run saved nothing: start over with these settings, as train.main does
+        return plan("new", f"starts over with other {', '.join(diff)}: no checkpoint")
     summary = sweep_runs.read_json(os.path.join(path, "summary.json")) or {}
     info = sweep_runs.read_json(os.path.join(path, sweep_runs.RUN_FILE)) or {}
-    steps = checkpoint_steps(path)
     final_step = (summary.get("final") or {}).get("step")
     if (
         old_config
