@@ -31,7 +31,8 @@ def get_config() -> ml_collections.ConfigDict:
     config.eval_batch_size = 0
     # Number of passes over the training split.
     config.num_epochs = 10
-    # Seed of parameter init, per-step pooling keys (fold_in(key, step)) and the data order.
+    # Seed of parameter init, per-step pooling keys (fold_in(key, step)) and the data order;
+    # an integer in [0, 2**32).
     config.seed = 0
     # Standardise inputs per channel with train-split mean/std after scaling to [0, 1].
     config.standardize = False
