@@ -256,6 +256,21 @@ def test_write_produces_csv_markdown_and_valid_pngs(workdir):
     assert float(first["train_seconds_per_epoch"]) == 1.0
 
 
+def test_seconds_per_epoch_leave_out_the_epochs_that_compiled():
+    def run(*rows):
+        metrics = [{"train_seconds": t, **flags} for t, flags in rows]
+        return sweep_runs.Run(
+            "p", "digits", "max", {}, 0, len(rows), "done", "", metrics, {}, {}, {}
+        )
+
+    fresh = {"includes_startup": True}
+    plain = {"includes_startup": False}
+    # Resumed at epoch 3: epochs 1 and 3 compiled, epoch 2 and 4 did not.
+    assert run((9, fresh), (1, plain), (7, fresh), (3, plain)).seconds_per_epoch == 2.0
+    assert run((9, fresh), (7, fresh)).seconds_per_epoch == 8.0  # nothing else to use
+    assert run((9, {}), (1, {}), (3, {})).seconds_per_epoch == 2.0  # older runs: not epoch 1
+
+
 def test_rebuild_gives_identical_csv(workdir):
     first = open(report.write(workdir)["csv"], "rb").read()
     assert report.main(["report", workdir]) == 0

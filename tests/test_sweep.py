@@ -91,6 +91,15 @@ def test_bad_flags_exit_2_with_one_line(argv, message, capsys, tmp_path):
     assert not os.path.exists(tmp_path / "w")
 
 
+@pytest.mark.parametrize("dry_run", [[], ["--dry-run"]])
+def test_a_workdir_that_is_a_file_exits_2(dry_run, capsys, tmp_path):
+    (tmp_path / "afile").write_text("")
+    argv = ["sweep", "--workdir", str(tmp_path / "afile"), "--poolers", "max", *dry_run]
+    assert sweep.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err == f"error: --workdir {tmp_path / 'afile'} exists and is not a directory\n"
+
+
 def test_dry_run_on_empty_workdir_writes_nothing(tmp_path, capsys):
     workdir = tmp_path / "w"
     argv = ["--poolers", "all", "--seeds", "2", "--tdgs-init-temperatures", "0.5,1", "--dry-run"]
@@ -153,6 +162,7 @@ def test_table_numbers_equal_metrics(done_sweep):
         assert float(row["final_test_loss"]) == metrics[-1]["test_loss"]
         assert float(row["best_test_accuracy"]) == max(m["test_accuracy"] for m in metrics)
         # Seconds per epoch leave out epoch 1 (compilation).
+        assert [m["includes_startup"] for m in metrics] == [True, False]
         assert float(row["train_seconds_per_epoch"]) == metrics[1]["train_seconds"]
         finals.setdefault(row["pooler"], []).append(metrics[-1]["test_accuracy"])
     md = (done_sweep / "report" / "report.md").read_text()
@@ -196,6 +206,7 @@ def test_deleted_final_checkpoint_resumes_exactly_that_run(done_sweep, tmp_path,
     # Epoch 1 came from the checkpoint (its row, timings included, is untouched); epoch 2 reran.
     assert after[0] == before[0]
     assert after[1]["step"] == before[1]["step"]
+    assert after[0]["includes_startup"] and after[1]["includes_startup"]  # two processes
     assert after[1]["test_accuracy"] == pytest.approx(before[1]["test_accuracy"], abs=0.01)
     assert sweep_plan.checkpoint_steps(str(run))[-1] == steps[-1]
 

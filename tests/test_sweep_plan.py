@@ -91,12 +91,17 @@ def test_plan_of_each_kind_of_run_directory(planned):
     os.makedirs(os.path.join(path, "checkpoints", "60.orbax-checkpoint-tmp-1"))
     assert sweep_plan.checkpoint_steps(path) == [20, 40]
     # More epochs than the finished run: resume from its last checkpoint.
-    more = dict(done, num_epochs=1)
+    more = dict(done, num_epochs=1, epochs_completed=1)
     result = plan(config_json, more)
     assert (result.action, result.detail) == (
         "resume",
         "extends 1 to 2 epochs; from checkpoint step 40",
     )
+    # Fewer: refused (resuming would relabel a 3-epoch result as 2 epochs).
+    fewer = dict(done, num_epochs=3, epochs_completed=3)
+    result = plan(config_json, fewer)
+    assert (result.action, result.runs) == ("conflict", False)
+    assert "trained for 3 epochs, more than --epochs 2; ask for 3 or more" in result.detail
 
 
 def test_plan_of_failed_and_conflicting_runs(planned):

@@ -18,7 +18,13 @@ from configs import default, digits
 from train import models, run_config, steps, train_lib
 
 SHARED_TFDS = pathlib.Path(__file__).resolve().parents[1].parent / "shared" / "tfds"
-TIMING_KEYS = {"train_seconds", "eval_seconds", "epoch_seconds", "images_per_second"}
+TIMING_KEYS = {
+    "train_seconds",
+    "eval_seconds",
+    "epoch_seconds",
+    "images_per_second",
+    "includes_startup",
+}
 METRIC_KEYS = {"epoch", "step", "train_loss", "train_accuracy", "test_loss", "test_accuracy"}
 
 
@@ -122,6 +128,12 @@ def test_a_workdir_of_an_untrained_run_takes_the_new_config(tmp_path, monkeypatc
     monkeypatch.setattr(train_lib.input_pipeline, "load", load)
     with pytest.raises(Reached):
         train_lib.train_and_evaluate(_config(pooler="max"), str(tmp_path))
+
+
+def test_fewer_epochs_than_a_workdir_holds_are_refused(tmp_path):
+    (tmp_path / "checkpoints" / "66").mkdir(parents=True)  # 3 epochs of 22 steps
+    with pytest.raises(run_config.ConfigError, match="trained for 3 epochs, more than the 2"):
+        train_lib.train_and_evaluate(_config(num_epochs=2), str(tmp_path))
 
 
 @pytest.mark.parametrize(

@@ -287,7 +287,9 @@ def markdown(runs: Sequence[Run], workdir: str, plots: dict[str, list[str]]) -> 
         "last epoch; mean ± std (sample std) over seeds. Δ is the paired difference to max pooling "
         "over the seeds both finished, with a 95% Student-t interval (percentage points). "
         "★ marks the best mean accuracy only where its interval excludes zero. s/epoch is the "
-        "training time per epoch, without the first epoch (compilation) when there are more; "
+        "training time per epoch, without the epochs that include compiling the step (the "
+        "first epoch of each process that trained the run, resumed runs included) when there "
+        "are others; "
         "× max is the ratio to max pooling.",
         "",
     ]

@@ -24,6 +24,7 @@ def epoch_start(epoch: int, seed: int) -> dict[str, Any]:
         "correct": 0,
         "count": 0,
         "train_seconds": 0.0,
+        "includes_startup": False,
     }
 
 
@@ -57,6 +58,9 @@ def epoch_row(
         "test_loss": test["loss"],
         "test_accuracy": test["accuracy"],
         "train_seconds": train_seconds,
+        # The first epoch a process trains (a new run or a resumed one) also compiles the step,
+        # or loads it from the cache.
+        "includes_startup": bool(meta.get("includes_startup", False)),
         "eval_seconds": eval_seconds,
         "epoch_seconds": train_seconds + eval_seconds,
         "images_per_second": meta["count"] / max(train_seconds, 1e-9),

@@ -23,7 +23,8 @@ Rerunning the same command is cheap and safe:
 - a run that failed on a non-finite loss is deterministic and is skipped unless
   ``--retry-failed``; a run that failed with any other error is tried again;
 - a run directory holding other run-defining settings (learning rate, batch size, ...) is a
-  conflict, skipped and reported, if it holds a checkpoint; without one it starts over.
+  conflict, skipped and reported, if it holds a checkpoint (without one it starts over), and so
+  is a run trained for more epochs than ``--epochs``.
 
 A failed run (non-finite loss or any exception) is recorded with its error and the sweep goes on.
 At the end ``<workdir>/report/`` is rewritten from all run directories (see :mod:`train.report`)
@@ -263,6 +264,8 @@ def build_plans(argv: list[str]) -> tuple[list[sweep_plan.Plan], str]:
         raise cli.UsageError(f"--epochs must be >= 1, got {_EPOCHS.value}")
     temperatures = sweep_plan.parse_temperatures(_TEMPERATURES.value)
     workdir = _WORKDIR.value
+    if os.path.exists(workdir) and not os.path.isdir(workdir):
+        raise cli.UsageError(f"--workdir {workdir} exists and is not a directory")
     plans = []
     for entry in sweep_plan.entries(poolers, datasets, _SEEDS.value, temperatures):
         config = sweep_plan.make_config(
@@ -295,7 +298,10 @@ def run(argv: list[str]) -> int:
         print(f"sweep in {workdir}: {len(plans)} runs")
         print("\n".join(sweep_plan.describe(plans)))
         return 0
-    record_command(workdir, "python -m train.sweep " + shlex.join(argv[1:]))
+    try:
+        record_command(workdir, "python -m train.sweep " + shlex.join(argv[1:]))
+    except OSError as e:  # e.g. a path through a file, or no permission
+        raise cli.UsageError(f"cannot write to --workdir {workdir}: {e.strerror or e}") from e
     try:
         run_config.enable_compilation_cache()
         outcome = sweep(plans, workdir, verbose=not _QUIET.value)

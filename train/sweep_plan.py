@@ -188,6 +188,13 @@ def plan_entry(entry: Entry, config, workdir: str, *, retry_failed: bool = False
     if diff:  # that run saved nothing: start over with these settings, as train.main does
         return plan("new", f"starts over with other {', '.join(diff)}: no checkpoint")
     summary = sweep_runs.read_json(os.path.join(path, "summary.json")) or {}
+    trained = summary.get("epochs_completed") or 0
+    if steps and trained > config.num_epochs:  # as train.main refuses it
+        return plan(
+            "conflict",
+            f"{path} holds a run trained for {trained} epochs, more than --epochs "
+            f"{config.num_epochs}; ask for {trained} or more, or use another --workdir",
+        )
     info = sweep_runs.read_json(os.path.join(path, sweep_runs.RUN_FILE)) or {}
     final_step = (summary.get("final") or {}).get("step")
     if (

@@ -98,8 +98,14 @@ class Run:
         return self.metrics[-1] if self.metrics else {}
 
     def timing_rows(self) -> list[dict[str, Any]]:
-        """Epochs used for speed: all but the first (it includes compilation) when there are more."""
-        return self.metrics[1:] if len(self.metrics) > 1 else self.metrics
+        """Epochs used for speed: those whose time does not include starting the step
+        (``includes_startup``: the first epoch of each process that trained the run; in runs
+        from before that flag, the first epoch), or all of them when no other is left."""
+        if any("includes_startup" in r for r in self.metrics):
+            rows = [r for r in self.metrics if not r.get("includes_startup")]
+        else:
+            rows = self.metrics[1:]
+        return rows or self.metrics
 
     @property
     def seconds_per_epoch(self) -> float:

@@ -17,8 +17,10 @@ Files written to ``workdir`` (by process 0):
   - ``train_loss``, ``train_accuracy`` (means over the epoch's training examples; accuracies
     are fractions in [0, 1]),
   - ``test_loss``, ``test_accuracy`` (over every test example exactly once),
-  - ``train_seconds``, ``eval_seconds``, ``epoch_seconds`` (= train + eval; the first epoch
-    includes compilation), ``images_per_second`` (training images / train_seconds).
+  - ``train_seconds``, ``eval_seconds``, ``epoch_seconds`` (= train + eval),
+    ``images_per_second`` (training images / train_seconds), and ``includes_startup``: true for
+    the first epoch each process trains (of a new or a resumed run), whose time includes
+    compiling the step or loading it from the cache.
 
 - ``pooler_params.json``: the learned pooler parameters in readable form (see
   :func:`train.models.pooler_report`), rewritten every epoch.
@@ -212,6 +214,13 @@ def train_and_evaluate(
             f"batch size {batch_size} exceeds the {len(data.train)} training examples of "
             f"{config.dataset}"
         )
+    trained = max(checkpointing.finalised_steps(checkpoint_dir), default=0)
+    if trained > config.num_epochs * steps:
+        raise ConfigError(
+            f"workdir {workdir} holds a run trained for {trained // steps} epochs, more than the "
+            f"{config.num_epochs} asked for; ask for {trained // steps} or more, or use another "
+            "--workdir"
+        )
     mean = std = None
     if config.standardize:
         mean, std = input_pipeline.channel_stats(data.train)
@@ -269,6 +278,7 @@ def train_and_evaluate(
     show_bar = bool(config.progress) and sys.stderr.isatty()
     stop_after = config.stop_after_epochs or config.num_epochs
 
+    meta["includes_startup"] = True  # the epoch this process starts in compiles the step
     with _catch_signals() as received:
         while meta["epoch"] < config.num_epochs:
             epoch = meta["epoch"]  # 0-based index of the epoch being run
