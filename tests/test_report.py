@@ -14,6 +14,7 @@ import pytest
 from PIL import Image
 
 import jaxpool
+from train import plots as report_plots
 from train import report, stats, sweep_runs
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -174,6 +175,8 @@ def workdir(tmp_path):
 
 def test_pooler_order_is_the_registry_order_and_report_reading_needs_no_jax():
     assert sweep_runs.POOLER_ORDER == jaxpool.available()
+    default = jaxpool.TDGSPool.__dataclass_fields__["init_temperature"].default
+    assert sweep_runs.TDGS_DEFAULT_INIT_TEMPERATURE == default
     code = "import sys, train.report; print('jax' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
@@ -254,6 +257,16 @@ def test_write_produces_csv_markdown_and_valid_pngs(workdir):
     assert (first["pooler"], first["seed"], first["status"]) == ("max", "0", "done")
     assert float(first["final_test_accuracy"]) == MAX[0]
     assert float(first["train_seconds_per_epoch"]) == 1.0
+
+
+def test_plain_tdgs_is_the_default_temperature_point_of_the_study(tmp_path):
+    make_run(tmp_path, "digits", "tdgs", 0, [0.9])
+    make_run(tmp_path, "digits", "tdgs", 0, [0.8], kwargs={"init_temperature": 0.5})
+    make_run(tmp_path, "digits", "tdgs", 0, [0.7], kwargs={"tau": 0.5})  # not the study
+    make_run(tmp_path, "mnist", "tdgs", 0, [0.95])  # no temperature study on mnist
+    runs = report_plots.init_temperature_runs(sweep_runs.collect(str(tmp_path)))
+    points = sorted((r.dataset, report_plots.init_temperature(r)) for r in runs)
+    assert points == [("digits", 0.5), ("digits", 1.0)]
 
 
 def test_seconds_per_epoch_leave_out_the_epochs_that_compiled():

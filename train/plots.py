@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from train import stats
+from train.sweep_runs import TDGS_DEFAULT_INIT_TEMPERATURE
 
 if TYPE_CHECKING:
     from train.report import Run
@@ -93,7 +94,7 @@ def plot_curves(runs: Sequence[Run], key: str, ylabel: str, title: str, path: st
         ax.fill_between(epochs_a, means_a - stds_a, means_a + stds_a, color=color, alpha=0.2)
         if n_epochs == 1:  # a band of one point is invisible: show it as an error bar
             ax.errorbar(epochs_a, means_a, yerr=stds_a, color=color, capsize=4, ls="none")
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
     ax.set_xlabel("epoch")
     ax.set_ylabel(ylabel)
     ax.set_title(title)
@@ -162,8 +163,8 @@ def plot_tdgs_temperatures(runs: Sequence[Run], title: str, path: str) -> None:
             mean = np.mean(np.stack(maps), axis=0)
             image = ax.imshow(mean, cmap="viridis", interpolation="nearest")
             fig.colorbar(image, ax=ax, label="effective temperature")
-            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-            ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
+            ax.yaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
             ax.set_title(
                 f"{label}, {layer} ({mean.shape[0]}×{mean.shape[1]}), n={len(maps)}",
                 fontsize="medium",
@@ -218,10 +219,19 @@ def plot_gates(runs: Sequence[Run], title: str, path: str) -> None:
 
 
 def init_temperature_runs(runs: Sequence[Run]) -> list[Run]:
-    """Finished TDGS runs whose pooler kwargs set ``init_temperature``."""
+    """Finished TDGS runs of the initial-temperature study: those whose pooler kwargs set only
+    ``init_temperature``, and on the datasets that have any, the plain ``tdgs`` runs (the
+    default temperature, see :func:`init_temperature`)."""
+    tdgs = [r for r in runs if r.done and r.pooler == "tdgs"]
+    studied = {r.dataset for r in tdgs if set(r.pooler_kwargs) == {"init_temperature"}}
     return [
-        r for r in runs if r.done and r.pooler == "tdgs" and "init_temperature" in r.pooler_kwargs
+        r for r in tdgs if r.dataset in studied and set(r.pooler_kwargs) <= {"init_temperature"}
     ]
+
+
+def init_temperature(run: Run) -> float:
+    """A TDGS run's ``init_temperature`` (TDGS's default when its kwargs do not set it)."""
+    return float(run.pooler_kwargs.get("init_temperature", TDGS_DEFAULT_INIT_TEMPERATURE))
 
 
 def plot_init_temperature(runs: Sequence[Run], path: str, baseline: str) -> None:
@@ -236,8 +246,7 @@ def plot_init_temperature(runs: Sequence[Run], path: str, baseline: str) -> None
         by_t: dict[float, list[float]] = {}
         tdgs_d = [r for r in tdgs if r.dataset == dataset]
         for run in tdgs_d:
-            t = float(run.pooler_kwargs["init_temperature"])
-            by_t.setdefault(t, []).append(run.final["test_accuracy"])
+            by_t.setdefault(init_temperature(run), []).append(run.final["test_accuracy"])
         temps = sorted(by_t)
         ms = [stats.mean_std(by_t[t]) for t in temps]
         mean = np.array([100 * m for m, _ in ms])

@@ -134,7 +134,7 @@ def run_one(
     Raises:
       train_lib.Interrupted, KeyboardInterrupt: after recording ``interrupted``; the sweep stops.
     """
-    from train import run_config, train_lib
+    from train import input_pipeline, run_config, train_lib
 
     entry = plan.entry
     os.makedirs(plan.run_dir, exist_ok=True)
@@ -164,8 +164,11 @@ def run_one(
         run_files.write_json(record_path, record)
         raise
     except Exception as e:  # any failure of one run is recorded; the sweep goes on
-        expected = (train_lib.NonFiniteLossError, run_config.ConfigError)
-        logger.error("%s failed", entry.name(), exc_info=not isinstance(e, expected))
+        # Expected failures in one line; anything else with its traceback (a bug to report).
+        expected = (train_lib.NonFiniteLossError, run_config.ConfigError, input_pipeline.DataError)
+        logger.error(
+            "%s failed: %s", entry.name(), cli.first_line(e), exc_info=not isinstance(e, expected)
+        )
         record.update(
             status="failed",
             error=f"{type(e).__name__}: {cli.first_line(e)}"

@@ -127,9 +127,17 @@ def entries(
     seeds: int,
     temperatures: Sequence[float] = (),
 ) -> list[Entry]:
-    """Every run, dataset by dataset, seed by seed (all poolers of seed 0 finish first)."""
+    """Every run, dataset by dataset, seed by seed (all poolers of seed 0 finish first).
+
+    A temperature equal to TDGS's default is not run again when plain ``tdgs`` is among the
+    poolers: that run is the same model, and the report uses it for that temperature.
+    """
     variants = [(p, ()) for p in poolers]
-    variants += [("tdgs", (("init_temperature", float(t)),)) for t in temperatures]
+    variants += [
+        ("tdgs", (("init_temperature", float(t)),))
+        for t in temperatures
+        if not ("tdgs" in poolers and float(t) == sweep_runs.TDGS_DEFAULT_INIT_TEMPERATURE)
+    ]
     return [
         Entry(dataset, pooler, kwargs, seed)
         for dataset in datasets

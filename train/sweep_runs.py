@@ -24,6 +24,9 @@ DATASET_ORDER = ("mnist", "cifar10", "cifar100", "digits")
 # jaxpool.available()'s order, written out so that reading a sweep back needs no JAX
 # (tests/test_report.py checks the two agree).
 POOLER_ORDER = ("max", "avg", "mixed", "gated", "tree", "stochastic", "s3", "tdgs")
+# TDGSPool's default init_temperature: a plain "tdgs" run is the point T = 1 of the temperature
+# study (a test ties the two; this module imports no JAX).
+TDGS_DEFAULT_INIT_TEMPERATURE = 1.0
 # Short names of pooler keyword arguments in labels.
 KWARG_ALIASES = {"init_temperature": "T"}
 RUN_FILE = "sweep_run.json"  # written by train.sweep into every run directory
