@@ -18,7 +18,8 @@ Measured:
   (one jitted call returning the output and its vjp w.r.t. input and parameters, the cotangent an
   argument: see :func:`pooler_step`) on NHWC ``(256, 32, 32, 16)`` and ``(64, 16, 16, 32)``,
   with its ratio to jaxpool's max pool and to a jitted copy of the same tensor (the
-  memory-traffic floor: ``misc_ms["copy@<shape>"]``);
+  memory-traffic floor: ``misc_ms["copy@<shape>"]``); max is always measured and reported, as
+  the reference of the ratios;
 * ``cnn_train_img_s["<pooler>@<batch>"]`` / ``cnn_eval_img_s[...]``: the standard CNN on
   CIFAR-sized input (32x32x3, 10 classes; ``--cnn-input 28,28,1`` for MNIST's) with Adam, one
   jitted ``steps.train_step`` (micro-batched as ``train.main`` would on this device; its state
@@ -26,6 +27,7 @@ Measured:
   ``eval_step``, batch 64 and 256;
 * ``misc_ms["compile_train_step@<pooler>@<batch>"]``: lowering + compiling the train step;
 * ``malloc``: the allocator setting the figures were taken under (:func:`keep_freed_memory`);
+* ``repeats``: ``--repeats``;
 * ``xla_flags``: ``XLA_FLAGS`` as the run saw it (``import train`` adds the flags of
   :mod:`train.xla_cpu`);
 * ``page_faults_per_call["<pooler>@<shape>"]`` (and ``copy@<shape>``): minor page faults per timed
@@ -51,11 +53,11 @@ except ImportError:  # Windows
 import jax
 import jax.numpy as jnp
 import numpy as np
-from absl import app, flags
+from absl import flags
 
 import jaxpool
 from configs import default as default_config
-from train import run_config, steps
+from train import cli, run_config, steps
 
 POOL_SHAPES = ((256, 32, 32, 16), (64, 16, 16, 32))
 CNN_BATCHES = (64, 256)
@@ -239,6 +241,7 @@ def run(
         "lib": f"jax {jax.__version__}",
         "device": f"{device.platform}:{device.device_kind} x{jax.device_count()}",
         "malloc": malloc,
+        "repeats": repeats,
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
         "pool_fwdbwd_ms": {},
         "cnn_train_img_s": {},
@@ -254,16 +257,18 @@ def run(
     print(f"XLA_FLAGS: {results['xla_flags'] or '(none)'}")
     print(f"{'pooler':<11}{'shape':<18}{'fwd+bwd ms':>11}{'x max':>8}{'x copy':>8}{'faults':>8}")
     faults = results["page_faults_per_call"]
+    # max is every ratio's reference: timed, and reported, even where not asked for.
+    pooled = list(dict.fromkeys(["max", *poolers]))
     for shape in POOL_SHAPES:
         skey = _shape_key(shape)
         fns = {"(copy)": copy_floor(shape)}
-        fns.update({name: pooler_fwd_bwd(name, shape) for name in dict.fromkeys(["max", *poolers])})
+        fns.update({name: pooler_fwd_bwd(name, shape) for name in pooled})
         faulted: dict[str, float] = {}
         ms = {name: s * 1e3 for name, s in time_interleaved(fns, repeats, faults=faulted).items()}
         copy_ms, max_ms = ms["(copy)"], ms["max"]
         results["misc_ms"][f"copy@{skey}"] = copy_ms
         faults[f"copy@{skey}"] = faulted["(copy)"]
-        for name in poolers:
+        for name in pooled:
             results["pool_fwdbwd_ms"][f"{name}@{skey}"] = ms[name]
             faults[f"{name}@{skey}"] = faulted[name]
             print(
@@ -299,14 +304,31 @@ def run(
 
 
 def parse_poolers(text: str) -> list[str]:
+    """``--poolers``: ``all`` or a comma-separated list of distinct registry names."""
     names = list(jaxpool.available()) if text == "all" else [n.strip() for n in text.split(",")]
+    allowed = f"allowed: all or a comma-separated subset of {', '.join(jaxpool.available())}"
+    if not text.strip() or "" in names:
+        raise ValueError(f"--poolers: an empty name in {text!r}; {allowed}")
     unknown = [n for n in names if n not in jaxpool.available()]
-    if unknown or not names:
-        raise ValueError(
-            f"--poolers: unknown pooler(s) {', '.join(unknown) or '(none given)'}; "
-            f"allowed: all or a comma-separated subset of {', '.join(jaxpool.available())}"
-        )
+    if unknown:
+        raise ValueError(f"--poolers: unknown pooler(s) {', '.join(unknown)}; {allowed}")
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise ValueError(f"--poolers: {', '.join(repeated)} listed twice; {allowed}")
     return names
+
+
+def check_json_path(path: str | None) -> None:
+    """``--json``: a file that can be written, checked before the minutes of measuring."""
+    if path is None:
+        return
+    if not path:
+        raise ValueError("--json: expected a file path, got an empty one")
+    folder = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path):
+        raise ValueError(f"--json: {path} is a directory; give a file path")
+    if not os.path.isdir(folder) or not os.access(folder, os.W_OK):
+        raise ValueError(f"--json: cannot write {path}: {folder} is not a writable directory")
 
 
 def parse_cnn_input(text: str) -> tuple[int, int, int]:
@@ -322,17 +344,25 @@ def parse_cnn_input(text: str) -> tuple[int, int, int]:
     return dims
 
 
-def main(argv: Sequence[str]) -> None:
-    if len(argv) > 1:
-        sys.exit(f"train.bench: unexpected arguments {' '.join(argv[1:])}")
+def _run_cli(argv: Sequence[str]) -> int:
+    if any(a in ("-h", "--help", "-help") for a in argv[1:]):
+        print(__doc__.strip().splitlines()[0])
+        print(flags.FLAGS.module_help(sys.modules[__name__]))
+        return 0
+    try:
+        rest = flags.FLAGS(list(argv))
+    except flags.Error as e:
+        raise cli.UsageError(cli.flag_error(e)) from e
+    if len(rest) > 1:
+        raise cli.UsageError(f"unexpected arguments: {' '.join(rest[1:])}")
     try:
         poolers = parse_poolers(_POOLERS.value)
         if _REPEATS.value < 1:
             raise ValueError(f"--repeats must be >= 1; got {_REPEATS.value}")
         cnn_input = parse_cnn_input(_CNN_INPUT.value)
+        check_json_path(_JSON.value)
     except ValueError as e:
-        print(f"train.bench: {e}", file=sys.stderr)
-        sys.exit(2)
+        raise cli.UsageError(str(e)) from e
     # Before JAX allocates anything large: see keep_freed_memory.
     malloc = keep_freed_memory()
     results = run(
@@ -345,7 +375,13 @@ def main(argv: Sequence[str]) -> None:
     if _JSON.value:
         with open(_JSON.value, "w") as f:
             json.dump(results, f, indent=1)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point: usage errors are one ``error: ...`` line on stderr and exit code 2."""
+    return cli.run_main(_run_cli, argv)
 
 
 if __name__ == "__main__":
-    app.run(main)
+    sys.exit(main())

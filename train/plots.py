@@ -312,8 +312,8 @@ def draw_all(runs: Sequence[Run], out: str, baseline: str) -> dict[str, list[str
                     f"tdgs_temperature_{dataset}.png",
                     plot_tdgs_temperatures,
                     (tdgs,),
-                    f"{dataset}: TDGS effective temperature relu(t) + 0.1 per output position "
-                    f"{after}, averaged over channels and seeds",
+                    f"{dataset}: TDGS effective temperature relu(temperature) + eps per output "
+                    f"position {after}, averaged over channels and seeds",
                 )
             )
         if gates:
