@@ -20,6 +20,7 @@ def test_accumulate_sums_in_order_and_stops_at_the_first_non_finite_loss():
         "correct": 0,
         "count": 0,
         "train_seconds": 0.0,
+        "includes_startup": False,
     }
     assert run_metrics.accumulate(meta, np.float32([0.5, 0.25]), np.int32([3, 4]), 4) is None
     assert meta["loss_sum"] == 0.5 * 4 + 0.25 * 4 and meta["correct"] == 7 and meta["count"] == 8
@@ -31,6 +32,7 @@ def test_accumulate_sums_in_order_and_stops_at_the_first_non_finite_loss():
 
 def test_epoch_row_means_and_rates():
     meta = {"loss_sum": 6.0, "correct": 9, "count": 12, "train_seconds": 2.0}
+    meta["includes_startup"] = True
     row = run_metrics.epoch_row(0, 3, meta, {"loss": 0.4, "accuracy": 0.9}, eval_seconds=0.5)
     assert row == {
         "epoch": 1,
@@ -40,10 +42,16 @@ def test_epoch_row_means_and_rates():
         "test_loss": 0.4,
         "test_accuracy": 0.9,
         "train_seconds": 2.0,
+        "includes_startup": True,
         "eval_seconds": 0.5,
         "epoch_seconds": 2.5,
         "images_per_second": 6.0,
     }
+    # A checkpoint from before the flag: its epoch is taken as not compiling.
+    del meta["includes_startup"]
+    assert not run_metrics.epoch_row(0, 3, meta, {"loss": 0.4, "accuracy": 0.9}, 0.5)[
+        "includes_startup"
+    ]
 
 
 @pytest.mark.parametrize("history_len", [0, 3])
