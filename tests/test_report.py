@@ -200,6 +200,18 @@ def test_collect_orders_and_reads_status(workdir):
     assert tree.status == "failed" and "non-finite" in tree.error
 
 
+def test_a_done_run_missing_metrics_lines_is_not_counted(tmp_path):
+    path = make_run(tmp_path, "digits", "max", 0, [0.5, 0.6, 0.7])
+    metrics = os.path.join(path, "metrics.jsonl")
+    with open(metrics) as f:
+        lines = f.readlines()
+    with open(metrics, "w") as f:
+        f.writelines([*lines[:2], lines[2][:10]])  # the last line torn
+    (run,) = sweep_runs.collect(str(tmp_path))
+    assert (run.status, run.done) == ("damaged", False)
+    assert run.error == "metrics.jsonl holds 2 of its 3 epochs"
+
+
 def test_table_numbers_and_best_marking(workdir):
     rows = {r.label: r for r in report.table(sweep_runs.collect(workdir))}
     mean, std = rows["mixed"].accuracy

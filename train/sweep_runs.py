@@ -67,7 +67,8 @@ class Run:
       path: the run directory.
       dataset, pooler, pooler_kwargs, seed, num_epochs: from the run's config.
       status: ``done``, ``failed``, ``stopped``, ``interrupted``, ``incomplete`` (started, no
-        summary) or ``running``.
+        summary), ``running``, or ``damaged`` (done, but ``metrics.jsonl`` lacks epochs: left
+        out of the table, listed with the runs not done).
       error: the error message of a failed run, else ``""``.
       metrics: the ``metrics.jsonl`` rows.
       summary: ``summary.json`` (or ``{}``).
@@ -138,6 +139,9 @@ def load_run(path: str) -> Run | None:
         status = summary.get("status") or ("running" if status == "running" else "incomplete")
         if status == "failed" and not error:
             error = "non-finite training loss"
+    if status == "done" and completed is not None and len(metrics) != completed:  # torn file
+        status = "damaged"
+        error = f"metrics.jsonl holds {len(metrics)} of its {completed} epochs"
     return Run(
         path=path,
         dataset=config["dataset"],
