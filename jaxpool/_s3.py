@@ -98,7 +98,11 @@ def s3_pool(
         return jnp.take(jnp.take(m, rows, axis=-3), cols, axis=-2)
 
     if per_example:
-        y = jax.vmap(sample)(jax.random.split(key, n), max_map)
+        keys = jax.random.split(key, n)
+        batch_axis = (_windows.explicit_spec(max_map) or (None,))[0]
+        if batch_axis is not None:  # explicit sharding: vmap needs the keys split like the batch
+            keys = jax.sharding.reshard(keys, jax.sharding.PartitionSpec(batch_axis))
+        y = jax.vmap(sample)(keys, max_map)
     else:
         y = sample(key, max_map)
     return _windows.finish(y, x.dtype, unbatched)
