@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxpool import _rng, _tdgs, _window_ops, _windows
 from jaxpool._windows import Window
@@ -91,6 +92,19 @@ def stochastic_pool(
     return _windows.finish(y, x.dtype, unbatched)
 
 
+def _check_tau(tau) -> None:
+    """``tau > 0`` for a concrete ``tau`` (Python or NumPy number, concrete array); a traced one
+    cannot be checked."""
+    if isinstance(tau, jax.core.Tracer):
+        return
+    try:
+        positive = bool(np.all(np.asarray(tau, np.float64) > 0))
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"tau must be a number > 0; got {tau!r}") from e
+    if not positive:
+        raise ValueError(f"tau must be > 0; got {tau!r}")
+
+
 def gumbel_softmax(
     key: jax.Array, logits: jax.Array, tau: float = 1.0, hard: bool = False, axis: int = -1
 ) -> jax.Array:
@@ -114,9 +128,14 @@ def gumbel_softmax(
     Returns:
       An array shaped like ``logits`` that sums to 1 along ``axis``.
     """
-    if isinstance(tau, (int, float)) and not tau > 0:
-        raise ValueError(f"tau must be > 0; got {tau!r}")
+    _check_tau(tau)
+    if key is None:
+        raise ValueError("gumbel_softmax needs a PRNG key: pass jax.random.key(seed) as `key`")
     logits = jnp.asarray(logits)
+    if not jnp.issubdtype(logits.dtype, jnp.floating):
+        raise ValueError(
+            f"logits must have a floating dtype (float32, bfloat16, float16, ...); got {logits.dtype}"
+        )
     gumbels = _rng.gumbel(key, logits.shape)
     y_soft = jax.nn.softmax((logits.astype(_F32) + gumbels) / tau, axis=axis)
     if hard:
@@ -183,8 +202,7 @@ def tdgs_pool(
     """
     if not eps > 0:
         raise ValueError(f"eps must be > 0 (it keeps the temperature positive); got {eps!r}")
-    if isinstance(tau, (int, float)) and not tau > 0:
-        raise ValueError(f"tau must be > 0; got {tau!r}")
+    _check_tau(tau)
     if not deterministic:
         key = _windows.require_key(key, "tdgs_pool")
     x4, unbatched = _windows.check_input(x)

@@ -1,8 +1,9 @@
 """Flax linen pooling layers: thin wrappers over :mod:`jaxpool.functional` (NHWC).
 
 Each layer owns its parameters and randomness and calls the pure function; the math, formulas and
-shapes are documented there.  Every layer has a ``deterministic`` field merged with the call
-argument like :class:`flax.linen.Dropout`; stochastic layers draw from the rng stream ``'pooling'``::
+shapes are documented there.  Every layer takes ``deterministic``, as a field or a call argument:
+the stochastic layers merge the two like :class:`flax.linen.Dropout` (one of them must be given)
+and draw from the rng stream ``'pooling'``; the others compute the same either way and ignore it::
 
     model.apply(variables, x, rngs={"pooling": key})          # training
     model.apply(variables, x, deterministic=True)               # inference, no rng needed
@@ -308,9 +309,12 @@ class TDGSPool(_StochasticMixin, _WindowedPool):
     Example::
 
       >>> layer = jaxpool.TDGSPool()
-      >>> variables = layer.init({"params": k1, "pooling": k2}, jnp.ones((1, 8, 8, 4)))
+      >>> x = jnp.ones((1, 8, 8, 4))
+      >>> variables = layer.init({"params": k1, "pooling": k2}, x, deterministic=False)
       >>> jax.tree_util.tree_map(jnp.shape, variables)
       {'params': {'temperature': (4, 4, 4)}}
+      >>> layer.apply(variables, x, deterministic=False, rngs={"pooling": k3}).shape
+      (1, 4, 4, 4)
     """
 
     per: str = "position"

@@ -720,6 +720,21 @@ def test_low_precision_dtypes_preserved(dtype):
         ),
         (lambda: F.s3_pool(jnp.ones((1, 1, 8, 1)), deterministic=True), r"H >= stride"),
         (lambda: F.gumbel_softmax(jax.random.key(0), jnp.ones(3), tau=0.0), r"tau must be > 0"),
+        # NumPy scalars and concrete arrays are checked too (they passed as NaN samples).
+        (lambda: F.gumbel_softmax(jax.random.key(0), jnp.ones(3), tau=np.float32(0)), r"tau"),
+        (lambda: F.gumbel_softmax(jax.random.key(0), jnp.ones(3), tau=jnp.array(-1.0)), r"tau"),
+        (
+            lambda: F.tdgs_pool(
+                jnp.ones((1, 4, 4, 1)), 1.0, key=jax.random.key(0), tau=np.float32(0)
+            ),
+            r"tau must be > 0",
+        ),
+        (lambda: F.gumbel_softmax(jax.random.key(0), jnp.ones(3), tau="hot"), r"a number > 0"),
+        (lambda: F.gumbel_softmax(None, jnp.ones(3)), r"gumbel_softmax needs a PRNG key"),
+        (
+            lambda: F.gumbel_softmax(jax.random.key(0), jnp.arange(3)),
+            r"logits must have a floating",
+        ),
     ],
 )
 def test_bad_input_raises_clear_value_error(call, match):
