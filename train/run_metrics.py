@@ -58,8 +58,8 @@ def epoch_row(
         "test_loss": test["loss"],
         "test_accuracy": test["accuracy"],
         "train_seconds": train_seconds,
-        # The first epoch a process trains (a new run or a resumed one) also compiles the step,
-        # or loads it from the cache.
+        # The first epoch a train_and_evaluate call trains (a new run or a resumed one) may
+        # also compile the step, or load it from the cache.
         "includes_startup": bool(meta.get("includes_startup", False)),
         "eval_seconds": eval_seconds,
         "epoch_seconds": train_seconds + eval_seconds,

@@ -19,8 +19,8 @@ Files written to ``workdir`` (by process 0):
   - ``test_loss``, ``test_accuracy`` (over every test example exactly once),
   - ``train_seconds``, ``eval_seconds``, ``epoch_seconds`` (= train + eval),
     ``images_per_second`` (training images / train_seconds), and ``includes_startup``: true for
-    the first epoch each process trains (of a new or a resumed run), whose time includes
-    compiling the step or loading it from the cache.
+    the first epoch each call of this function trains (of a new or a resumed run), whose time
+    may include compiling the step or loading it from the cache.
 
 - ``pooler_params.json``: the learned pooler parameters in readable form (see
   :func:`train.models.pooler_report`), rewritten every epoch.
