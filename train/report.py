@@ -273,7 +273,7 @@ def _provenance(runs: Sequence[Run], workdir: str) -> list[str]:
     finished = sorted(r.info["finished"] for r in runs if r.info.get("finished"))
     if finished:
         lines.append(f"- Runs finished between {finished[0]} and {finished[-1]}")
-    now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     lines.append(f"- Report written {now}; rebuild it with `python -m train.report {workdir}`")
     lines.append("")
     return lines
