@@ -86,6 +86,31 @@ def test_bad_poolers_name_the_allowed_ones(text, message):
     assert bench.parse_poolers("tdgs,max") == ["tdgs", "max"]
 
 
+def test_summary_table_has_a_row_per_pooler_with_every_figure():
+    shapes = [bench._shape_key(s) for s in bench.POOL_SHAPES]
+    results = {
+        "pool_fwdbwd_ms": {f"{n}@{k}": v for k in shapes for n, v in (("max", 2.0), ("tdgs", 9.0))},
+        "misc_ms": {f"copy@{k}": 0.5 for k in shapes}
+        | {f"compile_train_step@tdgs@{b}": 3000.0 for b in bench.CNN_BATCHES},
+        "cnn_train_img_s": {f"tdgs@{b}": 6500.0 for b in bench.CNN_BATCHES},
+        "cnn_eval_img_s": {f"tdgs@{b}": 30000.0 for b in bench.CNN_BATCHES},
+    }
+    title, columns, max_row, tdgs_row = bench.summary_table(results, ["max", "tdgs"])
+    assert title.startswith("summary") and "train@64" in columns and "compile@256" in columns
+    assert max_row.split() == ["max"] + ["2.000", "(1.00,", "4.00)"] * 2 + ["-"] * 6
+    assert (
+        tdgs_row.split()
+        == ["tdgs"]
+        + ["9.000", "(4.50,", "18.00)"] * 2
+        + [
+            "6500",
+            "30000",
+            "3.00",
+        ]
+        * 2
+    )
+
+
 def test_json_path_is_checked_before_measuring(tmp_path):
     bench.check_json_path(str(tmp_path / "b.json"))
     bench.check_json_path(None)

@@ -300,7 +300,43 @@ def run(
                     f"{name:<11}{batch:>6}{train_ips:>13.0f}{eval_ips:>12.0f}{compile_s:>11.2f}",
                     flush=True,
                 )
+    print()
+    print("\n".join(summary_table(results, pooled)))
     return results
+
+
+def summary_table(results: Mapping, poolers: Sequence[str]) -> list[str]:
+    """The run's figures as one table, a row per pooler (the sections above print them as they
+    are measured): fwd+bwd ms with its ratios to max and to the copy at each pool shape, then CNN
+    train and eval img/s at each batch and the train step's compile seconds."""
+    pool, misc = results["pool_fwdbwd_ms"], results["misc_ms"]
+    batches = [
+        b for b in CNN_BATCHES if any(k.endswith(f"@{b}") for k in results["cnn_train_img_s"])
+    ]
+    header = "".join(f"{_shape_key(s) + ' ms (x max, x copy)':>36}" for s in POOL_SHAPES)
+    header += "".join(f"{f'train@{b}':>11}{f'eval@{b}':>11}{f'compile@{b}':>12}" for b in batches)
+    lines = [
+        "summary: fwd+bwd ms per pool shape; CNN img/s and compile s per batch",
+        f"{'pooler':<11}" + header,
+    ]
+    for name in poolers:
+        row = f"{name:<11}"
+        for shape in POOL_SHAPES:
+            key = _shape_key(shape)
+            ms = pool[f"{name}@{key}"]
+            ratios = f"({ms / pool[f'max@{key}']:.2f}, {ms / misc[f'copy@{key}']:.2f})"
+            row += f"{ms:>21.3f} {ratios:>14}"
+        for b in batches:
+            train = results["cnn_train_img_s"].get(f"{name}@{b}")
+            if train is None:  # max measured only as the pool reference
+                row += f"{'-':>11}{'-':>11}{'-':>12}"
+                continue
+            compile_s = misc[f"compile_train_step@{name}@{b}"] / 1e3
+            row += (
+                f"{train:>11.0f}{results['cnn_eval_img_s'][f'{name}@{b}']:>11.0f}{compile_s:>12.2f}"
+            )
+        lines.append(row)
+    return lines
 
 
 def parse_poolers(text: str) -> list[str]:
