@@ -7,6 +7,8 @@ import math
 import os
 import pathlib
 import signal
+import subprocess
+import sys
 
 import jax
 import numpy as np
@@ -15,7 +17,7 @@ import pytest
 from conftest import mock_tfds
 
 from configs import default, digits
-from train import models, run_config, steps, train_lib
+from train import checkpointing, models, run_config, steps, train_lib
 
 SHARED_TFDS = pathlib.Path(__file__).resolve().parents[1].parent / "shared" / "tfds"
 TIMING_KEYS = {
@@ -237,6 +239,50 @@ def test_resume_gives_the_metrics_of_an_uninterrupted_run(tmp_path, monkeypatch)
                     (pathlib.Path(root) / name).write_bytes(b"")
         train_lib.train_and_evaluate(config, str(workdir))
         assert _without_timing(_rows(workdir)) == want, corrupt_latest
+
+
+FINISH_UNDER_SIGNAL = """
+import os, signal, sys
+from configs import digits
+from train import checkpointing, train_lib
+
+close = checkpointing.Checkpoints.close
+
+def close_under_signal(self):  # SIGTERM while the finished run's last checkpoint is written
+    os.kill(os.getpid(), signal.SIGTERM)
+    close(self)
+
+checkpointing.Checkpoints.close = close_under_signal
+config = digits.get_config()
+config.update(num_epochs=1, progress=False, pooler="avg")
+train_lib.train_and_evaluate(config, sys.argv[1])
+"""
+
+
+@pytest.mark.slow
+def test_a_signal_while_the_finished_run_is_saved_loses_nothing(tmp_path):
+    # It killed the process: the last checkpoint stayed an orbax tmp folder, no summary.json.
+    proc = subprocess.run(
+        [sys.executable, "-c", FINISH_UNDER_SIGNAL, str(tmp_path)],
+        cwd=pathlib.Path(__file__).resolve().parents[1],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert _summary(tmp_path)["status"] == "done"
+    assert sorted(os.listdir(tmp_path / "checkpoints")) == ["22"]
+
+
+def test_an_epoch_end_checkpoint_replaces_one_taken_at_the_same_step(tmp_path):
+    # A signal right after an epoch's last step saves that step with the epoch still open.
+    ckpt = checkpointing.Checkpoints(tmp_path)
+    item = {"w": np.zeros(2, np.float32)}
+    assert ckpt.save(22, item, {"epoch": 0, "count": 1408})
+    assert ckpt.save(22, item, {"epoch": 1, "count": 0}, replace=True)
+    ckpt.close()
+    restored = checkpointing.Checkpoints(tmp_path).restore_latest(item)
+    assert (restored.step, restored.meta) == (22, {"epoch": 1, "count": 0})
 
 
 @pytest.mark.slow

@@ -67,17 +67,25 @@ class Checkpoints:
         """Steps of the finalised checkpoints, oldest first (unfinished writes are not listed)."""
         return sorted(self._manager.all_steps())
 
-    def save(self, step: int, item: Any, meta: dict[str, Any]) -> bool:
+    def save(self, step: int, item: Any, meta: dict[str, Any], *, replace: bool = False) -> bool:
         """Saves ``item`` and ``meta`` as ``step`` (asynchronously).
 
+        Args:
+          step: the step number.
+          item: the pytree.
+          meta: the JSON dict.
+          replace: replace a checkpoint that exists at ``step``.
+
         Returns:
-          False (and saves nothing) if ``step`` already exists, unless :meth:`restore_latest`
-          found it unreadable: that one is deleted and replaced.
+          False (and saves nothing) if ``step`` already exists, unless ``replace`` or
+          :meth:`restore_latest` found it unreadable: then it is deleted and replaced.
         """
         if step in self._manager.all_steps():
-            if step not in self._unreadable:
+            if not replace and step not in self._unreadable:
                 return False
-            logger.warning("replacing the unreadable checkpoint at step %d", step)
+            if step in self._unreadable:
+                logger.warning("replacing the unreadable checkpoint at step %d", step)
+            self._manager.wait_until_finished()
             self._manager.delete(step)
             self._unreadable.discard(step)
         args = ocp.args.Composite(item=ocp.args.StandardSave(item), meta=ocp.args.JsonSave(meta))

@@ -22,11 +22,16 @@ RUN_FIELDS = (
 
 def write_json(path: str, obj: Any) -> None:
     """Writes ``obj`` as indented JSON; atomic, so a crash never leaves a half-written file."""
+    write_text(path, json.dumps(obj, indent=1) + "\n")
+
+
+def write_text(path: str, text: str) -> None:
+    """Writes ``text`` to ``path`` through a temporary file and a rename: a crash or a signal
+    leaves the old file or the new one, never a truncated one."""
     tmp = path + ".tmp"
     with open(tmp, "w") as f:
-        json.dump(obj, f, indent=1)
-        f.write("\n")
-    os.replace(tmp, path)  # atomic: a crash never leaves a half-written file
+        f.write(text)
+    os.replace(tmp, path)
 
 
 def read_metrics(path: str, upto_epoch: int) -> list[dict[str, Any]]:

@@ -259,8 +259,8 @@ def train_and_evaluate(
 
     history = run_files.read_metrics(metrics_path, meta["epoch"])
     if lead:
-        with open(metrics_path, "w") as f:  # drop epochs the checkpoint does not cover
-            f.writelines(json.dumps(row) + "\n" for row in history)
+        # Drop epochs the checkpoint does not cover; atomic, so a signal cannot empty the file.
+        run_files.write_text(metrics_path, "".join(json.dumps(row) + "\n" for row in history))
 
     def finish(status: str) -> None:
         ckpt.close()
@@ -356,7 +356,8 @@ def train_and_evaluate(
                     os.path.join(workdir, "pooler_params.json"),
                     models.pooler_report(state.params, config.pooler, pooler_kwargs(config)),
                 )
-            ckpt.save(row["step"], _ckpt_item(state), dict(meta))
+            # replace: a checkpoint a signal took at this very step still marks the epoch open.
+            ckpt.save(row["step"], _ckpt_item(state), dict(meta), replace=True)
             if on_epoch is not None:
                 on_epoch(row)
             if received:
@@ -366,8 +367,10 @@ def train_and_evaluate(
                     f"interrupted by signal {received[0]} after epoch {epoch + 1}; checkpoint "
                     f"saved in {ckpt.directory}; rerun the same command to resume",
                 )
-
-    finish("done")
+        # Still under the signal handlers: the last checkpoint's write and summary.json finish.
+        finish("done")
+        if received:
+            logger.info("signal %d arrived while the finished run was saved", received[0])
     return history[-1] if history else {}
 
 
