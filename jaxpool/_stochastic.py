@@ -72,9 +72,9 @@ def stochastic_pool(
         total = _window_ops.window_sum(mass)
         has_mass = total > 0
         valid = (
-            [jnp.ones(()) for _ in values]
+            [jnp.ones((), _F32) for _ in values]
             if masks is None
-            else _window_ops.masked([jnp.ones(v.shape[1:]) for v in values], masks, 0.0)
+            else _window_ops.masked([jnp.ones(v.shape[1:], _F32) for v in values], masks, 0.0)
         )
         n_valid = _window_ops.window_sum(valid)
         # Proportional to the probabilities (sampling needs no more: _rng.sample_index scales its
@@ -214,14 +214,17 @@ def tdgs_pool(
     inv_tau = 1.0 / jnp.asarray(tau, _F32)
     k = spec.window[0] * spec.window[1]
     # One Gumbel per window element, (K, N, Ho, Wo, C), negated (unused when deterministic).
-    noise = jnp.zeros(()) if deterministic else _rng.neg_gumbel(key, (k, n, *spec.out_size, c))
+    noise = (
+        jnp.zeros((), _F32) if deterministic else _rng.neg_gumbel(key, (k, n, *spec.out_size, c))
+    )
     if not deterministic and (x6 := _windows.window_view(x4, spec)) is not None:
         return _windows.finish(_tdgs.view_sample(x6, inv_t, inv_tau, noise), x.dtype, unbatched)
     values = _window_ops.f32(_windows.window_elements(x4, spec, stack_gradient=True))
     masks = _windows.valid_masks(spec)
     # Padding enters the logits as an offset of -inf (0 elsewhere): never drawn, weight 0.
+    # float32 whatever jax_enable_x64 says: the hand-written gradient keeps its inputs' dtypes.
     offsets = tuple(
-        jnp.zeros(()) if m is None else jnp.where(m, 0.0, -jnp.inf)
+        jnp.zeros((), _F32) if m is None else jnp.where(m, np.float32(0), np.float32(-np.inf))
         for m in (masks or [None] * len(values))
     )
     y = _tdgs.window_sample(tuple(values), inv_t, inv_tau, offsets, noise, not deterministic)

@@ -80,8 +80,10 @@ def window_sample(values, inv_t, inv_tau, offsets, noise, hard):
 
 
 def _window_sample_fwd(values, inv_t, inv_tau, offsets, noise, hard):
-    # Recomputing in the backward pass is cheaper than storing K weights.
-    y = window_sample(values, inv_t, inv_tau, offsets, noise, hard)
+    # Recomputing in the backward pass is cheaper than storing K weights.  The value comes from
+    # _forward, not window_sample: differentiated again (a gradient penalty), y is then the
+    # drawn element itself, as in the view form, not the straight-through surrogate.
+    y = _forward(values, inv_t, inv_tau, offsets, noise, hard)[0]
     return y, (values, inv_t, inv_tau, offsets, noise)
 
 
