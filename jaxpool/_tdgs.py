@@ -91,9 +91,11 @@ def _window_sample_bwd(hard, residuals, cotangent):
     values, inv_t, inv_tau, offsets, noise = residuals
     _, weights, index, scaled = _forward(values, inv_t, inv_tau, offsets, noise, hard)
     mean = _window_ops.window_dot(weights, values)
+    centred = [v - mean for v in values]
     # a_k is 0 for padding (w = 0, R = 0).
-    a = [cotangent * w * (v - mean) for w, v in zip(weights, values, strict=True)]
-    d_inv_t = _window_ops.window_dot(a, values)
+    a = [cotangent * w * c for w, c in zip(weights, centred, strict=True)]
+    # sum_k a_k R_k = dy sum_k w_k (R_k - m)^2, as the view form: no cancellation.
+    d_inv_t = cotangent * _window_ops.window_dot(weights, [c * c for c in centred])
     if hard:
         d_values = [
             jnp.where(index == k, cotangent, 0.0) + a_k * (inv_t * inv_tau)

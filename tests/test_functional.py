@@ -506,6 +506,20 @@ def test_tdgs_reshape_path_matches_strided_path(
     _assert_paths_close(reshape_grads, strided_grads, dtype)
 
 
+def test_tdgs_temperature_gradient_has_no_cancellation_on_the_strided_path(monkeypatch):
+    # It summed a_k R_k (4.5e-6 off the reshape path's sum_k w_k (R_k - m)^2 here; 1.6e-7 now).
+    x = jax.random.normal(jax.random.key(0), (1, 8, 6, 3))
+    t = jax.random.uniform(jax.random.key(1), (4, 2, 3), minval=-0.3)
+
+    def run():
+        loss = lambda t: F.tdgs_pool(x, t, (2, 3), key=jax.random.key(3)).sum()
+        return jax.grad(loss)(t)
+
+    via_reshape, via_strided = _on_both_paths(run, monkeypatch)
+    error = float(jnp.max(jnp.abs(via_reshape - via_strided)) / jnp.max(jnp.abs(via_reshape)))
+    assert error < 1e-6, error
+
+
 def test_tdgs_second_order_gradients_agree_on_both_paths(monkeypatch):
     """A gradient penalty differentiates TDGS's gradient again.  The strided path once did so
     through the straight-through surrogate of its own value (23.50 against 15.86 along a random
