@@ -59,6 +59,8 @@ conv_same.defvjp(_conv_same_fwd, _conv_same_bwd)
 class ConvSame(nn.Module):
     """``flax.linen.Conv(features, kernel_size, padding="SAME")`` (stride 1, with bias) computed
     by :func:`conv_same`; the same parameters (``kernel`` HWIO, ``bias``) and initialisers.
+    One difference: it computes in the input's dtype (bfloat16 in, bfloat16 out), where
+    ``nn.Conv`` promotes to its float32 parameters.  The CNN feeds float32.
 
     Attributes:
       features: output channels ``O``.
