@@ -151,3 +151,38 @@ def test_cli_bad_flags_exit_2_with_one_line(tmp_path):
         lines = stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], lines
     assert not (tmp_path / "b").exists()
+
+
+def test_time_interleaved_times_round_robin_after_warm_up():
+    calls = []
+
+    def fn(name):
+        return lambda: calls.append(name) or 0
+
+    faults = {}
+    seconds = bench.time_interleaved(
+        {"a": fn("a"), "b": fn("b")}, repeats=3, target_s=0.0, faults=faults
+    )
+    assert set(seconds) == {"a", "b"} and all(s >= 0 for s in seconds.values())
+    assert set(faults) == {"a", "b"} and all(f >= 0 for f in faults.values())
+    # 3 warm-up/calibration calls each, then one batch (of 1 call: target 0 s) per round, in turn
+    assert calls == ["a"] * 3 + ["b"] * 3 + ["a", "b"] * 3
+
+
+def test_time_interleaved_counts_the_page_faults_of_each_call():
+    # Each call writes one value per 4 KiB page of a fresh 40 MiB numpy buffer: above glibc's
+    # largest mmap threshold (32 MiB), so it is mapped afresh and faulted in on every call: 10240
+    # faults, or 20 where the kernel backs it with 2 MiB pages (numpy asks for them).  A no-op
+    # must stay near 0.
+    def touch():
+        buf = np.empty(40 * 2**20 // 8)
+        buf[::512] = 1.0
+
+    faults = {}
+    bench.time_interleaved(
+        {"touch": touch, "noop": lambda: 0}, repeats=3, target_s=0.0, faults=faults
+    )
+    if bench.resource is None:
+        pytest.skip("no resource module on this platform")
+    assert faults["touch"] >= 20
+    assert faults["noop"] < 5
