@@ -276,9 +276,10 @@ def test_plain_tdgs_is_the_default_temperature_point_of_the_study(tmp_path):
     make_run(tmp_path, "digits", "tdgs", 0, [0.8], kwargs={"init_temperature": 0.5})
     make_run(tmp_path, "digits", "tdgs", 0, [0.7], kwargs={"tau": 0.5})  # not the study
     make_run(tmp_path, "mnist", "tdgs", 0, [0.95])  # no temperature study on mnist
+    make_run(tmp_path, "digits", "tdgs", 0, [0.9], kwargs={"init_temperature": 1.0})  # = tdgs
     runs = report_plots.init_temperature_runs(sweep_runs.collect(str(tmp_path)))
     points = sorted((r.dataset, report_plots.init_temperature(r)) for r in runs)
-    assert points == [("digits", 0.5), ("digits", 1.0)]
+    assert points == [("digits", 0.5), ("digits", 1.0)]  # T = 1 once per seed
 
 
 def test_seconds_per_epoch_leave_out_the_epochs_that_compiled():
@@ -294,6 +295,8 @@ def test_seconds_per_epoch_leave_out_the_epochs_that_compiled():
     assert run((9, fresh), (1, plain), (7, fresh), (3, plain)).seconds_per_epoch == 2.0
     assert run((9, fresh), (7, fresh)).seconds_per_epoch == 8.0  # nothing else to use
     assert run((9, {}), (1, {}), (3, {})).seconds_per_epoch == 2.0  # older runs: not epoch 1
+    # Started before the flag existed, resumed after: old epoch 1 and the flagged one compiled.
+    assert run((9, {}), (1, {}), (7, fresh), (3, plain)).seconds_per_epoch == 2.0
 
 
 def test_rebuild_gives_identical_csv(workdir):

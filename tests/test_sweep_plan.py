@@ -105,7 +105,7 @@ def test_plan_of_each_kind_of_run_directory(planned):
 
 
 def test_plan_of_failed_and_conflicting_runs(planned):
-    plan, config_json, _ = planned
+    plan, config_json, path = planned
     nan = {"status": "failed", "error_type": "NonFiniteLossError", "error": "loss is nan"}
     result = plan(config_json, record=nan)
     assert (result.action, result.runs) == ("failed", False)
@@ -119,6 +119,10 @@ def test_plan_of_failed_and_conflicting_runs(planned):
     result = plan(other, record=nan)
     assert (result.action, result.runs) == ("new", True)
     assert result.detail == "starts over with other learning_rate, seed: no checkpoint"
+    # Finished epochs without checkpoints (deleted to save space) are results to keep.
+    with open(os.path.join(path, "metrics.jsonl"), "w") as f:
+        f.write(json.dumps({"epoch": 1, "test_accuracy": 0.5}) + "\n")
+    assert plan(other).action == "conflict"
     result = plan(other, checkpoints=[20])
     assert (result.action, result.runs) == ("conflict", False)
     assert "learning_rate, seed" in result.detail

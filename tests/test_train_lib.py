@@ -115,6 +115,14 @@ def test_a_workdir_of_another_run_is_refused(tmp_path):
         train_lib.train_and_evaluate(_config(pooler="max"), str(tmp_path))
 
 
+def test_a_finished_run_without_checkpoints_is_still_refused(tmp_path):
+    # Checkpoints deleted to save space: its metrics.jsonl still holds results to keep.
+    (tmp_path / "config.json").write_text(json.dumps(_config(pooler="avg").to_dict()))
+    (tmp_path / "metrics.jsonl").write_text(json.dumps({"epoch": 1, "test_accuracy": 0.7}) + "\n")
+    with pytest.raises(run_config.ConfigError, match="different pooler"):
+        train_lib.train_and_evaluate(_config(pooler="max"), str(tmp_path))
+
+
 def test_a_workdir_of_an_untrained_run_takes_the_new_config(tmp_path, monkeypatch):
     # A run that stopped before its first checkpoint (a bad setting, a NaN at step 2) left only
     # its config: the corrected command may start there.
@@ -241,6 +249,30 @@ def test_resume_gives_the_metrics_of_an_uninterrupted_run(tmp_path, monkeypatch)
         assert _without_timing(_rows(workdir)) == want, corrupt_latest
 
 
+@pytest.mark.slow
+def test_a_signal_at_the_last_step_of_the_last_epoch_resumes_once(tmp_path, monkeypatch):
+    # The signal's checkpoint (step 44) still marks epoch 2 open; the epoch-end save of the
+    # rerun must replace it, or every later rerun evaluates epoch 2 again.
+    config = _config(pooler="avg", num_epochs=2, steps_per_chunk=3)
+    real_chunk = train_lib._run_chunk
+
+    def interrupting_chunk(state, data, order, first, count, *args, **kwargs):
+        step = int(state.step)
+        out = real_chunk(state, data, order, first, count, *args, **kwargs)
+        if step + count == 44 and not os.path.exists(tmp_path / "summary.json"):
+            os.kill(os.getpid(), signal.SIGINT)
+        return out
+
+    monkeypatch.setattr(train_lib, "_run_chunk", interrupting_chunk)
+    with pytest.raises(train_lib.Interrupted, match="epoch 2 at global step 44"):
+        train_lib.train_and_evaluate(config, str(tmp_path))
+    train_lib.train_and_evaluate(config, str(tmp_path))
+    rows = (tmp_path / "metrics.jsonl").read_text()
+    assert [r["epoch"] for r in _rows(tmp_path)] == [1, 2]
+    train_lib.train_and_evaluate(config, str(tmp_path))  # finished: nothing to redo
+    assert (tmp_path / "metrics.jsonl").read_text() == rows
+
+
 FINISH_UNDER_SIGNAL = """
 import os, signal, sys
 from configs import digits
@@ -255,13 +287,18 @@ def close_under_signal(self):  # SIGTERM while the finished run's last checkpoin
 checkpointing.Checkpoints.close = close_under_signal
 config = digits.get_config()
 config.update(num_epochs=1, progress=False, pooler="avg")
-train_lib.train_and_evaluate(config, sys.argv[1])
+try:
+    train_lib.train_and_evaluate(config, sys.argv[1])
+except train_lib.Interrupted as e:
+    print(e)
+    sys.exit(128 + e.signum)
 """
 
 
 @pytest.mark.slow
 def test_a_signal_while_the_finished_run_is_saved_loses_nothing(tmp_path):
     # It killed the process: the last checkpoint stayed an orbax tmp folder, no summary.json.
+    # Now the save completes, then the run stops as asked (a sweep must not go on).
     proc = subprocess.run(
         [sys.executable, "-c", FINISH_UNDER_SIGNAL, str(tmp_path)],
         cwd=pathlib.Path(__file__).resolve().parents[1],
@@ -269,7 +306,8 @@ def test_a_signal_while_the_finished_run_is_saved_loses_nothing(tmp_path):
         text=True,
         timeout=300,
     )
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.returncode == 128 + signal.SIGTERM, proc.stderr[-2000:]
+    assert "while the finished run was saved" in proc.stdout
     assert _summary(tmp_path)["status"] == "done"
     assert sorted(os.listdir(tmp_path / "checkpoints")) == ["22"]
 

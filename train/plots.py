@@ -224,9 +224,13 @@ def init_temperature_runs(runs: Sequence[Run]) -> list[Run]:
     default temperature, see :func:`init_temperature`)."""
     tdgs = [r for r in runs if r.done and r.pooler == "tdgs"]
     studied = {r.dataset for r in tdgs if set(r.pooler_kwargs) == {"init_temperature"}}
-    return [
-        r for r in tdgs if r.dataset in studied and set(r.pooler_kwargs) <= {"init_temperature"}
-    ]
+    # One run per (dataset, temperature, seed): tdgs and tdgs@T=1 are the same model (both
+    # exist where an older sweep, or two sweeps, trained both).
+    unique: dict[tuple, Run] = {}
+    for r in tdgs:
+        if r.dataset in studied and set(r.pooler_kwargs) <= {"init_temperature"}:
+            unique.setdefault((r.dataset, init_temperature(r), r.seed), r)
+    return list(unique.values())
 
 
 def init_temperature(run: Run) -> float:

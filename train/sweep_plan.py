@@ -54,8 +54,8 @@ class Plan:
       config: its full config.
       run_dir: its workdir.
       action: ``done`` (skip), ``failed`` (skip; non-finite loss before), ``conflict`` (the
-        directory holds a checkpointed run with other run-defining fields; skipped and counted
-        as failed; one that saved no checkpoint is started over as ``new``),
+        directory holds a run with other run-defining fields and a checkpoint or a finished
+        epoch; skipped and counted as failed; one with neither is started over as ``new``),
         ``resume`` (from a checkpoint), ``new`` (from scratch), ``retry`` (failed before with an
         error that may be transient).
       detail: a human-readable reason.
@@ -187,13 +187,14 @@ def plan_entry(entry: Entry, config, workdir: str, *, retry_failed: bool = False
     old_config = sweep_runs.read_json(os.path.join(path, "config.json"))
     steps = checkpoint_steps(path)
     diff = run_files.changed_run_fields(old_config, config) if old_config else []
-    if diff and steps:
+    finished_epochs = run_files.read_metrics(os.path.join(path, "metrics.jsonl"), math.inf)
+    if diff and (steps or finished_epochs):
         return plan(
             "conflict",
             f"{path} holds a run with different {', '.join(diff)}; delete it or use another "
             "--workdir",
         )
-    if diff:  # that run saved nothing: start over with these settings, as train.main does
+    if diff:  # that run has no checkpoint, no epoch: start over with these settings, as train.main
         return plan("new", f"starts over with other {', '.join(diff)}: no checkpoint")
     summary = sweep_runs.read_json(os.path.join(path, "summary.json")) or {}
     trained = summary.get("epochs_completed") or 0

@@ -103,12 +103,10 @@ class Run:
 
     def timing_rows(self) -> list[dict[str, Any]]:
         """Epochs used for speed: those whose time does not include starting the step
-        (``includes_startup``: the first epoch of each process that trained the run; in runs
-        from before that flag, the first epoch), or all of them when no other is left."""
-        if any("includes_startup" in r for r in self.metrics):
-            rows = [r for r in self.metrics if not r.get("includes_startup")]
-        else:
-            rows = self.metrics[1:]
+        (``includes_startup``: the first epoch of each process that trained the run; in rows
+        from before that flag, epoch 1), or all of them when no other is left."""
+        # A row without the flag (written before it existed) compiled if it is epoch 1.
+        rows = [r for i, r in enumerate(self.metrics) if not r.get("includes_startup", i == 0)]
         return rows or self.metrics
 
     @property

@@ -9,7 +9,8 @@ deterministic. The training split lives on the devices and each epoch runs as co
 
 Files written to ``workdir`` (by process 0):
 
-- ``config.json``: the config as a dict (a rerun with different run-defining fields is refused).
+- ``config.json``: the config as a dict (a rerun with different run-defining fields is refused
+  once the run has a checkpoint or a finished epoch; before that, the new config starts over).
 - ``checkpoints/``: orbax checkpoints (end of every epoch, and on SIGINT/SIGTERM).
 - ``metrics.jsonl``: one JSON object per finished epoch, keys:
 
@@ -38,6 +39,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import os
 import signal
 import sys
@@ -181,10 +183,13 @@ def train_and_evaluate(
       The metrics dict of the last finished epoch (see the module docstring for its keys).
 
     Raises:
-      ConfigError: invalid config, or a workdir holding a different run.
+      ConfigError: invalid config (``pooler_kwargs`` included, traced on the dataset's input),
+        a workdir holding a different run or more epochs than asked for, or a workdir that is
+        a file or cannot be created.
       input_pipeline.DataError: the dataset cannot be read.
       NonFiniteLossError: the loss became NaN/inf; the last good checkpoint stays.
-      Interrupted: SIGINT/SIGTERM; a checkpoint of the exact position was saved first.
+      Interrupted: SIGINT/SIGTERM; a checkpoint of the exact position was saved first (when the
+        signal came while the finished run was saved, that save completes: status ``done``).
     """
     validate_config(config)
     lead = jax.process_index() == 0
@@ -197,12 +202,15 @@ def train_and_evaluate(
     if os.path.exists(config_path):
         with open(config_path) as f:
             changed = run_files.changed_run_fields(json.load(f), config)
-        if changed and checkpointing.finalised_steps(checkpoint_dir):
+        has_results = checkpointing.finalised_steps(checkpoint_dir) or run_files.read_metrics(
+            metrics_path, math.inf
+        )
+        if changed and has_results:
             raise ConfigError(
                 f"workdir {workdir} holds a run with different {', '.join(changed)}; use "
                 "another --workdir or delete it"
             )
-        if changed:  # it never saved a checkpoint: nothing to resume, nothing to lose
+        if changed:  # no checkpoint, no finished epoch: nothing to resume, nothing to lose
             logger.info("workdir %s held an untrained run; starting this config there", workdir)
 
     data = input_pipeline.load(config.dataset, config.data_dir)
@@ -369,8 +377,12 @@ def train_and_evaluate(
                 )
         # Still under the signal handlers: the last checkpoint's write and summary.json finish.
         finish("done")
-        if received:
-            logger.info("signal %d arrived while the finished run was saved", received[0])
+    if received:  # then stop as asked (a sweep must not start its next run)
+        raise Interrupted(
+            received[0],
+            f"interrupted by signal {received[0]} while the finished run was saved; it is "
+            f"complete in {workdir}",
+        )
     return history[-1] if history else {}
 
 
