@@ -97,8 +97,10 @@ def _check_tau(tau) -> None:
     cannot be checked."""
     if isinstance(tau, jax.core.Tracer):
         return
+    if isinstance(tau, str) or np.ndim(tau) != 0:
+        raise ValueError(f"tau must be a number > 0 (a scalar); got {tau!r}")
     try:
-        positive = bool(np.all(np.asarray(tau, np.float64) > 0))
+        positive = bool(np.asarray(tau, np.float64) > 0)
     except (TypeError, ValueError) as e:
         raise ValueError(f"tau must be a number > 0; got {tau!r}") from e
     if not positive:

@@ -117,6 +117,7 @@ def test_json_path_is_checked_before_measuring(tmp_path):
     for path, message in [
         (tmp_path / "nodir" / "b.json", "is not a writable directory"),
         (tmp_path, "is a directory"),
+        (f"{tmp_path}/new_folder/", "is a directory"),
         ("", "expected a file path"),
     ]:
         with pytest.raises(ValueError, match=message):

@@ -797,6 +797,8 @@ def test_low_precision_dtypes_preserved(dtype):
             r"tau must be > 0",
         ),
         (lambda: F.gumbel_softmax(jax.random.key(0), jnp.ones(3), tau="hot"), r"a number > 0"),
+        (lambda: F.gumbel_softmax(jax.random.key(0), jnp.ones(3), tau="2"), r"a number > 0"),
+        (lambda: F.gumbel_softmax(jax.random.key(0), jnp.ones(3), tau=[1.0, 0.5]), r"scalar"),
         (lambda: F.gumbel_softmax(None, jnp.ones(3)), r"gumbel_softmax needs a PRNG key"),
         (
             lambda: F.gumbel_softmax(jax.random.key(0), jnp.arange(3)),

@@ -35,6 +35,7 @@ ERRORS = [
     (["--config", "{tmp}/returns_int.py"], 1, "get_config() must return an ml_collections"),
     (["--config", "{tmp}/no_get_config.py"], 1, "the --config file must define get_config()"),
     (["--config", "{tmp}/lacks_batch_size.py"], 1, "the config lacks field(s) batch_size"),
+    (["--config", "{tmp}/typo.py"], 1, "get_config() raised AttributeError 'learnin_rate'"),
     (["--config.num_epochs=2"], 1, "--config.num_epochs overrides a field of a --config file"),
     (["--dataset", "digits", "--learning-rate", "-1"], 1, "learning rate must be a positive"),
     (["--no-such-flag"], 1, "Unknown command line flag 'no-such-flag'"),
@@ -72,6 +73,10 @@ def test_each_error_exits_2_with_one_line(tmp_path):
     (tmp_path / "afile").write_text("")
     (tmp_path / "returns_int.py").write_text("def get_config():\n    return 5\n")
     (tmp_path / "no_get_config.py").write_text("config = None\n")
+    (tmp_path / "typo.py").write_text(
+        "from configs import digits\n\n\ndef get_config():\n"
+        "    config = digits.get_config()\n    config.learnin_rate\n    return config\n"
+    )
     (tmp_path / "lacks_batch_size.py").write_text(
         "from configs import digits\n\n\ndef get_config():\n"
         "    config = digits.get_config()\n    del config['batch_size']\n    return config\n"
@@ -93,6 +98,7 @@ def test_each_error_exits_2_with_one_line(tmp_path):
         "lacks_batch_size.py",
         "no_get_config.py",
         "returns_int.py",
+        "typo.py",
     ]
 
 

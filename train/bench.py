@@ -361,7 +361,7 @@ def check_json_path(path: str | None) -> None:
     if not path:
         raise ValueError("--json: expected a file path, got an empty one")
     folder = os.path.dirname(os.path.abspath(path))
-    if os.path.isdir(path):
+    if os.path.isdir(path) or path.endswith(os.sep):
         raise ValueError(f"--json: {path} is a directory; give a file path")
     if not os.path.isdir(folder) or not os.access(folder, os.W_OK):
         raise ValueError(f"--json: cannot write {path}: {folder} is not a writable directory")

@@ -129,6 +129,18 @@ def build_config():
     return config
 
 
+def _config_file_error(e: Exception) -> cli.UsageError:
+    """The usage error for a KeyError/AttributeError raised by the config file's get_config()."""
+    text = str(e).replace("\\", "")
+    name = re.search(r"'([^']+)'", text)
+    hint = re.search(r'Did you mean "([^"]+)"', text)
+    what = f"{type(e).__name__} {name.group(1)!r}" if name else cli.first_line(e)
+    return cli.UsageError(
+        f"cannot load --config: its get_config() raised {what}"
+        f"{f' (did you mean {hint.group(1)!r}?)' if hint else ''}"
+    )
+
+
 def _unknown_field(e: Exception) -> cli.UsageError:
     """The usage error for a ``--config.<field>`` flag that names no field of the config."""
     text = str(e).replace("\\", "")
@@ -160,16 +172,21 @@ def run(argv: list[str]) -> int:
         print()
         print(flags.FLAGS.module_help(sys.modules[__name__]))
         return 0
+    overrides = any(a.startswith("--config.") for a in argv[1:])
     try:
         rest = flags.FLAGS(argv)
     except AttributeError as e:
-        if "get_config" not in str(e):
-            raise _unknown_field(e) from e
-        raise cli.UsageError(
-            "the --config file must define get_config() returning an ml_collections.ConfigDict "
-            "(see configs/default.py)"
-        ) from e
+        if "get_config" in str(e):
+            raise cli.UsageError(
+                "the --config file must define get_config() returning an "
+                "ml_collections.ConfigDict (see configs/default.py)"
+            ) from e
+        if not overrides:  # raised inside the config file itself
+            raise _config_file_error(e) from e
+        raise _unknown_field(e) from e
     except KeyError as e:  # ml_collections: --config.<field> names no field
+        if not overrides:
+            raise _config_file_error(e) from e
         raise _unknown_field(e) from e
     except flags.UnrecognizedFlagError as e:
         if e.flagname.startswith("config."):

@@ -152,12 +152,25 @@ def validate_model(
     try:
         jax.eval_shape(trace)
     except (TypeError, ValueError) as e:
-        if not kwargs:
+        if not kwargs or not _traces_without_kwargs(config, image_shape, num_classes):
             raise  # not the user's settings: a bug, with its traceback
         raise ConfigError(
             f"bad pooler_kwargs {kwargs!r} for pooler {config.pooler!r} in the CNN for "
             f"{config.dataset} (input {'x'.join(map(str, image_shape))}): {cli.first_line(e)}"
         ) from e
+
+
+def _traces_without_kwargs(config, image_shape, num_classes) -> bool:
+    """Whether the CNN with ``config.pooler``'s defaults traces: if not, the failure is not the
+    user's ``pooler_kwargs``."""
+    model = models.CNN(num_classes=num_classes, pooler=config.pooler, pooler_kwargs={})
+    x = jax.ShapeDtypeStruct((1, *image_shape), jnp.float32)
+    rngs = {"params": jax.random.key(0), "pooling": jax.random.key(1)}
+    try:
+        jax.eval_shape(lambda x: model.init(rngs, x, deterministic=False), x)
+    except (TypeError, ValueError):
+        return False
+    return True
 
 
 @functools.cache

@@ -238,9 +238,9 @@ def train_and_evaluate(
     if lead:
         try:
             os.makedirs(workdir, exist_ok=True)
-        except OSError as e:
-            raise ConfigError(f"cannot create workdir {workdir}: {e.strerror or e}") from e
-        run_files.write_json(config_path, json.loads(config.to_json_best_effort()))
+            run_files.write_json(config_path, json.loads(config.to_json_best_effort()))
+        except OSError as e:  # e.g. a read-only directory
+            raise ConfigError(f"cannot write to workdir {workdir}: {e.strerror or e}") from e
 
     mesh = jax.sharding.Mesh(np.array(jax.devices()), ("data",))
     replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
