@@ -8,7 +8,7 @@ import chex
 import jax.numpy as jnp
 import numpy as np
 
-from train import checkpointing
+from train import checkpointing, run_files
 
 
 def _item(value: float):
@@ -66,12 +66,12 @@ def test_an_unreadable_step_is_replaced_when_training_reaches_it_again(tmp_path)
 
 
 def test_an_unfinished_write_is_reported(tmp_path, caplog):
-    ckpt = checkpointing.Checkpoints(tmp_path)
+    ckpt = checkpointing.Checkpoints(tmp_path / "checkpoints")
     ckpt.save(1, _item(1), {"epoch": 1})
     ckpt.close()
-    (tmp_path / "2.orbax-checkpoint-tmp-1234").mkdir()
+    (tmp_path / "checkpoints" / "2.orbax-checkpoint-tmp-1234").mkdir()
     with caplog.at_level("WARNING", logger="train.checkpointing"):
-        restored = checkpointing.Checkpoints(tmp_path).restore_latest(_item(0))
+        restored = checkpointing.Checkpoints(tmp_path / "checkpoints").restore_latest(_item(0))
     assert restored.step == 1
     assert "2.orbax-checkpoint-tmp-1234" in caplog.text and "did not finish" in caplog.text
-    assert checkpointing.finalised_steps(tmp_path) == [1]
+    assert run_files.checkpoint_steps(tmp_path) == [1]

@@ -17,7 +17,7 @@ import pytest
 import tensorflow_datasets as tfds
 from PIL import Image
 
-from train import report, stats, sweep, sweep_plan, sweep_runs, train_lib
+from train import report, run_files, stats, sweep, sweep_runs, train_lib
 
 # Every end-to-end sweep uses the same shapes (digits, batch 64) so compiled steps are shared.
 TINY = ["--datasets", "digits", "--batch-size", "64", "--quiet"]
@@ -198,7 +198,7 @@ def test_deleted_final_checkpoint_resumes_exactly_that_run(done_sweep, tmp_path,
     workdir = copy_of(done_sweep, tmp_path)
     run = workdir / "runs" / "digits" / "mixed" / "s1"
     before = read_metrics(run)
-    steps = sweep_plan.checkpoint_steps(str(run))
+    steps = run_files.checkpoint_steps(str(run))
     shutil.rmtree(run / "checkpoints" / str(steps[-1]))
     assert run_sweep(workdir, "--poolers", "max,mixed", "--seeds", "2", "--epochs", "2") == 0
     assert count_training == [os.path.relpath(run)]
@@ -210,7 +210,7 @@ def test_deleted_final_checkpoint_resumes_exactly_that_run(done_sweep, tmp_path,
     assert after[1]["step"] == before[1]["step"]
     assert after[0]["includes_startup"] and after[1]["includes_startup"]  # two processes
     assert after[1]["test_accuracy"] == pytest.approx(before[1]["test_accuracy"], abs=0.01)
-    assert sweep_plan.checkpoint_steps(str(run))[-1] == steps[-1]
+    assert run_files.checkpoint_steps(str(run))[-1] == steps[-1]
 
 
 @pytest.mark.slow
@@ -310,7 +310,7 @@ def test_interrupt_stops_the_sweep_and_rerun_resumes(done_sweep, tmp_path, monke
     workdir = copy_of(done_sweep, tmp_path)
     for seed in (0, 1):
         run = workdir / "runs" / "digits" / "max" / f"s{seed}"
-        shutil.rmtree(run / "checkpoints" / str(sweep_plan.checkpoint_steps(str(run))[-1]))
+        shutil.rmtree(run / "checkpoints" / str(run_files.checkpoint_steps(str(run))[-1]))
     (workdir / "report" / "results.csv").unlink()
 
     def interrupted(config, run_dir, **kwargs):

@@ -89,7 +89,7 @@ def test_plan_of_each_kind_of_run_directory(planned):
     assert "test accuracy 90.00%" in result.detail
     # Orbax's unfinished temporary directories are not checkpoints.
     os.makedirs(os.path.join(path, "checkpoints", "60.orbax-checkpoint-tmp-1"))
-    assert sweep_plan.checkpoint_steps(path) == [20, 40]
+    assert run_files.checkpoint_steps(path) == [20, 40]
     # More epochs than the finished run: resume from its last checkpoint.
     more = dict(done, num_epochs=1, epochs_completed=1)
     result = plan(config_json, more)

@@ -140,6 +140,16 @@ def test_a_workdir_of_an_untrained_run_takes_the_new_config(tmp_path, monkeypatc
         train_lib.train_and_evaluate(_config(pooler="max"), str(tmp_path))
 
 
+def test_a_bug_that_the_pooler_defaults_share_keeps_its_traceback(monkeypatch):
+    # Only an error the user's pooler_kwargs cause is a ConfigError (exit 2, one line).
+    def broken(pooler, kwargs, image_shape, num_classes):
+        raise ValueError("internal")
+
+    monkeypatch.setattr(run_config, "_trace_cnn", broken)
+    with pytest.raises(ValueError, match=r"^internal$"):
+        run_config.validate_model(_config(pooler="tdgs", pooler_kwargs={"tau": 2.0}), (8, 8, 1), 10)
+
+
 def test_fewer_epochs_than_a_workdir_holds_are_refused(tmp_path):
     (tmp_path / "checkpoints" / "66").mkdir(parents=True)  # 3 epochs of 22 steps
     with pytest.raises(run_config.ConfigError, match="trained for 3 epochs, more than the 2"):
@@ -162,6 +172,18 @@ def test_pooler_kwargs_that_fail_on_the_cnn_are_config_errors(pooler, kwargs, me
 
 
 # --------------------------------------------------------------------------- end to end
+
+
+def _after_each_chunk(monkeypatch, after):
+    """Replaces ``train_lib._run_chunk`` by the real chunk followed by
+    ``after(step_before, count, (state, out))``, whose return value the loop then sees."""
+    real_chunk = train_lib._run_chunk
+
+    def chunk(state, data, order, first, count, *args, **kwargs):
+        step = int(state.step)
+        return after(step, count, real_chunk(state, data, order, first, count, *args, **kwargs))
+
+    monkeypatch.setattr(train_lib, "_run_chunk", chunk)
 
 
 @pytest.mark.slow
@@ -222,18 +244,15 @@ def test_resume_gives_the_metrics_of_an_uninterrupted_run(tmp_path, monkeypatch)
 
     # SIGINT in the middle of epoch 2: the running chunk ends, a checkpoint of that exact step is
     # saved, then the rerun resumes there.
-    real_chunk = train_lib._run_chunk
     armed = []
 
-    def interrupting_chunk(state, data, order, first, count, *args, **kwargs):
-        step = int(state.step)
-        out = real_chunk(state, data, order, first, count, *args, **kwargs)
+    def interrupt(step, count, result):
         if armed and step == 22 + 3:  # epoch 2, its second chunk of 3 steps
             armed.clear()
             os.kill(os.getpid(), signal.SIGINT)
-        return out
+        return result
 
-    monkeypatch.setattr(train_lib, "_run_chunk", interrupting_chunk)
+    _after_each_chunk(monkeypatch, interrupt)
     for corrupt_latest in (False, True):
         armed.append(True)
         workdir = tmp_path / f"signal-{corrupt_latest}"
@@ -254,16 +273,13 @@ def test_a_signal_at_the_last_step_of_the_last_epoch_resumes_once(tmp_path, monk
     # The signal's checkpoint (step 44) still marks epoch 2 open; the epoch-end save of the
     # rerun must replace it, or every later rerun evaluates epoch 2 again.
     config = _config(pooler="avg", num_epochs=2, steps_per_chunk=3)
-    real_chunk = train_lib._run_chunk
 
-    def interrupting_chunk(state, data, order, first, count, *args, **kwargs):
-        step = int(state.step)
-        out = real_chunk(state, data, order, first, count, *args, **kwargs)
+    def interrupt(step, count, result):
         if step + count == 44 and not os.path.exists(tmp_path / "summary.json"):
             os.kill(os.getpid(), signal.SIGINT)
-        return out
+        return result
 
-    monkeypatch.setattr(train_lib, "_run_chunk", interrupting_chunk)
+    _after_each_chunk(monkeypatch, interrupt)
     with pytest.raises(train_lib.Interrupted, match="epoch 2 at global step 44"):
         train_lib.train_and_evaluate(config, str(tmp_path))
     train_lib.train_and_evaluate(config, str(tmp_path))
@@ -326,18 +342,15 @@ def test_an_epoch_end_checkpoint_replaces_one_taken_at_the_same_step(tmp_path):
 @pytest.mark.slow
 def test_non_finite_loss_stops_with_the_epoch_and_step(tmp_path, monkeypatch):
     config = _config(pooler="max", num_epochs=2, steps_per_chunk=5)
-    real_chunk = train_lib._run_chunk
 
-    def poisoned_chunk(state, data, order, first, count, *args, **kwargs):
-        step = int(state.step)
-        state, out = real_chunk(state, data, order, first, count, *args, **kwargs)
+    def poison(step, count, result):
+        state, out = result
         # NaN from global step 31 on: epoch 2 (22 steps per epoch), its 9th step.
-        nan_from = max(0, 30 - step)
         loss = np.asarray(out["loss"]).copy()
-        loss[nan_from:] = np.nan
+        loss[max(0, 30 - step) :] = np.nan
         return state, {**out, "loss": loss}
 
-    monkeypatch.setattr(train_lib, "_run_chunk", poisoned_chunk)
+    _after_each_chunk(monkeypatch, poison)
     with pytest.raises(train_lib.NonFiniteLossError, match=r"at epoch 2, step 9 of 22"):
         train_lib.train_and_evaluate(config, str(tmp_path))
     assert sorted(os.listdir(tmp_path / "checkpoints")) == ["22"]  # the last good one stays

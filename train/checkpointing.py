@@ -37,16 +37,6 @@ class Restored:
     skipped: tuple[tuple[int, str], ...] = ()
 
 
-def finalised_steps(directory: str | os.PathLike) -> list[int]:
-    """Steps of the finalised checkpoints in ``directory``, oldest first, read from the folder
-    names alone (orbax's unfinished writes carry a suffix and are not counted)."""
-    try:
-        names = os.listdir(directory)
-    except OSError:
-        return []
-    return sorted(int(n) for n in names if n.isdigit())
-
-
 class Checkpoints:
     """A thin wrapper of ``ocp.CheckpointManager`` in ``directory``.
 

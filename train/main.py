@@ -129,26 +129,28 @@ def build_config():
     return config
 
 
+def _missing_field(e: Exception) -> tuple[str, str]:
+    """The field an ml_collections KeyError/AttributeError names (or its message), and its
+    " (did you mean 'x'?)" suggestion or ""."""
+    text = str(e).replace("\\", "")
+    field = re.search(r"'([^']+)'", text)
+    hint = re.search(r'Did you mean "([^"]+)"', text)
+    return field.group(1) if field else text, f" (did you mean {hint.group(1)!r}?)" if hint else ""
+
+
 def _config_file_error(e: Exception) -> cli.UsageError:
     """The usage error for a KeyError/AttributeError raised by the config file's get_config()."""
-    text = str(e).replace("\\", "")
-    name = re.search(r"'([^']+)'", text)
-    hint = re.search(r'Did you mean "([^"]+)"', text)
-    what = f"{type(e).__name__} {name.group(1)!r}" if name else cli.first_line(e)
+    field, hint = _missing_field(e)
     return cli.UsageError(
-        f"cannot load --config: its get_config() raised {what}"
-        f"{f' (did you mean {hint.group(1)!r}?)' if hint else ''}"
+        f"cannot load --config: its get_config() raised {type(e).__name__} {field!r}{hint}"
     )
 
 
 def _unknown_field(e: Exception) -> cli.UsageError:
     """The usage error for a ``--config.<field>`` flag that names no field of the config."""
-    text = str(e).replace("\\", "")
-    field = re.search(r"'([^']+)'", text)
-    hint = re.search(r'Did you mean "([^"]+)"', text)
+    field, hint = _missing_field(e)
     return cli.UsageError(
-        f"unknown config field {field.group(1) if field else text!r} in a --config.<field> "
-        f"flag{f' (did you mean {hint.group(1)!r}?)' if hint else ''}; see configs/default.py"
+        f"unknown config field {field!r} in a --config.<field> flag{hint}; see configs/default.py"
     )
 
 

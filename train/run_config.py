@@ -141,7 +141,24 @@ def validate_model(
     the run writes anything.
     """
     kwargs = pooler_kwargs(config)
-    model = models.CNN(num_classes=num_classes, pooler=config.pooler, pooler_kwargs=kwargs)
+    try:
+        _trace_cnn(config.pooler, kwargs, image_shape, num_classes)
+    except (TypeError, ValueError) as e:
+        if not kwargs:
+            raise  # not the user's settings: a bug, with its traceback
+        try:
+            _trace_cnn(config.pooler, {}, image_shape, num_classes)
+        except (TypeError, ValueError):
+            raise e from None  # the pooler's defaults fail too: a bug, not the user's kwargs
+        raise ConfigError(
+            f"bad pooler_kwargs {kwargs!r} for pooler {config.pooler!r} in the CNN for "
+            f"{config.dataset} (input {'x'.join(map(str, image_shape))}): {cli.first_line(e)}"
+        ) from e
+
+
+def _trace_cnn(pooler: str, kwargs: dict, image_shape: tuple[int, ...], num_classes: int) -> None:
+    """Traces the CNN's init (training mode) and its deterministic forward pass on one example."""
+    model = models.CNN(num_classes=num_classes, pooler=pooler, pooler_kwargs=kwargs)
 
     def trace():
         x = jnp.zeros((1, *image_shape), jnp.float32)
@@ -149,28 +166,7 @@ def validate_model(
         variables = model.init(rngs, x, deterministic=False)
         return model.apply(variables, x, deterministic=True)
 
-    try:
-        jax.eval_shape(trace)
-    except (TypeError, ValueError) as e:
-        if not kwargs or not _traces_without_kwargs(config, image_shape, num_classes):
-            raise  # not the user's settings: a bug, with its traceback
-        raise ConfigError(
-            f"bad pooler_kwargs {kwargs!r} for pooler {config.pooler!r} in the CNN for "
-            f"{config.dataset} (input {'x'.join(map(str, image_shape))}): {cli.first_line(e)}"
-        ) from e
-
-
-def _traces_without_kwargs(config, image_shape, num_classes) -> bool:
-    """Whether the CNN with ``config.pooler``'s defaults traces: if not, the failure is not the
-    user's ``pooler_kwargs``."""
-    model = models.CNN(num_classes=num_classes, pooler=config.pooler, pooler_kwargs={})
-    x = jax.ShapeDtypeStruct((1, *image_shape), jnp.float32)
-    rngs = {"params": jax.random.key(0), "pooling": jax.random.key(1)}
-    try:
-        jax.eval_shape(lambda x: model.init(rngs, x, deterministic=False), x)
-    except (TypeError, ValueError):
-        return False
-    return True
+    jax.eval_shape(trace)
 
 
 @functools.cache

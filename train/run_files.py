@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 from typing import Any
 
@@ -51,6 +52,24 @@ def read_metrics(path: str, upto_epoch: int) -> list[dict[str, Any]]:
             if row.get("epoch", 0) <= upto_epoch:
                 rows.append(row)
     return rows
+
+
+def checkpoint_steps(run_dir: str | os.PathLike) -> list[int]:
+    """Steps of the finalised checkpoints in ``<run_dir>/checkpoints``, oldest first, from the
+    folder names alone (orbax's unfinished writes carry a suffix and are not counted)."""
+    try:
+        names = os.listdir(os.path.join(run_dir, "checkpoints"))
+    except OSError:
+        return []
+    return sorted(int(n) for n in names if n.isdigit())
+
+
+def has_results(run_dir: str | os.PathLike) -> bool:
+    """Whether a run directory holds work to keep: a finalised checkpoint or a finished epoch
+    (its checkpoints may have been deleted to save space).  Without either, another config may
+    start over there."""
+    metrics = os.path.join(run_dir, "metrics.jsonl")
+    return bool(checkpoint_steps(run_dir) or read_metrics(metrics, math.inf))
 
 
 def changed_run_fields(old: dict[str, Any], config: ml_collections.ConfigDict) -> list[str]:

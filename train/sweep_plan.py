@@ -14,7 +14,7 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
-from train import checkpointing, cli, run_files, sweep_runs
+from train import cli, run_files, sweep_runs
 
 
 @dataclasses.dataclass(frozen=True)
@@ -171,11 +171,6 @@ def make_config(
     return config
 
 
-def checkpoint_steps(run_dir: str) -> list[int]:
-    """Steps of the finalised checkpoints in ``<run_dir>/checkpoints``."""
-    return checkpointing.finalised_steps(os.path.join(run_dir, "checkpoints"))
-
-
 def plan_entry(entry: Entry, config, workdir: str, *, retry_failed: bool = False) -> Plan:
     """Decides whether ``entry`` is done, resumes, starts, or is skipped (the rules are in
     :mod:`train.sweep`'s docstring)."""
@@ -185,16 +180,15 @@ def plan_entry(entry: Entry, config, workdir: str, *, retry_failed: bool = False
         return Plan(entry, config, path, action, detail)
 
     old_config = sweep_runs.read_json(os.path.join(path, "config.json"))
-    steps = checkpoint_steps(path)
+    steps = run_files.checkpoint_steps(path)
     diff = run_files.changed_run_fields(old_config, config) if old_config else []
-    finished_epochs = run_files.read_metrics(os.path.join(path, "metrics.jsonl"), math.inf)
-    if diff and (steps or finished_epochs):
+    if diff and run_files.has_results(path):
         return plan(
             "conflict",
             f"{path} holds a run with different {', '.join(diff)}; delete it or use another "
             "--workdir",
         )
-    if diff:  # that run has no checkpoint, no epoch: start over with these settings, as train.main
+    if diff:  # nothing to keep there: start over with these settings, as train.main does
         return plan("new", f"starts over with other {', '.join(diff)}: no checkpoint")
     summary = sweep_runs.read_json(os.path.join(path, "summary.json")) or {}
     trained = summary.get("epochs_completed") or 0

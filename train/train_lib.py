@@ -39,7 +39,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import math
 import os
 import signal
 import sys
@@ -202,10 +201,7 @@ def train_and_evaluate(
     if os.path.exists(config_path):
         with open(config_path) as f:
             changed = run_files.changed_run_fields(json.load(f), config)
-        has_results = checkpointing.finalised_steps(checkpoint_dir) or run_files.read_metrics(
-            metrics_path, math.inf
-        )
-        if changed and has_results:
+        if changed and run_files.has_results(workdir):
             raise ConfigError(
                 f"workdir {workdir} holds a run with different {', '.join(changed)}; use "
                 "another --workdir or delete it"
@@ -222,7 +218,7 @@ def train_and_evaluate(
             f"batch size {batch_size} exceeds the {len(data.train)} training examples of "
             f"{config.dataset}"
         )
-    trained = max(checkpointing.finalised_steps(checkpoint_dir), default=0)
+    trained = max(run_files.checkpoint_steps(workdir), default=0)
     if trained > config.num_epochs * steps:
         raise ConfigError(
             f"workdir {workdir} holds a run trained for {trained // steps} epochs, more than the "
