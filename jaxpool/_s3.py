@@ -4,6 +4,9 @@ conventions are in that module's docstring).
 
 from __future__ import annotations
 
+import functools
+import math
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -31,6 +34,45 @@ def sample_indices(key: jax.Array, size: int, stride: int, grid: int) -> jax.Arr
     return jnp.nonzero(chosen, size=size // stride)[0]
 
 
+TEST_MODES = ("expectation", "official")
+
+
+@functools.lru_cache(maxsize=64)
+def expectation_weights(size: int, stride: int, grid: int) -> np.ndarray:
+    r"""Row weights ``A`` of s3's expected output: ``E[m[rows[i]]] = (A @ m)[i]``.
+
+    Output row ``i`` is the ``k``-th smallest (0-based) of the ``m = len(block) // stride`` rows
+    that :func:`sample_indices` draws without replacement from the ``n`` rows of its block ``b``
+    that exist in the max map (``n = grid``, fewer in a truncated last block), so with ``r`` the
+    row's offset inside the block
+
+    .. math::
+      A_{i, bg + r} = \binom{r}{k} \binom{n - 1 - r}{m - 1 - k} / \binom{n}{m}.
+
+    Args:
+      size: the input's length ``H`` along the axis.
+      stride: the downsampling factor along it.
+      grid: the block length along it (a multiple of ``stride``).
+
+    Returns:
+      float64 ``(size // stride, size - stride + 1)``, each row summing to 1 (read-only: cached).
+    """
+    map_size = size - stride + 1
+    weights = np.zeros((size // stride, map_size))
+    i = 0
+    for start in range(0, size, grid):
+        block_len = min(grid, size - start)
+        m = block_len // stride
+        n = min(block_len, map_size - start)
+        for k in range(m):
+            for r in range(n):
+                weights[i, start + r] = math.comb(r, k) * math.comb(n - 1 - r, m - 1 - k)
+            weights[i] /= math.comb(n, m)
+            i += 1
+    weights.flags.writeable = False
+    return weights
+
+
 def s3_pool(
     x: jax.Array,
     stride: Window = 2,
@@ -39,6 +81,7 @@ def s3_pool(
     key: jax.Array | None = None,
     deterministic: bool = False,
     per_example: bool = False,
+    test_mode: str = "expectation",
 ) -> jax.Array:
     r"""S3Pool: pooling with stochastic spatial sampling (Zhai et al., CVPR 2017).
 
@@ -49,9 +92,19 @@ def s3_pool(
     3. The output is ``m`` at the intersections: ``(N, H // stride, W // stride, C)``.
 
     One row/column set per call is shared by the batch and channels (``per_example=True``: one set
-    per example).  ``deterministic=True`` outputs the average pool of ``m`` (window = stride =
-    ``stride``, ``stride // 2`` padding on each side, padding not counted), keeping the first
-    ``H // stride`` x ``W // stride`` outputs: the same shape as training, for every input size.
+    per example).  ``deterministic=True`` computes, by ``test_mode``:
+
+    - ``'expectation'`` (default): the exact expectation of the training output over the random
+      rows and columns, :math:`y = A\,m\,B^\top` per example and channel, where
+      :math:`A_{i,r} = P(\text{row}_i = r)` and :math:`B_{j,c} = P(\text{col}_j = c)`
+      (:func:`expectation_weights`; rows and columns are drawn independently).  Equal with and
+      without ``per_example``.
+    - ``'official'``: the official code's test mode, the average pool of ``m`` (window = stride =
+      ``stride``, ``stride // 2`` padding on each side, padding not counted), keeping the first
+      ``H // stride`` x ``W // stride`` outputs.  Its windows sit about one input row and column
+      before the rows training samples on average, which a flatten + dense head notices.
+
+    Both have the training output's shape for every input size.
 
     Args:
       x: ``(N, H, W, C)`` or ``(H, W, C)``, with ``H, W >= stride``.
@@ -60,6 +113,7 @@ def s3_pool(
       key: PRNG key; required unless ``deterministic``.
       deterministic: average-pool instead of sampling.
       per_example: draw a separate row/column set for each example.
+      test_mode: ``'expectation'`` or ``'official'``: what ``deterministic=True`` computes.
 
     Returns:
       ``(N, H // s, W // s, C)``, the dtype of ``x``.
@@ -74,6 +128,10 @@ def s3_pool(
         raise ValueError(
             f"grid_size must be a multiple of stride; got grid_size={grid_size!r}, stride={stride!r}"
         )
+    if test_mode not in TEST_MODES:
+        raise ValueError(
+            f"test_mode must be one of {', '.join(map(repr, TEST_MODES))}; got {test_mode!r}"
+        )
     if not deterministic:
         key = _windows.require_key(key, "s3_pool")
     x4, unbatched = _windows.check_input(x)
@@ -85,6 +143,14 @@ def s3_pool(
     elems, _, _ = _windows.windows(x4, strides, 1, "VALID")
     max_map = _window_ops.window_max(elems, None)  # (N, H-s+1, W-s+1, C)
     out_h, out_w = h // strides[0], w // strides[1]
+    if deterministic and test_mode == "expectation":
+        rows = jnp.asarray(expectation_weights(h, strides[0], grid[0]), jnp.float32)
+        cols = jnp.asarray(expectation_weights(w, strides[1], grid[1]), jnp.float32)
+        y = jnp.einsum(
+            "ir,nrcd,jc->nijd", rows, max_map.astype(jnp.float32), cols,
+            precision=jax.lax.Precision.HIGHEST,
+        )  # fmt: skip
+        return _windows.finish(y, x.dtype, unbatched)
     if deterministic:
         pads = ((strides[0] // 2,) * 2, (strides[1] // 2,) * 2)
         m_elems, masks, spec = _windows.windows(max_map, strides, strides, "VALID", pads=pads)

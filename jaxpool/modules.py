@@ -248,13 +248,15 @@ class S3Pool(_StochasticMixin, nn.Module):
     """S3Pool (Zhai et al., CVPR 2017); see :func:`jaxpool.functional.s3_pool`.
 
     Training: stride-1 max pool, then sorted random rows/columns, ``len(block) // stride`` per
-    block of ``grid_size``.  Deterministic: average pool of the stride-1 max map.  Output
-    ``(N, H // stride, W // stride, C)`` in both modes.
+    block of ``grid_size``.  Deterministic: the exact expectation of the training output
+    (``test_mode='expectation'``), or the official code's average pool of the stride-1 max map
+    (``test_mode='official'``).  Output ``(N, H // stride, W // stride, C)`` in both modes.
 
     Attributes:
       stride: downsampling factor (int or pair); 2 by default.
       grid_size: block size, a multiple of ``stride``; 4 by default.
       per_example: one row/column set per example instead of per call.
+      test_mode: what deterministic mode computes: ``'expectation'`` (default) or ``'official'``.
       deterministic: default for ``__call__``'s ``deterministic``.
       rng_collection: rng stream to draw from; ``'pooling'``.
 
@@ -265,6 +267,7 @@ class S3Pool(_StochasticMixin, nn.Module):
     stride: Window = 2
     grid_size: Window = 4
     per_example: bool = False
+    test_mode: str = "expectation"
     deterministic: bool | None = None
     rng_collection: str = "pooling"
 
@@ -276,6 +279,7 @@ class S3Pool(_StochasticMixin, nn.Module):
         return functional.s3_pool(
             x, self.stride, self.grid_size,
             key=rng, deterministic=deterministic, per_example=self.per_example,
+            test_mode=self.test_mode,
         )  # fmt: skip
 
 

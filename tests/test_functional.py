@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import itertools
 import json
 import math
 
@@ -123,11 +124,88 @@ def test_tdgs_deterministic_limits():
     np.testing.assert_allclose(hot, F.avg_pool(x), atol=1e-4)
 
 
-def test_s3_deterministic_known_value():
+def test_s3_official_test_mode_known_value():
     # stride-1 2x2 max of 1..16 (4x4) is [[6,7,8],[10,11,12],[14,15,16]]; average pool window 2,
     # stride 2, padding 1 on each side (not counted): first 2x2 outputs.
-    y = F.s3_pool(GRID_1_16, deterministic=True)[..., 0]
+    y = F.s3_pool(GRID_1_16, deterministic=True, test_mode="official")[..., 0]
     np.testing.assert_allclose(y, [[6.0, 7.5], [12.0, 13.5]])
+
+
+def test_s3_expectation_known_value():
+    # The max map above is M[r, c] = 4r + c + 6.  Grid 4 holds one block with n = 3 max-map rows
+    # and m = 2 draws: the smaller drawn row is 0 w.p. 2/3 and 1 w.p. 1/3 (mean 1/3), the larger
+    # is 1 or 2 w.p. 1/3, 2/3 (mean 5/3); columns alike.  M is linear: E = 4 E[r] + E[c] + 6.
+    y = F.s3_pool(GRID_1_16, deterministic=True)[..., 0]
+    mean_rank = np.array([1 / 3, 5 / 3])
+    expected = 4 * mean_rank[:, None] + mean_rank[None, :] + 6
+    np.testing.assert_allclose(y, expected, rtol=1e-6)
+
+
+def _official_s3_test_mode(x, stride):
+    """NumPy: average pool (window = stride = s, s // 2 padding before, not counted) of the
+    stride-1 max map, first H // s x W // s outputs."""
+    x = np.asarray(x, np.float64)
+    (sh, sw), (h, w) = stride, x.shape[1:3]
+    m = np.lib.stride_tricks.sliding_window_view(x, (sh, sw), axis=(1, 2)).max(axis=(-2, -1))
+    out = np.zeros((x.shape[0], h // sh, w // sw, x.shape[-1]))
+    for i in range(h // sh):
+        for j in range(w // sw):
+            r0, c0 = i * sh - sh // 2, j * sw - sw // 2
+            rows = slice(max(r0, 0), min(r0 + sh, m.shape[1]))
+            cols = slice(max(c0, 0), min(c0 + sw, m.shape[2]))
+            out[:, i, j] = m[:, rows, cols].mean(axis=(1, 2))
+    return out
+
+
+@pytest.mark.parametrize(
+    ("shape", "stride"), [((7, 10), (2, 2)), ((9, 5), (3, 2)), ((6, 6), (2, 2))]
+)
+def test_s3_official_test_mode_is_the_padded_average(shape, stride):
+    x = jax.random.normal(jax.random.key(0), (2, *shape, 3))
+    y = F.s3_pool(x, stride, (6, 4), deterministic=True, test_mode="official")
+    np.testing.assert_allclose(y, _official_s3_test_mode(x, stride), rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("size", "stride", "grid"), [(4, 2, 4), (7, 2, 4), (14, 2, 4), (9, 3, 6), (8, 2, 8), (11, 2, 6)]
+)
+def test_s3_expectation_weights_are_the_exact_row_distribution(size, stride, grid):
+    # Independent of the binomial formula: every subset of m of a block's n max-map rows is equally
+    # likely (the scores are i.i.d. uniforms), so enumerate the subsets and count ranks.
+    weights = _s3.expectation_weights(size, stride, grid)
+    assert weights.shape == (size // stride, size - stride + 1)
+    np.testing.assert_allclose(weights.sum(axis=1), 1.0, rtol=1e-12)
+    exact = np.zeros_like(weights)
+    i = 0
+    for start in range(0, size, grid):
+        block_len = min(grid, size - start)
+        m, n = block_len // stride, min(block_len, size - stride + 1 - start)
+        subsets = list(itertools.combinations(range(start, start + n), m))
+        for k in range(m):
+            for subset in subsets:
+                exact[i + k, subset[k]] += 1 / len(subsets)
+        i += m
+    np.testing.assert_allclose(weights, exact, rtol=1e-12, atol=1e-15)
+
+
+@pytest.mark.parametrize(
+    ("shape", "stride", "grid"),
+    [((7, 10), (2, 2), (4, 4)), ((9, 11), (3, 2), (6, 4)), ((6, 13), (2, 3), (6, 6))],
+)
+def test_s3_expectation_matches_the_mean_of_training_draws(shape, stride, grid):
+    x = jax.random.normal(jax.random.key(0), (2, *shape, 2))
+    expected = np.asarray(F.s3_pool(x, stride, grid, deterministic=True), np.float64)
+    for per_example in (False, True):
+        det = F.s3_pool(x, stride, grid, deterministic=True, per_example=per_example)
+        np.testing.assert_array_equal(det, expected.astype(np.float32))
+    keys = jax.random.split(jax.random.key(1), 4000)
+    draws = np.asarray(jax.vmap(lambda k: F.s3_pool(x, stride, grid, key=k))(keys), np.float64)
+    # Each output is a mean of 4000 i.i.d. draws: |mean - E| <= 5 standard errors fails by chance
+    # with probability < 6e-7 per output (normal approximation), about 1e-4 over these outputs.
+    std_error = draws.std(axis=0) / np.sqrt(len(keys))
+    assert (np.abs(draws.mean(axis=0) - expected) <= 5 * std_error + 1e-6).all()
+    official = np.asarray(F.s3_pool(x, stride, grid, deterministic=True, test_mode="official"))
+    assert (np.abs(draws.mean(axis=0) - official) > 5 * std_error + 1e-6).any()
 
 
 # ----------------------------------------------------------------------------- invariants
@@ -786,6 +864,10 @@ def test_low_precision_dtypes_preserved(dtype):
             r"grid_size must be a multiple of stride",
         ),
         (lambda: F.s3_pool(jnp.ones((1, 1, 8, 1)), deterministic=True), r"H >= stride"),
+        (
+            lambda: F.s3_pool(jnp.ones((1, 4, 4, 1)), deterministic=True, test_mode="avg"),
+            r"test_mode must be one of 'expectation', 'official'; got 'avg'",
+        ),
         (lambda: F.gumbel_softmax(jax.random.key(0), jnp.ones(3), tau=0.0), r"tau must be > 0"),
         # NumPy scalars and concrete arrays are checked too (they passed as NaN samples).
         (lambda: F.gumbel_softmax(jax.random.key(0), jnp.ones(3), tau=np.float32(0)), r"tau"),

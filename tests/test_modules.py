@@ -245,6 +245,11 @@ def test_layers_equal_their_functions():
     key = jax.random.key(11)
     y = jaxpool.create("stochastic").apply({}, x, deterministic=False, rng=key)
     np.testing.assert_array_equal(y, jaxpool.stochastic_pool(x, key=key))
+    for test_mode in ("expectation", "official"):
+        y = jaxpool.create("s3", test_mode=test_mode).apply({}, x, deterministic=True)
+        ref = jaxpool.s3_pool(x, deterministic=True, test_mode=test_mode)
+        np.testing.assert_array_equal(y, ref)
+    assert not np.allclose(ref, jaxpool.s3_pool(x, deterministic=True))  # the modes differ
 
 
 @pytest.mark.parametrize(
@@ -292,6 +297,7 @@ def test_modules_reject_explicit_padding_pairs(name):
         ("max", {"window_shape": 0}, r"window_shape must be positive"),
         ("avg", {"padding": "full"}, r"padding must be 'VALID' or 'SAME'; got 'full'"),
         ("s3", {"grid_size": 3}, r"grid_size must be a multiple of stride"),
+        ("s3", {"test_mode": "mean"}, r"test_mode must be one of 'expectation', 'official'; got"),
     ],
 )
 def test_bad_fields_raise_value_error(name, kwargs, match):
