@@ -86,3 +86,16 @@ def test_bad_inputs_raise(a, b):
 def test_t_quantile_rejects_bad_arguments(p, df):
     with pytest.raises(ValueError):
         stats.t_quantile(p, df)
+
+
+def test_mean_interval_hand_worked():
+    # x = [1, 2, 3]: mean 2, s = 1, standard error 1 / sqrt(3) = 0.577350, t_{0.975, 2} = 4.302653:
+    # half width 2.484138 (the same numbers as the paired example above, whose d is this x).
+    ci = stats.mean_interval([1.0, 2.0, 3.0])
+    assert (ci.n, ci.mean) == (3, pytest.approx(2.0))
+    assert ci.low == pytest.approx(2 - 2.484138, abs=1e-6)
+    assert ci.high == pytest.approx(2 + 2.484138, abs=1e-6)
+    one = stats.mean_interval([0.5])
+    assert one.mean == 0.5 and math.isnan(one.low) and math.isnan(one.high)
+    with pytest.raises(ValueError, match="non-empty 1-D"):
+        stats.mean_interval([])

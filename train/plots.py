@@ -16,6 +16,8 @@ from train import stats
 from train.sweep_runs import TDGS_DEFAULT_INIT_TEMPERATURE
 
 if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
     from train.report import Run
 
 
@@ -48,16 +50,14 @@ def _mean_std_rows(arrays: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray
     return stacked.mean(axis=0), std
 
 
-def plot_curves(runs: Sequence[Run], key: str, ylabel: str, title: str, path: str) -> None:
-    """One line per pooler label over epochs (mean over seeds), band = ±1 std over seeds."""
+def _draw_curves(ax, runs: Sequence[Run], key: str, ylabel: str, title: str) -> None:
+    """One line per pooler label over epochs (mean over seeds), band = ±1 std over seeds; with
+    one epoch, one point per label with its ±1 std error bar."""
     from matplotlib.ticker import MaxNLocator
 
     scale = 100.0 if key.endswith("accuracy") else 1.0
-    fig, axes = _figure()
-    ax = axes[0, 0]
     groups = _by_label(runs)
     if max(len(r.metrics) for r in runs) == 1:
-        # One epoch has no curve: one point per pooler with its ±1 std error bar.
         for x, (color, (label, group)) in enumerate(
             zip(_colors(len(groups)), groups.items(), strict=True)
         ):
@@ -74,32 +74,55 @@ def plot_curves(runs: Sequence[Run], key: str, ylabel: str, title: str, path: st
             )
         ax.set_xticks(range(len(groups)), list(groups), rotation=30, ha="right")
         ax.set_xlabel("pooler (1 epoch only: no curve)")
-        ax.set_ylabel(ylabel)
-        ax.set_title(title.replace("vs epoch", "after epoch 1").replace("band", "bar"))
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize="small", ncols=2 if len(groups) > 6 else 1)
-        fig.savefig(path, dpi=110)
-        return
-    for color, (label, group) in zip(_colors(len(groups)), groups.items(), strict=True):
-        n_epochs = max(len(r.metrics) for r in group)
-        epochs, means, stds = [], [], []
-        for e in range(n_epochs):
-            values = [r.metrics[e][key] for r in group if len(r.metrics) > e]
-            mean, std = stats.mean_std(values)
-            epochs.append(e + 1)
-            means.append(scale * mean)
-            stds.append(0.0 if math.isnan(std) else scale * std)
-        epochs_a, means_a, stds_a = np.array(epochs), np.array(means), np.array(stds)
-        ax.plot(epochs_a, means_a, marker="o", ms=3, color=color, label=f"{label} (n={len(group)})")
-        ax.fill_between(epochs_a, means_a - stds_a, means_a + stds_a, color=color, alpha=0.2)
-        if n_epochs == 1:  # a band of one point is invisible: show it as an error bar
-            ax.errorbar(epochs_a, means_a, yerr=stds_a, color=color, capsize=4, ls="none")
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
-    ax.set_xlabel("epoch")
+        title = title.replace("vs epoch", "after epoch 1").replace("band", "bar")
+    else:
+        for color, (label, group) in zip(_colors(len(groups)), groups.items(), strict=True):
+            n_epochs = max(len(r.metrics) for r in group)
+            epochs, means, stds = [], [], []
+            for e in range(n_epochs):
+                values = [r.metrics[e][key] for r in group if len(r.metrics) > e]
+                mean, std = stats.mean_std(values)
+                epochs.append(e + 1)
+                means.append(scale * mean)
+                stds.append(0.0 if math.isnan(std) else scale * std)
+            epochs_a, means_a, stds_a = np.array(epochs), np.array(means), np.array(stds)
+            ax.plot(
+                epochs_a, means_a, marker="o", ms=3, color=color, label=f"{label} (n={len(group)})"
+            )
+            ax.fill_between(epochs_a, means_a - stds_a, means_a + stds_a, color=color, alpha=0.2)
+            if n_epochs == 1:  # a band of one point is invisible: show it as an error bar
+                ax.errorbar(epochs_a, means_a, yerr=stds_a, color=color, capsize=4, ls="none")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
+        ax.set_xlabel("epoch")
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize="small", ncols=2 if len(groups) > 6 else 1)
+
+
+def plot_curves(runs: Sequence[Run], key: str, ylabel: str, title: str, path: str) -> None:
+    """One metric over epochs, one line per pooler label (see :func:`_draw_curves`)."""
+    fig, axes = _figure()
+    _draw_curves(axes[0, 0], runs, key, ylabel, title)
+    fig.savefig(path, dpi=110)
+
+
+# (metrics key, axis label, panel title) of the four learning-curve panels.
+CURVE_PANELS = (
+    ("test_accuracy", "test accuracy (%)", "test accuracy vs epoch"),
+    ("test_loss", "test loss (mean cross-entropy, nats)", "test loss vs epoch"),
+    ("train_accuracy", "training accuracy (%)", "training accuracy vs epoch"),
+    ("train_loss", "training loss (mean cross-entropy, nats)", "training loss vs epoch"),
+)
+
+
+def plot_curve_panels(runs: Sequence[Run], title: str, path: str) -> None:
+    """Test accuracy and loss beside training accuracy and loss (2 x 2 panels of
+    :func:`_draw_curves`); training figures are the means over each epoch's steps."""
+    fig, axes = _figure(ncols=2, nrows=2)
+    for ax, (key, ylabel, panel_title) in zip(axes.flat, CURVE_PANELS, strict=True):
+        _draw_curves(ax, runs, key, ylabel, panel_title)
+    fig.suptitle(title)
     fig.savefig(path, dpi=110)
 
 
@@ -143,36 +166,61 @@ def plot_mixing_weights(runs: Sequence[Run], title: str, path: str) -> None:
     fig.savefig(path, dpi=110)
 
 
-def plot_tdgs_temperatures(runs: Sequence[Run], title: str, path: str) -> None:
-    """Heat maps of TDGS's effective temperature per output position (rows: labels, cols: layers)."""
+def plot_tdgs_temperatures(runs: Sequence[Run], title: str, path: str) -> Figure:
+    """Heat maps of TDGS's effective temperature per output position, averaged over channels:
+    one row per (label, seed), one column per pool layer, one colour scale per layer (shared by
+    its rows, so panels of a layer compare); a 1x1 map is written as its number.  Returns the
+    saved figure."""
+    from matplotlib.colors import Normalize
     from matplotlib.ticker import MaxNLocator
 
     layers = _layers(runs)
     groups = _by_label(runs)
-    fig, axes = _figure(ncols=len(layers), nrows=len(groups), width=4.0, height=3.4)
-    for row, (label, group) in zip(axes, groups.items(), strict=True):
-        for ax, layer in zip(row, layers, strict=True):
-            maps = []
-            for run in group:
-                t = _param(run, layer, "temperature")
-                if t:
-                    maps.append(np.asarray(t.get("map", [[t["mean"]]]), np.float64))
-            if not maps:
+    rows = [
+        (label, run)
+        for label, group in groups.items()
+        for run in sorted(group, key=lambda r: r.seed)
+    ]
+    maps = {}
+    for label, run in rows:
+        for layer in layers:
+            t = _param(run, layer, "temperature")
+            if t:
+                maps[label, run.seed, layer] = np.atleast_2d(
+                    np.asarray(t.get("map", [[t["mean"]]]), np.float64)
+                )
+    norms = {}
+    for layer in layers:
+        values = [m for (_, _, name), m in maps.items() if name == layer]
+        if values:
+            norms[layer] = Normalize(min(v.min() for v in values), max(v.max() for v in values))
+    fig, axes = _figure(ncols=len(layers), nrows=len(rows), width=3.6, height=2.9)
+    images = {}
+    for ax_row, (label, run) in zip(axes, rows, strict=True):
+        for ax, layer in zip(ax_row, layers, strict=True):
+            grid = maps.get((label, run.seed, layer))
+            if grid is None:
                 ax.set_axis_off()
                 continue
-            mean = np.mean(np.stack(maps), axis=0)
-            image = ax.imshow(mean, cmap="viridis", interpolation="nearest")
-            fig.colorbar(image, ax=ax, label="effective temperature")
+            ax.set_title(f"{label} s{run.seed}, {layer} ({grid.shape[0]}×{grid.shape[1]})")
+            if grid.size == 1:
+                ax.text(0.5, 0.5, f"{grid.item():.3f}", ha="center", va="center", fontsize=16)
+                ax.set_xticks([])
+                ax.set_yticks([])
+                continue
+            images[layer] = ax.imshow(
+                grid, cmap="viridis", norm=norms[layer], interpolation="nearest"
+            )
             ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
             ax.yaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
-            ax.set_title(
-                f"{label}, {layer} ({mean.shape[0]}×{mean.shape[1]}), n={len(maps)}",
-                fontsize="medium",
-            )
             ax.set_xlabel("output column")
             ax.set_ylabel("output row")
+    for col, layer in enumerate(layers):
+        if layer in images:  # one colour bar per layer, beside its column
+            fig.colorbar(images[layer], ax=list(axes[:, col]), label=f"{layer} temperature")
     fig.suptitle(title)
     fig.savefig(path, dpi=110)
+    return fig
 
 
 def plot_gates(runs: Sequence[Run], title: str, path: str) -> None:
@@ -294,10 +342,10 @@ def draw_all(runs: Sequence[Run], out: str, baseline: str) -> dict[str, list[str
                 f"{dataset}: test accuracy vs epoch (band = ±1 std over seeds)",
             ),
             (
-                f"train_loss_{dataset}.png",
-                plot_curves,
-                (done, "train_loss", "training loss (mean cross-entropy, nats)"),
-                f"{dataset}: training loss vs epoch (band = ±1 std over seeds)",
+                f"curves_{dataset}.png",
+                plot_curve_panels,
+                (done,),
+                f"{dataset}: learning curves (line: mean, band: ±1 std over seeds)",
             ),
         ]
         if mixed:
@@ -317,7 +365,7 @@ def draw_all(runs: Sequence[Run], out: str, baseline: str) -> dict[str, list[str
                     plot_tdgs_temperatures,
                     (tdgs,),
                     f"{dataset}: TDGS effective temperature relu(temperature) + eps per output "
-                    f"position {after}, averaged over channels and seeds",
+                    f"position {after}, averaged over channels (at init: 1.1 on average for the default init_temperature 1)",
                 )
             )
         if gates:

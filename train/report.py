@@ -16,10 +16,14 @@ Written to ``<workdir>/report/``:
 - ``results.csv``: one row per run (:data:`CSV_FIELDS`), sorted by dataset, pooler, seed. Accuracies
   are fractions in [0, 1], numbers are written at full precision; the file depends on the run
   directories only, so rebuilding it gives the same bytes.
-- ``report.md``: per dataset one row per pooler label: final test accuracy mean ± std over seeds,
-  the paired difference to max pooling with its 95% t-interval, seconds per epoch relative to max,
-  extra parameters; the command, versions, device kind and dates; the plots.
-- ``accuracy_<dataset>.png``, ``train_loss_<dataset>.png``: curves over epochs, band = ±1 std.
+- ``report.md``: per dataset one row per pooler label: final test accuracy mean ± std over seeds
+  and its 95% t-interval, the paired difference to max pooling with its 95% t-interval (none
+  for fewer than 3 seeds or runs that have not converged, see :func:`converged`), the rise over
+  the last two epochs, seconds per epoch relative to max, extra parameters; the commands with
+  their wall times, the time spent training and compiling, versions, device kind and dates;
+  the plots.
+- ``accuracy_<dataset>.png``: test accuracy over epochs, band = ±1 std over seeds;
+  ``curves_<dataset>.png``: test accuracy and loss beside training accuracy and loss.
 - ``mixing_weights_<dataset>.png``, ``tdgs_temperature_<dataset>.png``, ``gates_<dataset>.png``: the
   learned pooler parameters after the last epoch (only for datasets that ran those poolers).
 - ``tdgs_init_temperature.png``: test accuracy against TDGS's initial temperature (when swept).
@@ -45,6 +49,8 @@ from train import stats
 from train.sweep_runs import Run, collect, read_json
 
 BASELINE = "max"
+# Fewer seeds give t-intervals too wide to read (n = 2: ±12.7 standard errors): none is printed.
+MIN_SEEDS_FOR_INTERVAL = 3
 CSV_FIELDS = (
     "dataset",
     "pooler",
@@ -123,9 +129,14 @@ class Row:
       label: pooler label.
       n_done, n_total: finished runs and all runs of this label.
       accuracy: ``(mean, std)`` of the final test accuracy over finished seeds.
+      accuracy_interval: the 95% t-interval of that mean (None without finished seeds).
       best_accuracy: ``(mean, std)`` of the best-epoch test accuracy.
       diff: paired difference to max pooling over the seeds both finished (None for max itself
         or without max runs).
+      late_rise: mean test accuracy after the last epoch minus two epochs before (one before
+        for 2-epoch runs; ``nan`` for one epoch): see :func:`converged`.
+      converged: :func:`converged` (None when it cannot be judged: one epoch).
+      baseline_converged: the same for max pooling's runs (None without them).
       seconds: mean train seconds per epoch; ``relative_seconds`` the ratio to max pooling's.
       images_per_second: mean training throughput.
       params, extra_params: whole-model parameter count and its difference to max pooling's.
@@ -136,8 +147,12 @@ class Row:
     n_done: int
     n_total: int
     accuracy: tuple[float, float]
+    accuracy_interval: stats.Interval | None
     best_accuracy: tuple[float, float]
     diff: stats.Interval | None
+    late_rise: float
+    converged: bool | None
+    baseline_converged: bool | None
     seconds: float
     relative_seconds: float
     images_per_second: float
@@ -145,18 +160,55 @@ class Row:
     extra_params: int | None
     best: bool = False
 
+    @property
+    def interval_readable(self) -> bool:
+        """Whether :attr:`diff` can be read: enough pairs and both sides converged."""
+        return (
+            self.diff is not None
+            and self.diff.n >= MIN_SEEDS_FOR_INTERVAL
+            and self.converged is not False
+            and self.baseline_converged is not False
+        )
+
+
+def late_rise(done: Sequence[Run]) -> float:
+    """Mean test accuracy after the last epoch ``E`` minus the mean after epoch ``E - 2`` (epoch
+    1 for ``E = 2``; ``nan`` for ``E = 1``), over runs that finished ``E`` epochs."""
+    epochs = min((len(r.metrics) for r in done), default=0)
+    if epochs < 2:
+        return math.nan
+    earlier = max(epochs - 3, 0)
+    rise = [
+        r.metrics[epochs - 1]["test_accuracy"] - r.metrics[earlier]["test_accuracy"] for r in done
+    ]
+    return float(np.mean(rise))
+
+
+def converged(done: Sequence[Run]) -> bool | None:
+    """False when the mean test accuracy rose over the last two epochs (:func:`late_rise`) by
+    more than the standard deviation of the final accuracy over seeds (any rise, with one seed):
+    such runs are still improving and a comparison at the last epoch is premature.  None when
+    it cannot be judged (no finished run, or one epoch)."""
+    rise = late_rise(done)
+    if math.isnan(rise):
+        return None
+    std = stats.mean_std([r.final["test_accuracy"] for r in done])[1]
+    return bool(rise <= (0.0 if math.isnan(std) else std))
+
 
 def table(runs: Sequence[Run]) -> list[Row]:
     """The per-pooler rows of one dataset's runs (in label order).
 
     The best pooler is the label with the highest mean final test accuracy; it is marked only when
-    its paired 95% interval against max pooling excludes zero (for max itself: when every other
-    label's interval lies below zero).
+    its paired 95% interval against max pooling can be read (:attr:`Row.interval_readable`) and
+    excludes zero (for max itself: when every other label's interval can be read and lies below
+    zero).
     """
     labels: dict[str, list[Run]] = {}
     for run in runs:
         labels.setdefault(run.label, []).append(run)
     base = {r.seed: r for r in labels.get(BASELINE, []) if r.done}
+    base_converged = converged(list(base.values())) if base else None
     base_seconds = np.mean([r.seconds_per_epoch for r in base.values()]) if base else math.nan
     base_params = next((r.summary.get("param_count") for r in base.values()), None)
     rows = []
@@ -182,8 +234,12 @@ def table(runs: Sequence[Run]) -> list[Row]:
                 n_done=len(done),
                 n_total=len(group),
                 accuracy=stats.mean_std(acc),
+                accuracy_interval=stats.mean_interval(acc) if acc else None,
                 best_accuracy=stats.mean_std(best_acc),
                 diff=diff,
+                late_rise=late_rise(done),
+                converged=converged(done),
+                baseline_converged=base_converged,
                 seconds=seconds,
                 relative_seconds=seconds / base_seconds if base else math.nan,
                 images_per_second=(
@@ -199,10 +255,10 @@ def table(runs: Sequence[Run]) -> list[Row]:
     if scored:
         top = max(scored, key=lambda r: r.accuracy[0])
         if top.label == BASELINE:
-            others = [r.diff for r in rows if r.diff is not None]
-            top.best = bool(others) and all(d.high < 0 for d in others)
+            others = [r for r in rows if r.label != BASELINE]
+            top.best = bool(others) and all(r.interval_readable and r.diff.high < 0 for r in others)
         else:
-            top.best = top.diff is not None and top.diff.low > 0
+            top.best = top.interval_readable and top.diff.low > 0
     return rows
 
 
@@ -214,19 +270,45 @@ def _pct(mean: float, std: float | None = None) -> str:
     return f"{100 * mean:.2f} ± {100 * std:.2f}"
 
 
-def _diff_text(diff: stats.Interval | None) -> str:
+def _interval_text(interval: stats.Interval | None, signed: bool) -> str:
+    if interval is None:
+        return "–"
+    if interval.n < MIN_SEEDS_FOR_INTERVAL:
+        return f"n = {interval.n}: no interval"
+    fmt = "+.2f" if signed else ".2f"
+    return f"[{100 * interval.low:{fmt}}, {100 * interval.high:{fmt}}]"
+
+
+def _diff_text(row: Row) -> str:
+    diff = row.diff
     if diff is None:
         return "–"
-    if math.isnan(diff.low):
-        return f"{100 * diff.mean:+.2f} (n={diff.n}, no CI)"
-    return f"{100 * diff.mean:+.2f} [{100 * diff.low:+.2f}, {100 * diff.high:+.2f}]"
+    mean = f"{100 * diff.mean:+.2f}"
+    if diff.n < MIN_SEEDS_FOR_INTERVAL:
+        return f"{mean} ({_interval_text(diff, signed=True)})"
+    unsettled = [
+        name
+        for name, ok in ((row.label, row.converged), (BASELINE, row.baseline_converged))
+        if ok is False
+    ]
+    if unsettled:
+        return f"{mean} (not converged: {', '.join(unsettled)}; no interval)"
+    return f"{mean} {_interval_text(diff, signed=True)}"
+
+
+def _rise_text(row: Row) -> str:
+    if math.isnan(row.late_rise):
+        return "–"
+    text = f"{100 * row.late_rise:+.2f}"
+    return f"{text} not converged" if row.converged is False else text
 
 
 def table_markdown(rows: Sequence[Row]) -> list[str]:
     lines = [
-        "| pooler | runs done | test accuracy % (mean ± std) | Δ vs max, pp [95% CI] "
+        "| pooler | runs done | test accuracy % (mean ± std) | 95% CI of the mean "
+        "| Δ vs max, pp [95% CI] | rise over the last 2 epochs, pp "
         "| best-epoch accuracy % | s/epoch (× max) | images/s | parameters (extra vs max) |",
-        "|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         name = f"**{r.label}** ★" if r.best else r.label
@@ -237,8 +319,9 @@ def table_markdown(rows: Sequence[Row]) -> list[str]:
         if r.extra_params is not None:
             params += f" ({r.extra_params:+,})"
         lines.append(
-            f"| {name} | {r.n_done}/{r.n_total} | {_pct(*r.accuracy)} | {_diff_text(r.diff)} "
-            f"| {_pct(*r.best_accuracy)} | {secs} | {ips} | {params} |"
+            f"| {name} | {r.n_done}/{r.n_total} | {_pct(*r.accuracy)} "
+            f"| {_interval_text(r.accuracy_interval, signed=False)} | {_diff_text(r)} "
+            f"| {_rise_text(r)} | {_pct(*r.best_accuracy)} | {secs} | {ips} | {params} |"
         )
     return lines
 
@@ -254,6 +337,12 @@ def _provenance(runs: Sequence[Run], workdir: str) -> list[str]:
         lines.append("Sweep commands run in this workdir, oldest first:")
         lines.append("")
         lines.extend(f"    {c}" for c in commands)
+        lines.append("")
+        lines.extend(
+            f"- started {c['time']}, "
+            + (f"wall time {_duration(c['seconds'])}" if "seconds" in c else "wall time unknown")
+            for c in sweep.get("commands", [])
+        )
     else:
         lines.append("Command: unknown (no sweep.json; runs made outside `train.sweep`).")
     lines.append("")
@@ -270,6 +359,7 @@ def _provenance(runs: Sequence[Run], workdir: str) -> list[str]:
         }
     )
     lines.append(f"- Device: {', '.join(devices) if devices else 'unknown'}")
+    lines += _time_lines(runs, sweep.get("commands", []))
     finished = sorted(r.info["finished"] for r in runs if r.info.get("finished"))
     if finished:
         lines.append(f"- Runs finished between {finished[0]} and {finished[-1]}")
@@ -279,14 +369,49 @@ def _provenance(runs: Sequence[Run], workdir: str) -> list[str]:
     return lines
 
 
+def _duration(seconds: float) -> str:
+    minutes, secs = divmod(round(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    if hours:
+        return f"{hours} h {minutes:02d} min"
+    return f"{minutes} min {secs:02d} s" if minutes else f"{secs} s"
+
+
+def _time_lines(runs: Sequence[Run], commands: Sequence[dict[str, Any]]) -> list[str]:
+    """Total time of the sweep and the part of it spent compiling."""
+    lines = []
+    timed = [c["seconds"] for c in commands if "seconds" in c]
+    if timed:
+        lines.append(
+            f"- Wall time of the sweep commands: {_duration(sum(timed))} "
+            f"({len(timed)} of {len(commands)} commands timed; an interrupted one is not)"
+        )
+    done = [r for r in runs if r.done]
+    epochs = [m for r in done for m in r.metrics]
+    epoch_seconds = sum(m.get("epoch_seconds", 0.0) for m in epochs)
+    compile_seconds = sum(r.compile_seconds for r in done)
+    if epochs:
+        lines.append(
+            f"- Training and evaluation time of the {len(epochs)} epochs of finished runs: "
+            f"{_duration(epoch_seconds)}, of which compiling ≈ {_duration(compile_seconds)} "
+            "(the epochs that compiled the step, less the run's steady time per epoch)"
+        )
+    return lines
+
+
 def markdown(runs: Sequence[Run], workdir: str, plots: dict[str, list[str]]) -> str:
     """The text of ``report.md``; ``plots`` maps a dataset (or ``""``) to its PNG file names."""
     lines = ["# jaxpool study: poolers compared with max pooling", ""]
     lines += [
         f"{len(runs)} runs, {sum(r.done for r in runs)} done. Test accuracy is measured after the "
-        "last epoch; mean ± std (sample std) over seeds. Δ is the paired difference to max pooling "
-        "over the seeds both finished, with a 95% Student-t interval (percentage points). "
-        "★ marks the best mean accuracy only where its interval excludes zero. s/epoch is the "
+        "last epoch; mean ± std (sample std) over seeds, and the 95% Student-t interval of the "
+        "mean. Δ is the paired difference to max pooling over the seeds both finished, with a "
+        "95% Student-t interval (percentage points). No interval is printed for fewer than "
+        f"{MIN_SEEDS_FOR_INTERVAL} seeds (too wide to read), nor for Δ when either side has not "
+        "converged: its mean test accuracy rose over the last two epochs by more than the "
+        "seed std of its final accuracy (the rise column). "
+        "★ marks the best mean accuracy only where its interval can be read and excludes zero. "
+        "s/epoch is the "
         "training time per epoch, without the epochs that include compiling the step (the "
         "first epoch of each process that trained the run, resumed runs included) when there "
         "are others; "

@@ -96,10 +96,24 @@ def paired_difference(a: Sequence[float], b: Sequence[float], confidence: float 
         raise ValueError(f"a and b must be 1-D of the same length, got {a.shape} and {b.shape}")
     if a.size == 0:
         raise ValueError("paired_difference needs at least one pair")
-    d = a - b
-    n = int(d.size)
-    mean = float(d.mean())
+    return mean_interval(a - b, confidence)
+
+
+def mean_interval(values: Sequence[float], confidence: float = 0.95) -> Interval:
+    r"""Student-t interval for the mean of ``values``: :math:`\bar x \pm t_{(1+c)/2,\, n-1}\, s / \sqrt{n}`.
+
+    Returns:
+      An :class:`Interval`; ``low``/``high`` are ``nan`` for fewer than two values.
+
+    Raises:
+      ValueError: when ``values`` is empty or not 1-D.
+    """
+    x = np.asarray(values, np.float64)
+    if x.ndim != 1 or x.size == 0:
+        raise ValueError(f"mean_interval needs a non-empty 1-D sequence, got shape {x.shape}")
+    n = int(x.size)
+    mean = float(x.mean())
     if n < 2:
         return Interval(mean, math.nan, math.nan, n, confidence)
-    half = t_quantile((1.0 + confidence) / 2.0, n - 1) * float(d.std(ddof=1)) / math.sqrt(n)
+    half = t_quantile((1.0 + confidence) / 2.0, n - 1) * float(x.std(ddof=1)) / math.sqrt(n)
     return Interval(mean, mean - half, mean + half, n, confidence)

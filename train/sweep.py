@@ -192,13 +192,23 @@ def _epoch_printer(num_epochs: int) -> Callable[[dict[str, Any]], None]:
     return show
 
 
-def record_command(workdir: str, command: str) -> None:
-    """Appends ``command`` to ``<workdir>/sweep.json`` (the report quotes it)."""
+def record_command(workdir: str, command: str) -> int:
+    """Appends ``command`` to ``<workdir>/sweep.json`` (the report quotes it); returns its index."""
     path = os.path.join(workdir, SWEEP_FILE)
     data = sweep_runs.read_json(path) or {"commands": []}
     data["commands"].append({"command": command, "time": _now()})
     os.makedirs(workdir, exist_ok=True)
     run_files.write_json(path, data)
+    return len(data["commands"]) - 1
+
+
+def record_command_time(workdir: str, index: int, seconds: float) -> None:
+    """Adds the wall time of the command recorded at ``index`` (one that ran to its end)."""
+    path = os.path.join(workdir, SWEEP_FILE)
+    data = sweep_runs.read_json(path) or {"commands": []}
+    if index < len(data["commands"]):
+        data["commands"][index]["seconds"] = round(seconds, 1)
+        run_files.write_json(path, data)
 
 
 def sweep(
@@ -206,8 +216,13 @@ def sweep(
     workdir: str,
     *,
     verbose: bool = True,
+    command: tuple[int, float] | None = None,
 ) -> dict[str, list[sweep_plan.Plan]]:
     """Runs every plan that needs running, then writes the report.
+
+    ``command``: the index of this sweep's command in ``sweep.json`` and its
+    ``time.perf_counter()`` start; when every plan has run, its wall time is recorded there
+    before the report is written.
 
     Returns:
       ``{"done": [...], "failed": [...], "skipped": [...]}`` (skipped = already done before).
@@ -240,6 +255,8 @@ def sweep(
             else:
                 outcome["failed"].append(p)
                 print(f"      {record['status']}: {record['error']}", flush=True)
+        if command is not None:
+            record_command_time(workdir, command[0], time.perf_counter() - command[1])
     finally:
         report.write(workdir)
     return outcome
@@ -301,13 +318,14 @@ def run(argv: list[str]) -> int:
         print(f"sweep in {workdir}: {len(plans)} runs")
         print("\n".join(sweep_plan.describe(plans)))
         return 0
+    t0 = time.perf_counter()
     try:
-        record_command(workdir, "python -m train.sweep " + shlex.join(argv[1:]))
+        index = record_command(workdir, "python -m train.sweep " + shlex.join(argv[1:]))
     except OSError as e:  # e.g. a path through a file, or no permission
         raise cli.UsageError(f"cannot write to --workdir {workdir}: {e.strerror or e}") from e
     try:
         run_config.enable_compilation_cache()
-        outcome = sweep(plans, workdir, verbose=not _QUIET.value)
+        outcome = sweep(plans, workdir, verbose=not _QUIET.value, command=(index, t0))
     except train_lib.Interrupted as e:
         print(f"{e}; report written; rerun the same command to resume", file=sys.stderr)
         return 128 + e.signum

@@ -105,9 +105,22 @@ class Run:
         """Epochs used for speed: those whose time does not include starting the step
         (``includes_startup``: the first epoch of each process that trained the run; in rows
         from before that flag, epoch 1), or all of them when no other is left."""
-        # A row without the flag (written before it existed) compiled if it is epoch 1.
-        rows = [r for i, r in enumerate(self.metrics) if not r.get("includes_startup", i == 0)]
+        rows = [r for r, startup in zip(self.metrics, self._startup(), strict=True) if not startup]
         return rows or self.metrics
+
+    def _startup(self) -> list[bool]:
+        # A row without the flag (written before it existed) compiled if it is epoch 1.
+        return [bool(r.get("includes_startup", i == 0)) for i, r in enumerate(self.metrics)]
+
+    @property
+    def compile_seconds(self) -> float:
+        """Training seconds of the epochs that compiled the step beyond the steady time per
+        epoch (0 when no epoch ran without compiling: nothing to compare with)."""
+        steady = self.seconds_per_epoch
+        startup = [r for r, s in zip(self.metrics, self._startup(), strict=True) if s]
+        if len(startup) == len(self.metrics):
+            return 0.0
+        return float(sum(max(r["train_seconds"] - steady, 0.0) for r in startup))
 
     @property
     def seconds_per_epoch(self) -> float:
