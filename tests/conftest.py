@@ -17,6 +17,11 @@ import tensorflow_datasets as tfds
 
 import jaxpool
 import train  # noqa: F401  (sets XLA:CPU flags before the tests start JAX)
+from train import xla_gpu
+
+# As the CLI does: the equalities between two ways of running the same program (chunk splits,
+# resume) hold bitwise on a GPU only with deterministic reductions and convolution algorithms.
+xla_gpu.request_deterministic_ops()
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 

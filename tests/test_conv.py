@@ -89,6 +89,12 @@ def _numpy_conv_same(x, w):
 @pytest.mark.parametrize(("x_shape", "kernel", "features"), SHAPES)
 def test_values_and_gradients_match_a_float64_numpy_reference(x_shape, kernel, features):
     # Whatever kernel library XLA:CPU uses (train.xla_cpu picks XNNPACK), float32 accuracy holds.
+    # "highest": a GPU computes float32 convolutions in TF32 (10-bit mantissa) by default.
+    with jax.default_matmul_precision("highest"):
+        _check_against_numpy(x_shape, kernel, features)
+
+
+def _check_against_numpy(x_shape, kernel, features):
     kx, kw = jax.random.split(jax.random.key(5))
     x = jax.random.normal(kx, x_shape)
     w = jax.random.normal(kw, (*kernel, x_shape[-1], features))

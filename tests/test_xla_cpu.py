@@ -13,6 +13,11 @@ import pytest
 
 from train import bench, xla_cpu
 
+# XLA:CPU flags, verified against the jaxlib that runs the CPU backend: CPU-only.
+pytestmark = pytest.mark.skipif(
+    jax.default_backend() != "cpu", reason="XLA:CPU flags: checked where the backend is the CPU"
+)
+
 
 def test_flags_added_on_jaxlib_0_10_after_existing_flags():
     env = {"XLA_FLAGS": "--xla_force_host_platform_device_count=8"}

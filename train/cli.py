@@ -44,7 +44,14 @@ def flag_error(e: BaseException) -> str:
 
 
 def run_main(run: Callable[[Sequence[str]], int], argv: Sequence[str] | None = None) -> int:
-    """Runs ``run(argv)``; a :class:`UsageError` becomes ``error: ...`` on stderr and exit code 2."""
+    """Runs ``run(argv)``; a :class:`UsageError` becomes ``error: ...`` on stderr and exit code 2.
+
+    Before it, XLA:GPU is asked for deterministic ops (:mod:`train.xla_gpu`), which takes effect
+    when JAX has not started its backend yet (a fresh CLI process).
+    """
+    from train import xla_gpu
+
+    xla_gpu.request_deterministic_ops()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
     logging.getLogger("train").setLevel(logging.INFO)
     # TFDS and orbax log through absl; their warnings are noise for a CLI (errors still show).

@@ -57,11 +57,11 @@ def prefer_xnnpack_convolutions(
     current = environ.get("XLA_FLAGS", "")
     if not version.startswith(VERIFIED_JAXLIB) or "nn_fusion_type" in current:
         return False
-    _append_flags(environ, CONV_FLAGS)
+    append_flags(environ, CONV_FLAGS)
     return True
 
 
-def _append_flags(environ: MutableMapping[str, str], flags: tuple[str, ...]) -> None:
+def append_flags(environ: MutableMapping[str, str], flags: tuple[str, ...]) -> None:
     """Appends ``flags`` to ``environ["XLA_FLAGS"]``, after what the user set."""
     environ["XLA_FLAGS"] = " ".join([environ.get("XLA_FLAGS", ""), *flags]).strip()
 
@@ -95,5 +95,5 @@ def prefer_wide_vectors(
         or "xla_cpu_prefer_vector_width" in current
     ):
         return False
-    _append_flags(environ, (VECTOR_FLAG,))
+    append_flags(environ, (VECTOR_FLAG,))
     return True
