@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import jax
 import numpy as np
+import optax
 import pytest
 
 from configs import digits as digits_config
-from train import device_loop, input_pipeline, steps
+from train import device_loop, input_pipeline, steps, train_lib
 
 BATCH = 32
 STEPS = 7
@@ -108,3 +109,31 @@ def test_chunked_training_equals_step_by_step_on_the_permuted_batches(setup):
         chunked.params,
         stepped.params,
     )
+
+
+@pytest.mark.parametrize("batch_size", [7, 359, 512])
+def test_evaluation_counts_every_example_once_and_equals_one_big_batch(batch_size):
+    # The digits test split has 359 examples: 7 leaves a partial last batch (51 batches, 4
+    # padded rows), 359 is exact, 512 is one batch mostly of padding.
+    config = digits_config.get_config()
+    data = input_pipeline.load("digits")
+    state = steps.create_train_state(config, data.image_shape, 10, jax.random.key(0))
+    mesh = jax.sharding.Mesh(np.array(jax.devices()), ("data",))
+    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    sharded = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
+    test_data = device_loop.put_eval_split(data.test, batch_size, replicated)
+    sums = device_loop.evaluate_split(
+        state, *test_data, None, None, eval_fn=steps.eval_step, batch_size=batch_size,
+        batch_sharding=sharded,
+    )  # fmt: skip
+    assert sums["count"].shape == (-(-359 // batch_size),)
+    assert float(np.sum(sums["count"])) == len(data.test) == 359
+    got = train_lib.evaluate(state, test_data, batch_size, sharded)
+    # One batch of all 359 examples, outside any loop.
+    logits = state.apply_fn(
+        {"params": state.params}, data.test.images.astype(np.float32) / 255.0, deterministic=True
+    )
+    losses = optax.softmax_cross_entropy_with_integer_labels(logits, data.test.labels)
+    assert got["loss"] == pytest.approx(float(np.mean(losses)), rel=1e-5)
+    correct = np.argmax(np.asarray(logits), -1) == data.test.labels
+    assert abs(got["accuracy"] - correct.mean()) <= 1 / 359  # at most one near-tie may flip

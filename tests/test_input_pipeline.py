@@ -1,8 +1,7 @@
-"""Tests of train/input_pipeline.py: loading, drop-remainder and padded eval."""
+"""Tests of train/input_pipeline.py: loading and drop-remainder."""
 
 from __future__ import annotations
 
-import jax
 import numpy as np
 import pytest
 from conftest import mock_tfds
@@ -13,12 +12,6 @@ from train import input_pipeline
 @pytest.fixture(scope="module")
 def digits():
     return input_pipeline.load("digits")
-
-
-@pytest.fixture(scope="module")
-def sharding():
-    mesh = jax.sharding.Mesh(np.array(jax.devices()), ("data",))
-    return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
 
 
 def test_digits_is_fixed_80_20_split_of_uint8_images(digits):
@@ -62,18 +55,6 @@ def test_steps_per_epoch_drops_the_last_partial_batch(digits):
     assert input_pipeline.steps_per_epoch(digits.train, 64) == 22
     assert input_pipeline.steps_per_epoch(digits.train, 1438) == 1
     assert input_pipeline.steps_per_epoch(digits.train, 1439) == 0
-
-
-@pytest.mark.parametrize("batch_size", [1, 7, 64, 359, 512])
-def test_eval_batches_count_every_example_once(digits, sharding, batch_size):
-    seen_labels, total = [], 0.0
-    for b in input_pipeline.eval_batches(digits.test, batch_size, sharding=sharding):
-        assert b["image"].shape[0] == batch_size
-        mask = np.asarray(b["mask"])
-        total += mask.sum()
-        seen_labels.append(np.asarray(b["label"])[mask > 0])
-    assert total == len(digits.test)
-    np.testing.assert_array_equal(np.concatenate(seen_labels), digits.test.labels)
 
 
 def test_channel_stats_are_per_channel(digits):

@@ -1,4 +1,4 @@
-"""Training epochs as compiled chunks: the data lives on the devices and is shuffled there.
+"""Training epochs as compiled chunks, evaluation as one program: the data lives on the devices.
 
 The host launches one program per *chunk* of up to ``steps_per_chunk`` steps instead of one per
 step.  Inside it, ``lax.fori_loop`` runs the steps: each gathers its batch from the resident
@@ -10,6 +10,10 @@ Data order: epoch ``e`` (0-based) visits the examples in ``epoch_order(data_key(
 a ``jax.random.permutation`` that depends only on ``(seed, e)``; step ``s`` of the epoch uses rows
 ``order[s * B:(s + 1) * B]`` and the last partial batch is dropped.  So a run resumed at any step
 sees the same batches as an uninterrupted one.
+
+Evaluation: :func:`put_eval_split` copies the test split onto the devices once, padded to whole
+batches with a mask, and :func:`evaluate_split` runs every batch in one program (a
+``lax.fori_loop``), returning per-batch sums that the host adds in float64.
 """
 
 from __future__ import annotations
@@ -139,3 +143,62 @@ def train_chunk(
     init = (state, jnp.zeros((length,), jnp.float32), jnp.zeros((length,), jnp.int32))
     state, losses, correct = jax.lax.fori_loop(0, count, body, init)
     return state, {"loss": losses, "correct": correct}
+
+
+def put_eval_split(
+    split: input_pipeline.Split, batch_size: int, sharding: jax.sharding.Sharding
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """``(images, labels, mask)`` of ``split`` on every device of ``sharding``'s mesh
+    (replicated), zero-padded to a whole number of ``batch_size`` batches; ``mask`` is 1.0 on
+    real examples, 0.0 on padding."""
+    n = len(split)
+    pad = -n % batch_size
+    images = np.concatenate([split.images, np.zeros((pad, *split.images.shape[1:]), np.uint8)])
+    labels = np.concatenate([split.labels, np.zeros((pad,), np.int32)])
+    mask = np.concatenate([np.ones((n,), np.float32), np.zeros((pad,), np.float32)])
+    return tuple(put_replicated(a, sharding) for a in (images, labels, mask))
+
+
+@functools.partial(jax.jit, static_argnames=("eval_fn", "batch_size", "batch_sharding"))
+def evaluate_split(
+    state,
+    images: jax.Array,
+    labels: jax.Array,
+    mask: jax.Array,
+    mean: jax.Array | None,
+    std: jax.Array | None,
+    *,
+    eval_fn: Callable[..., dict[str, jax.Array]],
+    batch_size: int,
+    batch_sharding: jax.sharding.Sharding | None = None,
+) -> dict[str, jax.Array]:
+    """Every batch of a padded evaluation split (:func:`put_eval_split`) in one program.
+
+    Args:
+      state: the train state.
+      images, labels, mask: the padded split, ``len(images)`` a multiple of ``batch_size``.
+      mean, std: per-channel standardisation, or None.
+      eval_fn: ``(state, batch, mean, std) -> {"loss_sum", "correct", "count"}`` over the
+        batch's masked examples (:func:`train.steps.eval_step`).
+      batch_size: global evaluation batch size.
+      batch_sharding: sharding of each batch (``NamedSharding(mesh, P("data"))``).
+
+    Returns:
+      ``{"loss_sum", "correct", "count"}``, each float32 ``(num_batches,)``: one entry per batch.
+    """
+    num_batches = images.shape[0] // batch_size
+    keys = ("loss_sum", "correct", "count")
+
+    def body(i, sums):
+        start = i * batch_size
+        batch = {
+            name: jax.lax.dynamic_slice_in_dim(array, start, batch_size)
+            for name, array in (("image", images), ("label", labels), ("mask", mask))
+        }
+        if batch_sharding is not None:
+            batch = jax.lax.with_sharding_constraint(batch, batch_sharding)
+        out = eval_fn(state, batch, mean, std)
+        return {k: sums[k].at[i].set(out[k].astype(jnp.float32)) for k in keys}
+
+    init = {k: jnp.zeros((num_batches,), jnp.float32) for k in keys}
+    return jax.lax.fori_loop(0, num_batches, body, init)

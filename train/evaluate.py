@@ -56,7 +56,7 @@ def evaluate_run(
     import ml_collections
     import numpy as np
 
-    from train import checkpointing, input_pipeline, run_config, steps, train_lib
+    from train import checkpointing, device_loop, input_pipeline, run_config, steps, train_lib
 
     config_path = os.path.join(run_dir, "config.json")
     try:
@@ -95,9 +95,11 @@ def evaluate_run(
     mean = std = None
     if config.standardize:
         mean, std = input_pipeline.channel_stats(data.train)
-    metrics = train_lib.evaluate(
-        state, data.test, config.eval_batch_size or config.batch_size, sharded, mean, std
-    )
+    if mean is not None:
+        mean, std = (device_loop.put_replicated(v, replicated) for v in (mean, std))
+    batch_size = config.eval_batch_size or config.batch_size
+    test_data = device_loop.put_eval_split(data.test, batch_size, replicated)
+    metrics = train_lib.evaluate(state, test_data, batch_size, sharded, mean, std)
     return {
         "run_dir": run_dir,
         "pooler": config.pooler,

@@ -16,10 +16,8 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
-from collections.abc import Iterator
 from typing import Any
 
-import jax
 import numpy as np
 
 DATASETS = ("mnist", "cifar10", "cifar100", "digits")
@@ -162,42 +160,3 @@ def channel_stats(split: Split) -> tuple[np.ndarray, np.ndarray]:
 def steps_per_epoch(split: Split, batch_size: int) -> int:
     """Number of full training batches; the last partial batch is dropped."""
     return len(split) // batch_size
-
-
-def _local_rows(global_batch: int) -> slice:
-    """Rows of a global batch that this process supplies."""
-    per_process = global_batch // jax.process_count()
-    start = jax.process_index() * per_process
-    return slice(start, start + per_process)
-
-
-def _to_global(arrays: dict[str, np.ndarray], sharding: jax.sharding.Sharding, global_batch: int):
-    rows = _local_rows(global_batch)
-    return {
-        k: jax.make_array_from_process_local_data(sharding, v[rows], (global_batch, *v.shape[1:]))
-        for k, v in arrays.items()
-    }
-
-
-def eval_batches(
-    split: Split, batch_size: int, *, sharding: jax.sharding.Sharding
-) -> Iterator[dict[str, jax.Array]]:
-    """Yields sharded evaluation batches that cover ``split`` exactly once.
-
-    The last batch is padded with zeros up to ``batch_size``; ``mask`` is 1.0 on real examples.
-
-    Yields:
-      ``{"image": uint8 (B, H, W, C), "label": int32 (B,), "mask": float32 (B,)}`` global arrays.
-    """
-    n = len(split)
-    for start in range(0, n, batch_size):
-        stop = min(start + batch_size, n)
-        pad = batch_size - (stop - start)
-        images = split.images[start:stop]
-        labels = split.labels[start:stop]
-        mask = np.ones((stop - start,), np.float32)
-        if pad:
-            images = np.concatenate([images, np.zeros((pad, *images.shape[1:]), np.uint8)])
-            labels = np.concatenate([labels, np.zeros((pad,), np.int32)])
-            mask = np.concatenate([mask, np.zeros((pad,), np.float32)])
-        yield _to_global({"image": images, "label": labels, "mask": mask}, sharding, batch_size)

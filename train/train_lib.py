@@ -79,10 +79,6 @@ def _seed_keys(seed: int, sharding: jax.sharding.Sharding) -> tuple[jax.Array, j
     return jax.jit(lambda: tuple(jax.random.split(jax.random.key(seed))), out_shardings=sharding)()
 
 
-# Shardings come from the arguments: state and keys replicated, batches sharded over "data".
-_jit_eval_step = jax.jit(eval_step)
-
-
 def _run_chunk(
     state, data, order, first, count, rng, mean, std, *, batch_size, length, sharding, microbatches
 ):
@@ -107,17 +103,18 @@ def _run_chunk(
 
 def evaluate(
     state: TrainState,
-    split: input_pipeline.Split,
+    test_data: tuple[jax.Array, jax.Array, jax.Array],
     batch_size: int,
     sharding: jax.sharding.Sharding,
     mean: jax.Array | None = None,
     std: jax.Array | None = None,
 ) -> dict[str, float]:
-    """Mean loss and accuracy over every example of ``split``, each counted exactly once.
+    """Mean loss and accuracy over every example of a split, each counted exactly once.
 
     Args:
       state: the train state (replicated).
-      split: the examples.
+      test_data: the split on the devices, from ``device_loop.put_eval_split(split, batch_size,
+        replicated)``.
       batch_size: global evaluation batch size (a multiple of the device count).
       sharding: batch sharding, ``NamedSharding(mesh, P("data"))``.
       mean: per-channel input mean when standardising, else None.
@@ -126,15 +123,15 @@ def evaluate(
     Returns:
       ``{"loss": mean cross-entropy, "accuracy": fraction correct}``.
     """
-    sums = {"loss_sum": 0.0, "correct": 0.0, "count": 0.0}
-    outs = [
-        _jit_eval_step(state, batch, mean, std)
-        for batch in input_pipeline.eval_batches(split, batch_size, sharding=sharding)
-    ]
-    for out in jax.device_get(outs):
-        for k in sums:
-            sums[k] += float(out[k])
-    return {"loss": sums["loss_sum"] / sums["count"], "accuracy": sums["correct"] / sums["count"]}
+    sums = device_loop.evaluate_split(
+        state, *test_data, mean, std, eval_fn=eval_step, batch_size=batch_size,
+        batch_sharding=sharding,
+    )  # fmt: skip
+    totals = {k: float(np.sum(np.asarray(v, np.float64))) for k, v in jax.device_get(sums).items()}
+    return {
+        "loss": totals["loss_sum"] / totals["count"],
+        "accuracy": totals["correct"] / totals["count"],
+    }
 
 
 # --------------------------------------------------------------------------- signals
@@ -277,6 +274,7 @@ def train_and_evaluate(
     if mean is not None:
         mean, std = (device_loop.put_replicated(v, replicated) for v in (mean, std))
     train_data = device_loop.put_split(data.train, replicated)
+    test_data = device_loop.put_eval_split(data.test, eval_batch_size, replicated)
     chunk_length = min(config.steps_per_chunk, steps)
     microbatches = config_microbatches(config, batch_size)
     show_bar = bool(config.progress) and sys.stderr.isatty()
@@ -346,7 +344,7 @@ def train_and_evaluate(
                 )
 
             t1 = time.perf_counter()
-            test = evaluate(state, data.test, eval_batch_size, sharded, mean, std)
+            test = evaluate(state, test_data, eval_batch_size, sharded, mean, std)
             eval_seconds = time.perf_counter() - t1
             row = run_metrics.epoch_row(
                 epoch, int(jax.device_get(state.step)), meta, test, eval_seconds
