@@ -187,3 +187,36 @@ def test_time_interleaved_counts_the_page_faults_of_each_call():
         pytest.skip("no resource module on this platform")
     assert faults["touch"] >= 20
     assert faults["noop"] < 5
+
+
+def test_the_in_loop_pass_is_the_per_call_pass_repeated():
+    # With c = 0 every iteration repeats the same forward+backward on the same input; with c = 1
+    # each feeds the next, so the result is 3 chained calls of the per-call step.
+    loop, (params, x, key, cotangent, c) = bench.pooler_loop("avg", (2, 4, 6, 3), iterations=3)
+    assert float(c) == 0.0
+    _, x_same, cot_same = loop(params, x, key, cotangent, c)
+    np.testing.assert_array_equal(x_same, x)
+    np.testing.assert_array_equal(cot_same, cotangent)
+    step, _ = bench.pooler_step("avg", (2, 4, 6, 3))
+    want_x, want_cot = x, cotangent
+    for i in range(3):
+        y, (_, dx) = step(params, want_x, jax.random.fold_in(key, i), want_cot)
+        want_x, want_cot = want_x + dx, want_cot + y
+    _, got_x, got_cot = loop(params, x, key, cotangent, 1.0)
+    np.testing.assert_allclose(got_x, want_x, rtol=1e-6)
+    np.testing.assert_allclose(got_cot, want_cot, rtol=1e-6)
+
+
+def test_in_loop_figures_when_asked_and_in_the_summary(monkeypatch):
+    monkeypatch.setattr(bench, "POOL_SHAPES", ((2, 8, 8, 4),))
+    monkeypatch.setattr(bench, "CNN_BATCHES", (8,))
+    monkeypatch.setattr(bench, "LOOP_ITERATIONS", 2)
+    results = bench.run(["tdgs"], repeats=1, cnn_input=(8, 8, 1), in_loop=True)
+    assert set(results["pool_fwdbwd_loop_ms"]) == {"max@(2,8,8,4)", "tdgs@(2,8,8,4)"}
+    assert all(v > 0 for v in results["pool_fwdbwd_loop_ms"].values())
+    assert set(results["cnn_train_loop_img_s"]) == {"tdgs@8"}
+    lines = bench.summary_table(results, ["max", "tdgs"])
+    assert "in loop" in lines[1] and len(lines[2].split()) == len(lines[3].split()) == 9
+    assert lines[3].split()[4] == f"{results['pool_fwdbwd_loop_ms']['tdgs@(2,8,8,4)']:.3f}"
+    default = bench.run(["avg"], repeats=1, with_cnn=False)  # on CPU: no in-loop figures
+    assert ("pool_fwdbwd_loop_ms" in default) == (jax.default_backend() != "cpu")

@@ -30,6 +30,11 @@ Measured:
 * ``repeats``: ``--repeats``;
 * ``xla_flags``: ``XLA_FLAGS`` as the run saw it (``import train`` adds the flags of
   :mod:`train.xla_cpu`);
+* ``pool_fwdbwd_loop_ms`` and ``cnn_train_loop_img_s`` (``--in-loop``; by default on GPU/TPU
+  only): the same pool figures per pass, and CNN train images/s, measured as
+  :data:`LOOP_ITERATIONS` dependent passes in one compiled program (:func:`pooler_loop`,
+  :func:`cnn_train_loop`): what the device takes, without the per-call dispatch (about 0.08 ms
+  per call on an H200, more than most pool passes there);
 * ``page_faults_per_call["<pooler>@<shape>"]`` (and ``copy@<shape>``): minor page faults per timed
   call of the pool figures, the "faults" column: well above 0, that figure includes memory faulted
   back in (see :func:`time_interleaved`).
@@ -38,6 +43,7 @@ Measured:
 from __future__ import annotations
 
 import ctypes
+import functools
 import json
 import os
 import statistics
@@ -62,11 +68,20 @@ from train import cli, run_config, steps
 POOL_SHAPES = ((256, 32, 32, 16), (64, 16, 16, 32))
 CNN_BATCHES = (64, 256)
 CNN_IMAGE = (32, 32, 3)
+# Passes per compiled program in the in-loop figures (see pooler_loop).
+LOOP_ITERATIONS = 32
 
 _POOLERS = flags.DEFINE_string("poolers", "all", "Comma-separated poolers, or 'all'.")
 _REPEATS = flags.DEFINE_integer("repeats", 7, "Timed repeats per figure (the median is kept).")
 _JSON = flags.DEFINE_string("json", None, "Also write the figures to this JSON file.")
 _SKIP_CNN = flags.DEFINE_bool("skip-cnn", False, "Only the pooler table.")
+_IN_LOOP = flags.DEFINE_enum(
+    "in-loop",
+    "auto",
+    ["auto", "on", "off"],
+    "Also time each pooler and CNN step inside one compiled loop (device time, no per-call "
+    "dispatch); auto: on GPU/TPU, off on CPU.",
+)
 _CNN_INPUT = flags.DEFINE_string(
     "cnn-input", "32,32,3", "CNN input H,W,C (32,32,3: CIFAR; 28,28,1: MNIST, as the CLI trains)."
 )
@@ -181,6 +196,33 @@ def pooler_step(name: str, shape: Sequence[int]) -> tuple[Callable[..., object],
     return step, (params, x, jax.random.key(4), cotangent)
 
 
+def pooler_loop(
+    name: str, shape: Sequence[int], iterations: int = LOOP_ITERATIONS
+) -> tuple[Callable[..., object], tuple]:
+    """``iterations`` forward+backward passes of pooler ``name`` in one compiled program: the
+    device's time per pass without the per-call dispatch that dominates a GPU's per-call figure.
+
+    A ``lax.fori_loop`` whose iterations depend on each other: each takes the previous one's
+    input, parameters and cotangent plus ``c`` times its gradients and output, with ``c`` a
+    runtime argument that is 0 (nothing drifts, and XLA cannot see that it is 0 and drop the
+    work), and a new key per iteration.  The three updates are one extra elementwise pass over
+    the input per iteration.  ``loop(*args)`` returns the final ``(params, x, cotangent)``.
+    """
+    step, (params, x, key, cotangent) = pooler_step(name, shape)
+
+    @jax.jit
+    def loop(params, x, key, cotangent, c):
+        def body(i, carry):
+            params, x, cotangent = carry
+            y, (d_params, dx) = step(params, x, jax.random.fold_in(key, i), cotangent)
+            params = jax.tree_util.tree_map(lambda p, g: p + c * g, params, d_params)
+            return params, x + c * dx, cotangent + c * y
+
+        return jax.lax.fori_loop(0, iterations, body, (params, x, cotangent))
+
+    return loop, (params, x, key, cotangent, jnp.float32(0.0))
+
+
 def pooler_fwd_bwd(name: str, shape: Sequence[int]) -> Callable[[], object]:
     """A no-argument closure running one jitted forward+backward of pooler ``name``."""
     step, args = pooler_step(name, shape)
@@ -229,14 +271,48 @@ def cnn_steps(name: str, batch: int, image: Sequence[int] = CNN_IMAGE):
     return compile_s, train_once, (lambda: evaluate(state, eval_batch))
 
 
+def cnn_train_loop(name: str, batch: int, image: Sequence[int] = CNN_IMAGE):
+    """A closure training ``LOOP_ITERATIONS`` steps of the CNN in one compiled chunk, as
+    ``train.main`` runs its epochs (:func:`train.device_loop.train_chunk` over a resident split of
+    random images), each call on from the previous call's (donated) state."""
+    from train import device_loop
+
+    config = default_config.get_config()
+    config.pooler = name
+    state = steps.create_train_state(config, tuple(image), 10, jax.random.key(0))
+    rng = np.random.default_rng(0)
+    n = batch * LOOP_ITERATIONS
+    images = jnp.asarray(rng.integers(0, 256, (n, *image), np.uint8))
+    labels = jnp.asarray(rng.integers(0, 10, (n,), np.int32))
+    order = jnp.arange(n, dtype=jnp.int32)
+    step = steps.step_fn(run_config.config_microbatches(config, batch))
+    current = [state]
+
+    def train_loop():
+        current[0], out = device_loop.train_chunk(
+            current[0], images, labels, order, np.int32(0), np.int32(LOOP_ITERATIONS),
+            jax.random.key(1), None, None,
+            step_fn=step, batch_size=batch, length=LOOP_ITERATIONS,
+        )  # fmt: skip
+        return current[0], out
+
+    return train_loop
+
+
 def run(
     poolers: Sequence[str],
     repeats: int,
     with_cnn: bool = True,
     cnn_input: Sequence[int] = CNN_IMAGE,
     malloc: str = "default",
+    in_loop: bool | None = None,
 ) -> dict:
+    """Measures and prints every figure (see the module docstring); returns them.
+
+    ``in_loop``: also the in-loop figures (:func:`pooler_loop`, :func:`cnn_train_loop`); None
+    means on accelerators only (on a CPU a call's dispatch is small beside its work)."""
     device = jax.devices()[0]
+    in_loop = device.platform != "cpu" if in_loop is None else in_loop
     results: dict = {
         "lib": f"jax {jax.__version__}",
         "device": f"{device.platform}:{device.device_kind} x{jax.device_count()}",
@@ -250,6 +326,8 @@ def run(
         "page_faults_per_call": {},
         "cnn_input": list(cnn_input),
     }
+    if in_loop:
+        results.update(pool_fwdbwd_loop_ms={}, cnn_train_loop_img_s={})
     print(
         f"jaxpool bench on {results['device']} ({results['lib']}), median of {repeats}; "
         f"malloc: {malloc}"
@@ -263,8 +341,17 @@ def run(
         skey = _shape_key(shape)
         fns = {"(copy)": copy_floor(shape)}
         fns.update({name: pooler_fwd_bwd(name, shape) for name in pooled})
+        if in_loop:
+            for name in pooled:
+                loop, args = pooler_loop(name, shape)
+                fns[f"{name} (loop)"] = functools.partial(loop, *args)
         faulted: dict[str, float] = {}
         ms = {name: s * 1e3 for name, s in time_interleaved(fns, repeats, faults=faulted).items()}
+        if in_loop:
+            for name in pooled:
+                loop_ms = ms.pop(f"{name} (loop)") / LOOP_ITERATIONS
+                results["pool_fwdbwd_loop_ms"][f"{name}@{skey}"] = loop_ms
+                print(f"{name:<11}{skey:<18}{loop_ms:>11.3f}  (in a loop of {LOOP_ITERATIONS})")
         copy_ms, max_ms = ms["(copy)"], ms["max"]
         results["misc_ms"][f"copy@{skey}"] = copy_ms
         faults[f"copy@{skey}"] = faulted["(copy)"]
@@ -289,7 +376,14 @@ def run(
             fns = {}
             for name, (_, train, evaluate) in steps_by_name.items():
                 fns[("train", name)], fns[("eval", name)] = train, evaluate
+                if in_loop:
+                    fns[("loop", name)] = cnn_train_loop(name, batch, cnn_input)
             seconds = time_interleaved(fns, repeats)
+            for name in steps_by_name if in_loop else ():
+                loop_ips = batch * LOOP_ITERATIONS / seconds[("loop", name)]
+                results["cnn_train_loop_img_s"][f"{name}@{batch}"] = loop_ips
+                print(f"{name:<11}{batch:>6}{loop_ips:>13.0f}  (train, in a loop of "
+                      f"{LOOP_ITERATIONS} steps)")  # fmt: skip
             for name, (compile_s, _, _) in steps_by_name.items():
                 train_ips = batch / seconds[("train", name)]
                 eval_ips = batch / seconds[("eval", name)]
@@ -310,13 +404,23 @@ def summary_table(results: Mapping, poolers: Sequence[str]) -> list[str]:
     are measured): fwd+bwd ms with its ratios to max and to the copy at each pool shape, then CNN
     train and eval img/s at each batch and the train step's compile seconds."""
     pool, misc = results["pool_fwdbwd_ms"], results["misc_ms"]
+    loop = results.get("pool_fwdbwd_loop_ms")
+    loop_train = results.get("cnn_train_loop_img_s", {})
     batches = [
         b for b in CNN_BATCHES if any(k.endswith(f"@{b}") for k in results["cnn_train_img_s"])
     ]
-    header = "".join(f"{_shape_key(s) + ' ms (x max, x copy)':>36}" for s in POOL_SHAPES)
-    header += "".join(f"{f'train@{b}':>11}{f'eval@{b}':>11}{f'compile@{b}':>12}" for b in batches)
+    header = "".join(
+        f"{_shape_key(s) + ' ms (x max, x copy)':>36}" + (f"{'in loop':>9}" if loop else "")
+        for s in POOL_SHAPES
+    )
+    header += "".join(
+        f"{f'train@{b}':>11}" + (f"{'in loop':>9}" if loop_train else "")
+        + f"{f'eval@{b}':>11}{f'compile@{b}':>12}"
+        for b in batches
+    )  # fmt: skip
     lines = [
-        "summary: fwd+bwd ms per pool shape; CNN img/s and compile s per batch",
+        "summary: fwd+bwd ms per pool shape; CNN img/s and compile s per batch"
+        + ("; 'in loop': per pass inside one compiled loop (device time)" if loop else ""),
         f"{'pooler':<11}" + header,
     ]
     for name in poolers:
@@ -326,15 +430,18 @@ def summary_table(results: Mapping, poolers: Sequence[str]) -> list[str]:
             ms = pool[f"{name}@{key}"]
             ratios = f"({ms / pool[f'max@{key}']:.2f}, {ms / misc[f'copy@{key}']:.2f})"
             row += f"{ms:>21.3f} {ratios:>14}"
+            if loop:
+                row += f"{loop[f'{name}@{key}']:>9.3f}"
         for b in batches:
             train = results["cnn_train_img_s"].get(f"{name}@{b}")
             if train is None:  # max measured only as the pool reference
-                row += f"{'-':>11}{'-':>11}{'-':>12}"
+                row += f"{'-':>11}" + (f"{'-':>9}" if loop_train else "") + f"{'-':>11}{'-':>12}"
                 continue
             compile_s = misc[f"compile_train_step@{name}@{b}"] / 1e3
-            row += (
-                f"{train:>11.0f}{results['cnn_eval_img_s'][f'{name}@{b}']:>11.0f}{compile_s:>12.2f}"
-            )
+            row += f"{train:>11.0f}"
+            if loop_train:
+                row += f"{loop_train[f'{name}@{b}']:>9.0f}"
+            row += f"{results['cnn_eval_img_s'][f'{name}@{b}']:>11.0f}{compile_s:>12.2f}"
         lines.append(row)
     return lines
 
@@ -407,6 +514,7 @@ def _run_cli(argv: Sequence[str]) -> int:
         with_cnn=not _SKIP_CNN.value,
         cnn_input=cnn_input,
         malloc=malloc,
+        in_loop={"auto": None, "on": True, "off": False}[_IN_LOOP.value],
     )
     if _JSON.value:
         with open(_JSON.value, "w") as f:
