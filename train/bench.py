@@ -75,6 +75,19 @@ _POOLERS = flags.DEFINE_string("poolers", "all", "Comma-separated poolers, or 'a
 _REPEATS = flags.DEFINE_integer("repeats", 7, "Timed repeats per figure (the median is kept).")
 _JSON = flags.DEFINE_string("json", None, "Also write the figures to this JSON file.")
 _SKIP_CNN = flags.DEFINE_bool("skip-cnn", False, "Only the pooler table.")
+_CHECK = flags.DEFINE_bool(
+    "check",
+    False,
+    "Accelerator check instead of the bench alone: the test suite, the bench and a 2-epoch MNIST "
+    "sweep of every pooler, each time-limited, then a summary (train/accelerator_check.py).",
+)
+_CHECK_DIR = flags.DEFINE_string(
+    "check-dir", "runs/accelerator-check", "--check: where logs, JSON and the sweep go."
+)
+_CHECK_DATA_DIR = flags.DEFINE_string(
+    "data-dir", None, "--check: TFDS data dir holding MNIST (default: TFDS's)."
+)
+_CHECK_WORKERS = flags.DEFINE_integer("check-workers", 4, "--check: pytest workers (-n).")
 _IN_LOOP = flags.DEFINE_enum(
     "in-loop",
     "auto",
@@ -498,6 +511,12 @@ def _run_cli(argv: Sequence[str]) -> int:
         raise cli.UsageError(cli.flag_error(e)) from e
     if len(rest) > 1:
         raise cli.UsageError(f"unexpected arguments: {' '.join(rest[1:])}")
+    if _CHECK.value:
+        from train import accelerator_check
+
+        if _CHECK_WORKERS.value < 1:
+            raise cli.UsageError(f"--check-workers must be >= 1; got {_CHECK_WORKERS.value}")
+        return accelerator_check.run(_CHECK_DIR.value, _CHECK_DATA_DIR.value, _CHECK_WORKERS.value)
     try:
         poolers = parse_poolers(_POOLERS.value)
         if _REPEATS.value < 1:

@@ -1,0 +1,42 @@
+"""train.accelerator_check (``train.bench --check``): steps, time limits and the summary; the
+real steps (the suite, the bench, a sweep) are what it runs on an accelerator, not here."""
+
+from __future__ import annotations
+
+import sys
+
+from train import accelerator_check
+
+
+def test_steps_record_status_time_and_last_line(tmp_path):
+    ok = accelerator_check.Step("ok", [sys.executable, "-c", "print('1 passed')"], 60)
+    failing = accelerator_check.Step("bad", [sys.executable, "-c", "raise SystemExit(3)"], 60)
+    slow = accelerator_check.Step("slow", [sys.executable, "-c", "import time; time.sleep(30)"], 1)
+    for step in (ok, failing, slow):
+        accelerator_check.run_step(step, str(tmp_path / f"{step.name}.log"))
+    assert (ok.status, ok.note) == ("passed", "1 passed")
+    assert failing.status == "failed (exit 3)"
+    assert slow.status == "timed out after 1 s" and slow.seconds < 10
+
+
+def test_plan_bounds_every_step_and_passes_the_data_dir(tmp_path):
+    steps = accelerator_check.plan(str(tmp_path), "/data/tfds", workers=3)
+    assert [s.name for s in steps] == ["tests", "bench", "mnist sweep (2 epochs)"]
+    assert all(s.limit_s > 0 for s in steps)
+    assert steps[0].command[-2:] == ["-n", "3"]
+    assert steps[2].command[-2:] == ["--data-dir", "/data/tfds"]
+    assert "--epochs" in steps[2].command and "2" in steps[2].command
+
+
+def test_summary_lists_steps_and_seconds_per_epoch_against_max(tmp_path):
+    report = tmp_path / "sweep" / "report"
+    report.mkdir(parents=True)
+    (report / "results.csv").write_text(
+        "pooler,train_seconds_per_epoch\nmax,0.25\ntdgs,0.30\ns3,\n"
+    )
+    per_epoch = accelerator_check.sweep_seconds_per_epoch(str(tmp_path / "sweep"))
+    assert per_epoch == {"max": 0.25, "tdgs": 0.30}
+    step = accelerator_check.Step("tests", ["pytest"], 10, returncode=0, seconds=12.0, note="ok")
+    lines = accelerator_check.summary([step], per_epoch, "gpu:H200 x1")
+    assert lines[0] == "accelerator check on gpu:H200 x1"
+    assert "passed" in lines[2] and lines[-1].split() == ["tdgs", "0.300", "(x1.20", "max)"]

@@ -1,0 +1,132 @@
+"""``python -m train.bench --check``: what to run on a machine with a GPU or TPU, in one command.
+
+Three steps, each a subprocess with a time limit, then one summary:
+
+1. the test suite (``python -m pytest -q -n N``; each worker's JAX allocates GPU memory as it goes,
+   not 75% of it up front, so the workers share the device);
+2. ``python -m train.bench`` (per-call and in-loop figures; ``bench.json`` in the output dir);
+3. the MNIST sweep of every pooler, one seed, 2 epochs (``--data-dir`` must hold MNIST), whose
+   report gives seconds per epoch without compilation (epoch 2).
+
+Everything goes to ``--check-dir`` (default ``runs/accelerator-check``): each step's log, the
+bench JSON, the sweep workdir and ``summary.txt``.  The exit code is 0 when every step passed.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+
+
+@dataclasses.dataclass
+class Step:
+    """One step of the check: its command, time limit (s) and outcome."""
+
+    name: str
+    command: list[str]
+    limit_s: int
+    returncode: int | None = None  # None: ran past the limit
+    seconds: float = 0.0
+    note: str = ""
+
+    @property
+    def status(self) -> str:
+        if self.returncode is None:
+            return f"timed out after {self.limit_s} s"
+        return "passed" if self.returncode == 0 else f"failed (exit {self.returncode})"
+
+
+def plan(out: str, data_dir: str | None, workers: int) -> list[Step]:
+    """The three steps, writing under ``out``."""
+    python = sys.executable
+    sweep = [
+        python, "-m", "train.sweep", "--poolers", "all", "--datasets", "mnist", "--seeds", "1",
+        "--epochs", "2", "--workdir", os.path.join(out, "sweep"), "--quiet",
+    ]  # fmt: skip
+    if data_dir:
+        sweep += ["--data-dir", data_dir]
+    return [
+        Step("tests", [python, "-m", "pytest", "-q", "-n", str(workers)], 1800),
+        Step(
+            "bench",
+            [python, "-m", "train.bench", "--json", os.path.join(out, "bench.json")],
+            900,
+        ),
+        Step("mnist sweep (2 epochs)", sweep, 1200),
+    ]
+
+
+def run_step(step: Step, log_path: str) -> Step:
+    """Runs ``step`` with its output in ``log_path``; fills in its outcome."""
+    env = dict(os.environ, XLA_PYTHON_CLIENT_PREALLOCATE="false")
+    start = time.perf_counter()
+    with open(log_path, "w") as log:
+        try:
+            proc = subprocess.run(
+                step.command, stdout=log, stderr=subprocess.STDOUT, env=env, timeout=step.limit_s
+            )
+            step.returncode = proc.returncode
+        except subprocess.TimeoutExpired:
+            step.returncode = None
+    step.seconds = time.perf_counter() - start
+    with open(log_path) as f:
+        lines = [line.strip() for line in f if line.strip()]
+    step.note = lines[-1] if lines else ""
+    return step
+
+
+def sweep_seconds_per_epoch(workdir: str) -> dict[str, float]:
+    """Pooler -> training seconds per epoch without compiling, from the sweep's ``results.csv``."""
+    path = os.path.join(workdir, "report", "results.csv")
+    if not os.path.exists(path):
+        return {}
+    with open(path) as f:
+        return {
+            row["pooler"]: float(row["train_seconds_per_epoch"])
+            for row in csv.DictReader(f)
+            if row["train_seconds_per_epoch"]
+        }
+
+
+def read_json(path: str) -> dict | None:
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def summary(steps: Sequence[Step], per_epoch: dict[str, float], device: str) -> list[str]:
+    lines = [f"accelerator check on {device}", ""]
+    lines += [f"{s.name:<24}{s.status:<28}{s.seconds:>8.0f} s   {s.note}" for s in steps]
+    if per_epoch:
+        base = per_epoch.get("max")
+        lines += ["", "MNIST, batch 64: training seconds per epoch (epoch 2, no compiling)"]
+        for name, secs in per_epoch.items():
+            ratio = f"  (x{secs / base:.2f} max)" if base else ""
+            lines.append(f"  {name:<11}{secs:>8.3f}{ratio}")
+    return lines
+
+
+def run(out: str, data_dir: str | None, workers: int) -> int:
+    """Runs every step, writes and prints the summary; returns 0 when all passed."""
+    # This process never starts JAX: it would hold the device the steps need.
+    os.makedirs(out, exist_ok=True)
+    steps = plan(out, data_dir, workers)
+    for step in steps:
+        print(f"== {step.name}: {' '.join(step.command)} (limit {step.limit_s} s)", flush=True)
+        run_step(step, os.path.join(out, step.name.split()[0] + ".log"))
+        print(f"   {step.status} in {step.seconds:.0f} s: {step.note}", flush=True)
+    bench = read_json(os.path.join(out, "bench.json")) or {}
+    device = bench.get("device", "the device the bench would have named (it did not finish)")
+    lines = summary(steps, sweep_seconds_per_epoch(os.path.join(out, "sweep")), device)
+    with open(os.path.join(out, "summary.txt"), "w") as f:
+        f.write("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return 0 if all(s.returncode == 0 for s in steps) else 1
