@@ -208,6 +208,13 @@ class _StochasticMixin:
     """``deterministic`` merging and rng handling shared by the stochastic layers (as Dropout)."""
 
     def _rng_and_mode(self, deterministic: bool | None, rng: jax.Array | None):
+        if self.deterministic is None and deterministic is None:
+            raise ValueError(
+                f"{type(self).__name__} is stochastic and needs to know the mode: call it with "
+                "deterministic=True (inference) or deterministic=False (training, with "
+                f"rngs={{'{self.rng_collection}': key}} in apply), or set deterministic= when "
+                "constructing it"
+            )
         deterministic = nn.merge_param("deterministic", self.deterministic, deterministic)
         if deterministic:
             return None, True

@@ -16,12 +16,12 @@ import pytest
 import tensorflow_datasets as tfds
 
 import jaxpool
-import train  # noqa: F401  (sets XLA:CPU flags before the tests start JAX)
-from train import xla_gpu
+from train import cli
 
-# As the CLI does: the equalities between two ways of running the same program (chunk splits,
-# resume) hold bitwise on a GPU only with deterministic reductions and convolution algorithms.
-xla_gpu.request_deterministic_ops()
+# The XLA options of the CLI, before the tests start JAX: the faster XLA:CPU flags, and
+# deterministic GPU ops, without which equalities between two ways of running the same program
+# (chunk splits, resume) do not hold bitwise on a GPU.
+cli.set_xla_options()
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 

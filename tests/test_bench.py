@@ -96,6 +96,8 @@ def test_summary_table_has_a_row_per_pooler_with_every_figure():
         "cnn_eval_img_s": {f"tdgs@{b}": 30000.0 for b in bench.CNN_BATCHES},
     }
     title, columns, max_row, tdgs_row = bench.summary_table(results, ["max", "tdgs"])
+    pool_only = dict(results, cnn_train_img_s={}, cnn_eval_img_s={})  # --skip-cnn
+    assert "CNN" not in bench.summary_table(pool_only, ["max"])[0]
     assert title.startswith("summary") and "train@64" in columns and "compile@256" in columns
     assert max_row.split() == ["max"] + ["2.000", "(1.00,", "4.00)"] * 2 + ["-"] * 6
     assert (

@@ -176,8 +176,10 @@ def test_stochastic_layers_use_pooling_rng_stream(name):
     # Without an rng in training, flax raises (no key is invented).
     with pytest.raises(Exception, match="pooling"):
         module.apply(variables, x, deterministic=False)
-    # deterministic must be given somewhere (merged like Dropout).
-    with pytest.raises(ValueError, match="deterministic"):
+    # deterministic must be given somewhere (merged like Dropout); the message names the layer.
+    with pytest.raises(
+        ValueError, match=rf"{type(module).__name__} is stochastic .*deterministic=True"
+    ):
         module.apply(variables, x, rngs={"pooling": jax.random.key(1)})
     field = jaxpool.create(name, deterministic=True)
     np.testing.assert_array_equal(

@@ -11,7 +11,7 @@ import jax
 import numpy as np
 import pytest
 
-from train import bench, xla_cpu
+from train import bench, cli, xla_cpu, xla_gpu
 
 # XLA:CPU flags, verified against the jaxlib that runs the CPU backend: CPU-only.
 pytestmark = pytest.mark.skipif(
@@ -39,22 +39,33 @@ def test_user_choice_and_unverified_jaxlib_are_left_alone():
         assert env == {}
 
 
-def test_importing_train_sets_them_before_jax_starts_and_jax_accepts_them():
-    code = (
-        "import os, train, jax, jax.numpy as jnp; "
-        "print(os.environ['XLA_FLAGS']); print(float(jnp.ones(3).sum()))"
+def test_the_cli_sets_them_before_jax_starts_and_jax_accepts_them():
+    show = (
+        "import os, jax.numpy as jnp; from train import cli; "
+        "cli.run_main(lambda argv: print(os.environ.get('XLA_FLAGS', ''), argv[1:], "
+        "float(jnp.ones(3).sum()), sep='\\n') or 0, ['x', {}])"
     )
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-    out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True
-    ).stdout.split("\n")
-    expected = []
+    expected = [xla_gpu.DETERMINISTIC_FLAG]
     if xla_cpu._jaxlib_version().startswith(xla_cpu.VERIFIED_JAXLIB):
         expected += xla_cpu.CONV_FLAGS
         if "avx512f" in xla_cpu._cpu_flags():
             expected.append(xla_cpu.VECTOR_FLAG)
-    assert out[0].split() == expected
-    assert out[1] == "3.0"
+    for args, want in (("'--y'", expected), (f"'{cli.NO_CPU_TUNING}', '--y'", expected[:1])):
+        out = subprocess.run(
+            [sys.executable, "-c", show.format(args)],
+            capture_output=True, text=True, env=env, check=True,
+        ).stdout.split("\n")  # fmt: skip
+        assert out[0].split() == want
+        assert out[1:3] == ["['--y']", "3.0"]  # the tuning flag is not passed on
+
+
+def test_importing_the_packages_changes_no_global_state():
+    code = "import os, jaxpool, train, train.main; print(os.environ.get('XLA_FLAGS', '<unset>'))"
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "<unset>"
 
 
 def test_wide_vectors_only_on_avx512_verified_jaxlib_and_not_over_the_user():

@@ -1,6 +1,5 @@
-"""Training tool for the jaxpool study: ``python -m train.main --pooler tdgs``."""
+"""Training tool for the jaxpool study: ``python -m train.main --pooler tdgs``.
 
-from train import xla_cpu
-
-xla_cpu.prefer_xnnpack_convolutions()
-xla_cpu.prefer_wide_vectors()
+Importing it changes no global state; the command-line entry points choose their XLA options
+explicitly (:func:`train.cli.run_main`).
+"""

@@ -28,8 +28,8 @@ Measured:
 * ``misc_ms["compile_train_step@<pooler>@<batch>"]``: lowering + compiling the train step;
 * ``malloc``: the allocator setting the figures were taken under (:func:`keep_freed_memory`);
 * ``repeats``: ``--repeats``;
-* ``xla_flags``: ``XLA_FLAGS`` as the run saw it (``import train`` adds the flags of
-  :mod:`train.xla_cpu`);
+* ``xla_flags``: ``XLA_FLAGS`` as the run saw it (the CLI adds those of :mod:`train.xla_cpu`
+  unless given ``--no-xla-cpu-tuning``, and :mod:`train.xla_gpu`'s);
 * ``pool_fwdbwd_loop_ms`` and ``cnn_train_loop_img_s`` (``--in-loop``; by default on GPU/TPU
   only): the same pool figures per pass, and CNN train images/s, measured as
   :data:`LOOP_ITERATIONS` dependent passes in one compiled program (:func:`pooler_loop`,
@@ -346,6 +346,11 @@ def run(
         f"malloc: {malloc}"
     )
     print(f"XLA_FLAGS: {results['xla_flags'] or '(none)'}")
+    print(
+        "x max: time / max pool's; x copy: time / a jitted copy of the same tensor (the memory "
+        "floor); faults: minor page faults per call (memory faulted back in, see "
+        "keep_freed_memory)"
+    )
     print(f"{'pooler':<11}{'shape':<18}{'fwd+bwd ms':>11}{'x max':>8}{'x copy':>8}{'faults':>8}")
     faults = results["page_faults_per_call"]
     # max is every ratio's reference: timed, and reported, even where not asked for.
@@ -432,7 +437,8 @@ def summary_table(results: Mapping, poolers: Sequence[str]) -> list[str]:
         for b in batches
     )  # fmt: skip
     lines = [
-        "summary: fwd+bwd ms per pool shape; CNN img/s and compile s per batch"
+        "summary: fwd+bwd ms per pool shape"
+        + ("; CNN img/s and compile s per batch" if batches else "")
         + ("; 'in loop': per pass inside one compiled loop (device time)" if loop else ""),
         f"{'pooler':<11}" + header,
     ]

@@ -105,14 +105,11 @@ def _load_digits(seed: int) -> Dataset:
     )
 
 
-def _prepare_hint(name: str, data_dir: str | None) -> str:
-    where = (
-        data_dir if data_dir is not None else "the TFDS default data dir (~/tensorflow_datasets)"
-    )
+def _prepare_hint(name: str, data_dir: str | None, reason: str) -> str:
+    where = data_dir if data_dir is not None else "~/tensorflow_datasets (TFDS's default)"
     return (
-        f"dataset {name!r} is not prepared in {where}; prepare it once with "
-        f"`pip install '.[prepare]'` and network access (this run does that automatically), "
-        f"or point --data-dir at a TFDS data dir that holds {name} in array_record form"
+        f"dataset {name!r} is not prepared in {where} ({reason}): point --data-dir at a TFDS "
+        f"data dir holding it, or run once with network access after pip install '.[prepare]'"
     )
 
 
@@ -122,12 +119,14 @@ def _load_tfds(name: str, data_dir: str | None) -> Dataset:
     builder = tfds.builder(name, data_dir=data_dir)
     if not builder.is_prepared():
         if importlib.util.find_spec("tensorflow") is None:
-            raise DataError(_prepare_hint(name, data_dir) + " (TensorFlow is not installed)")
+            raise DataError(_prepare_hint(name, data_dir, "TensorFlow is not installed"))
         try:
             builder.download_and_prepare(file_format="array_record")
         except Exception as e:  # network, disk, TFDS: all mean "prepare it elsewhere"
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise DataError(f"{_prepare_hint(name, data_dir)} (preparing failed: {first})") from e
+            if len(first) > 100:
+                first = first[:97] + "..."
+            raise DataError(_prepare_hint(name, data_dir, f"preparing it failed: {first}")) from e
     num_classes = int(builder.info.features["label"].num_classes)
     train = _read_split(tfds.data_source(name, split="train", data_dir=data_dir, download=False))
     test = _read_split(tfds.data_source(name, split="test", data_dir=data_dir, download=False))

@@ -256,7 +256,12 @@ def train_and_evaluate(
         item = restored.item
         state = state.replace(step=item["step"], params=item["params"], opt_state=item["opt_state"])
         meta.update(restored.meta)
-        logger.info("resumed from checkpoint at step %d (epoch %d)", restored.step, meta["epoch"])
+        logger.info(
+            "resumed from checkpoint at step %d (epoch %d of %d)",
+            restored.step,
+            min(meta["epoch"] + 1, config.num_epochs),
+            config.num_epochs,
+        )
 
     history = run_files.read_metrics(metrics_path, meta["epoch"])
     if lead:

@@ -9,8 +9,10 @@ avg pooling). :func:`prefer_xnnpack_convolutions` moves the convolutions over by
 * only on jaxlib 0.10.x, where these flags were verified (XLA aborts the process on a flag it
   does not know, so other versions are left alone);
 * only when ``XLA_FLAGS`` does not already choose library fusion types (the user's choice wins);
-* only if it runs before JAX creates its CPU backend (``import train`` does it; a notebook that
-  already ran JAX code keeps its backend as it is). GPU and TPU ignore the flags.
+* only if it runs before JAX creates its CPU backend (the CLI entry points call it first, through
+  :func:`train.cli.set_xla_options`, unless given ``--no-xla-cpu-tuning``; importing ``train``
+  sets nothing; a notebook that already ran JAX code keeps its backend as it is). GPU and TPU
+  ignore the flags.
 
 The results are the same float32 convolutions, only the kernel library differs
 (``tests/test_conv.py`` checks them against a NumPy float64 reference).
