@@ -381,7 +381,9 @@ def test_runs_still_improving_are_marked_not_converged(tmp_path):
     assert rows["avg"].diff.excludes_zero and not rows["avg"].interval_readable
     assert not rows["avg"].best and not rows["max"].best
     text = "\n".join(report.table_markdown(rows.values()))
-    assert "| +5.90 (not converged: avg; no interval) | +11.00 not converged |" in text
+    diff = rows["avg"].diff
+    interval = f"[{100 * diff.low:+.2f}, {100 * diff.high:+.2f}]"
+    assert f"| +5.90 {interval} (not converged: avg) | +11.00 not converged |" in text
     # A rise within the seed std is converged; one epoch cannot be judged.
     assert report.converged([sweep_runs.load_run(r.path) for r in avg[:1]]) is False  # n = 1
     one_epoch = make_run(tmp_path, "mnist", "max", 0, [0.9])

@@ -162,7 +162,9 @@ class Row:
 
     @property
     def interval_readable(self) -> bool:
-        """Whether :attr:`diff` can be read: enough pairs and both sides converged."""
+        """Whether :attr:`diff` answers "which pooler is better": enough pairs for an interval
+        and both sides converged (an interval of runs still improving holds for this budget
+        only; the table prints it marked "not converged")."""
         return (
             self.diff is not None
             and self.diff.n >= MIN_SEEDS_FOR_INTERVAL
@@ -291,9 +293,8 @@ def _diff_text(row: Row) -> str:
         for name, ok in ((row.label, row.converged), (BASELINE, row.baseline_converged))
         if ok is False
     ]
-    if unsettled:
-        return f"{mean} (not converged: {', '.join(unsettled)}; no interval)"
-    return f"{mean} {_interval_text(diff, signed=True)}"
+    text = f"{mean} {_interval_text(diff, signed=True)}"
+    return f"{text} (not converged: {', '.join(unsettled)})" if unsettled else text
 
 
 def _rise_text(row: Row) -> str:
@@ -407,10 +408,12 @@ def markdown(runs: Sequence[Run], workdir: str, plots: dict[str, list[str]]) -> 
         "last epoch; mean ± std (sample std) over seeds, and the 95% Student-t interval of the "
         "mean. Δ is the paired difference to max pooling over the seeds both finished, with a "
         "95% Student-t interval (percentage points). No interval is printed for fewer than "
-        f"{MIN_SEEDS_FOR_INTERVAL} seeds (too wide to read), nor for Δ when either side has not "
-        "converged: its mean test accuracy rose over the last two epochs by more than the "
-        "seed std of its final accuracy (the rise column). "
-        "★ marks the best mean accuracy only where its interval can be read and excludes zero. "
+        f'{MIN_SEEDS_FOR_INTERVAL} seeds (too wide to read). A Δ is marked "not converged" '
+        "when either side's mean test accuracy rose over the last two epochs by more than the "
+        "seed std of its final accuracy (the rise column): it holds for this epoch budget, not "
+        "for trained-out models. "
+        "★ marks the best mean accuracy only where its interval excludes zero, with at least "
+        f"{MIN_SEEDS_FOR_INTERVAL} seeds and both sides converged. "
         "s/epoch is the "
         "training time per epoch, without the epochs that include compiling the step (the "
         "first epoch of each process that trained the run, resumed runs included) when there "
