@@ -18,7 +18,7 @@ import pytest
 import tensorflow_datasets as tfds
 from PIL import Image
 
-from train import report, run_files, stats, sweep, sweep_runs, train_lib
+from train import input_pipeline, report, run_files, stats, sweep, sweep_runs, train_lib
 
 # Every end-to-end sweep uses the same shapes (digits, batch 64) so compiled steps are shared.
 TINY = ["--datasets", "digits", "--batch-size", "64", "--quiet"]
@@ -333,3 +333,18 @@ def test_interrupt_stops_the_sweep_and_rerun_resumes(done_sweep, tmp_path, monke
     assert "resume   digits/max/s0" in listing and "resume   digits/max/s1" in listing
     assert run_sweep(workdir, *args) == 0
     assert [r["status"] for r in read_csv(workdir)] == ["done"] * 4
+
+
+@pytest.mark.slow
+def test_each_dataset_is_read_once_per_sweep(tmp_path, monkeypatch):
+    loads = []
+    real = input_pipeline.load
+
+    def counted(name, data_dir=None, **kwargs):
+        loads.append(name)
+        return real(name, data_dir, **kwargs)
+
+    monkeypatch.setattr(input_pipeline, "load", counted)
+    assert run_sweep(tmp_path / "w", "--poolers", "max,avg", "--seeds", "2", "--epochs", "1") == 0
+    assert loads == ["digits"]  # four runs, one read
+    assert [r["status"] for r in read_csv(tmp_path / "w")] == ["done"] * 4

@@ -125,8 +125,12 @@ def run_one(
     plan: sweep_plan.Plan,
     env: dict[str, Any],
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
+    datasets: dict[tuple[str, str | None], Any] | None = None,
 ) -> dict[str, Any]:
     """Trains (or resumes) one planned run and records the outcome in ``sweep_run.json``.
+
+    ``datasets``: datasets already read by this process, by ``(name, data_dir)``; the run's is
+    read and added when missing, so a sweep decodes each dataset once (seconds per run).
 
     Returns:
       The record: ``status`` (``done``/``failed``/``stopped``) and ``error`` among others.
@@ -156,7 +160,13 @@ def run_one(
     run_files.write_json(record_path, record)
     t0 = time.perf_counter()
     try:
-        train_lib.train_and_evaluate(plan.config, plan.run_dir, on_epoch=on_epoch)
+        data = None
+        if datasets is not None:
+            source = (plan.config.dataset, plan.config.data_dir)
+            if source not in datasets:
+                datasets[source] = input_pipeline.load(*source)
+            data = datasets[source]
+        train_lib.train_and_evaluate(plan.config, plan.run_dir, on_epoch=on_epoch, data=data)
         summary = sweep_runs.read_json(os.path.join(plan.run_dir, "summary.json")) or {}
         record["status"] = summary.get("status", "done")
     except (train_lib.Interrupted, KeyboardInterrupt):
@@ -232,6 +242,7 @@ def sweep(
     """
     outcome: dict[str, list[sweep_plan.Plan]] = {"done": [], "failed": [], "skipped": []}
     env = environment()
+    datasets: dict[tuple[str, str | None], Any] = {}  # each dataset decoded once per sweep
     todo = [p for p in plans if p.runs]
     for p in plans:
         if p.action == "done":
@@ -245,7 +256,7 @@ def sweep(
             print(f"[{i}/{len(todo)}] {p.entry.name()}: {p.action}{detail}", flush=True)
             t0 = time.perf_counter()
             printer = _epoch_printer(p.config.num_epochs) if verbose else None
-            record = run_one(p, env, on_epoch=printer)
+            record = run_one(p, env, on_epoch=printer, datasets=datasets)
             seconds = time.perf_counter() - t0
             if record["status"] == "done":
                 outcome["done"].append(p)

@@ -167,6 +167,7 @@ def train_and_evaluate(
     workdir: str,
     *,
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
+    data: input_pipeline.Dataset | None = None,
 ) -> dict[str, Any]:
     """Trains and evaluates, resuming from ``<workdir>/checkpoints`` when a checkpoint exists.
 
@@ -174,6 +175,8 @@ def train_and_evaluate(
       config: see ``configs/default.py``.
       workdir: output directory (created).
       on_epoch: called with each epoch's metrics dict (the CLI prints its summary line there).
+      data: ``config.dataset`` already in memory (a sweep loads each dataset once); None reads it
+        with ``input_pipeline.load``.
 
     Returns:
       The metrics dict of the last finished epoch (see the module docstring for its keys).
@@ -206,7 +209,10 @@ def train_and_evaluate(
         if changed:  # no checkpoint, no finished epoch: nothing to resume, nothing to lose
             logger.info("workdir %s held an untrained run; starting this config there", workdir)
 
-    data = input_pipeline.load(config.dataset, config.data_dir)
+    if data is None:
+        data = input_pipeline.load(config.dataset, config.data_dir)
+    elif data.name != config.dataset:
+        raise ValueError(f"data holds {data.name!r}, the config trains on {config.dataset!r}")
     batch_size = config.batch_size
     eval_batch_size = config.eval_batch_size or batch_size
     steps = input_pipeline.steps_per_epoch(data.train, batch_size)
