@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import jaxpool
-from train import bench
+from train import bench, cli
 
 
 def test_pool_table_has_every_key_and_positive_times():
@@ -80,10 +80,10 @@ def test_cnn_steps_run_on_mnist_sized_input():
 )
 def test_bad_poolers_name_the_allowed_ones(text, message):
     with pytest.raises(ValueError, match=r"allowed: all or a comma-separated subset of max, avg"):
-        bench.parse_poolers(text)
+        cli.parse_poolers(text)
     with pytest.raises(ValueError, match=re.escape(message)):
-        bench.parse_poolers(text)
-    assert bench.parse_poolers("tdgs,max") == ["tdgs", "max"]
+        cli.parse_poolers(text)
+    assert cli.parse_poolers("tdgs,max") == ["tdgs", "max"]
 
 
 def test_summary_table_has_a_row_per_pooler_with_every_figure():

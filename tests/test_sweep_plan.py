@@ -33,12 +33,13 @@ def test_entries_order_and_labels():
 
 
 def test_parsers_reject_what_they_do_not_know():
-    assert sweep_plan.parse_poolers("max, tdgs,max") == ["max", "tdgs"]
+    assert sweep_plan.parse_poolers("max, tdgs") == ["max", "tdgs"]
     assert sweep_plan.parse_temperatures("0.5,1,0.5") == [0.5, 1.0]
     assert sweep_plan.parse_temperatures(None) == []
     for parse, text in [
         (sweep_plan.parse_poolers, "max,nope"),
         (sweep_plan.parse_poolers, " , "),
+        (sweep_plan.parse_poolers, "max,tdgs,max"),  # a repeat is a typo, not a wish
         (sweep_plan.parse_datasets, "imagenet"),
         (sweep_plan.parse_temperatures, "1,nan"),
         (sweep_plan.parse_temperatures, "0"),

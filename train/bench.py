@@ -465,21 +465,6 @@ def summary_table(results: Mapping, poolers: Sequence[str]) -> list[str]:
     return lines
 
 
-def parse_poolers(text: str) -> list[str]:
-    """``--poolers``: ``all`` or a comma-separated list of distinct registry names."""
-    names = list(jaxpool.available()) if text == "all" else [n.strip() for n in text.split(",")]
-    allowed = f"allowed: all or a comma-separated subset of {', '.join(jaxpool.available())}"
-    if not text.strip() or "" in names:
-        raise ValueError(f"--poolers: an empty name in {text!r}; {allowed}")
-    unknown = [n for n in names if n not in jaxpool.available()]
-    if unknown:
-        raise ValueError(f"--poolers: unknown pooler(s) {', '.join(unknown)}; {allowed}")
-    repeated = sorted({n for n in names if names.count(n) > 1})
-    if repeated:
-        raise ValueError(f"--poolers: {', '.join(repeated)} listed twice; {allowed}")
-    return names
-
-
 def check_json_path(path: str | None) -> None:
     """``--json``: a file that can be written, checked before the minutes of measuring."""
     if path is None:
@@ -507,7 +492,7 @@ def parse_cnn_input(text: str) -> tuple[int, int, int]:
 
 
 def _run_cli(argv: Sequence[str]) -> int:
-    if any(a in ("-h", "--help", "-help") for a in argv[1:]):
+    if cli.wants_help(argv):
         print(__doc__.strip().splitlines()[0])
         print(flags.FLAGS.module_help(sys.modules[__name__]))
         return 0
@@ -524,7 +509,7 @@ def _run_cli(argv: Sequence[str]) -> int:
             raise cli.UsageError(f"--check-workers must be >= 1; got {_CHECK_WORKERS.value}")
         return accelerator_check.run(_CHECK_DIR.value, _CHECK_DATA_DIR.value, _CHECK_WORKERS.value)
     try:
-        poolers = parse_poolers(_POOLERS.value)
+        poolers = cli.parse_poolers(_POOLERS.value)
         if _REPEATS.value < 1:
             raise ValueError(f"--repeats must be >= 1; got {_REPEATS.value}")
         cnn_input = parse_cnn_input(_CNN_INPUT.value)

@@ -17,6 +17,34 @@ class UsageError(Exception):
     """A command-line, config or data problem; reported in one line with exit code 2."""
 
 
+def wants_help(argv: Sequence[str]) -> bool:
+    """Whether the command line asks for help (``-h``, ``--help``, ``-help``, ``--helpfull``)."""
+    return any(a in ("-h", "--help", "-help", "--helpfull") for a in argv[1:])
+
+
+def parse_poolers(text: str) -> list[str]:
+    """``--poolers``: ``all`` or a comma-separated list of distinct registry names (spaces around
+    names allowed).
+
+    Raises:
+      ValueError: an empty, unknown or repeated name; the message lists what is allowed.
+    """
+    import jaxpool
+
+    available = jaxpool.available()
+    names = list(available) if text.strip() == "all" else [n.strip() for n in text.split(",")]
+    allowed = f"allowed: all or a comma-separated subset of {', '.join(available)}"
+    if not text.strip() or "" in names:
+        raise ValueError(f"--poolers: an empty name in {text!r}; {allowed}")
+    unknown = [n for n in names if n not in available]
+    if unknown:
+        raise ValueError(f"--poolers: unknown pooler(s) {', '.join(unknown)}; {allowed}")
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise ValueError(f"--poolers: {', '.join(repeated)} listed twice; {allowed}")
+    return names
+
+
 def first_line(e: BaseException) -> str:
     """The first line of an exception's message, or its type name when the message is empty."""
     text = str(e).strip()

@@ -113,7 +113,7 @@ def evaluate_run(
 
 def run(argv: Sequence[str]) -> int:
     """Parses ``argv``, evaluates, prints the result; returns the exit code."""
-    if any(a in ("-h", "--help", "-help", "--helpfull") for a in argv[1:]):
+    if cli.wants_help(argv):
         print(__doc__.strip().splitlines()[0])
         print(_FLAGS.get_help())
         return 0

@@ -169,7 +169,7 @@ def _epoch_line(num_epochs: int):
 
 def run(argv: list[str]) -> int:
     """Parses ``argv``, trains, and returns the exit code."""
-    if any(a in ("-h", "--help", "-help") for a in argv[1:]):
+    if cli.wants_help(argv):
         print(__doc__.strip())
         print()
         print(flags.FLAGS.module_help(sys.modules[__name__]))

@@ -320,7 +320,7 @@ def run(argv: list[str]) -> int:
     """Parses ``argv``, runs the sweep (or lists it) and returns the exit code."""
     from train import run_config, train_lib
 
-    if any(a in ("-h", "--help", "-help", "--helpfull") for a in argv[1:]):
+    if cli.wants_help(argv):
         print(__doc__.strip().splitlines()[0])
         print(_FLAGS.get_help())
         return 0

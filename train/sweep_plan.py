@@ -77,16 +77,11 @@ def _split(text: str) -> list[str]:
 
 
 def parse_poolers(text: str) -> list[str]:
-    import jaxpool
-
-    names = list(jaxpool.available()) if text.strip() == "all" else _split(text)
-    unknown = [n for n in names if n not in jaxpool.available()]
-    if unknown or not names:
-        raise cli.UsageError(
-            f"unknown pooler(s) {', '.join(unknown) or repr(text)} in --poolers; choose from: "
-            f"all, {', '.join(jaxpool.available())}"
-        )
-    return list(dict.fromkeys(names))
+    """``--poolers`` (:func:`train.cli.parse_poolers`), its errors as usage errors."""
+    try:
+        return cli.parse_poolers(text)
+    except ValueError as e:
+        raise cli.UsageError(str(e)) from e
 
 
 def parse_datasets(text: str) -> list[str]:
