@@ -111,7 +111,7 @@ def s3_pool(
       stride: int or pair, the downsampling factor ``s``.
       grid_size: int or pair ``g``, a multiple of ``stride``.
       key: PRNG key; required unless ``deterministic``.
-      deterministic: average-pool instead of sampling.
+      deterministic: the deterministic output (see ``test_mode``) instead of a sample.
       per_example: draw a separate row/column set for each example.
       test_mode: ``'expectation'`` or ``'official'``: what ``deterministic=True`` computes.
 
