@@ -131,6 +131,7 @@ class Row:
       accuracy: ``(mean, std)`` of the final test accuracy over finished seeds.
       accuracy_interval: the 95% t-interval of that mean (None without finished seeds).
       best_accuracy: ``(mean, std)`` of the best-epoch test accuracy.
+      best_epochs: each finished seed's best epoch (1-based; the first of equal ones).
       diff: paired difference to max pooling over the seeds both finished (None for max itself
         or without max runs).
       late_rise: mean test accuracy after the last epoch minus two epochs before (one before
@@ -149,6 +150,7 @@ class Row:
     accuracy: tuple[float, float]
     accuracy_interval: stats.Interval | None
     best_accuracy: tuple[float, float]
+    best_epochs: list[int]
     diff: stats.Interval | None
     late_rise: float
     converged: bool | None
@@ -218,6 +220,7 @@ def table(runs: Sequence[Run]) -> list[Row]:
         done = [r for r in group if r.done]
         acc = [r.final["test_accuracy"] for r in done]
         best_acc = [max(m["test_accuracy"] for m in r.metrics) for r in done]
+        best_epochs = [max(r.metrics, key=lambda m: m["test_accuracy"])["epoch"] for r in done]
         diff = None
         if label != BASELINE:
             pairs = [
@@ -238,6 +241,7 @@ def table(runs: Sequence[Run]) -> list[Row]:
                 accuracy=stats.mean_std(acc),
                 accuracy_interval=stats.mean_interval(acc) if acc else None,
                 best_accuracy=stats.mean_std(best_acc),
+                best_epochs=best_epochs,
                 diff=diff,
                 late_rise=late_rise(done),
                 converged=converged(done),
@@ -297,6 +301,10 @@ def _diff_text(row: Row) -> str:
     return f"{text} (not converged: {', '.join(unsettled)})" if unsettled else text
 
 
+def _epochs_text(epochs: Sequence[int]) -> str:
+    return f" ({', '.join(map(str, epochs))})" if epochs else ""
+
+
 def _rise_text(row: Row) -> str:
     if math.isnan(row.late_rise):
         return "–"
@@ -308,7 +316,8 @@ def table_markdown(rows: Sequence[Row]) -> list[str]:
     lines = [
         "| pooler | runs done | test accuracy % (mean ± std) | 95% CI of the mean "
         "| Δ vs max, pp [95% CI] | rise over the last 2 epochs, pp "
-        "| best-epoch accuracy % | s/epoch (× max) | images/s | parameters (extra vs max) |",
+        "| best-epoch accuracy % (best epochs) | s/epoch (× max) | images/s "
+        "| parameters (extra vs max) |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
@@ -322,7 +331,8 @@ def table_markdown(rows: Sequence[Row]) -> list[str]:
         lines.append(
             f"| {name} | {r.n_done}/{r.n_total} | {_pct(*r.accuracy)} "
             f"| {_interval_text(r.accuracy_interval, signed=False)} | {_diff_text(r)} "
-            f"| {_rise_text(r)} | {_pct(*r.best_accuracy)} | {secs} | {ips} | {params} |"
+            f"| {_rise_text(r)} | {_pct(*r.best_accuracy)}{_epochs_text(r.best_epochs)} "
+            f"| {secs} | {ips} | {params} |"
         )
     return lines
 
