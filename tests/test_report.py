@@ -267,6 +267,7 @@ def test_write_produces_csv_markdown_and_valid_pngs(workdir):
     assert (
         "| **mixed** ★ | 3/3 | 93.00 ± 2.00 | [88.03, 97.97] | +1.00 [+1.00, +1.00] | +0.00 |" in md
     )
+    assert "| +0.00 | 93.00 ± 2.00 (2, 2, 2) |" in md  # best at epoch 2, the first of the plateau
     assert "NonFiniteLossError" in md and "Runs not done" in md
     assert "jaxpool 0.1.0" in md and "cpu × 1" in md
     # 18 finished runs of 4 epochs of 1.1 s (mixed: 2.1 s): 15 * 4.4 + 3 * 8.4 = 91.2 s.  Epoch 1
