@@ -365,7 +365,8 @@ def draw_all(runs: Sequence[Run], out: str, baseline: str) -> dict[str, list[str
                     plot_tdgs_temperatures,
                     (tdgs,),
                     f"{dataset}: TDGS effective temperature relu(temperature) + eps per output "
-                    f"position {after}, averaged over channels (at init: 1.1 on average for the default init_temperature 1)",
+                    f"position {after},\nmean over channels (initially 1.1 on average with the "
+                    "default init_temperature 1)",
                 )
             )
         if gates:
