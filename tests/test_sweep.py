@@ -176,8 +176,7 @@ def test_table_numbers_equal_metrics(done_sweep):
             f"**{pooler}** ★", pooler
         )
     diff = stats.paired_difference(finals["mixed"], finals["max"])
-    text = f"{100 * diff.mean:+.2f} [{100 * diff.low:+.2f}, {100 * diff.high:+.2f}]"
-    assert text in md
+    assert f"| {100 * diff.mean:+.2f} (n = 2: no interval) |" in md  # two seeds: too wide to read
     extra = int(rows[2]["param_count"]) - int(rows[0]["param_count"])
     assert extra == int(rows[2]["pooler_param_count"]) > 0
     assert f"({extra:+,})" in md

@@ -5,7 +5,7 @@ Three steps, each a subprocess with a time limit, then one summary:
 1. the test suite (``python -m pytest -q -n N``; each worker's JAX allocates GPU memory as it goes,
    not 75% of it up front, so the workers share the device);
 2. ``python -m train.bench`` (per-call and in-loop figures; ``bench.json`` in the output dir);
-3. the MNIST sweep of every pooler, one seed, 2 epochs (``--data-dir`` must hold MNIST), whose
+3. the MNIST sweep of every pooler, one seed, 2 epochs (``--check-data-dir`` must hold MNIST), whose
    report gives seconds per epoch without compilation (epoch 2).
 
 Everything goes to ``--check-dir`` (default ``runs/accelerator-check``): each step's log, the

@@ -84,8 +84,9 @@ _CHECK = flags.DEFINE_bool(
 _CHECK_DIR = flags.DEFINE_string(
     "check-dir", "runs/accelerator-check", "--check: where logs, JSON and the sweep go."
 )
+# Not "data-dir": train.main defines that global flag, and both modules load in one process.
 _CHECK_DATA_DIR = flags.DEFINE_string(
-    "data-dir", None, "--check: TFDS data dir holding MNIST (default: TFDS's)."
+    "check-data-dir", None, "--check: TFDS data dir holding MNIST (default: TFDS's)."
 )
 _CHECK_WORKERS = flags.DEFINE_integer("check-workers", 4, "--check: pytest workers (-n).")
 _IN_LOOP = flags.DEFINE_enum(
