@@ -31,6 +31,16 @@ from train import input_pipeline
 _DATA_STREAM = 0x64617461  # "data"
 
 
+def data_shardings() -> tuple[jax.sharding.NamedSharding, jax.sharding.NamedSharding]:
+    """``(replicated, sharded)`` on a 1-D mesh ``"data"`` of every device: for the state and
+    the resident splits, and for each batch (split over ``"data"``)."""
+    mesh = jax.sharding.Mesh(np.array(jax.devices()), ("data",))
+    return (
+        jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()),
+        jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data")),
+    )
+
+
 def put_replicated(x: np.ndarray, sharding: jax.sharding.Sharding) -> jax.Array:
     """A host array as a global array on ``sharding`` (every process holds the same value)."""
     return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])

@@ -54,7 +54,6 @@ def evaluate_run(
     """
     import jax
     import ml_collections
-    import numpy as np
 
     from train import checkpointing, device_loop, input_pipeline, run_config, steps, train_lib
 
@@ -74,9 +73,7 @@ def evaluate_run(
     except (run_config.ConfigError, input_pipeline.DataError) as e:
         raise cli.UsageError(str(e)) from e
 
-    mesh = jax.sharding.Mesh(np.array(jax.devices()), ("data",))
-    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-    sharded = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
+    replicated, sharded = device_loop.data_shardings()
     state = steps.create_train_state(
         config, data.image_shape, data.num_classes, jax.random.key(0), sharding=replicated
     )
@@ -93,10 +90,9 @@ def evaluate_run(
         )
     state = state.replace(params=restored.item["params"])
     mean = std = None
-    if config.standardize:
-        mean, std = input_pipeline.channel_stats(data.train)
-    if mean is not None:
-        mean, std = (device_loop.put_replicated(v, replicated) for v in (mean, std))
+    if config.standardize:  # the training split's statistics, as in training
+        stats = input_pipeline.channel_stats(data.train)
+        mean, std = (device_loop.put_replicated(v, replicated) for v in stats)
     batch_size = config.eval_batch_size or config.batch_size
     test_data = device_loop.put_eval_split(data.test, batch_size, replicated)
     metrics = train_lib.evaluate(state, test_data, batch_size, sharded, mean, std)

@@ -241,9 +241,7 @@ def train_and_evaluate(
         except OSError as e:  # e.g. a read-only directory
             raise ConfigError(f"cannot write to workdir {workdir}: {e.strerror or e}") from e
 
-    mesh = jax.sharding.Mesh(np.array(jax.devices()), ("data",))
-    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-    sharded = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
+    replicated, sharded = device_loop.data_shardings()
 
     # Everything is created on the mesh directly: jax.device_put cannot place host values on
     # devices of other processes.
