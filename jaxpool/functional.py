@@ -15,8 +15,10 @@ distributions of ``jax.random.uniform`` and ``jax.random.gumbel``, other bits.  
 ``jax.random``, a ``vmap`` over keys equals a loop over them, and the samples do not depend on how
 the batch is sharded.
 
-The stochastic poolers are written in :mod:`jaxpool._stochastic` and :mod:`jaxpool._s3` and
-exported from here with the rest.
+The stochastic poolers are written in :mod:`jaxpool._stochastic` and :mod:`jaxpool._s3`, the poolers
+that came after the study's papers in :mod:`jaxpool._weighted` (SoftPool, LP/GeM, LIP),
+:mod:`jaxpool._antialiased` (MaxBlurPool) and :mod:`jaxpool._fractional` (fractional max pooling);
+all are exported from here.
 """
 
 from __future__ import annotations
@@ -25,10 +27,16 @@ import jax
 import jax.numpy as jnp
 
 from jaxpool import _window_ops, _windows
+from jaxpool._antialiased import max_blur_pool as max_blur_pool
+from jaxpool._fractional import fractional_max_pool as fractional_max_pool
 from jaxpool._s3 import s3_pool as s3_pool  # re-exported: `x as x` marks a public name
 from jaxpool._stochastic import gumbel_softmax as gumbel_softmax
 from jaxpool._stochastic import stochastic_pool as stochastic_pool
 from jaxpool._stochastic import tdgs_pool as tdgs_pool
+from jaxpool._weighted import lip_logits as lip_logits
+from jaxpool._weighted import lip_pool as lip_pool
+from jaxpool._weighted import lp_pool as lp_pool
+from jaxpool._weighted import soft_pool as soft_pool
 from jaxpool._windows import Window
 
 _F32 = jnp.float32

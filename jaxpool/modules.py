@@ -10,11 +10,18 @@ and draw from the rng stream ``'pooling'``; the others compute the same either w
 
 ``strides=None`` means strides equal to the window (PyTorch's default).  Beware: flax's own
 ``nn.max_pool`` defaults to stride 1.
+
+A layer is described once, here: its hyperparameters are the dataclass fields, :meth:`Pooler.parameters`
+declares its parameters (name, shape, initializer) for an input size, and :meth:`Pooler.pool` calls
+the pure function.  The Linen ``__call__`` and the NNX layers of :mod:`jaxpool.nnx` both use these two
+methods, so neither restates a shape or a formula.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Mapping, Sequence
+from typing import ClassVar, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -31,7 +38,104 @@ def _check_choice(value: str, allowed: Sequence[str], name: str) -> None:
         raise ValueError(f"{name} must be one of {tuple(allowed)}; got {value!r}")
 
 
-class _WindowedPool(nn.Module):
+class ParamSpec(NamedTuple):
+    """One parameter of a layer: its shape for the given input and its initializer
+    ``init(key, shape, dtype)``; parameters are float32."""
+
+    shape: tuple[int, ...]
+    init: nn.initializers.Initializer
+
+
+class Pooler(nn.Module):
+    """Base of every pooling layer: parameters from :meth:`parameters`, output from :meth:`pool`.
+
+    Subclasses declare their hyperparameters as fields (a ``deterministic`` field among them)
+    and override the two methods; stochastic ones set ``stochastic = True`` and have an
+    ``rng_collection`` field.
+    """
+
+    stochastic: ClassVar[bool] = False
+
+    def parameters(self, in_size: tuple[int, int] | None, channels: int) -> dict[str, ParamSpec]:
+        """The parameters for inputs of spatial size ``in_size`` (None where unknown: layers whose
+        parameter shapes need it raise) and ``channels`` channels; none by default."""
+        return {}
+
+    def pool(
+        self,
+        x: jax.Array,
+        params: Mapping[str, jax.Array],
+        key: jax.Array | None,
+        deterministic: bool,
+    ) -> jax.Array:
+        """The layer's output for parameter values ``params`` (``key`` is None when deterministic)."""
+        raise NotImplementedError
+
+    def merge_mode(self, deterministic: bool | None) -> bool:
+        """The call's ``deterministic`` merged with the field (as Dropout); a stochastic layer
+        without either raises a ValueError naming the layer and the fix."""
+        if not self.stochastic:
+            return True
+        if self.deterministic is None and deterministic is None:
+            raise ValueError(
+                f"{type(self).__name__} is stochastic and needs to know the mode: call it with "
+                "deterministic=True (inference) or deterministic=False (training, with "
+                f"rngs={{'{self.rng_collection}': key}} in apply), or set deterministic= when "
+                "constructing it"
+            )
+        return nn.merge_param("deterministic", self.deterministic, deterministic)
+
+    @nn.compact
+    def __call__(
+        self, x: jax.Array, deterministic: bool | None = None, rng: jax.Array | None = None
+    ) -> jax.Array:
+        x4, _ = _windows.check_input(x)
+        params = {
+            name: _fixed_param(self, name, spec)
+            for name, spec in self.parameters(x4.shape[1:3], x4.shape[-1]).items()
+        }
+        deterministic = self.merge_mode(deterministic)
+        if not deterministic and rng is None:
+            rng = self.make_rng(self.rng_collection)
+        return self.pool(x, params, None if deterministic else rng, deterministic)
+
+
+def _fixed_param(module: nn.Module, name: str, spec: ParamSpec) -> jax.Array:
+    """``module.param`` that raises a clear ValueError when the input implies another shape."""
+    if module.has_variable("params", name):
+        check_shape(module, name, module.get_variable("params", name).shape, spec.shape)
+    return module.param(name, spec.init, spec.shape, jnp.float32)
+
+
+def check_shape(layer, name: str, existing: tuple[int, ...], shape: tuple[int, ...]) -> None:
+    """Raises a ValueError when parameter ``name`` of shape ``existing`` does not fit an input
+    that needs ``shape``, saying whether the channel count or the spatial size differs."""
+    existing, shape = tuple(existing), tuple(shape)
+    if existing == shape:
+        return
+    head = f"{type(layer).__name__}.{name} has shape {existing} but this input needs {shape}"
+    if existing[-1:] != shape[-1:]:  # the last axis of a shape that can differ is C
+        raise ValueError(
+            f"{head}: it was initialised for inputs with {existing[-1]} channels and this "
+            f"input has {shape[-1]}. Call it with the channel count it was initialised with."
+        )
+    raise ValueError(
+        f"{head}: a per-position parameter fixes the input's spatial size at "
+        "init. Call it with the spatial size it was initialised with, or use a sharing "
+        "option that does not depend on it (per='channel' or per='layer')."
+    )
+
+
+def _require_size(layer, in_size: tuple[int, int] | None, what: str) -> tuple[int, int]:
+    if in_size is None:
+        raise ValueError(
+            f"{type(layer).__name__} with {what} has parameters whose shape depends on the input's "
+            "spatial size: give input_size=(H, W) when constructing it"
+        )
+    return in_size
+
+
+class _WindowedPool(Pooler):
     """Shared fields of the windowed layers.
 
     Attributes:
@@ -46,9 +150,11 @@ class _WindowedPool(nn.Module):
     padding: str = "VALID"
     deterministic: bool | None = None
 
-    def _spec(self, x: jax.Array) -> _windows.WindowSpec:
-        x4, _ = _windows.check_input(x)
-        return _windows.window_spec(x4.shape[1:3], self.window_shape, self.strides, self.padding)
+    def _window(self) -> tuple[int, int]:
+        return _windows.normalize_pair(self.window_shape, "window_shape")
+
+    def _out_size(self, in_size: tuple[int, int]) -> tuple[int, int]:
+        return _windows.window_spec(in_size, self.window_shape, self.strides, self.padding).out_size
 
 
 class MaxPool(_WindowedPool):
@@ -59,24 +165,20 @@ class MaxPool(_WindowedPool):
       >>> y = jaxpool.MaxPool().apply({}, jnp.ones((8, 28, 28, 16)))   # (8, 14, 14, 16)
     """
 
-    @nn.compact
-    def __call__(self, x: jax.Array, deterministic: bool | None = None) -> jax.Array:
+    def pool(self, x, params, key, deterministic):
         return functional.max_pool(x, self.window_shape, self.strides, self.padding)
 
 
 class AvgPool(_WindowedPool):
     """Average pooling, padding not counted; see :func:`jaxpool.functional.avg_pool`."""
 
-    @nn.compact
-    def __call__(self, x: jax.Array, deterministic: bool | None = None) -> jax.Array:
+    def pool(self, x, params, key, deterministic):
         return functional.avg_pool(x, self.window_shape, self.strides, self.padding)
 
 
 class MixedPool(_WindowedPool):
-    """Mixed max-average pooling, ``y = s max(R) + (1 - s) mean(R)``, ``s = sigmoid(alpha)``.
-
-    See :func:`jaxpool.functional.mixed_pool` (Lee et al., AISTATS 2016).  Deterministic mode
-    computes the same (nothing is random).
+    """Mixed max-average pooling (Lee et al., AISTATS 2016); see
+    :func:`jaxpool.functional.mixed_pool`.  Not stochastic.
 
     Attributes:
       per: ``'channel'`` (default): ``alpha`` of shape ``(C,)``; ``'layer'``: a scalar ``alpha``.
@@ -93,57 +195,39 @@ class MixedPool(_WindowedPool):
     per: str = "channel"
     alpha_init: nn.initializers.Initializer = nn.initializers.zeros
 
-    @nn.compact
-    def __call__(self, x: jax.Array, deterministic: bool | None = None) -> jax.Array:
+    def parameters(self, in_size, channels):
         _check_choice(self.per, ("channel", "layer"), "per")
-        shape = (x.shape[-1],) if self.per == "channel" else ()
-        alpha = self.param("alpha", self.alpha_init, shape, jnp.float32)
-        return functional.mixed_pool(x, alpha, self.window_shape, self.strides, self.padding)
+        return {"alpha": ParamSpec((channels,) if self.per == "channel" else (), self.alpha_init)}
+
+    def pool(self, x, params, key, deterministic):
+        return functional.mixed_pool(
+            x, params["alpha"], self.window_shape, self.strides, self.padding
+        )
 
 
-def _kernel_shape(per: str, spec: _windows.WindowSpec, channels: int) -> tuple[int, ...]:
-    _check_choice(per, _SHARING, "per")
-    return {
-        "layer": spec.window,
-        "channel": (*spec.window, channels),
-        "region_channel": (*spec.out_size, *spec.window, channels),
-    }[per]
-
-
-def _fixed_param(module: nn.Module, name: str, init, shape: tuple[int, ...]) -> jax.Array:
-    """``module.param`` that raises a clear ValueError when the input implies another shape."""
-    if module.has_variable("params", name):
-        existing, shape = module.get_variable("params", name).shape, tuple(shape)
-        if existing != shape:
-            head = (
-                f"{type(module).__name__}.{name} has shape {existing} but this input needs {shape}"
-            )
-            if existing[-1:] != shape[-1:]:  # the last axis of a shape that can differ is C
-                raise ValueError(
-                    f"{head}: it was initialised for inputs with {existing[-1]} channels and this "
-                    f"input has {shape[-1]}. Call it with the channel count it was initialised with."
-                )
-            raise ValueError(
-                f"{head}: a per-position parameter fixes the input's spatial size at "
-                "init. Call it with the spatial size it was initialised with, or use a sharing "
-                "option that does not depend on it (per='channel' or per='layer')."
-            )
-    return module.param(name, init, shape, jnp.float32)
+def _kernel_shape(layer: _WindowedPool, in_size, channels: int) -> tuple[int, ...]:
+    """The window-shaped kernel of gated/tree pooling for the sharing ``layer.per``."""
+    _check_choice(layer.per, _SHARING, "per")
+    window = layer._window()
+    if layer.per == "layer":
+        return window
+    if layer.per == "channel":
+        return (*window, channels)
+    out = layer._out_size(_require_size(layer, in_size, "per='region_channel'"))
+    return (*out, *window, channels)
 
 
 class GatedPool(_WindowedPool):
-    """Gated max-average pooling, ``y = g max(R) + (1 - g) mean(R)``, ``g = sigmoid(w . R + b)``.
-
-    See :func:`jaxpool.functional.gated_pool` (Lee et al., AISTATS 2016).  Deterministic mode
-    computes the same (nothing is random).
+    """Gated max-average pooling (Lee et al., AISTATS 2016); see
+    :func:`jaxpool.functional.gated_pool`.  Not stochastic.
 
     Attributes:
-      per: sharing of the gating mask ``w`` (``gate_kernel``) and bias ``b`` (``gate_bias``):
+      per: sharing of the gating mask ``gate_kernel`` and bias ``gate_bias``:
         ``'layer'``: ``(kh, kw)`` and ``()`` (Lee et al.'s released code); ``'channel'`` (default):
         ``(kh, kw, C)`` and ``(C,)``; ``'region_channel'``: ``(Ho, Wo, kh, kw, C)`` and
         ``(Ho, Wo, C)``, which fixes the spatial size at init.
       use_bias: learn ``gate_bias`` (default True).
-      kernel_init, bias_init: initializers; zeros by default (``g = 0.5`` at init).
+      kernel_init, bias_init: initializers; zeros by default (gate 0.5 at init).
     """
 
     per: str = "channel"
@@ -151,20 +235,19 @@ class GatedPool(_WindowedPool):
     kernel_init: nn.initializers.Initializer = nn.initializers.zeros
     bias_init: nn.initializers.Initializer = nn.initializers.zeros
 
-    @nn.compact
-    def __call__(self, x: jax.Array, deterministic: bool | None = None) -> jax.Array:
-        spec = self._spec(x)
-        shape = _kernel_shape(self.per, spec, x.shape[-1])
-        kernel = _fixed_param(self, "gate_kernel", self.kernel_init, shape)
-        bias = None
+    def parameters(self, in_size, channels):
+        shape = _kernel_shape(self, in_size, channels)
+        specs = {"gate_kernel": ParamSpec(shape, self.kernel_init)}
         if self.use_bias:
-            bias_shape = {
-                "layer": (),
-                "channel": shape[-1:],
-                "region_channel": (*shape[:2], shape[-1]),
-            }
-            bias = _fixed_param(self, "gate_bias", self.bias_init, bias_shape[self.per])
-        return functional.gated_pool(x, kernel, bias, self.window_shape, self.strides, self.padding)
+            bias_shape = {"layer": (), "channel": shape[-1:], "region_channel": (*shape[:2], shape[-1])}
+            specs["gate_bias"] = ParamSpec(bias_shape[self.per], self.bias_init)
+        return specs
+
+    def pool(self, x, params, key, deterministic):
+        return functional.gated_pool(
+            x, params["gate_kernel"], params.get("gate_bias"),
+            self.window_shape, self.strides, self.padding,
+        )  # fmt: skip
 
 
 def average_plus_noise(key: jax.Array, shape, dtype=jnp.float32) -> jax.Array:
@@ -178,10 +261,8 @@ def average_plus_noise(key: jax.Array, shape, dtype=jnp.float32) -> jax.Array:
 
 
 class TreePool(_WindowedPool):
-    """Two-level tree pooling, ``y = sigmoid(w . R) v1 . R + (1 - sigmoid(w . R)) v2 . R``.
-
-    See :func:`jaxpool.functional.tree_pool` (Lee et al., AISTATS 2016).  Deterministic mode
-    computes the same (nothing is random).
+    """Two-level tree pooling (Lee et al., AISTATS 2016); see :func:`jaxpool.functional.tree_pool`.
+    Not stochastic.
 
     Attributes:
       per: sharing of ``leaf_kernels`` (``(2,) +`` kernel shape) and ``gate_kernel`` (no bias):
@@ -195,35 +276,27 @@ class TreePool(_WindowedPool):
     leaf_init: nn.initializers.Initializer = average_plus_noise
     gate_init: nn.initializers.Initializer = nn.initializers.zeros
 
-    @nn.compact
-    def __call__(self, x: jax.Array, deterministic: bool | None = None) -> jax.Array:
-        spec = self._spec(x)
-        shape = _kernel_shape(self.per, spec, x.shape[-1])
-        leaves = _fixed_param(self, "leaf_kernels", self.leaf_init, (2, *shape))
-        gate = _fixed_param(self, "gate_kernel", self.gate_init, shape)
-        return functional.tree_pool(x, leaves, gate, self.window_shape, self.strides, self.padding)
+    def parameters(self, in_size, channels):
+        shape = _kernel_shape(self, in_size, channels)
+        return {
+            "leaf_kernels": ParamSpec((2, *shape), self.leaf_init),
+            "gate_kernel": ParamSpec(shape, self.gate_init),
+        }
+
+    def pool(self, x, params, key, deterministic):
+        return functional.tree_pool(
+            x, params["leaf_kernels"], params["gate_kernel"],
+            self.window_shape, self.strides, self.padding,
+        )  # fmt: skip
 
 
-class _StochasticMixin:
-    """``deterministic`` merging and rng handling shared by the stochastic layers (as Dropout)."""
+_RNG_NOTE = """
 
-    def _rng_and_mode(self, deterministic: bool | None, rng: jax.Array | None):
-        if self.deterministic is None and deterministic is None:
-            raise ValueError(
-                f"{type(self).__name__} is stochastic and needs to know the mode: call it with "
-                "deterministic=True (inference) or deterministic=False (training, with "
-                f"rngs={{'{self.rng_collection}': key}} in apply), or set deterministic= when "
-                "constructing it"
-            )
-        deterministic = nn.merge_param("deterministic", self.deterministic, deterministic)
-        if deterministic:
-            return None, True
-        if rng is None:
-            rng = self.make_rng(self.rng_collection)
-        return rng, False
+    .. note::
+      Training needs ``apply(..., rngs={"pooling": key})`` (or ``rng=`` in the call)."""
 
 
-class StochasticPool(_StochasticMixin, _WindowedPool):
+class StochasticPool(_WindowedPool):
     """Stochastic pooling (Zeiler & Fergus, ICLR 2013); see :func:`jaxpool.functional.stochastic_pool`.
 
     Training samples one element per window with ``p = max(R, 0) / sum max(R, 0)`` (``mode='l1'``)
@@ -232,26 +305,20 @@ class StochasticPool(_StochasticMixin, _WindowedPool):
     Attributes:
       mode: ``'l1'`` (default, the paper) or ``'softmax'``.
       rng_collection: rng stream to draw from; ``'pooling'``.
-
-    .. note::
-      Training needs ``apply(..., rngs={"pooling": key})`` (or ``rng=`` in the call).
     """
 
     mode: str = "l1"
     rng_collection: str = "pooling"
+    stochastic: ClassVar[bool] = True
 
-    @nn.compact
-    def __call__(
-        self, x: jax.Array, deterministic: bool | None = None, rng: jax.Array | None = None
-    ) -> jax.Array:
-        rng, deterministic = self._rng_and_mode(deterministic, rng)
+    def pool(self, x, params, key, deterministic):
         return functional.stochastic_pool(
             x, self.window_shape, self.strides, self.padding,
-            key=rng, deterministic=deterministic, mode=self.mode,
+            key=key, deterministic=deterministic, mode=self.mode,
         )  # fmt: skip
 
 
-class S3Pool(_StochasticMixin, nn.Module):
+class S3Pool(Pooler):
     """S3Pool (Zhai et al., CVPR 2017); see :func:`jaxpool.functional.s3_pool`.
 
     Training: stride-1 max pool, then sorted random rows/columns, ``len(block) // stride`` per
@@ -266,9 +333,6 @@ class S3Pool(_StochasticMixin, nn.Module):
       test_mode: what deterministic mode computes: ``'expectation'`` (default) or ``'official'``.
       deterministic: default for ``__call__``'s ``deterministic``.
       rng_collection: rng stream to draw from; ``'pooling'``.
-
-    .. note::
-      Training needs ``apply(..., rngs={"pooling": key})`` (or ``rng=`` in the call).
     """
 
     stride: Window = 2
@@ -277,15 +341,12 @@ class S3Pool(_StochasticMixin, nn.Module):
     test_mode: str = "expectation"
     deterministic: bool | None = None
     rng_collection: str = "pooling"
+    stochastic: ClassVar[bool] = True
 
-    @nn.compact
-    def __call__(
-        self, x: jax.Array, deterministic: bool | None = None, rng: jax.Array | None = None
-    ) -> jax.Array:
-        rng, deterministic = self._rng_and_mode(deterministic, rng)
+    def pool(self, x, params, key, deterministic):
         return functional.s3_pool(
             x, self.stride, self.grid_size,
-            key=rng, deterministic=deterministic, per_example=self.per_example,
+            key=key, deterministic=deterministic, per_example=self.per_example,
             test_mode=self.test_mode,
         )  # fmt: skip
 
@@ -299,7 +360,7 @@ def uniform_around(center: float, half_width: float = 0.5) -> nn.initializers.In
     return init
 
 
-class TDGSPool(_StochasticMixin, _WindowedPool):
+class TDGSPool(_WindowedPool):
     """Temperature-driven Gumbel-softmax pooling; see :func:`jaxpool.functional.tdgs_pool`.
 
     Training outputs one element per window, a hard straight-through Gumbel-softmax sample of
@@ -313,9 +374,6 @@ class TDGSPool(_StochasticMixin, _WindowedPool):
       tau: Gumbel-softmax temperature; 1.0.
       eps: floor of the effective temperature; 0.1.
       rng_collection: rng stream to draw from; ``'pooling'``.
-
-    .. note::
-      Training needs ``apply(..., rngs={"pooling": key})`` (or ``rng=`` in the call).
 
     Example::
 
@@ -333,19 +391,165 @@ class TDGSPool(_StochasticMixin, _WindowedPool):
     tau: float = 1.0
     eps: float = 0.1
     rng_collection: str = "pooling"
+    stochastic: ClassVar[bool] = True
 
-    @nn.compact
-    def __call__(
-        self, x: jax.Array, deterministic: bool | None = None, rng: jax.Array | None = None
-    ) -> jax.Array:
+    def parameters(self, in_size, channels):
         _check_choice(self.per, ("position", "channel", "layer"), "per")
-        channels = x.shape[-1]
-        shape = {"position": (*self._spec(x).out_size, channels), "channel": (channels,)}
-        temperature = _fixed_param(
-            self, "temperature", uniform_around(self.init_temperature), shape.get(self.per, ())
-        )
-        rng, deterministic = self._rng_and_mode(deterministic, rng)
+        if self.per == "position":
+            shape = (*self._out_size(_require_size(self, in_size, "per='position'")), channels)
+        else:
+            shape = (channels,) if self.per == "channel" else ()
+        return {"temperature": ParamSpec(shape, uniform_around(self.init_temperature))}
+
+    def pool(self, x, params, key, deterministic):
         return functional.tdgs_pool(
-            x, temperature, self.window_shape, self.strides, self.padding,
-            key=rng, deterministic=deterministic, tau=self.tau, eps=self.eps,
+            x, params["temperature"], self.window_shape, self.strides, self.padding,
+            key=key, deterministic=deterministic, tau=self.tau, eps=self.eps,
         )  # fmt: skip
+
+
+# ----------------------------------------------------------------------------- after the study
+class SoftPool(_WindowedPool):
+    """SoftPool (Stergiou et al., ICCV 2021), ``y = sum softmax(R) R``; see
+    :func:`jaxpool.functional.soft_pool`.  No parameters, not stochastic.
+
+    Attributes:
+      padding: ``'VALID'`` (default), ``'SAME'``, or explicit pixels (int or pair).
+    """
+
+    padding: str | int | Sequence[int] = "VALID"
+
+    def pool(self, x, params, key, deterministic):
+        return functional.soft_pool(x, self.window_shape, self.strides, self.padding)
+
+
+class LPPool(_WindowedPool):
+    """Learnable power-mean (LP / GeM) pooling, ``y = (mean max(R, eps)^p)^(1/p)``; see
+    :func:`jaxpool.functional.lp_pool`.  Not stochastic.
+
+    Attributes:
+      per: ``'layer'`` (default): a scalar ``p``; ``'channel'``: ``p`` of shape ``(C,)``.
+      p_init: initializer of ``p``; the constant 3 (GeM).
+      eps: the clamp; 1e-6.
+      padding: ``'VALID'`` (default), ``'SAME'``, or explicit pixels (int or pair).
+    """
+
+    padding: str | int | Sequence[int] = "VALID"
+    per: str = "layer"
+    p_init: nn.initializers.Initializer = nn.initializers.constant(3.0)
+    eps: float = 1e-6
+
+    def parameters(self, in_size, channels):
+        _check_choice(self.per, ("layer", "channel"), "per")
+        return {"p": ParamSpec((channels,) if self.per == "channel" else (), self.p_init)}
+
+    def pool(self, x, params, key, deterministic):
+        return functional.lp_pool(
+            x, params["p"], self.window_shape, self.strides, self.padding, eps=self.eps
+        )
+
+
+class LIPPool(_WindowedPool):
+    """Local Importance-based Pooling with the official "simplified LIP" logit module (Gao et al.,
+    ICCV 2019); see :func:`jaxpool.functional.lip_pool` and :func:`jaxpool.functional.lip_logits`.
+    Not stochastic.
+
+    ``y = sum exp(logit) R / sum exp(logit)`` with ``logit = 12 sigmoid(IN(conv(x)))``.  As the
+    official ``init_layer``, the convolution starts at zero, so LIP starts as average pooling.
+
+    Attributes:
+      window_shape, strides, padding: the official 3, 2 and 1 (explicit pixels) by default.
+      logit_kernel_size: the logit convolution's window; 3.
+      coefficient: the gate's scale; 12.
+      epsilon: the instance normalisation's variance floor; 1e-5.
+      kernel_init, scale_init, bias_init: initializers of ``logit_kernel`` ``(k, k, C, C)``,
+        ``norm_scale`` ``(C,)`` and ``norm_bias`` ``(C,)``: zeros, ones, zeros.
+    """
+
+    window_shape: Window = 3
+    strides: Window | None = 2
+    padding: str | int | Sequence[int] = 1
+    logit_kernel_size: Window = 3
+    coefficient: float = 12.0
+    epsilon: float = 1e-5
+    kernel_init: nn.initializers.Initializer = nn.initializers.zeros
+    scale_init: nn.initializers.Initializer = nn.initializers.ones
+    bias_init: nn.initializers.Initializer = nn.initializers.zeros
+
+    def parameters(self, in_size, channels):
+        kernel = _windows.normalize_pair(self.logit_kernel_size, "logit_kernel_size")
+        return {
+            "logit_kernel": ParamSpec((*kernel, channels, channels), self.kernel_init),
+            "norm_scale": ParamSpec((channels,), self.scale_init),
+            "norm_bias": ParamSpec((channels,), self.bias_init),
+        }
+
+    def logits(self, x: jax.Array, params: Mapping[str, jax.Array]) -> jax.Array:
+        """The importance logits of ``x`` for parameter values ``params``."""
+        return functional.lip_logits(
+            x, params["logit_kernel"], params["norm_scale"], params["norm_bias"],
+            coefficient=self.coefficient, epsilon=self.epsilon,
+        )  # fmt: skip
+
+    def pool(self, x, params, key, deterministic):
+        return functional.lip_pool(
+            x, self.logits(x, params), self.window_shape, self.strides, self.padding
+        )
+
+
+class MaxBlurPool(Pooler):
+    """Anti-aliased max pooling, MaxBlurPool (Zhang, ICML 2019); see
+    :func:`jaxpool.functional.max_blur_pool`.  No parameters, not stochastic.
+
+    Attributes:
+      window_shape: the dense (stride 1) max's window; 2.
+      strides: the blur's subsampling; 2.
+      filter_size: binomial taps per axis, 1 to 7; 4 (``[1, 3, 3, 1]``).
+      pad_mode: the blur's padding: ``'reflect'`` (default), ``'edge'`` or ``'constant'``.
+      deterministic: accepted and ignored, as by every layer.
+    """
+
+    window_shape: Window = 2
+    strides: Window = 2
+    filter_size: int = 4
+    pad_mode: str = "reflect"
+    deterministic: bool | None = None
+
+    def pool(self, x, params, key, deterministic):
+        return functional.max_blur_pool(
+            x, self.window_shape, self.strides, filter_size=self.filter_size, pad_mode=self.pad_mode
+        )
+
+
+class FractionalMaxPool(Pooler):
+    """Fractional max pooling (Graham, 2014); see :func:`jaxpool.functional.fractional_max_pool`.
+
+    Output ``floor(H / ratio) x floor(W / ratio)``.  Training draws new pooling regions per call;
+    deterministic mode uses fixed, evenly spread regions.
+
+    Attributes:
+      ratio: ``alpha`` in (1, 2) or a pair; ``sqrt(2)``.
+      sequence: ``'random'`` (default) or ``'pseudo_random'`` region boundaries.
+      overlapping: regions share their boundary row/column; False.
+      per_example: new regions per example instead of per call; False.
+      deterministic: default for ``__call__``'s ``deterministic``.
+      rng_collection: rng stream to draw from; ``'pooling'``.
+    """
+
+    ratio: float | Sequence[float] = math.sqrt(2)
+    sequence: str = "random"
+    overlapping: bool = False
+    per_example: bool = False
+    deterministic: bool | None = None
+    rng_collection: str = "pooling"
+    stochastic: ClassVar[bool] = True
+
+    def pool(self, x, params, key, deterministic):
+        return functional.fractional_max_pool(
+            x, self.ratio, key=key, deterministic=deterministic, sequence=self.sequence,
+            overlapping=self.overlapping, per_example=self.per_example,
+        )  # fmt: skip
+
+
+for _layer in (StochasticPool, S3Pool, TDGSPool, FractionalMaxPool):
+    _layer.__doc__ += _RNG_NOTE

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 
-from flax import linen as nn
-
 from jaxpool import modules
 
-_REGISTRY: dict[str, type[nn.Module]] = {
+_REGISTRY: dict[str, type[modules.Pooler]] = {
     "max": modules.MaxPool,
     "avg": modules.AvgPool,
     "mixed": modules.MixedPool,
@@ -17,6 +15,11 @@ _REGISTRY: dict[str, type[nn.Module]] = {
     "stochastic": modules.StochasticPool,
     "s3": modules.S3Pool,
     "tdgs": modules.TDGSPool,
+    "softpool": modules.SoftPool,
+    "lp": modules.LPPool,
+    "lip": modules.LIPPool,
+    "blur": modules.MaxBlurPool,
+    "fractional": modules.FractionalMaxPool,
 }
 
 # Fields every flax Module has that are not hyperparameters of a pooler.
@@ -28,41 +31,62 @@ def available() -> tuple[str, ...]:
     return tuple(_REGISTRY)
 
 
-def pooler_class(name: str) -> type[nn.Module]:
-    """The Module class registered under ``name``; ``ValueError`` listing the names otherwise."""
+def pooler_class(name: str) -> type[modules.Pooler]:
+    """The Linen class registered under ``name``; ``ValueError`` listing the names otherwise."""
     if name not in _REGISTRY:
         raise ValueError(f"unknown pooler {name!r}; available: {', '.join(available())}")
     return _REGISTRY[name]
 
 
 def hyperparameters(name: str) -> tuple[str, ...]:
-    """The keyword arguments ``create(name, ...)`` accepts."""
+    """The keyword arguments ``create(name, ...)`` accepts (besides NNX's own)."""
     fields = dataclasses.fields(pooler_class(name))
     return tuple(f.name for f in fields if f.name not in _INTERNAL_FIELDS)
 
 
-def create(name: str, **kwargs) -> nn.Module:
-    """A new pooling Module by registry name.
+def is_stochastic(name: str) -> bool:
+    """Whether the pooler draws noise in training (needs an rng unless deterministic)."""
+    return pooler_class(name).stochastic
+
+
+APIS = ("linen", "nnx")
+
+
+def create(name: str, *, api: str = "linen", **kwargs):
+    """A new pooling layer by registry name.
 
     Args:
       name: one of :func:`available`.
-      **kwargs: the Module's fields (e.g. ``window_shape``, ``per``, ``init_temperature``).
+      api: ``'linen'`` (default): an unbound ``flax.linen.Module``; ``'nnx'``: an ``nnx.Module``
+        of :mod:`jaxpool.nnx`, which also takes ``in_features``, ``input_size`` and ``rngs``
+        (see there).
+      **kwargs: the layer's hyperparameters (e.g. ``window_shape``, ``per``,
+        ``init_temperature``).
 
     Returns:
-      An unbound ``flax.linen.Module``.
+      The layer.
 
     Raises:
-      ValueError: for an unknown name or keyword argument (the message lists what is allowed).
+      ValueError: for an unknown name, api or keyword argument (the message lists what is allowed).
 
     Example::
 
       >>> pool = jaxpool.create("tdgs", init_temperature=0.5)
+      >>> layer = jaxpool.create("lp", api="nnx", rngs=nnx.Rngs(0))
     """
     cls = pooler_class(name)
+    if api not in APIS:
+        raise ValueError(f"api must be one of {APIS}; got {api!r}")
     allowed = hyperparameters(name)
-    unknown = sorted(set(kwargs) - set(allowed))
+    extra = ("in_features", "input_size", "rngs") if api == "nnx" else ()
+    unknown = sorted(set(kwargs) - set(allowed) - set(extra))
     if unknown:
         raise ValueError(
-            f"pooler {name!r} has no argument(s) {', '.join(unknown)}; allowed: {', '.join(allowed)}"
+            f"pooler {name!r} has no argument(s) {', '.join(unknown)}; allowed: "
+            f"{', '.join(extra + allowed)}"
         )
+    if api == "nnx":
+        from jaxpool import nnx  # flax.nnx is imported only by those who use it
+
+        return nnx.twin(cls)(**kwargs)
     return cls(**kwargs)

@@ -1,0 +1,222 @@
+"""Flax NNX pooling layers: the layers of :mod:`jaxpool.modules` for ``flax.nnx`` (NHWC).
+
+Same class names and hyperparameters as the Linen layers, parameters of the same names, shapes and
+initial distributions, and the same pure functions underneath: each NNX layer holds its
+hyperparameters and asks its Linen twin (an unbound ``flax.linen`` module built from them) for the
+parameter declarations and the output, so no shape or formula is written twice.
+
+What NNX needs in addition, as keyword arguments of the constructor:
+
+- ``in_features``: the input's channel count, where a parameter's shape depends on it;
+- ``input_size=(H, W)``: the spatial size, where a parameter is per output position
+  (``TDGSPool(per='position')``, ``GatedPool``/``TreePool(per='region_channel')``);
+- ``rngs=nnx.Rngs(...)``: for initialising parameters (stream ``params``) and, for the stochastic
+  layers, their noise (stream ``rng_collection``, ``'pooling'`` by default; ``default`` where the
+  Rngs has no such stream).
+
+``deterministic`` works as in ``nnx.Dropout``: an attribute set by the constructor,
+``model.eval()`` (True) and ``model.train()`` (False), overridden by the call's ``deterministic``;
+a stochastic layer with neither raises.  The call's ``rngs`` (a key, an ``nnx.Rngs`` or an
+``RngStream``) overrides the constructor's.
+
+Example::
+
+  >>> from flax import nnx
+  >>> import jaxpool.nnx as pnnx
+  >>> layer = pnnx.TDGSPool(in_features=16, input_size=(28, 28), rngs=nnx.Rngs(0))
+  >>> layer.temperature.shape
+  (14, 14, 16)
+  >>> layer(jnp.ones((8, 28, 28, 16)), deterministic=True).shape
+  (8, 14, 14, 16)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, ClassVar
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from jaxpool import _windows, modules
+
+# Fields every flax Linen Module has that are not hyperparameters of a pooler.
+_LINEN_INTERNAL = {"parent", "name"}
+
+
+def hyperparameter_names(linen: type[modules.Pooler]) -> tuple[str, ...]:
+    """The constructor keyword arguments of a layer: its Linen class's fields."""
+    return tuple(f.name for f in dataclasses.fields(linen) if f.name not in _LINEN_INTERNAL)
+
+
+class Pooler(nnx.Module):
+    """Base of the NNX pooling layers; a subclass names its Linen twin in ``linen``."""
+
+    linen: ClassVar[type[modules.Pooler]]
+
+    def __init__(
+        self,
+        in_features: int | None = None,
+        *,
+        input_size: tuple[int, int] | None = None,
+        rngs: nnx.Rngs | None = None,
+        **hyperparameters: Any,
+    ):
+        allowed = hyperparameter_names(self.linen)
+        unknown = sorted(set(hyperparameters) - set(allowed))
+        if unknown:
+            raise ValueError(
+                f"{type(self).__name__} has no argument(s) {', '.join(unknown)}; allowed: "
+                f"in_features, input_size, rngs, {', '.join(allowed)}"
+            )
+        config = self.linen(**hyperparameters)
+        for name in allowed:
+            setattr(self, name, getattr(config, name))
+        if in_features is not None and (
+            not isinstance(in_features, int) or isinstance(in_features, bool) or in_features < 1
+        ):
+            raise ValueError(f"in_features must be a positive int; got {in_features!r}")
+        size = None if input_size is None else _windows.normalize_pair(input_size, "input_size")
+        specs = config.parameters(size, in_features)
+        if specs and rngs is None:
+            raise ValueError(
+                f"{type(self).__name__} has parameters ({', '.join(specs)}): give "
+                "rngs=nnx.Rngs(seed) to initialise them"
+            )
+        for name, spec in specs.items():
+            if None in spec.shape:
+                raise ValueError(
+                    f"{type(self).__name__}.{name} has a shape that depends on the channel "
+                    "count: give in_features=C"
+                )
+            setattr(self, name, nnx.Param(spec.init(rngs.params(), spec.shape, jnp.float32)))
+        self.param_names = tuple(specs)
+        if self.linen.stochastic and rngs is not None:
+            self.rngs = rngs[config.rng_collection].fork()
+        else:
+            self.rngs = nnx.data(None)
+
+    def config(self) -> modules.Pooler:
+        """The unbound Linen layer with this layer's hyperparameters."""
+        return self.linen(**{name: getattr(self, name) for name in hyperparameter_names(self.linen)})
+
+    def __call__(
+        self,
+        x: jax.Array,
+        *,
+        deterministic: bool | None = None,
+        rngs: nnx.Rngs | nnx.RngStream | jax.Array | None = None,
+    ) -> jax.Array:
+        config = self.config()
+        x4, _ = _windows.check_input(x)
+        params = {name: getattr(self, name)[...] for name in self.param_names}
+        needed = config.parameters(x4.shape[1:3], x4.shape[-1])
+        for name, spec in needed.items():
+            modules.check_shape(self, name, params[name].shape, spec.shape)
+        mode = self.deterministic if deterministic is None else deterministic
+        deterministic = config.merge_mode(mode)
+        key = None
+        if not deterministic:
+            key = self._key(rngs, config.rng_collection)
+        return config.pool(x, params, key, deterministic)
+
+    def _key(self, rngs, collection: str) -> jax.Array:
+        if rngs is None:
+            rngs = self.rngs
+        if rngs is None:
+            raise ValueError(
+                f"{type(self).__name__} is stochastic and deterministic=False needs noise: give "
+                f"rngs=nnx.Rngs({collection}=seed) to the constructor or rngs=key to the call"
+            )
+        if isinstance(rngs, nnx.Rngs):
+            return rngs[collection]()
+        if isinstance(rngs, nnx.RngStream):
+            return rngs()
+        return rngs
+
+
+class MaxPool(Pooler):
+    """Max pooling; NNX twin of :class:`jaxpool.modules.MaxPool`."""
+
+    linen = modules.MaxPool
+
+
+class AvgPool(Pooler):
+    """Average pooling; NNX twin of :class:`jaxpool.modules.AvgPool`."""
+
+    linen = modules.AvgPool
+
+
+class MixedPool(Pooler):
+    """Mixed max-average pooling; NNX twin of :class:`jaxpool.modules.MixedPool`."""
+
+    linen = modules.MixedPool
+
+
+class GatedPool(Pooler):
+    """Gated max-average pooling; NNX twin of :class:`jaxpool.modules.GatedPool`."""
+
+    linen = modules.GatedPool
+
+
+class TreePool(Pooler):
+    """Tree pooling; NNX twin of :class:`jaxpool.modules.TreePool`."""
+
+    linen = modules.TreePool
+
+
+class StochasticPool(Pooler):
+    """Stochastic pooling; NNX twin of :class:`jaxpool.modules.StochasticPool`."""
+
+    linen = modules.StochasticPool
+
+
+class S3Pool(Pooler):
+    """S3Pool; NNX twin of :class:`jaxpool.modules.S3Pool`."""
+
+    linen = modules.S3Pool
+
+
+class TDGSPool(Pooler):
+    """Temperature-driven Gumbel-softmax pooling; NNX twin of :class:`jaxpool.modules.TDGSPool`."""
+
+    linen = modules.TDGSPool
+
+
+class SoftPool(Pooler):
+    """SoftPool; NNX twin of :class:`jaxpool.modules.SoftPool`."""
+
+    linen = modules.SoftPool
+
+
+class LPPool(Pooler):
+    """LP / GeM pooling; NNX twin of :class:`jaxpool.modules.LPPool`."""
+
+    linen = modules.LPPool
+
+
+class LIPPool(Pooler):
+    """Local Importance-based Pooling; NNX twin of :class:`jaxpool.modules.LIPPool`."""
+
+    linen = modules.LIPPool
+
+
+class MaxBlurPool(Pooler):
+    """Anti-aliased max pooling; NNX twin of :class:`jaxpool.modules.MaxBlurPool`."""
+
+    linen = modules.MaxBlurPool
+
+
+class FractionalMaxPool(Pooler):
+    """Fractional max pooling; NNX twin of :class:`jaxpool.modules.FractionalMaxPool`."""
+
+    linen = modules.FractionalMaxPool
+
+
+def twin(linen: type[modules.Pooler]) -> type[Pooler]:
+    """The NNX layer class of a Linen layer class."""
+    for cls in Pooler.__subclasses__():
+        if cls.linen is linen:
+            return cls
+    raise ValueError(f"no NNX layer for {linen.__name__}")
