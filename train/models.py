@@ -30,6 +30,7 @@ class PoolSlot(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, deterministic: bool) -> jax.Array:
+        self.sow("intermediates", "input", x)  # a no-op unless "intermediates" is mutable
         pool = jaxpool.create(self.pooler, **dict(self.pooler_kwargs))
         return pool(x, deterministic=deterministic)
 
@@ -105,13 +106,40 @@ def _describe(name: str, value: np.ndarray, eps: float) -> dict[str, Any]:
         elif eff.ndim == 2:
             out["map"] = eff.tolist()
         return out
+    if name == "p":
+        return {"p": value.tolist(), **_stats(value), "note": "p = 1: average, large p: max"}
     if name == "leaf_kernels" and value.ndim >= 1:
         return {**_stats(value), "per_leaf": [_stats(leaf) for leaf in value]}
     return {"shape": list(value.shape), **_stats(value)}
 
 
+def pool_inputs(model: CNN, params: Mapping[str, Any], images: jax.Array) -> dict[str, jax.Array]:
+    """The input of every pool slot, ``{"pool1": (N, H, W, C), ...}``, for ``images`` (already
+    preprocessed) in a deterministic forward pass."""
+    _, state = model.apply(
+        {"params": params}, images, deterministic=True, mutable=["intermediates"]
+    )
+    return {slot: v["input"][0] for slot, v in state["intermediates"].items() if "input" in v}
+
+
+def _lip_logit_stats(
+    slot_params: Mapping[str, Any], inputs: jax.Array, kwargs: Mapping[str, Any]
+) -> dict[str, Any]:
+    layer = jaxpool.create("lip", **dict(kwargs))
+    logits = np.asarray(jax.device_get(layer.logits(inputs, slot_params)), np.float64)
+    return {
+        **_stats(logits),
+        "channel_std_mean": float(logits.std(axis=(0, 1, 2)).mean()),
+        "note": "importance logits 12 sigmoid(IN(conv(x))) on the probe images; equal logits "
+        "are average pooling",
+    }
+
+
 def pooler_report(
-    params: Mapping[str, Any], pooler: str, pooler_kwargs: Mapping[str, Any]
+    params: Mapping[str, Any],
+    pooler: str,
+    pooler_kwargs: Mapping[str, Any],
+    inputs: Mapping[str, jax.Array] | None = None,
 ) -> dict[str, Any]:
     """The learned pooler parameters of every pool slot in readable form.
 
@@ -119,6 +147,8 @@ def pooler_report(
       params: the CNN's parameter tree (pool slots under ``pool1``..``pool3``).
       pooler: registry name of the pooler, recorded in the report.
       pooler_kwargs: its keyword arguments (tdgs's ``eps`` sets the temperature floor).
+      inputs: the pool slots' inputs on a few images (:func:`pool_inputs`); LIP's layers then
+        also describe their importance ``logits`` (mean/std/min/max, mean per-channel std).
 
     Returns:
       ``{"pooler", "pooler_kwargs", "layers": {"pool1": {param_name: description}, ...}}`` where
@@ -126,7 +156,7 @@ def pooler_report(
       ``gate_kernel``/``leaf_kernels`` become mean/std/min/max (per leaf for tree), ``gate_bias``
       its stats plus ``sigmoid(bias)``, and ``temperature`` (tdgs) the effective temperature
       ``relu(t) + eps`` (``eps`` 0.1 unless given): its ``map`` (Ho, Wo) averaged over channels
-      plus mean/std/min/max.
+      plus mean/std/min/max; ``p`` (lp) its values and stats.
       Poolers without parameters have empty layers.
     """
     layers = {}
@@ -134,10 +164,13 @@ def pooler_report(
         slot = f"{POOL_PREFIX}{i}"
         sub = params.get(slot, {})
         flat = jax.tree_util.tree_flatten_with_path(sub)[0]
-        entries = {}
+        entries, leaves = {}, {}
         for path, leaf in flat:
             name = str(getattr(path[-1], "key", path[-1]))
+            leaves[name] = leaf
             eps = float(pooler_kwargs.get("eps", 0.1))  # tdgs's temperature floor
             entries[name] = _describe(name, np.asarray(jax.device_get(leaf)), eps)
+        if pooler == "lip" and inputs is not None and slot in inputs:
+            entries["logits"] = _lip_logit_stats(leaves, inputs[slot], pooler_kwargs)
         layers[slot] = entries
     return {"pooler": pooler, "pooler_kwargs": dict(pooler_kwargs), "layers": layers}

@@ -136,23 +136,30 @@ def validate_model(
     """Traces the CNN's init and both modes of its forward pass on one example of
     ``image_shape`` (abstractly: nothing is computed or compiled).
 
-    ``pooler_kwargs`` that only fail on a pool slot's input (a window larger than the input with
-    ``'VALID'`` padding, ``tau <= 0``, an unknown ``per``) are then a :class:`ConfigError` before
-    the run writes anything.
+    A pooler that fails on a pool slot's input (a window larger than the input with ``'VALID'``
+    padding, ``tau <= 0``, an unknown ``per``, reflect padding on a map too small for it) is then a
+    :class:`ConfigError` before the run writes anything: naming the bad ``pooler_kwargs`` where
+    the pooler's defaults would fit, or saying that the pooler does not fit the dataset's images.
     """
     kwargs = pooler_kwargs(config)
+    shape = "x".join(map(str, image_shape))
     try:
         _trace_cnn(config.pooler, kwargs, image_shape, num_classes)
     except (TypeError, ValueError) as e:
-        if not kwargs:
-            raise  # not the user's settings: a bug, with its traceback
-        try:
-            _trace_cnn(config.pooler, {}, image_shape, num_classes)
-        except (TypeError, ValueError):
-            raise e from None  # the pooler's defaults fail too: a bug, not the user's kwargs
+        if kwargs:
+            try:
+                _trace_cnn(config.pooler, {}, image_shape, num_classes)
+            except (TypeError, ValueError):
+                pass  # the defaults fail too: reported below
+            else:
+                raise ConfigError(
+                    f"bad pooler_kwargs {kwargs!r} for pooler {config.pooler!r} in the CNN for "
+                    f"{config.dataset} (input {shape}): {cli.first_line(e)}"
+                ) from e
+        # e.g. blur's reflect padding on the 2x2 maps that 8x8 digits leave after two pools
         raise ConfigError(
-            f"bad pooler_kwargs {kwargs!r} for pooler {config.pooler!r} in the CNN for "
-            f"{config.dataset} (input {'x'.join(map(str, image_shape))}): {cli.first_line(e)}"
+            f"pooler {config.pooler!r} does not fit the CNN for {config.dataset} (input {shape}): "
+            f"{cli.first_line(e)}"
         ) from e
 
 

@@ -101,7 +101,8 @@ def _adam(learning_rate: float) -> optax.GradientTransformation:
     return optax.adam(learning_rate)
 
 
-def _preprocess(images: jax.Array, mean: np.ndarray | None, std: np.ndarray | None) -> jax.Array:
+def preprocess(images: jax.Array, mean: np.ndarray | None, std: np.ndarray | None) -> jax.Array:
+    """uint8 images as the CNN sees them: scaled to [0, 1], then standardised when given."""
     x = images.astype(jnp.float32) / 255.0
     if mean is not None:
         x = (x - mean) / std
@@ -131,7 +132,7 @@ def train_step(
       The new state and ``{"loss": mean loss, "correct": number of correct predictions}``.
     """
     key = jax.random.fold_in(rng, state.step)
-    x = _preprocess(batch["image"], mean, std)
+    x = preprocess(batch["image"], mean, std)
     labels = batch["label"]
 
     def loss_and_grads(x, labels, key):
@@ -191,7 +192,7 @@ def eval_step(
     Returns:
       ``{"loss_sum", "correct", "count"}`` for the batch.
     """
-    x = _preprocess(batch["image"], mean, std)
+    x = preprocess(batch["image"], mean, std)
     logits = state.apply_fn({"params": state.params}, x, deterministic=True)
     losses = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"])
     mask = batch["mask"]

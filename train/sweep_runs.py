@@ -23,7 +23,10 @@ from train import run_files
 DATASET_ORDER = ("mnist", "cifar10", "cifar100", "digits")
 # jaxpool.available()'s order, written out so that reading a sweep back needs no JAX
 # (tests/test_report.py checks the two agree).
-POOLER_ORDER = ("max", "avg", "mixed", "gated", "tree", "stochastic", "s3", "tdgs")
+POOLER_ORDER = (
+    "max", "avg", "mixed", "gated", "tree", "stochastic", "s3", "tdgs",
+    "softpool", "lp", "lip", "blur", "fractional",
+)  # fmt: skip
 # TDGSPool's default init_temperature: a plain "tdgs" run is the point T = 1 of the temperature
 # study (a test ties the two; this module imports no JAX).
 TDGS_DEFAULT_INIT_TEMPERATURE = 1.0

@@ -54,7 +54,14 @@ import tqdm
 
 from train import checkpointing, device_loop, input_pipeline, models, run_files, run_metrics
 from train.run_config import ConfigError, config_microbatches, validate_config, validate_model
-from train.steps import TrainState, create_train_state, eval_step, pooler_kwargs, step_fn
+from train.steps import (
+    TrainState,
+    create_train_state,
+    eval_step,
+    pooler_kwargs,
+    preprocess,
+    step_fn,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -160,6 +167,18 @@ def _catch_signals():
 
 
 # --------------------------------------------------------------------------- the loop
+
+
+PROBE_IMAGES = 64  # test images on which pooler_params.json describes LIP's importance logits
+
+
+def _report_inputs(config, state, data, mean, std) -> dict[str, jax.Array] | None:
+    """The pool slots' inputs on the first test images, for poolers whose report needs them."""
+    if config.pooler != "lip":
+        return None
+    model = models.CNN(data.num_classes, config.pooler, pooler_kwargs(config))
+    images = preprocess(jax.numpy.asarray(data.test.images[:PROBE_IMAGES]), mean, std)
+    return models.pool_inputs(model, state.params, images)
 
 
 def train_and_evaluate(
@@ -365,7 +384,10 @@ def train_and_evaluate(
                     f.write(json.dumps(row) + "\n")
                 run_files.write_json(
                     os.path.join(workdir, "pooler_params.json"),
-                    models.pooler_report(state.params, config.pooler, pooler_kwargs(config)),
+                    models.pooler_report(
+                        state.params, config.pooler, pooler_kwargs(config),
+                        _report_inputs(config, state, data, mean, std),
+                    ),  # fmt: skip
                 )
             # replace: a checkpoint a signal took at this very step still marks the epoch open.
             ckpt.save(row["step"], _ckpt_item(state), dict(meta), replace=True)
