@@ -178,6 +178,23 @@ def lp_pool(
     return _windows.finish(top[:, :, :, 0] * mean ** (1.0 / p), x.dtype, unbatched)
 
 
+def conv_same(x: jax.Array, kernel: jax.Array) -> jax.Array:
+    r"""Stride-1 ``'SAME'`` convolution ``(N, H, W, C) * (kh, kw, C, O) -> (N, H, W, O)``, written
+    as one matrix product of the input's ``kh * kw`` shifted copies (im2col):
+    :math:`z = [x_{pad}[:, a:a+H, b:b+W]]_{a, b} \cdot \mathrm{reshape}(W, (kh\,kw\,C, O))`.
+
+    Equal to ``lax.conv_general_dilated(x, kernel, (1, 1), 'SAME')`` (padding split as lax's).
+    Why not that: inside a ``lax.fori_loop`` (the training loop of ``train``) XLA:CPU runs the
+    kernel gradient of ``lax.conv_general_dilated`` on a slow generic path: 1.6–2.0 s per step
+    against 12–77 ms for this form, at batch 64, 32×32×16 and 16×16×32, jaxlib 0.10.2.
+    """
+    kh, kw, channels, out = kernel.shape
+    _, h, w, _ = x.shape
+    padded = jnp.pad(x, ((0, 0), ((kh - 1) // 2, kh // 2), ((kw - 1) // 2, kw // 2), (0, 0)))
+    shifted = [padded[:, a : a + h, b : b + w] for a in range(kh) for b in range(kw)]
+    return jnp.concatenate(shifted, axis=-1) @ kernel.reshape(kh * kw * channels, out)
+
+
 def lip_logits(
     x: jax.Array,
     kernel: jax.Array,
@@ -192,7 +209,7 @@ def lip_logits(
     .. math::
       \text{logit} = 12\,\sigma\big(\gamma \cdot \mathrm{IN}(\mathrm{conv}(x, W)) + \beta\big)
 
-    a ``'SAME'`` convolution without bias (C → C), instance normalisation (per example and
+    a ``'SAME'`` convolution without bias (C → C, :func:`conv_same`), instance normalisation (per example and
     channel over the spatial axes, biased variance, ``epsilon`` 1e-5 as PyTorch's
     ``InstanceNorm2d``) with affine ``gamma``/``beta``, then ``coefficient * sigmoid``.
 
@@ -217,10 +234,7 @@ def lip_logits(
         )
     scale = _check_per_channel(norm_scale, "norm_scale", channels)
     bias = _check_per_channel(norm_bias, "norm_bias", channels)
-    z = jax.lax.conv_general_dilated(
-        x4.astype(_F32), kernel.astype(_F32), (1, 1), "SAME",
-        dimension_numbers=("NHWC", "HWIO", "NHWC"),
-    )  # fmt: skip
+    z = conv_same(x4.astype(_F32), kernel.astype(_F32))
     mean = jnp.mean(z, axis=(1, 2), keepdims=True)
     var = jnp.mean(jnp.square(z - mean), axis=(1, 2), keepdims=True)
     normalised = (z - mean) * jax.lax.rsqrt(var + epsilon) * scale + bias

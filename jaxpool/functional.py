@@ -27,12 +27,14 @@ import jax
 import jax.numpy as jnp
 
 from jaxpool import _window_ops, _windows
+from jaxpool._antialiased import binomial_filter as binomial_filter
 from jaxpool._antialiased import max_blur_pool as max_blur_pool
 from jaxpool._fractional import fractional_max_pool as fractional_max_pool
 from jaxpool._s3 import s3_pool as s3_pool  # re-exported: `x as x` marks a public name
 from jaxpool._stochastic import gumbel_softmax as gumbel_softmax
 from jaxpool._stochastic import stochastic_pool as stochastic_pool
 from jaxpool._stochastic import tdgs_pool as tdgs_pool
+from jaxpool._weighted import conv_same as conv_same
 from jaxpool._weighted import lip_logits as lip_logits
 from jaxpool._weighted import lip_pool as lip_pool
 from jaxpool._weighted import lp_pool as lp_pool

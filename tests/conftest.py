@@ -45,7 +45,7 @@ def run_on_cpu_devices(script: str, devices: int = 8, flags: str = "", timeout: 
 
 
 # Every registered pooler and how to build/call it in the generic tests.
-STOCHASTIC = ("stochastic", "s3", "tdgs")
+STOCHASTIC = tuple(name for name in jaxpool.available() if jaxpool.is_stochastic(name))
 CONVEX = ("max", "avg", "mixed", "gated", "stochastic", "tdgs")
 
 

@@ -19,6 +19,8 @@ LEARNABLE = {
     "gated": {"gate_kernel", "gate_bias"},
     "tree": {"leaf_kernels", "gate_kernel"},
     "tdgs": {"temperature"},
+    "lp": {"p"},
+    "lip": {"logit_kernel", "norm_scale", "norm_bias"},
 }
 # (kwargs, input (H, W)) geometry cases; s3 has its own fields.
 GEOMETRY_CASES = [
@@ -42,14 +44,40 @@ def _expected_hw(name, kwargs, hw):
     return tuple((n - k) // s + 1 for n, k, s in zip(hw, window, strides, strict=True))
 
 
+# Poolers with their own geometry: (kwargs, input (H, W), output (Ho, Wo)), worked out by hand.
+OWN_GEOMETRY = {
+    "blur": [  # dense max (H - k + 1), reflect/edge pad (size-1)//2 + size//2, blur stride 2
+        ({}, (6, 6), (3, 3)),
+        ({}, (7, 5), (3, 2)),
+        ({"filter_size": 3, "strides": 1, "pad_mode": "edge"}, (5, 4), (4, 3)),
+    ],
+    "fractional": [  # floor(N / ratio)
+        ({}, (6, 6), (4, 4)),
+        ({"ratio": 1.5}, (7, 5), (4, 3)),
+        ({"ratio": (1.2, 1.8), "overlapping": True}, (9, 7), (7, 3)),
+    ],
+    "lip": [  # the official window 3, stride 2, padding 1: (N + 2 - 3) // 2 + 1
+        ({}, (6, 6), (3, 3)),
+        ({}, (7, 5), (4, 3)),
+    ],
+}
+
+
 def _cases(name):
-    return S3_CASES if name == "s3" else GEOMETRY_CASES
+    """(kwargs, input (H, W), output (Ho, Wo)) for ``name``."""
+    if name in OWN_GEOMETRY:
+        cases = list(OWN_GEOMETRY[name])
+        if name == "lip":  # it also takes every windowed case, given the window fields
+            base = {"window_shape": 2, "strides": None, "padding": "VALID"}
+            cases += [({**base, **kw}, hw, _expected_hw(name, kw, hw)) for kw, hw in GEOMETRY_CASES]
+        return cases
+    geometry = S3_CASES if name == "s3" else GEOMETRY_CASES
+    return [(kw, hw, _expected_hw(name, kw, hw)) for kw, hw in geometry]
 
 
 def test_shapes_batched_and_unbatched(pooler_name):
-    for kwargs, hw in _cases(pooler_name):
+    for kwargs, hw, (ho, wo) in _cases(pooler_name):
         module = jaxpool.create(pooler_name, **kwargs)
-        ho, wo = _expected_hw(pooler_name, kwargs, hw)
         x = jax.random.normal(jax.random.key(0), (2, *hw, 3))
         for det in (True, False):
             variables, y = init_and_apply(module, x, deterministic=det)
@@ -92,8 +120,13 @@ def test_jit_equals_eager_and_no_retrace(pooler_name):
 def test_gradients_finite_and_reach_every_parameter(pooler_name):
     module = jaxpool.create(pooler_name)
     x = jax.random.normal(jax.random.key(0), (2, 6, 6, 3))
-    variables, _ = init_and_apply(module, x, deterministic=True)
-    cot = jax.random.normal(jax.random.key(3), (2, 3, 3, 3))
+    variables, y = init_and_apply(module, x, deterministic=True)
+    params = variables.get("params", {})
+    if pooler_name == "lip":
+        # LIP's official zero init makes every logit equal, so the norm's scale and bias get no
+        # gradient at the first step; a random kernel shows that every parameter is connected.
+        params = {**params, "logit_kernel": jax.random.normal(jax.random.key(5), (3, 3, 3, 3))}
+    cot = jax.random.normal(jax.random.key(3), y.shape)
     for det in (True, False):
 
         def loss(params, x, det=det):
@@ -102,7 +135,7 @@ def test_gradients_finite_and_reach_every_parameter(pooler_name):
             )
             return (y * cot).sum()
 
-        g_params, g_x = jax.grad(loss, argnums=(0, 1))(variables.get("params", {}), x)
+        g_params, g_x = jax.grad(loss, argnums=(0, 1))(params, x)
         assert np.isfinite(g_x).all() and np.abs(g_x).sum() > 0
         assert set(g_params) == LEARNABLE.get(pooler_name, set())
         for name, g in g_params.items():
@@ -120,7 +153,7 @@ def test_vmap_over_unbatched_inputs(pooler_name):
     sampled = jax.vmap(
         lambda v, k: module.apply(variables, v, deterministic=False, rngs={"pooling": k})
     )(x, keys)
-    chex.assert_shape(sampled, (3, 3, 3, 2))
+    chex.assert_shape(sampled, batched.shape)
 
 
 def test_fast_path_matches_general_path(pooler_name, monkeypatch):
@@ -219,7 +252,11 @@ def test_parameter_names_and_layouts():
     assert _param_shapes("tdgs", x) == {"temperature": (4, 3, 5)}
     assert _param_shapes("tdgs", x, per="channel") == {"temperature": (5,)}
     assert _param_shapes("tdgs", x, per="layer") == {"temperature": ()}
-    for name in ("max", "avg", "stochastic", "s3"):
+    assert _param_shapes("lp", x) == {"p": ()}
+    assert _param_shapes("lp", x, per="channel") == {"p": (5,)}
+    assert _param_shapes("lip", x) == {"logit_kernel": (3, 3, 5, 5), "norm_scale": (5,), "norm_bias": (5,)}
+    assert _param_shapes("lip", x, logit_kernel_size=(5, 1))["logit_kernel"] == (5, 1, 5, 5)
+    for name in ("max", "avg", "stochastic", "s3", "softpool", "blur", "fractional"):
         assert _param_shapes(name, x) == {}
 
 
@@ -232,6 +269,16 @@ def test_initial_values():
     assert (t >= 1.5).all() and (t <= 2.5).all() and t.std() > 0.1  # 2 + U(-0.5, 0.5)
     variables, _ = init_and_apply(jaxpool.create("mixed"), x, deterministic=True)
     np.testing.assert_array_equal(variables["params"]["alpha"], 0.0)  # s = 0.5
+    variables, _ = init_and_apply(jaxpool.create("lp", per="channel"), x, deterministic=True)
+    np.testing.assert_array_equal(variables["params"]["p"], 3.0)  # GeM's init
+    variables, y = init_and_apply(jaxpool.create("lip"), x, deterministic=True)
+    p = variables["params"]
+    np.testing.assert_array_equal(p["logit_kernel"], 0.0)  # the official init_layer
+    np.testing.assert_array_equal(p["norm_scale"], 1.0)
+    np.testing.assert_array_equal(p["norm_bias"], 0.0)
+    z = jax.random.normal(jax.random.key(2), (2, 7, 6, 3))  # LIP starts as average pooling:
+    _, y = init_and_apply(jaxpool.create("lip", padding="SAME"), z, deterministic=True)
+    np.testing.assert_allclose(y, jaxpool.avg_pool(z, 3, 2, "SAME"), rtol=1e-5, atol=1e-6)
 
 
 def test_layers_equal_their_functions():
@@ -300,6 +347,11 @@ def test_modules_reject_explicit_padding_pairs(name):
         ("avg", {"padding": "full"}, r"padding must be 'VALID' or 'SAME'; got 'full'"),
         ("s3", {"grid_size": 3}, r"grid_size must be a multiple of stride"),
         ("s3", {"test_mode": "mean"}, r"test_mode must be one of 'expectation', 'official'; got"),
+        ("lp", {"per": "position"}, r"per must be one of \('layer', 'channel'\); got 'position'"),
+        ("lip", {"padding": 2}, r"explicit padding must be between 0 and half the window \(1"),
+        ("blur", {"filter_size": 9}, r"filter_size must be an int from 1 to 7; got 9"),
+        ("fractional", {"ratio": 3}, r"ratio must be a number in \(1, 2\)"),
+        ("softpool", {"padding": "full"}, r"padding must be 'VALID' or 'SAME'; got 'full'"),
     ],
 )
 def test_bad_fields_raise_value_error(name, kwargs, match):
