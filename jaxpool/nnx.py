@@ -114,8 +114,16 @@ class Pooler(nnx.Module):
         needed = config.parameters(x4.shape[1:3], x4.shape[-1])
         for name, spec in needed.items():
             modules.check_shape(self, name, params[name].shape, spec.shape)
-        mode = self.deterministic if deterministic is None else deterministic
-        deterministic = config.merge_mode(mode)
+        if deterministic is None:
+            deterministic = self.deterministic
+        if not self.linen.stochastic:
+            deterministic = True
+        elif deterministic is None:
+            raise ValueError(
+                f"{type(self).__name__} is stochastic and needs to know the mode: call it with "
+                "deterministic=True (inference) or deterministic=False (training), call "
+                "model.eval() or model.train(), or set deterministic= when constructing it"
+            )
         key = None
         if not deterministic:
             key = self._key(rngs, config.rng_collection)

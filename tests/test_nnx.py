@@ -1,0 +1,173 @@
+"""The NNX layers: equal to the Linen layers, trainable under nnx.jit, split/merge, modes, errors."""
+
+from __future__ import annotations
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from conftest import STOCHASTIC
+from flax import nnx
+from sklearn.datasets import load_digits
+
+import jaxpool
+import jaxpool.nnx as pnnx
+
+HW, C = (6, 6), 3
+
+
+def _pair(name, **kwargs):
+    """(Linen layer, NNX layer) with the same hyperparameters; the NNX one initialised."""
+    linen = jaxpool.create(name, **kwargs)
+    layer = jaxpool.create(
+        name, api="nnx", in_features=C, input_size=HW, rngs=nnx.Rngs(0, pooling=1), **kwargs
+    )
+    return linen, layer
+
+
+def _params(layer):
+    return {name: getattr(layer, name)[...] for name in layer.param_names}
+
+
+def test_every_registered_pooler_has_an_nnx_layer_of_the_same_name(pooler_name):
+    linen_cls = jaxpool.registry.pooler_class(pooler_name)
+    cls = pnnx.twin(linen_cls)
+    assert cls.__name__ == linen_cls.__name__ and getattr(pnnx, cls.__name__) is cls
+
+
+def test_linen_and_nnx_give_the_same_outputs_and_gradients(pooler_name):
+    linen, layer = _pair(pooler_name)
+    x = jax.random.normal(jax.random.key(0), (2, *HW, C))
+    params = _params(layer)
+    if pooler_name == "lip":  # its zero init leaves some gradients at 0; a random kernel does not
+        params["logit_kernel"] = jax.random.normal(jax.random.key(5), params["logit_kernel"].shape)
+    for det in (True, False):
+        key = jax.random.key(7)
+
+        def linen_loss(p, x, det=det, key=key):
+            return (linen.apply({"params": p}, x, deterministic=det, rng=key) ** 2).sum()
+
+        def nnx_loss(layer, x, det=det, key=key):
+            return (layer(x, deterministic=det, rngs=key) ** 2).sum()
+
+        for name, value in params.items():
+            getattr(layer, name)[...] = value
+        expected = jax.value_and_grad(linen_loss, (0, 1))(params, x)
+        value, (g_layer, g_x) = nnx.value_and_grad(nnx_loss, argnums=(0, 1))(layer, x)
+        got = (value, ({name: g_layer[name][...] for name in layer.param_names}, g_x))
+        chex.assert_trees_all_close(got, expected, rtol=1e-6, atol=1e-6)
+
+
+def test_parameters_have_the_linen_names_shapes_and_initial_distributions(pooler_name):
+    linen, layer = _pair(pooler_name)
+    x = jnp.ones((1, *HW, C))
+    keys = {"params": jax.random.key(0), "pooling": jax.random.key(1)}
+    variables = linen.init(keys, x, deterministic=True)
+    shapes = jax.tree_util.tree_map(jnp.shape, variables.get("params", {}))
+    assert jax.tree_util.tree_map(jnp.shape, _params(layer)) == shapes
+    for name, value in _params(layer).items():
+        ref = np.asarray(variables["params"][name])
+        # same initializer: constant ones match exactly, random ones share their range
+        if np.all(ref == ref.flat[0]):
+            np.testing.assert_array_equal(value, ref)
+        else:
+            assert ref.min() - 0.5 <= np.min(value) and np.max(value) <= ref.max() + 0.5, name
+
+
+@pytest.mark.parametrize("name", STOCHASTIC)
+def test_deterministic_follows_eval_train_and_the_call(name):
+    layer = jaxpool.create(name, api="nnx", in_features=C, input_size=HW, rngs=nnx.Rngs(0))
+    x = jax.random.normal(jax.random.key(0), (2, *HW, C))
+    with pytest.raises(ValueError, match=rf"{type(layer).__name__} is stochastic .*model.eval\(\)"):
+        layer(x)
+    layer.eval()
+    expected = layer(x, deterministic=True)
+    np.testing.assert_array_equal(layer(x), expected)
+    layer.train()
+    assert not np.array_equal(layer(x), expected) or name == "fractional"
+    first, second = layer(x), layer(x)  # the layer's own stream advances
+    assert not np.array_equal(first, second)
+    np.testing.assert_array_equal(layer(x, deterministic=True), expected)  # the call wins
+    key = jax.random.key(3)
+    np.testing.assert_array_equal(layer(x, rngs=key), layer(x, rngs=key))
+    if not layer.param_names:  # without rngs anywhere, training has no noise to draw
+        quiet = jaxpool.create(name, api="nnx")
+        with pytest.raises(ValueError, match=r"needs noise: give rngs=nnx.Rngs\(pooling=seed\)"):
+            quiet(x, deterministic=False)
+
+
+def test_split_and_merge_round_trip():
+    layer = pnnx.TDGSPool(in_features=C, input_size=HW, rngs=nnx.Rngs(0))
+    x = jax.random.normal(jax.random.key(0), (2, *HW, C))
+    graphdef, state = nnx.split(layer)
+    merged = nnx.merge(graphdef, state)
+    np.testing.assert_array_equal(merged(x, deterministic=True), layer(x, deterministic=True))
+    assert merged.per == "position" and merged.temperature.shape == (3, 3, C)
+
+
+class _DigitsNet(nnx.Module):
+    def __init__(self, rngs: nnx.Rngs):
+        self.conv = nnx.Conv(1, 8, (3, 3), rngs=rngs)
+        self.pool = pnnx.TDGSPool(in_features=8, input_size=(8, 8), rngs=rngs)
+        self.head = nnx.Linear(4 * 4 * 8, 10, rngs=rngs)
+
+    def __call__(self, x):
+        x = self.pool(nnx.relu(self.conv(x)))
+        return self.head(x.reshape(x.shape[0], -1))
+
+
+def test_a_stochastic_pooler_trains_under_nnx_jit():
+    digits = load_digits()
+    x = jnp.asarray(digits.images[:256, :, :, None] / 16.0, jnp.float32)
+    y = jnp.asarray(digits.target[:256])
+    model = _DigitsNet(nnx.Rngs(0, pooling=1))
+    model.train()
+    optimizer = nnx.Optimizer(model, optax.adam(1e-2), wrt=nnx.Param)
+
+    @nnx.jit
+    def step(model, optimizer, x, y):
+        def loss_fn(model):
+            return optax.softmax_cross_entropy_with_integer_labels(model(x), y).mean()
+
+        loss, grads = nnx.value_and_grad(loss_fn)(model)
+        optimizer.update(model, grads)
+        return loss
+
+    losses = [float(step(model, optimizer, x, y)) for _ in range(30)]
+    assert losses[-1] < 0.5 * losses[0], losses
+    assert not np.allclose(model.pool.temperature[...], 1.0)  # the temperatures moved too
+
+
+@pytest.mark.parametrize(
+    ("name", "kwargs", "match"),
+    [
+        ("mixed", {"temperature": 1.0}, r"pooler 'mixed' has no argument\(s\) temperature; allowed"),
+        ("tdgs", {"in_features": C, "rngs": nnx.Rngs(0)}, r"input_size=\(H, W\)"),
+        ("gated", {"input_size": HW, "rngs": nnx.Rngs(0)}, r"GatedPool.gate_kernel has a shape that depends on the channel count"),
+        ("lp", {"in_features": C}, r"give rngs=nnx.Rngs\(seed\)"),
+        ("mixed", {"per": "region", "rngs": nnx.Rngs(0)}, r"per must be one of \('channel', 'layer'\)"),
+        ("max", {"in_features": 0}, r"in_features must be a positive int; got 0"),
+    ],
+)
+def test_construction_errors_name_the_fix(name, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        jaxpool.create(name, api="nnx", **kwargs)
+
+
+def test_the_classes_check_their_arguments_too():
+    with pytest.raises(ValueError, match=r"MixedPool has no argument\(s\) tau; allowed: in_features"):
+        pnnx.MixedPool(tau=1.0)
+
+
+def test_call_errors_are_those_of_linen():
+    layer = pnnx.TDGSPool(in_features=2, input_size=(8, 8), rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match=r"initialised for inputs with 2 channels and this input has 3"):
+        layer(jnp.ones((1, 8, 8, 3)), deterministic=True)
+    with pytest.raises(ValueError, match=r"has shape \(4, 4, 2\) but this input needs \(3, 3, 2\)"):
+        layer(jnp.ones((1, 6, 6, 2)), deterministic=True)
+    with pytest.raises(ValueError, match=r"rank 4 \(N, H, W, C\) or rank 3"):
+        layer(jnp.ones((8, 8)), deterministic=True)
+    with pytest.raises(ValueError, match=r"api must be one of \('linen', 'nnx'\); got 'torch'"):
+        jaxpool.create("max", api="torch")
