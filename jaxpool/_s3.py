@@ -82,6 +82,7 @@ def s3_pool(
     deterministic: bool = False,
     per_example: bool = False,
     test_mode: str = "expectation",
+    implementation: str = "auto",
 ) -> jax.Array:
     r"""S3Pool: pooling with stochastic spatial sampling (Zhai et al., CVPR 2017).
 
@@ -114,6 +115,8 @@ def s3_pool(
       deterministic: the deterministic output (see ``test_mode``) instead of a sample.
       per_example: draw a separate row/column set for each example.
       test_mode: ``'expectation'`` or ``'official'``: what ``deterministic=True`` computes.
+      implementation: ``'auto'``, ``'reference'`` or ``'fast'``; all three run the reference
+        (there is no fast path; the rows and columns are drawn with ``jax.random``).
 
     Returns:
       ``(N, H // s, W // s, C)``, the dtype of ``x``.
@@ -122,6 +125,7 @@ def s3_pool(
       Zhai, Wu, Kumar, Cheng, Lu, Zhang. S3Pool: Pooling with Stochastic Spatial Sampling.
       CVPR 2017 (arXiv:1611.05138).
     """
+    _windows.check_implementation(implementation)
     strides = _windows.normalize_pair(stride, "stride")
     grid = _windows.normalize_pair(grid_size, "grid_size")
     if grid[0] % strides[0] or grid[1] % strides[1]:
@@ -140,8 +144,8 @@ def s3_pool(
         raise ValueError(
             f"s3_pool needs H >= stride and W >= stride; got input {x.shape}, stride={stride!r}"
         )
-    elems, _, _ = _windows.windows(x4, strides, 1, "VALID")
-    max_map = _window_ops.window_max(elems, None)  # (N, H-s+1, W-s+1, C)
+    elements, _, _ = _windows.windows(x4, strides, 1, "VALID")
+    max_map = _window_ops.window_max(elements, None)  # (N, H-s+1, W-s+1, C)
     out_h, out_w = h // strides[0], w // strides[1]
     if deterministic and test_mode == "expectation":
         rows = jnp.asarray(expectation_weights(h, strides[0], grid[0]), jnp.float32)
@@ -153,8 +157,8 @@ def s3_pool(
         return _windows.finish(y, x.dtype, unbatched)
     if deterministic:
         pads = ((strides[0] // 2,) * 2, (strides[1] // 2,) * 2)
-        m_elems, masks, spec = _windows.windows(max_map, strides, strides, "VALID", pads=pads)
-        y = _window_ops.window_mean(m_elems, spec, masks)[:, :out_h, :out_w]
+        map_elements, masks, spec = _windows.windows(max_map, strides, strides, "VALID", pads=pads)
+        y = _window_ops.window_mean(map_elements, spec, masks)[:, :out_h, :out_w]
         return _windows.finish(y, x.dtype, unbatched)
 
     def sample(k, m):

@@ -1,7 +1,8 @@
 r"""Stochastic pooling, the Gumbel-softmax and TDGS pooling: the implementations behind
 :func:`jaxpool.functional.stochastic_pool`, :func:`~jaxpool.functional.gumbel_softmax` and
 :func:`~jaxpool.functional.tdgs_pool` (import them from there; the conventions are in that module's
-docstring).  TDGS's window math and hand-written gradients are in :mod:`jaxpool._tdgs`.
+docstring).  Each function's body is its reference implementation; the fast paths are in
+:mod:`jaxpool._fast_rng` (noise) and :mod:`jaxpool._fast_tdgs`.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxpool import _rng, _tdgs, _window_ops, _windows
+from jaxpool import _fast_rng, _fast_tdgs, _window_ops, _windows
 from jaxpool._windows import Window
 
 _F32 = jnp.float32
@@ -25,6 +26,7 @@ def stochastic_pool(
     key: jax.Array | None = None,
     deterministic: bool = False,
     mode: str = "l1",
+    implementation: str = "auto",
 ) -> jax.Array:
     r"""Stochastic pooling (Zeiler & Fergus, ICLR 2013).
 
@@ -47,6 +49,10 @@ def stochastic_pool(
       key: PRNG key; required unless ``deterministic``.  Draws are independent per window.
       deterministic: output the expectation instead of a sample.
       mode: ``'l1'`` or ``'softmax'``.
+      implementation: ``'auto'``, ``'reference'`` or ``'fast'`` (see :mod:`jaxpool.functional`).
+        The reference draws its uniforms with ``jax.random.uniform``; the fast path with
+        :func:`jaxpool._fast_rng.uniform`, the same distribution but other numbers, so the two
+        draw different samples from one key.  ``'auto'``: the fast path on CPU, the reference elsewhere (measurements: :mod:`jaxpool._fast_rng`).
 
     Returns:
       ``(N, Ho, Wo, C)``, the dtype of ``x``.
@@ -62,8 +68,8 @@ def stochastic_pool(
     x4, unbatched = _windows.check_input(x)
     spec = _windows.window_spec(x4.shape[1:3], window_shape, strides, padding)
     masks = _windows.valid_masks(spec)
-    # The sample's gradient is a custom VJP anyway; the expectation keeps forward mode.
-    values = _window_ops.f32(_windows.window_elements(x4, spec, stack_gradient=not deterministic))
+    fast = _windows.use_fast(implementation, _fast_rng.STOCHASTIC_WINS) and not deterministic
+    values = _window_ops.f32(_windows.window_elements(x4, spec))
     if mode == "softmax":
         probs = _window_ops.window_softmax(_window_ops.masked(values, masks, -jnp.inf))
         weights = probs
@@ -77,19 +83,19 @@ def stochastic_pool(
             else _window_ops.masked([jnp.ones(v.shape[1:], _F32) for v in values], masks, 0.0)
         )
         n_valid = _window_ops.window_sum(valid)
-        # Proportional to the probabilities (sampling needs no more: _rng.sample_index scales its
-        # uniform by their sum); an all-zero window is uniform over its valid elements.
+        # Proportional to the probabilities, which is all sampling needs; an all-zero window is
+        # uniform over its valid elements.
         weights = [jnp.where(has_mass, a, u) for a, u in zip(mass, valid, strict=True)]
         # The denominator is never 0 (every window has a valid element), so no branch divides
         # by zero and the gradient stays finite.
         denominator = jnp.where(has_mass, total, n_valid)
         probs = [w / denominator for w in weights]
     if deterministic:
-        y = _window_ops.window_dot(probs, values)
-    else:
-        index = _rng.sample_index(key, [jax.lax.stop_gradient(w) for w in weights])
-        y = _window_ops.select(index, values)
-    return _windows.finish(y, x.dtype, unbatched)
+        return _windows.finish(_window_ops.window_dot(probs, values), x.dtype, unbatched)
+    shape = values[0].shape
+    uniforms = _fast_rng.uniform(key, shape) if fast else jax.random.uniform(key, shape, _F32)
+    index = _window_ops.sample_index(uniforms, [jax.lax.stop_gradient(w) for w in weights])
+    return _windows.finish(_window_ops.select(index, values), x.dtype, unbatched)
 
 
 def _check_tau(tau) -> None:
@@ -108,7 +114,13 @@ def _check_tau(tau) -> None:
 
 
 def gumbel_softmax(
-    key: jax.Array, logits: jax.Array, tau: float = 1.0, hard: bool = False, axis: int = -1
+    key: jax.Array,
+    logits: jax.Array,
+    tau: float = 1.0,
+    hard: bool = False,
+    axis: int = -1,
+    *,
+    implementation: str = "auto",
 ) -> jax.Array:
     r"""Gumbel-softmax sample (Jang, Gu & Poole; Maddison, Mnih & Teh, ICLR 2017).
 
@@ -126,6 +138,10 @@ def gumbel_softmax(
       tau: temperature, > 0.
       hard: return a straight-through one-hot sample.
       axis: the category axis.
+      implementation: ``'auto'``, ``'reference'`` or ``'fast'`` (see :mod:`jaxpool.functional`).
+        The reference draws ``g`` with ``jax.random.gumbel``; the fast path with
+        :func:`jaxpool._fast_rng.gumbel`, the same distribution but other numbers, so the two
+        draw different samples from one key.  ``'auto'``: the fast path on CPU, the reference elsewhere (measurements: :mod:`jaxpool._fast_rng`).
 
     Returns:
       An array shaped like ``logits`` that sums to 1 along ``axis``.
@@ -138,7 +154,10 @@ def gumbel_softmax(
         raise ValueError(
             f"logits must have a floating dtype (float32, bfloat16, float16, ...); got {logits.dtype}"
         )
-    gumbels = _rng.gumbel(key, logits.shape)
+    if _windows.use_fast(implementation, _fast_rng.GUMBEL_WINS):
+        gumbels = _fast_rng.gumbel(key, logits.shape)
+    else:
+        gumbels = jax.random.gumbel(key, logits.shape, _F32)
     y_soft = jax.nn.softmax((logits.astype(_F32) + gumbels) / tau, axis=axis)
     if hard:
         index = jnp.argmax(y_soft, axis=axis)
@@ -170,6 +189,7 @@ def tdgs_pool(
     deterministic: bool = False,
     tau: float = 1.0,
     eps: float = 0.1,
+    implementation: str = "auto",
 ) -> jax.Array:
     r"""Temperature-driven Gumbel-softmax pooling (TDGS, jaxpool).
 
@@ -193,6 +213,11 @@ def tdgs_pool(
       deterministic: output the expectation instead of a sample.
       tau: Gumbel-softmax temperature of the soft sample, > 0.
       eps: floor of the effective temperature, > 0.
+      implementation: ``'auto'``, ``'reference'`` or ``'fast'`` (see :mod:`jaxpool.functional`).
+        The reference draws one Gumbel per window element with ``jax.random.gumbel``; the fast
+        path (:mod:`jaxpool._fast_tdgs`) with :func:`jaxpool._fast_rng.gumbel`, the same
+        distribution but other numbers, so the two draw different samples from one key.
+        ``'auto'``: the fast path on CPU, the reference elsewhere (measurements: :mod:`jaxpool._fast_tdgs`).
 
     Returns:
       ``(N, Ho, Wo, C)``, the dtype of ``x``.
@@ -210,24 +235,25 @@ def tdgs_pool(
     x4, unbatched = _windows.check_input(x)
     spec = _windows.window_spec(x4.shape[1:3], window_shape, strides, padding)
     n, c = x4.shape[0], x4.shape[-1]
-    # Reciprocals of the (small) temperature and of tau: one multiply per element below.
-    inv_t = 1.0 / (jax.nn.relu(_temperature_for(temperature, spec, c)) + eps)
-    inv_t = _window_ops.broadcast_param(inv_t, (n, *spec.out_size, c))
-    inv_tau = 1.0 / jnp.asarray(tau, _F32)
-    k = spec.window[0] * spec.window[1]
-    # One Gumbel per window element, (K, N, Ho, Wo, C), negated (unused when deterministic).
-    noise = (
-        jnp.zeros((), _F32) if deterministic else _rng.neg_gumbel(key, (k, n, *spec.out_size, c))
-    )
-    if not deterministic and (x6 := _windows.window_view(x4, spec)) is not None:
-        return _windows.finish(_tdgs.view_sample(x6, inv_t, inv_tau, noise), x.dtype, unbatched)
-    values = _window_ops.f32(_windows.window_elements(x4, spec, stack_gradient=True))
+    temperature = _temperature_for(temperature, spec, c)
+    if _windows.use_fast(implementation, _fast_tdgs.TDGS_WINS):
+        y = _fast_tdgs.tdgs_pool(x4, temperature, spec, key, deterministic, tau, eps)
+        return _windows.finish(y, x.dtype, unbatched)
+    values = _window_ops.f32(_windows.window_elements(x4, spec))
     masks = _windows.valid_masks(spec)
-    # Padding enters the logits as an offset of -inf (0 elsewhere): never drawn, weight 0.
-    # float32 whatever jax_enable_x64 says: the hand-written gradient keeps its inputs' dtypes.
-    offsets = tuple(
-        jnp.zeros((), _F32) if m is None else jnp.where(m, np.float32(0), np.float32(-np.inf))
-        for m in (masks or [None] * len(values))
-    )
-    y = _tdgs.window_sample(tuple(values), inv_t, inv_tau, offsets, noise, not deterministic)
-    return _windows.finish(y, x.dtype, unbatched)
+    t = jax.nn.relu(temperature) + eps
+    logits = [v / t for v in values]
+    if deterministic:
+        weights = _window_ops.window_softmax(_window_ops.masked(logits, masks, -jnp.inf))
+        return _windows.finish(_window_ops.window_dot(weights, values), x.dtype, unbatched)
+    gumbels = jax.random.gumbel(key, (len(values), n, *spec.out_size, c), _F32)
+    scores = [(z + g) / tau for z, g in zip(logits, gumbels, strict=True)]
+    scores = _window_ops.masked(scores, masks, -jnp.inf)
+    soft = _window_ops.window_softmax(scores)
+    index = _window_ops.first_argmax(scores)
+    # hard + (soft - stop_gradient(soft)): exactly the one-hot in value (x - x is 0 exactly), the
+    # soft sample's derivative; so y is exactly the drawn element.
+    z = [
+        jnp.where(index == k, 1.0, 0.0) + (w - jax.lax.stop_gradient(w)) for k, w in enumerate(soft)
+    ]
+    return _windows.finish(_window_ops.window_dot(z, values), x.dtype, unbatched)

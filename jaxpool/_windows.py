@@ -13,7 +13,6 @@ Two ways to build the list, equal in value and gradient (the tests check both):
 
 from __future__ import annotations
 
-import functools
 import math
 from collections.abc import Sequence
 from typing import NamedTuple
@@ -209,40 +208,23 @@ def window_view(x: jax.Array, spec: WindowSpec) -> jax.Array | None:
     return jax.lax.reshape(x, shape, out_sharding=out)
 
 
-def view_elements(x6: jax.Array, *, stack_gradient: bool = False) -> list[jax.Array]:
+def view_elements(x6: jax.Array) -> list[jax.Array]:
     """The K ``(N, Ho, Wo, C)`` elements of a :func:`window_view`-shaped array, row-major.
 
-    ``stack_gradient``: their gradient is the K cotangents stacked back into the view (one
-    concatenation, a custom VJP) instead of autodiff's K zero-padded copies summed, which
-    XLA:CPU emits with a branch per element (stochastic and TDGS pooling: 1.1-1.6x faster
-    forward+backward at (256, 32, 32, 16)).  A custom VJP has no forward mode (``jax.jvp``), so
-    the poolers whose gradient is plain autodiff (avg, tree) keep the default.
+    Cut with ``jnp.split``, whose gradient is one concatenation of the K cotangents back into the
+    view (a slice's gradient would be K zero-padded copies summed).
     """
     _, _, kh, _, kw, _ = x6.shape
-    if stack_gradient:
-        return list(_view_slices(kh, kw, x6))
-    return [x6[:, :, i, :, j, :] for i in range(kh) for j in range(kw)]
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
-def _view_slices(kh: int, kw: int, x6: jax.Array) -> tuple[jax.Array, ...]:
-    return tuple(x6[:, :, i, :, j, :] for i in range(kh) for j in range(kw))
-
-
-def _view_slices_fwd(kh, kw, x6):
-    return _view_slices(kh, kw, x6), None
-
-
-def _view_slices_bwd(kh, kw, _, cotangents):
-    rows = [jnp.stack(cotangents[i * kw : (i + 1) * kw], axis=3) for i in range(kh)]
-    return (jnp.stack(rows, axis=2),)
-
-
-_view_slices.defvjp(_view_slices_fwd, _view_slices_bwd)
+    rows = jnp.split(x6, kh, axis=2) if kh > 1 else [x6]
+    return [
+        element[:, :, 0, :, 0, :]
+        for row in rows
+        for element in (jnp.split(row, kw, axis=4) if kw > 1 else [row])
+    ]
 
 
 def window_elements(
-    x: jax.Array, spec: WindowSpec, *, force_general: bool = False, stack_gradient: bool = False
+    x: jax.Array, spec: WindowSpec, *, force_general: bool = False
 ) -> list[jax.Array]:
     """The K elements of every window: a list of ``(N, Ho, Wo, C)`` arrays, row-major ``(kh, kw)``.
 
@@ -252,15 +234,14 @@ def window_elements(
     Args:
       x: batched NHWC input.
       spec: the geometry from :func:`window_spec`.
-      force_general: use the strided-slice path even where the reshape path applies (tests).
-      stack_gradient: see :func:`view_elements` (reshape path only).
+      force_general: use the strided slices even where the reshape view applies (tests).
     """
     n, _, _, c = x.shape
     (kh, kw), (sh, sw) = spec.window, spec.strides
     ho, wo = spec.out_size
     x6 = None if force_general else window_view(x, spec)
     if x6 is not None:
-        return view_elements(x6, stack_gradient=stack_gradient)
+        return view_elements(x6)
     (pt, pb), (pl, pr) = spec.pads
     if pt or pb or pl or pr:
         x = jnp.pad(x, ((0, 0), (pt, pb), (pl, pr), (0, 0)))
@@ -298,3 +279,25 @@ def require_key(key: jax.Array | None, fn: str) -> jax.Array:
             "key=jax.random.key(seed), or deterministic=True for the deterministic output"
         )
     return key
+
+
+IMPLEMENTATIONS = ("auto", "reference", "fast")
+
+
+def check_implementation(implementation: str) -> str:
+    """``implementation`` if it is one of :data:`IMPLEMENTATIONS`, else a ``ValueError``."""
+    if not isinstance(implementation, str) or implementation not in IMPLEMENTATIONS:
+        raise ValueError(
+            f"implementation must be one of {', '.join(map(repr, IMPLEMENTATIONS))}; "
+            f"got {implementation!r}"
+        )
+    return implementation
+
+
+def use_fast(implementation: str, measured_faster_on_cpu: bool) -> bool:
+    """Whether a pooler takes its fast path: always for ``'fast'``, never for ``'reference'``;
+    for ``'auto'`` only on the CPU backend and only where ``measured_faster_on_cpu`` (the fast
+    paths were measured on XLA:CPU alone, so GPU and TPU run the reference)."""
+    if check_implementation(implementation) == "auto":
+        return measured_faster_on_cpu and jax.default_backend() == "cpu"
+    return implementation == "fast"

@@ -8,17 +8,28 @@ stride 1).  ``padding`` is ``'VALID'`` (a window larger than the input is an err
 average or expectation, and never sampled.  Inside each window ``R`` the ``K = kh * kw`` elements
 are flattened in row-major ``(kh, kw)`` order; learnable window-shaped kernels use the same order.
 
-Stochastic functions take an explicit ``key`` and raise without one unless ``deterministic=True``.
-Their per-element noise (uniforms, Gumbels) comes from the Threefry-2x32-20 generator of
-``jax.random`` seeded by ``key`` and written in jnp ops (:func:`jaxpool._rng.uniform`): the
-distributions of ``jax.random.uniform`` and ``jax.random.gumbel``, other bits.  As with
-``jax.random``, a ``vmap`` over keys equals a loop over them, and the samples do not depend on how
-the batch is sharded.
+Each function's body is its reference implementation: plain ``jnp``/``lax``, noise from
+``jax.random``, derivatives by JAX's autodiff (so ``jax.jvp``, ``jax.jacfwd``, ``jax.hessian`` and
+``grad`` of ``grad`` work).  Some have a fast path for one backend, in the private ``_fast_*``
+modules, chosen by the keyword-only ``implementation``:
 
-The stochastic poolers are written in :mod:`jaxpool._stochastic` and :mod:`jaxpool._s3`, the poolers
-that came after the study's papers in :mod:`jaxpool._weighted` (SoftPool, LP/GeM, LIP),
-:mod:`jaxpool._antialiased` (MaxBlurPool) and :mod:`jaxpool._fractional` (fractional max pooling);
-all are exported from here.
+- ``'reference'``: the reference;
+- ``'fast'``: the fast path where one exists for these arguments, else the reference;
+- ``'auto'`` (default): the fast path only on a backend and window geometry where it was measured
+  faster (each function says where: the tables are in the fast modules' docstrings); on GPU and
+  TPU, where nothing was measured, the reference.
+
+A fast path computes the same values and gradients up to float rounding and has forward mode too,
+but a stochastic fast path draws its noise from its own generator (:mod:`jaxpool._fast_rng`):
+the same distributions as ``jax.random``, other random numbers.  So a key gives different samples
+under ``'reference'`` and ``'fast'``.
+
+Stochastic functions take an explicit ``key`` and raise without one unless ``deterministic=True``.
+As with ``jax.random``, a ``vmap`` over keys equals a loop over them, and the samples do not depend
+on how the batch is sharded.  The stochastic poolers are written in :mod:`jaxpool._stochastic` and
+:mod:`jaxpool._s3`; the poolers that came after the study's papers, reference implementations
+only, in :mod:`jaxpool._weighted` (SoftPool, LP/GeM, LIP), :mod:`jaxpool._antialiased` (MaxBlurPool)
+and :mod:`jaxpool._fractional` (fractional max pooling); all are exported from here.
 """
 
 from __future__ import annotations
@@ -26,7 +37,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from jaxpool import _window_ops, _windows
+from jaxpool import _fast_windows, _window_ops, _windows
 from jaxpool._antialiased import binomial_filter as binomial_filter
 from jaxpool._antialiased import max_blur_pool as max_blur_pool
 from jaxpool._fractional import fractional_max_pool as fractional_max_pool
@@ -46,54 +57,94 @@ _F32 = jnp.float32
 
 # ----------------------------------------------------------------------------- baselines
 def max_pool(
-    x: jax.Array, window_shape: Window = 2, strides: Window | None = None, padding: str = "VALID"
+    x: jax.Array,
+    window_shape: Window = 2,
+    strides: Window | None = None,
+    padding: str = "VALID",
+    *,
+    implementation: str = "auto",
 ) -> jax.Array:
-    r"""Max pooling: :math:`y = \max_{i \in R} x_i` over each window ``R``.
+    r"""Max pooling over each window ``R``.
 
-    Equal to ``flax.linen.max_pool(x, window_shape, strides, padding)`` with the same strides.
+    .. math::
+      y = \max_{i \in R} x_i
+
+    Equal to ``flax.linen.max_pool(x, window_shape, strides, padding)`` with the same strides,
+    derivative included: it goes to the first maximal element (row-major) of a window, not split
+    between ties.
 
     Args:
       x: ``(N, H, W, C)`` or ``(H, W, C)``.
       window_shape: int or ``(kh, kw)``.
       strides: int, ``(sh, sw)``, or None for strides equal to the window.
       padding: ``'VALID'`` or ``'SAME'``.
+      implementation: ``'auto'``, ``'reference'`` or ``'fast'`` (module docstring).  The fast
+        path applies to non-overlapping VALID windows; ``'auto'`` takes it on CPU
+        (measurements: :mod:`jaxpool._fast_windows`).
 
     Returns:
       ``(N, Ho, Wo, C)`` (or ``(Ho, Wo, C)``), the dtype of ``x``.
     """
     x4, unbatched = _windows.check_input(x)
     spec = _windows.window_spec(x4.shape[1:3], window_shape, strides, padding)
-    x6 = _windows.window_view(x4, spec)
-    if x6 is not None:
-        return _windows.finish(
-            _window_ops.view_max(x6.shape[2], x6.shape[4], x6), x.dtype, unbatched
-        )
-    elems = _windows.window_elements(x4, spec)
-    return _windows.finish(
-        _window_ops.window_max(elems, _windows.valid_masks(spec)), x.dtype, unbatched
-    )
+    if (
+        _windows.use_fast(implementation, _fast_windows.MAX_WINS)
+        and (x6 := _windows.window_view(x4, spec)) is not None
+    ):
+        return _windows.finish(_fast_windows.view_max(x6), x.dtype, unbatched)
+    elements = _windows.window_elements(x4, spec)
+    y = _window_ops.window_max(elements, _windows.valid_masks(spec))
+    return _windows.finish(y, x.dtype, unbatched)
 
 
 def avg_pool(
-    x: jax.Array, window_shape: Window = 2, strides: Window | None = None, padding: str = "VALID"
+    x: jax.Array,
+    window_shape: Window = 2,
+    strides: Window | None = None,
+    padding: str = "VALID",
+    *,
+    implementation: str = "auto",
 ) -> jax.Array:
-    r"""Average pooling over the real (non-padding) elements: :math:`y = \frac{1}{|R|}\sum_{i\in R} x_i`.
+    r"""Average pooling over the real (non-padding) elements of each window ``R``.
+
+    .. math::
+      y = \frac{1}{|R|} \sum_{i \in R} x_i
 
     Equal to ``flax.linen.avg_pool(x, window_shape, strides, padding, count_include_pad=False)``.
-    Shapes as :func:`max_pool`; the sum runs in float32.
+    The sum runs in float32.
+
+    Args:
+      x, window_shape, strides, padding: as :func:`max_pool`.
+      implementation: ``'auto'``, ``'reference'`` or ``'fast'``; all three run the reference
+        (there is no fast path).
+
+    Returns:
+      ``(N, Ho, Wo, C)`` (or ``(Ho, Wo, C)``), the dtype of ``x``.
     """
+    _windows.check_implementation(implementation)
     x4, unbatched = _windows.check_input(x)
-    elems, masks, spec = _windows.windows(x4, window_shape, strides, padding)
-    return _windows.finish(_window_ops.window_mean(elems, spec, masks), x.dtype, unbatched)
+    elements, masks, spec = _windows.windows(x4, window_shape, strides, padding)
+    return _windows.finish(_window_ops.window_mean(elements, spec, masks), x.dtype, unbatched)
 
 
 # ----------------------------------------------------------------------------- Lee et al.
+def _max_mean_mix(
+    gate: jax.Array, elements: _window_ops.WindowElements, spec: _windows.WindowSpec
+) -> jax.Array:
+    """``gate * max(R) + (1 - gate) * mean(R)`` per window, float32."""
+    masks = _windows.valid_masks(spec)
+    window_max = _window_ops.window_max(elements, masks).astype(_F32)
+    return gate * window_max + (1 - gate) * _window_ops.window_mean(elements, spec, masks)
+
+
 def mixed_pool(
     x: jax.Array,
     alpha: jax.Array,
     window_shape: Window = 2,
     strides: Window | None = None,
     padding: str = "VALID",
+    *,
+    implementation: str = "auto",
 ) -> jax.Array:
     r"""Mixed max-average pooling (Lee, Gallagher & Tu, AISTATS 2016).
 
@@ -101,10 +152,15 @@ def mixed_pool(
       y = s \max_{i \in R} x_i + (1 - s) \frac{1}{|R|} \sum_{i \in R} x_i,
       \qquad s = \sigma(\alpha)
 
+    The max's derivative goes to the first maximal element, as in :func:`max_pool`.
+
     Args:
       x: ``(N, H, W, C)`` or ``(H, W, C)``.
       alpha: mixing logit, shape ``(C,)`` (one per channel) or ``()`` (one per layer).
       window_shape, strides, padding: as :func:`max_pool`.
+      implementation: ``'auto'``, ``'reference'`` or ``'fast'`` (module docstring).  The fast
+        path applies to non-overlapping VALID windows; ``'auto'`` takes it on CPU
+        (measurements: :mod:`jaxpool._fast_windows`).
 
     Returns:
       ``(N, Ho, Wo, C)``, the dtype of ``x``.
@@ -122,15 +178,15 @@ def mixed_pool(
             f"got {alpha.shape}"
         )
     spec = _windows.window_spec(x4.shape[1:3], window_shape, strides, padding)
-    x6 = _windows.window_view(x4.astype(_F32), spec)
-    if x6 is not None:
-        z = _window_ops.broadcast_param(alpha.astype(_F32), (x6.shape[0], *spec.out_size, channels))
-        return _windows.finish(_window_ops.view_gate_mix(*spec.window, x6, z), x.dtype, unbatched)
-    elems, masks = _windows.window_elements(x4, spec), _windows.valid_masks(spec)
-    s = _window_ops.broadcast_param(jax.nn.sigmoid(alpha.astype(_F32)), elems[0].shape)
-    y = s * _window_ops.window_max(elems, masks).astype(_F32) + (1 - s) * _window_ops.window_mean(
-        elems, spec, masks
-    )
+    out_shape = (x4.shape[0], *spec.out_size, channels)
+    if (
+        _windows.use_fast(implementation, _fast_windows.MIXED_WINS)
+        and (x6 := _windows.window_view(x4.astype(_F32), spec)) is not None
+    ):
+        logit = _fast_windows.broadcast_param(alpha.astype(_F32), out_shape)
+        return _windows.finish(_fast_windows.view_gate_mix(x6, logit), x.dtype, unbatched)
+    s = jnp.broadcast_to(jax.nn.sigmoid(alpha.astype(_F32)), out_shape)
+    y = _max_mean_mix(s, _windows.window_elements(x4, spec), spec)
     return _windows.finish(y, x.dtype, unbatched)
 
 
@@ -152,12 +208,16 @@ def gated_pool(
     window_shape: Window = 2,
     strides: Window | None = None,
     padding: str = "VALID",
+    *,
+    implementation: str = "auto",
 ) -> jax.Array:
     r"""Gated max-average pooling (Lee, Gallagher & Tu, AISTATS 2016).
 
     .. math::
       y = g \max_{i \in R} x_i + (1 - g) \frac{1}{|R|} \sum_{i \in R} x_i,
       \qquad g = \sigma(w^\top R + b)
+
+    The max's derivative goes to the first maximal element, as in :func:`max_pool`.
 
     Args:
       x: ``(N, H, W, C)`` or ``(H, W, C)``.
@@ -166,26 +226,36 @@ def gated_pool(
         output position and channel.
       gate_bias: ``b``, shape ``()``, ``(C,)`` or ``(Ho, Wo, C)`` to match, or None for no bias.
       window_shape, strides, padding: as :func:`max_pool`.
+      implementation: ``'auto'``, ``'reference'`` or ``'fast'`` (module docstring).  The fast
+        path applies to non-overlapping VALID windows; ``'auto'`` takes it on CPU
+        (measurements: :mod:`jaxpool._fast_windows`).
 
     Returns:
       ``(N, Ho, Wo, C)``, the dtype of ``x``.
+
+    References:
+      Lee, Gallagher, Tu. AISTATS 2016 (arXiv:1509.08985), as :func:`mixed_pool`.
     """
     x4, unbatched = _windows.check_input(x)
     channels = x4.shape[-1]
     spec = _windows.window_spec(x4.shape[1:3], window_shape, strides, padding)
-    masks = _windows.valid_masks(spec)
-    x6, values = _window_ops.f32_windows(x4, spec)
-    shape = values[0].shape
-    z = _window_ops.kernel_dot(gate_kernel, spec, x6, values, "gate_kernel")
+    weights = _window_ops.kernel_weights(gate_kernel, spec, channels, "gate_kernel")
+    bias = None
     if gate_bias is not None:
         bias = _bias_for(gate_bias, jnp.ndim(gate_kernel), spec, channels)
-        z = z + _window_ops.broadcast_param(bias, shape)
-    if x6 is not None:
-        return _windows.finish(_window_ops.view_gate_mix(*spec.window, x6, z), x.dtype, unbatched)
-    g = jax.nn.sigmoid(z)
-    y = g * _window_ops.window_max(values, masks) + (1 - g) * _window_ops.window_mean(
-        values, spec, masks
-    )
+    if (
+        _windows.use_fast(implementation, _fast_windows.GATED_WINS)
+        and (x6 := _windows.window_view(x4.astype(_F32), spec)) is not None
+    ):
+        logit = _fast_windows.kernel_dot(gate_kernel, spec, x6)
+        if bias is not None:
+            logit = logit + _fast_windows.broadcast_param(bias, logit.shape)
+        return _windows.finish(_fast_windows.view_gate_mix(x6, logit), x.dtype, unbatched)
+    elements = _window_ops.f32(_windows.window_elements(x4, spec))
+    logit = _window_ops.window_dot(weights, elements)
+    if bias is not None:
+        logit = logit + bias
+    y = _max_mean_mix(jax.nn.sigmoid(logit), elements, spec)
     return _windows.finish(y, x.dtype, unbatched)
 
 
@@ -196,6 +266,8 @@ def tree_pool(
     window_shape: Window = 2,
     strides: Window | None = None,
     padding: str = "VALID",
+    *,
+    implementation: str = "auto",
 ) -> jax.Array:
     r"""Two-level tree pooling (Lee, Gallagher & Tu, AISTATS 2016).
 
@@ -212,22 +284,40 @@ def tree_pool(
       gate_kernel: ``w``, same sharing as the leaves: ``(kh, kw)``, ``(kh, kw, C)`` or
         ``(Ho, Wo, kh, kw, C)``.
       window_shape, strides, padding: as :func:`max_pool`.
+      implementation: ``'auto'``, ``'reference'`` or ``'fast'`` (module docstring).  The fast
+        path applies to non-overlapping VALID windows; ``'auto'`` takes it on CPU for inputs of
+        at least ``2**22`` elements (measurements: :mod:`jaxpool._fast_windows`).
 
     Returns:
       ``(N, Ho, Wo, C)``, the dtype of ``x``.
+
+    References:
+      Lee, Gallagher, Tu. AISTATS 2016 (arXiv:1509.08985), as :func:`mixed_pool`.
     """
     x4, unbatched = _windows.check_input(x)
+    channels = x4.shape[-1]
     spec = _windows.window_spec(x4.shape[1:3], window_shape, strides, padding)
-    x6, values = _window_ops.f32_windows(x4, spec)
     leaf_kernels, gate_kernel = jnp.asarray(leaf_kernels), jnp.asarray(gate_kernel)
     if leaf_kernels.shape != (2, *gate_kernel.shape):
         raise ValueError(
             f"leaf_kernels must have shape (2,) + gate_kernel.shape = {(2, *gate_kernel.shape)}; "
             f"got {leaf_kernels.shape}"
         )
-    gate = jax.nn.sigmoid(_window_ops.kernel_dot(gate_kernel, spec, x6, values, "gate_kernel"))
-    leaves = [
-        _window_ops.kernel_dot(leaf, spec, x6, values, "leaf_kernels[i]") for leaf in leaf_kernels
-    ]
-    y = gate * leaves[0] + (1 - gate) * leaves[1]
+    kernels = {"gate_kernel": gate_kernel, "leaf_kernels[0]": leaf_kernels[0]}
+    kernels["leaf_kernels[1]"] = leaf_kernels[1]
+    for name, kernel in kernels.items():  # shape checks
+        _window_ops.kernel_weights(kernel, spec, channels, name)
+    if (
+        _windows.use_fast(implementation, _fast_windows.tree_wins(x4.size))
+        and (x6 := _windows.window_view(x4.astype(_F32), spec)) is not None
+    ):
+        gate, first, second = (_fast_windows.kernel_dot(k, spec, x6) for k in kernels.values())
+    else:
+        elements = _window_ops.f32(_windows.window_elements(x4, spec))
+        gate, first, second = (
+            _window_ops.window_dot(_window_ops.kernel_weights(k, spec, channels, name), elements)
+            for name, k in kernels.items()
+        )
+    gate = jax.nn.sigmoid(gate)
+    y = gate * first + (1 - gate) * second
     return _windows.finish(y, x.dtype, unbatched)

@@ -9,7 +9,9 @@ and draw from the rng stream ``'pooling'``; the others compute the same either w
     model.apply(variables, x, deterministic=True)               # inference, no rng needed
 
 ``strides=None`` means strides equal to the window (PyTorch's default).  Beware: flax's own
-``nn.max_pool`` defaults to stride 1.
+``nn.max_pool`` defaults to stride 1.  The study's eight layers also take ``implementation``
+(``'auto'``, ``'reference'`` or ``'fast'``), passed to the pure function (see
+:mod:`jaxpool.functional`); the later five have their reference implementation only.
 
 A layer is described once, here: its hyperparameters are the dataclass fields, :meth:`Pooler.parameters`
 declares its parameters (name, shape, initializer) for an input size, and :meth:`Pooler.pool` calls
@@ -165,15 +167,23 @@ class MaxPool(_WindowedPool):
       >>> y = jaxpool.MaxPool().apply({}, jnp.ones((8, 28, 28, 16)))   # (8, 14, 14, 16)
     """
 
+    implementation: str = "auto"
+
     def pool(self, x, params, key, deterministic):
-        return functional.max_pool(x, self.window_shape, self.strides, self.padding)
+        return functional.max_pool(
+            x, self.window_shape, self.strides, self.padding, implementation=self.implementation
+        )
 
 
 class AvgPool(_WindowedPool):
     """Average pooling, padding not counted; see :func:`jaxpool.functional.avg_pool`."""
 
+    implementation: str = "auto"
+
     def pool(self, x, params, key, deterministic):
-        return functional.avg_pool(x, self.window_shape, self.strides, self.padding)
+        return functional.avg_pool(
+            x, self.window_shape, self.strides, self.padding, implementation=self.implementation
+        )
 
 
 class MixedPool(_WindowedPool):
@@ -194,6 +204,7 @@ class MixedPool(_WindowedPool):
 
     per: str = "channel"
     alpha_init: nn.initializers.Initializer = nn.initializers.zeros
+    implementation: str = "auto"
 
     def parameters(self, in_size, channels):
         _check_choice(self.per, ("channel", "layer"), "per")
@@ -201,8 +212,9 @@ class MixedPool(_WindowedPool):
 
     def pool(self, x, params, key, deterministic):
         return functional.mixed_pool(
-            x, params["alpha"], self.window_shape, self.strides, self.padding
-        )
+            x, params["alpha"], self.window_shape, self.strides, self.padding,
+            implementation=self.implementation,
+        )  # fmt: skip
 
 
 def _kernel_shape(layer: _WindowedPool, in_size, channels: int) -> tuple[int, ...]:
@@ -234,6 +246,7 @@ class GatedPool(_WindowedPool):
     use_bias: bool = True
     kernel_init: nn.initializers.Initializer = nn.initializers.zeros
     bias_init: nn.initializers.Initializer = nn.initializers.zeros
+    implementation: str = "auto"
 
     def parameters(self, in_size, channels):
         shape = _kernel_shape(self, in_size, channels)
@@ -246,7 +259,7 @@ class GatedPool(_WindowedPool):
     def pool(self, x, params, key, deterministic):
         return functional.gated_pool(
             x, params["gate_kernel"], params.get("gate_bias"),
-            self.window_shape, self.strides, self.padding,
+            self.window_shape, self.strides, self.padding, implementation=self.implementation,
         )  # fmt: skip
 
 
@@ -275,6 +288,7 @@ class TreePool(_WindowedPool):
     per: str = "channel"
     leaf_init: nn.initializers.Initializer = average_plus_noise
     gate_init: nn.initializers.Initializer = nn.initializers.zeros
+    implementation: str = "auto"
 
     def parameters(self, in_size, channels):
         shape = _kernel_shape(self, in_size, channels)
@@ -286,7 +300,7 @@ class TreePool(_WindowedPool):
     def pool(self, x, params, key, deterministic):
         return functional.tree_pool(
             x, params["leaf_kernels"], params["gate_kernel"],
-            self.window_shape, self.strides, self.padding,
+            self.window_shape, self.strides, self.padding, implementation=self.implementation,
         )  # fmt: skip
 
 
@@ -309,12 +323,14 @@ class StochasticPool(_WindowedPool):
 
     mode: str = "l1"
     rng_collection: str = "pooling"
+    implementation: str = "auto"
     stochastic: ClassVar[bool] = True
 
     def pool(self, x, params, key, deterministic):
         return functional.stochastic_pool(
             x, self.window_shape, self.strides, self.padding,
             key=key, deterministic=deterministic, mode=self.mode,
+            implementation=self.implementation,
         )  # fmt: skip
 
 
@@ -341,13 +357,14 @@ class S3Pool(Pooler):
     test_mode: str = "expectation"
     deterministic: bool | None = None
     rng_collection: str = "pooling"
+    implementation: str = "auto"
     stochastic: ClassVar[bool] = True
 
     def pool(self, x, params, key, deterministic):
         return functional.s3_pool(
             x, self.stride, self.grid_size,
             key=key, deterministic=deterministic, per_example=self.per_example,
-            test_mode=self.test_mode,
+            test_mode=self.test_mode, implementation=self.implementation,
         )  # fmt: skip
 
 
@@ -391,6 +408,7 @@ class TDGSPool(_WindowedPool):
     tau: float = 1.0
     eps: float = 0.1
     rng_collection: str = "pooling"
+    implementation: str = "auto"
     stochastic: ClassVar[bool] = True
 
     def parameters(self, in_size, channels):
@@ -405,6 +423,7 @@ class TDGSPool(_WindowedPool):
         return functional.tdgs_pool(
             x, params["temperature"], self.window_shape, self.strides, self.padding,
             key=key, deterministic=deterministic, tau=self.tau, eps=self.eps,
+            implementation=self.implementation,
         )  # fmt: skip
 
 

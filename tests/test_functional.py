@@ -18,7 +18,7 @@ from conftest import ref_windows, run_on_cpu_devices
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from jaxpool import _rng, _s3, _window_ops, _windows
+from jaxpool import _s3, _windows
 from jaxpool import functional as F
 
 GRID_1_16 = jnp.arange(1, 17, dtype=jnp.float32).reshape(4, 4, 1)
@@ -342,44 +342,58 @@ def _draws(fn):
     return np.asarray(jax.jit(jax.vmap(fn))(keys)).reshape(-1)
 
 
-def test_stochastic_l1_frequencies():
-    samples = _draws(lambda k: F.stochastic_pool(WINDOW, key=k))
+# Both samplers: the reference draws with jax.random, the fast path with jaxpool._fast_rng (other
+# numbers, the same distribution).
+IMPLEMENTATIONS = pytest.mark.parametrize("implementation", ["reference", "fast"])
+
+
+@IMPLEMENTATIONS
+def test_stochastic_l1_frequencies(implementation):
+    samples = _draws(lambda k: F.stochastic_pool(WINDOW, key=k, implementation=implementation))
     a = np.maximum(WINDOW_VALUES, 0)
     _assert_frequencies(_frequencies(samples, WINDOW_VALUES), a / a.sum(), N_DRAWS)
 
 
-def test_stochastic_softmax_frequencies():
-    samples = _draws(lambda k: F.stochastic_pool(WINDOW, key=k, mode="softmax"))
+@IMPLEMENTATIONS
+def test_stochastic_softmax_frequencies(implementation):
+    samples = _draws(
+        lambda k: F.stochastic_pool(WINDOW, key=k, mode="softmax", implementation=implementation)
+    )
     p = np.exp(WINDOW_VALUES) / np.exp(WINDOW_VALUES).sum()
     _assert_frequencies(_frequencies(samples, WINDOW_VALUES), p, N_DRAWS)
 
 
+@IMPLEMENTATIONS
 @pytest.mark.parametrize("temperature", [0.3, 2.0])
-def test_tdgs_frequencies_match_softmax_over_temperature(temperature):
+def test_tdgs_frequencies_match_softmax_over_temperature(temperature, implementation):
     temp = jnp.full((1, 1, 1), temperature)
-    samples = _draws(lambda k: F.tdgs_pool(WINDOW, temp, key=k, eps=0.1))
+    samples = _draws(
+        lambda k: F.tdgs_pool(WINDOW, temp, key=k, eps=0.1, implementation=implementation)
+    )
     logits = WINDOW_VALUES / (temperature + 0.1)
     p = np.exp(logits) / np.exp(logits).sum()
     _assert_frequencies(_frequencies(samples, WINDOW_VALUES), p, N_DRAWS)
 
 
-def test_gumbel_softmax_frequencies_and_straight_through():
+@IMPLEMENTATIONS
+def test_gumbel_softmax_frequencies_and_straight_through(implementation):
     logits = jnp.log(jnp.array([0.1, 0.2, 0.3, 0.4]))
     keys = jax.random.split(jax.random.key(7), N_DRAWS)
-    hard = jax.jit(jax.vmap(lambda k: F.gumbel_softmax(k, logits, hard=True)))(keys)
+    sample = functools.partial(F.gumbel_softmax, implementation=implementation)
+    hard = jax.jit(jax.vmap(lambda k: sample(k, logits, hard=True)))(keys)
     assert set(np.unique(hard).tolist()) == {0.0, 1.0}
     np.testing.assert_array_equal(hard.sum(-1), 1.0)
     _assert_frequencies(np.asarray(hard.mean(0)), np.array([0.1, 0.2, 0.3, 0.4]), N_DRAWS)
-    soft = F.gumbel_softmax(keys[0], logits, tau=0.5)
+    soft = sample(keys[0], logits, tau=0.5)
     np.testing.assert_allclose(soft.sum(), 1.0, rtol=1e-6)
     # Straight-through: the hard sample's gradient is the soft sample's.
     c = jnp.array([1.0, -2.0, 3.0, 0.5])
-    g_hard = jax.grad(lambda lg: (c * F.gumbel_softmax(keys[1], lg, 0.7, hard=True)).sum())(logits)
-    g_soft = jax.grad(lambda lg: (c * F.gumbel_softmax(keys[1], lg, 0.7)).sum())(logits)
+    g_hard = jax.grad(lambda lg: (c * sample(keys[1], lg, 0.7, hard=True)).sum())(logits)
+    g_soft = jax.grad(lambda lg: (c * sample(keys[1], lg, 0.7)).sum())(logits)
     np.testing.assert_allclose(g_hard, g_soft, rtol=1e-6)
     # -inf logits are never drawn; the category axis can be any axis.
     masked = jnp.array([[0.0, 1.0], [-jnp.inf, 2.0]])
-    y = jax.vmap(lambda k: F.gumbel_softmax(k, masked, hard=True, axis=0))(keys[:500])
+    y = jax.vmap(lambda k: sample(k, masked, hard=True, axis=0))(keys[:500])
     np.testing.assert_array_equal(y[:, 1, 0], 0.0)
     np.testing.assert_array_equal(y.sum(axis=1), 1.0)
 
@@ -482,7 +496,7 @@ def test_gradients_match_finite_differences():
         assert np.isfinite(jax.grad(lambda v, fn=fn: fn(v).sum())(x)).all(), name
 
 
-# ----------------------------------------------------------------------------- fast path
+# ----------------------------------------------------------------------------- windows
 @pytest.mark.parametrize("shape", [(2, 6, 6, 3), (1, 7, 5, 2)])
 def test_fast_and_general_windows_agree(shape):
     x = jax.random.normal(jax.random.key(0), shape)
@@ -510,112 +524,6 @@ def test_window_view_layout_and_where_it_applies():
     for window, strides, padding in [(2, 1, "VALID"), (2, None, "SAME"), (3, 2, "VALID")]:
         spec = _windows.window_spec((7, 6), window, strides, padding)
         assert _windows.window_view(x, spec) is None, (window, strides, padding)
-
-
-def _assert_paths_close(via_reshape, via_strided, dtype):
-    """Values and gradients of the two paths agree (bfloat16: to a rounding step), and none is 0."""
-    tol = 2e-5 if dtype == jnp.float32 else 1e-2
-    for fast, general in zip(via_reshape, via_strided, strict=True):
-        scale = float(jnp.max(jnp.abs(general.astype(jnp.float32))))
-        assert scale > 0
-        np.testing.assert_allclose(
-            np.asarray(fast, np.float32),
-            np.asarray(general, np.float32),
-            rtol=tol,
-            atol=tol * max(1.0, scale),
-        )
-
-
-# Windows for the poolers whose gradient picks the first maximum: 2x2, 3x3, 2x3 in bfloat16, and
-# K = 144 elements, whose index no longer fits int8.
-MAX_WINDOW_CASES = pytest.mark.parametrize(
-    "shape, window, dtype",
-    [
-        ((3, 8, 8, 4), 2, jnp.float32),
-        ((2, 9, 7, 3), 3, jnp.float32),
-        ((2, 6, 9, 5), (2, 3), jnp.bfloat16),
-        ((2, 24, 12, 2), 12, jnp.float32),
-    ],
-)
-
-
-def _on_both_paths(run, monkeypatch):
-    """``run()`` on the reshape path, then with ``window_view`` disabled (the strided path)."""
-    via_reshape = run()
-    calls = []
-    monkeypatch.setattr(_windows, "window_view", lambda *a: calls.append(1))
-    via_strided = run()
-    assert calls, "the strided path was not taken"
-    return via_reshape, via_strided
-
-
-@pytest.mark.parametrize(
-    "shape, window, temperature_shape, dtype",
-    [
-        ((3, 8, 8, 4), 2, "position", jnp.float32),
-        ((2, 9, 7, 3), 3, "channel", jnp.float32),
-        ((2, 6, 9, 5), (2, 3), "layer", jnp.float32),
-        ((2, 8, 8, 3), 2, "position", jnp.bfloat16),
-    ],
-)
-def test_tdgs_reshape_path_matches_strided_path(
-    shape, window, temperature_shape, dtype, monkeypatch
-):
-    """Training mode, non-overlapping windows: the reshape path and the strided path give the
-    same sample, value and gradients (temperature and tau too; 3x3 and 2x3 windows, bfloat16)."""
-    spec = _windows.window_spec(shape[1:3], window, None, "VALID")
-    t_shape = {"position": (*spec.out_size, shape[-1]), "channel": (shape[-1],), "layer": ()}
-    x = jax.random.normal(jax.random.key(0), shape, dtype)
-    temperature = jax.random.uniform(jax.random.key(1), t_shape[temperature_shape], minval=-0.3)
-    cot = jax.random.normal(jax.random.key(2), (shape[0], *spec.out_size, shape[-1]))
-
-    def run():
-        def loss(x, temperature, tau):
-            y = F.tdgs_pool(x, temperature, window, key=jax.random.key(3), tau=tau)
-            return (y.astype(jnp.float32) * cot).sum(), y
-
-        grad = jax.grad(loss, argnums=(0, 1, 2), has_aux=True)
-        return grad(x, temperature, 0.6)
-
-    original = _windows.window_view
-    (reshape_grads, reshape_y), (strided_grads, strided_y) = _on_both_paths(run, monkeypatch)
-    np.testing.assert_array_equal(reshape_y, strided_y)  # the same element of every window
-    assert bool(jnp.any(reshape_y != original(x, spec)[:, :, 0, :, 0, :]))  # not always the first
-    _assert_paths_close(reshape_grads, strided_grads, dtype)
-
-
-def test_tdgs_temperature_gradient_has_no_cancellation_on_the_strided_path(monkeypatch):
-    # It summed a_k R_k (4.5e-6 off the reshape path's sum_k w_k (R_k - m)^2 here; 1.6e-7 now).
-    x = jax.random.normal(jax.random.key(0), (1, 8, 6, 3))
-    t = jax.random.uniform(jax.random.key(1), (4, 2, 3), minval=-0.3)
-
-    def run():
-        loss = lambda t: F.tdgs_pool(x, t, (2, 3), key=jax.random.key(3)).sum()
-        return jax.grad(loss)(t)
-
-    via_reshape, via_strided = _on_both_paths(run, monkeypatch)
-    error = float(jnp.max(jnp.abs(via_reshape - via_strided)) / jnp.max(jnp.abs(via_reshape)))
-    assert error < 1e-6, error
-
-
-def test_tdgs_second_order_gradients_agree_on_both_paths(monkeypatch):
-    """A gradient penalty differentiates TDGS's gradient again.  The strided path once did so
-    through the straight-through surrogate of its own value (23.50 against 15.86 along a random
-    direction); both now differentiate the drawn element, and match a finite difference."""
-    x = jax.random.normal(jax.random.key(0), (2, 6, 6, 3))
-    direction = jax.random.normal(jax.random.key(1), x.shape)
-
-    def penalty(v):
-        g = jax.grad(lambda u: jnp.sum(F.tdgs_pool(u, 0.7, key=jax.random.key(2)) ** 2))(v)
-        return jnp.sum(g**2)
-
-    def run():
-        return jnp.vdot(jax.grad(penalty)(x), direction)
-
-    finite_difference = (penalty(x + 1e-3 * direction) - penalty(x - 1e-3 * direction)) / 2e-3
-    via_reshape, via_strided = _on_both_paths(run, monkeypatch)
-    np.testing.assert_allclose(via_strided, via_reshape, rtol=1e-5)
-    np.testing.assert_allclose(via_reshape, finite_difference, rtol=2e-2)
 
 
 X64_SCRIPT = """
@@ -648,153 +556,6 @@ def test_float32_in_float32_out_under_jax_enable_x64():
     dtypes = json.loads(run_on_cpu_devices(X64_SCRIPT, devices=1))
     assert len(dtypes) == 8 * 2 * 2
     assert all(d == ["float32"] for d in dtypes.values()), dtypes
-
-
-@pytest.mark.parametrize("pooler", ["gated", "tree"])
-@pytest.mark.parametrize(
-    "shape, window, sharing, dtype",
-    [
-        ((3, 8, 8, 4), 2, "layer", jnp.float32),
-        ((2, 9, 7, 3), 3, "channel", jnp.float32),
-        ((2, 6, 9, 5), (2, 3), "region_channel", jnp.float32),
-        ((2, 8, 8, 3), 2, "channel", jnp.bfloat16),
-    ],
-)
-def test_kernel_poolers_reshape_path_matches_strided_path(
-    pooler, shape, window, sharing, dtype, monkeypatch
-):
-    """Non-overlapping windows: the reshape path (kernel gradient as one reduction over the
-    window view) and the strided path give the same value and gradients for x, kernels and bias,
-    with every kernel sharing; 3x3 and 2x3 windows, bfloat16."""
-    spec = _windows.window_spec(shape[1:3], window, None, "VALID")
-    (kh, kw), (ho, wo), c = spec.window, spec.out_size, shape[-1]
-    kernel_shape = {
-        "layer": (kh, kw),
-        "channel": (kh, kw, c),
-        "region_channel": (ho, wo, kh, kw, c),
-    }
-    bias_shape = {"layer": (), "channel": (c,), "region_channel": (ho, wo, c)}
-    x = jax.random.normal(jax.random.key(0), shape, dtype)
-    keys = jax.random.split(jax.random.key(1), 3)
-    kernel = jax.random.normal(keys[0], kernel_shape[sharing])
-    second = (
-        jax.random.normal(keys[1], bias_shape[sharing])
-        if pooler == "gated"
-        else jax.random.normal(keys[1], (2, *kernel_shape[sharing])) / (kh * kw)
-    )
-    cot = jax.random.normal(keys[2], (shape[0], ho, wo, c))
-
-    def run():
-        def loss(x, kernel, second):
-            if pooler == "gated":
-                y = F.gated_pool(x, kernel, second, window)
-            else:
-                y = F.tree_pool(x, second, kernel, window)
-            return (y.astype(jnp.float32) * cot).sum(), y
-
-        return jax.grad(loss, argnums=(0, 1, 2), has_aux=True)(x, kernel, second)
-
-    (reshape_grads, reshape_y), (strided_grads, strided_y) = _on_both_paths(run, monkeypatch)
-    _assert_paths_close((reshape_y, *reshape_grads), (strided_y, *strided_grads), dtype)
-
-
-@pytest.mark.parametrize("pooler", ["mixed", "gated"])
-@MAX_WINDOW_CASES
-def test_max_mean_mixtures_reshape_path_matches_strided_path(
-    pooler, shape, window, dtype, monkeypatch
-):
-    """Mixed and gated pooling on the reshape path (hand-written backward over the window view)
-    and on the strided path (autodiff): the same value and gradients for x and the parameters,
-    with many ties, whose max gradient goes to the first maximum only."""
-    x = jax.random.randint(jax.random.key(0), shape, 0, 3).astype(dtype)
-    spec = _windows.window_spec(shape[1:3], window, None, "VALID")
-    (kh, kw), (ho, wo), c = spec.window, spec.out_size, shape[-1]
-    keys = jax.random.split(jax.random.key(1), 3)
-    if pooler == "mixed":
-        # alpha per channel, and one per layer for the 3x3 windows
-        params = (jax.random.normal(keys[0], () if window == 3 else (c,)),)
-        pool = lambda v, alpha: F.mixed_pool(v, alpha, window)
-    else:
-        params = (jax.random.normal(keys[0], (kh, kw, c)) / 2, jax.random.normal(keys[1], (c,)))
-        pool = lambda v, kernel, bias: F.gated_pool(v, kernel, bias, window)
-    cot = jax.random.normal(keys[2], (shape[0], ho, wo, c))
-
-    def run():
-        def loss(x, *params):
-            y = pool(x, *params)
-            return (y.astype(jnp.float32) * cot).sum(), y
-
-        return jax.grad(loss, argnums=tuple(range(1 + len(params))), has_aux=True)(x, *params)
-
-    (reshape_grads, reshape_y), (strided_grads, strided_y) = _on_both_paths(run, monkeypatch)
-    _assert_paths_close((reshape_y, *reshape_grads), (strided_y, *strided_grads), dtype)
-    if pooler == "mixed" and dtype == jnp.float32:
-        # Known values: dx = dy (s [first max] + (1 - s) / K), s = sigmoid(alpha).
-        windows6 = np.asarray(x)[:, : ho * kh, : wo * kw].reshape(shape[0], ho, kh, wo, kw, c)
-        flat = windows6.transpose(0, 1, 3, 5, 2, 4).reshape(shape[0], ho, wo, c, kh * kw)
-        first = np.eye(kh * kw)[flat.argmax(-1)]  # numpy's argmax takes the first maximum
-        s_ = np.broadcast_to(1 / (1 + np.exp(-np.asarray(params[0]))), (c,))
-        dy = np.asarray(cot)[..., None]
-        expected = dy * (s_[:, None] * first + (1 - s_[:, None]) / (kh * kw))
-        expected = expected.reshape(shape[0], ho, wo, c, kh, kw).transpose(0, 1, 4, 2, 5, 3)
-        got = np.asarray(reshape_grads[0])[:, : ho * kh, : wo * kw]
-        np.testing.assert_allclose(got, expected.reshape(got.shape), rtol=1e-5, atol=1e-6)
-        # d alpha = sum dy (max R - mean R) s (1 - s), over the batch and positions (and channels)
-        spread = flat.max(-1) - flat.mean(-1)
-        d_alpha = (np.asarray(cot) * spread).sum(axis=(0, 1, 2)) * s_ * (1 - s_)
-        d_alpha = d_alpha.sum() if np.ndim(params[0]) == 0 else d_alpha
-        np.testing.assert_allclose(reshape_grads[1], d_alpha, rtol=1e-4, atol=1e-5)
-
-
-@MAX_WINDOW_CASES
-def test_max_pool_reshape_path_matches_strided_path(shape, window, dtype, monkeypatch):
-    """Non-overlapping windows: the reshape path (gradient broadcast over the window view) and
-    the strided path give the same value and gradient, ties going to the first maximum."""
-    # Small integers: many ties inside a window.
-    x = jax.random.randint(jax.random.key(0), shape, 0, 3).astype(dtype)
-    spec = _windows.window_spec(shape[1:3], window, None, "VALID")
-    cot = jax.random.normal(jax.random.key(1), (shape[0], *spec.out_size, shape[-1]), dtype)
-
-    def run():
-        y, vjp = jax.vjp(lambda v: F.max_pool(v, window), x)
-        return y, vjp(cot)[0]
-
-    (reshape_y, reshape_dx), (strided_y, strided_dx) = _on_both_paths(run, monkeypatch)
-    np.testing.assert_array_equal(reshape_y, strided_y)
-    np.testing.assert_array_equal(reshape_dx, strided_dx)
-    # Exactly one element of each window receives its cotangent.
-    assert int(jnp.sum(reshape_dx != 0)) == int(jnp.sum(cot != 0))
-
-
-@pytest.mark.parametrize("padding", ["VALID", "SAME"])
-def test_forward_mode_of_avg_tree_and_deterministic_stochastic(padding):
-    """avg, tree and the deterministic stochastic pooler support ``jax.jvp`` (the others have
-    custom VJPs, reverse mode only); avg is linear, so its JVP is avg of the tangent."""
-    x = jax.random.normal(jax.random.key(0), (2, 6, 6, 3))
-    t = jax.random.normal(jax.random.key(1), x.shape)
-    _, dy = jax.jvp(lambda v: F.avg_pool(v, 2, None, padding), (x,), (t,))
-    np.testing.assert_allclose(dy, F.avg_pool(t, 2, None, padding), rtol=1e-6, atol=1e-6)
-
-    def forward_equals_reverse(fn, primals, tangents):
-        _, forward = jax.jvp(fn, primals, tangents)
-        jacobians = jax.jacrev(fn, argnums=tuple(range(len(primals))))(*primals)
-        reverse = sum(
-            jnp.tensordot(j, d, axes=d.ndim) for j, d in zip(jacobians, tangents, strict=True)
-        )
-        np.testing.assert_allclose(forward, reverse, rtol=1e-4, atol=1e-4)
-        assert float(jnp.max(jnp.abs(forward))) > 0
-
-    forward_equals_reverse(
-        lambda v: F.stochastic_pool(v, padding=padding, deterministic=True), (x,), (t,)
-    )
-    # Tree pooling: its kernel product on the view has a custom JVP.
-    keys = jax.random.split(jax.random.key(2), 2)
-    leaves, gate = jax.random.normal(keys[0], (2, 2, 2, 3)), jax.random.normal(keys[1], (2, 2, 3))
-    forward_equals_reverse(
-        lambda v, lv, g: F.tree_pool(v, lv, g, 2, None, padding),
-        (x, leaves, gate),
-        (t, jnp.ones_like(leaves), -jnp.ones_like(gate)),
-    )
 
 
 # ----------------------------------------------------------------------------- dtypes
@@ -882,6 +643,25 @@ def test_low_precision_dtypes_preserved(dtype):
         (lambda: F.gumbel_softmax(jax.random.key(0), jnp.ones(3), tau="2"), r"a number > 0"),
         (lambda: F.gumbel_softmax(jax.random.key(0), jnp.ones(3), tau=[1.0, 0.5]), r"scalar"),
         (lambda: F.gumbel_softmax(None, jnp.ones(3)), r"gumbel_softmax needs a PRNG key"),
+        *(
+            (
+                functools.partial(call, implementation="cudnn"),
+                r"implementation must be one of 'auto', 'reference', 'fast'; got 'cudnn'",
+            )
+            for call in (
+                lambda **kw: F.max_pool(jnp.ones((1, 4, 4, 1)), **kw),
+                lambda **kw: F.avg_pool(jnp.ones((1, 4, 4, 1)), **kw),
+                lambda **kw: F.mixed_pool(jnp.ones((1, 4, 4, 1)), 0.0, **kw),
+                lambda **kw: F.gated_pool(jnp.ones((1, 4, 4, 1)), jnp.ones((2, 2)), **kw),
+                lambda **kw: F.tree_pool(
+                    jnp.ones((1, 4, 4, 1)), jnp.ones((2, 2, 2)), jnp.ones((2, 2)), **kw
+                ),
+                lambda **kw: F.stochastic_pool(jnp.ones((1, 4, 4, 1)), deterministic=True, **kw),
+                lambda **kw: F.s3_pool(jnp.ones((1, 4, 4, 1)), deterministic=True, **kw),
+                lambda **kw: F.tdgs_pool(jnp.ones((1, 4, 4, 1)), 1.0, deterministic=True, **kw),
+                lambda **kw: F.gumbel_softmax(jax.random.key(0), jnp.ones(3), **kw),
+            )
+        ),
         (
             lambda: F.gumbel_softmax(jax.random.key(0), jnp.arange(3)),
             r"logits must have a floating",
@@ -957,70 +737,3 @@ def test_same_padding_allows_window_larger_than_input():
     chex.assert_shape(y, (1, 1, 1, 1))
     np.testing.assert_array_equal(y[0, 0, 0, 0], x.max())
     np.testing.assert_allclose(F.avg_pool(x, 5, None, "SAME")[0, 0, 0, 0], x.mean(), rtol=1e-6)
-
-
-@pytest.mark.parametrize("param_shape", [(), (3,), (4, 5, 3)])
-def test_broadcast_param_matches_plain_broadcast(param_shape):
-    shape = (2, 4, 5, 3)
-    p = jax.random.normal(jax.random.key(0), param_shape)
-    cot = jax.random.normal(jax.random.key(1), shape)
-    np.testing.assert_array_equal(_window_ops.broadcast_param(p, shape), jnp.broadcast_to(p, shape))
-    g_custom = jax.grad(lambda q: (_window_ops.broadcast_param(q, shape) * cot).sum())(p)
-    g_plain = jax.grad(lambda q: (jnp.broadcast_to(q, shape) * cot).sum())(p)
-    np.testing.assert_allclose(g_custom, g_plain, rtol=1e-5, atol=1e-5)
-
-
-def _tdgs_autodiff_reference(x, temperature, key, deterministic, tau, padding):
-    """TDGS written with plain autodiff on stacked windows: the definition the fast path matches."""
-    elems, masks, _ = _windows.windows(x, 2, None, padding)
-    values = jnp.stack(elems, axis=0)
-    valid = (
-        jnp.ones_like(values, bool)
-        if masks is None
-        else jnp.stack(
-            [
-                jnp.ones(values.shape[1:], bool)
-                if m is None
-                else jnp.broadcast_to(m, values.shape[1:])
-                for m in masks
-            ]
-        )
-    )
-    t = jax.nn.relu(temperature) + 0.1
-    # A huge finite negative logit for padding keeps the naive tau-gradient free of inf * 0.
-    logits = jnp.where(valid, values / t, -1e30)
-    if deterministic:
-        return (jax.nn.softmax(logits, axis=0) * values).sum(0)
-    # The same noise as the pooler (one Gumbel per window element); then gumbel_softmax's formula.
-    gumbels = _rng.gumbel(key, values.shape)
-    soft = jax.nn.softmax((logits + gumbels) / tau, axis=0)
-    hard = jax.nn.one_hot(jnp.argmax(soft, axis=0), values.shape[0], axis=0)
-    return ((hard - jax.lax.stop_gradient(soft) + soft) * values).sum(0)
-
-
-@pytest.mark.parametrize("deterministic", [True, False])
-@pytest.mark.parametrize("padding", ["VALID", "SAME"])
-def test_tdgs_hand_written_gradient_matches_autodiff(deterministic, padding):
-    x = jax.random.normal(jax.random.key(0), (2, 5, 5, 3))
-    ho = 2 if padding == "VALID" else 3
-    temperature = jax.random.uniform(jax.random.key(1), (ho, ho, 3), minval=-0.2, maxval=1.5)
-    tau = 0.7
-    key = jax.random.key(2)
-    cot = jax.random.normal(jax.random.key(3), (2, ho, ho, 3))
-
-    def ours(x, temperature, tau):
-        y = F.tdgs_pool(
-            x, temperature, 2, None, padding, key=key, deterministic=deterministic, tau=tau
-        )
-        return (y * cot).sum()
-
-    def reference(x, temperature, tau):
-        return (
-            _tdgs_autodiff_reference(x, temperature, key, deterministic, tau, padding) * cot
-        ).sum()
-
-    np.testing.assert_allclose(ours(x, temperature, tau), reference(x, temperature, tau), rtol=1e-5)
-    g_ours = jax.grad(ours, argnums=(0, 1, 2))(x, temperature, tau)
-    g_ref = jax.grad(reference, argnums=(0, 1, 2))(x, temperature, tau)
-    for a, b in zip(g_ours, g_ref, strict=True):
-        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)

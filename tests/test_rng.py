@@ -1,10 +1,10 @@
-"""The noise behind the stochastic poolers: jaxpool._rng.uniform and gumbel.
+"""The noise of the stochastic poolers' fast paths: jaxpool._fast_rng.uniform and gumbel.
 
 They draw with jaxpool's own Threefry-2x32-20 (checked against Random123's known answers and
 ``jax.random``'s implementation) over block counters instead of ``jax.random``'s bit layout, so
-these tests check what ``jax.random`` would guarantee: the distribution, finiteness, batching (row
-``i`` of a ``vmap`` over keys is the draw for key ``i``) and independence from how the batch is
-sharded.
+they draw other numbers than ``jax.random`` from the same key, and these tests check what
+``jax.random`` would guarantee: the distribution, finiteness, batching (row ``i`` of a ``vmap``
+over keys is the draw for key ``i``) and independence from how the batch is sharded.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from conftest import run_on_cpu_devices
 
-from jaxpool import _rng
+from jaxpool import _fast_rng
 
 N = 1 << 20
 EULER_GAMMA = 0.5772156649015329
@@ -26,12 +26,12 @@ EULER_GAMMA = 0.5772156649015329
 
 @pytest.fixture(scope="module")
 def uniforms():
-    return np.asarray(jax.jit(lambda k: _rng.uniform(k, (N,)))(jax.random.key(0)), np.float64)
+    return np.asarray(jax.jit(lambda k: _fast_rng.uniform(k, (N,)))(jax.random.key(0)), np.float64)
 
 
 @pytest.fixture(scope="module")
 def gumbels():
-    return np.asarray(jax.jit(lambda k: _rng.gumbel(k, (N,)))(jax.random.key(1)), np.float64)
+    return np.asarray(jax.jit(lambda k: _fast_rng.gumbel(k, (N,)))(jax.random.key(1)), np.float64)
 
 
 def test_uniform_lies_in_unit_interval_on_the_float32_mantissa_grid(uniforms):
@@ -67,9 +67,9 @@ def test_gumbel_extreme_bits_stay_finite():
     def fixed_bits(seed, shape, transform=None):
         return bits if transform is None else transform(bits)
 
-    with mock.patch.object(_rng, "threefry_bits", fixed_bits):
-        u = _rng.uniform(jax.random.key(0), bits.shape)
-        g = _rng.gumbel(jax.random.key(0), bits.shape)
+    with mock.patch.object(_fast_rng, "threefry_bits", fixed_bits):
+        u = _fast_rng.uniform(jax.random.key(0), bits.shape)
+        g = _fast_rng.gumbel(jax.random.key(0), bits.shape)
     np.testing.assert_array_equal(u, [0.0, 0.0, 0.0, 2.0**-23, 1.0 - 2.0**-23])
     assert np.isfinite(g).all()
     tiny = np.finfo(np.float32).tiny
@@ -86,7 +86,7 @@ def _ulps(approx, x):
 
 
 def test_log_positive_is_within_2_5_ulp_for_every_mantissa_and_exponent():
-    log = jax.jit(_rng.log_positive)
+    log = jax.jit(_fast_rng.log_positive)
     # Every float32 of the reduced range [sqrt(1/2), sqrt(2)), where the polynomial works.
     lo, hi = (np.array(v, np.float32).view(np.int32) for v in (math.sqrt(0.5), math.sqrt(2.0)))
     binade = np.arange(lo, hi, dtype=np.int32).view(np.float32)
@@ -110,7 +110,7 @@ def test_gumbel_matches_float64_for_every_uniform():
     # any backend's float32 log meets (measured on XLA:CPU: 0.9 epsilon (1 + |g|) here, 0.76 for
     # jnp.log; an H200's arithmetic reached 1.0e-6 where the old absolute bound was 6e-7).
     bits = np.arange(1 << 23, dtype=np.uint32) << np.uint32(9)
-    got = np.asarray(jax.jit(_rng._neg_gumbel_from_bits)(bits), np.float64)
+    got = np.asarray(jax.jit(_fast_rng._neg_gumbel_from_bits)(bits), np.float64)
     u = np.maximum(np.arange(1 << 23) * 2.0**-23, np.finfo(np.float32).tiny)
     want = np.log(-np.log(u))
     bound = 4 * np.finfo(np.float32).eps * (1 + np.abs(want))
@@ -127,7 +127,7 @@ def test_gumbel_matches_float64_for_every_uniform():
 )
 def test_threefry_matches_random123_known_answers(key, counter, expected):
     # Random123's kat_vectors for threefry2x32 with 20 rounds.
-    words = _rng.threefry2x32(*(jnp.uint32(v) for v in (*key, *counter)))
+    words = _fast_rng.threefry2x32(*(jnp.uint32(v) for v in (*key, *counter)))
     assert tuple(int(w) for w in words) == expected
 
 
@@ -137,7 +137,7 @@ def test_threefry_matches_jax_random_implementation():
     rng = np.random.default_rng(0)
     key = rng.integers(0, 2**32, 2, dtype=np.uint32)
     c0, c1 = rng.integers(0, 2**32, (2, 1000), dtype=np.uint32)
-    ours = _rng.threefry2x32(*(jnp.asarray(v) for v in (key[0], key[1], c0, c1)))
+    ours = _fast_rng.threefry2x32(*(jnp.asarray(v) for v in (key[0], key[1], c0, c1)))
     theirs = threefry_2x32(jnp.asarray(key), jnp.concatenate([c0, c1]))
     np.testing.assert_array_equal(np.concatenate([np.asarray(w) for w in ours]), theirs)
 
@@ -145,46 +145,50 @@ def test_threefry_matches_jax_random_implementation():
 @pytest.mark.parametrize("shape, axis", [((3, 5), 1), ((7,), 0), ((2, 3, 5, 4), 2)])
 def test_bits_halve_the_split_axis_into_first_and_second_words(shape, axis):
     seed = jnp.array([7, 8, 9, 0xFFFFFFF0], jnp.uint32)  # the block + seed[3] counter wraps around
-    bits = np.asarray(_rng.threefry_bits(seed, shape))
+    bits = np.asarray(_fast_rng.threefry_bits(seed, shape))
     grid = list(shape)
     grid[axis] = -(-shape[axis] // 2)
     blocks = (np.arange(np.prod(grid), dtype=np.uint32) + np.uint32(0xFFFFFFF0)).astype(np.uint32)
     x0, x1 = (
         np.asarray(w).reshape(grid)
-        for w in _rng.threefry2x32(
+        for w in _fast_rng.threefry2x32(
             seed[0], seed[1], jnp.asarray(blocks), jnp.full(blocks.shape, 9, jnp.uint32)
         )
     )
     expected = np.concatenate([x0, x1], axis=axis).take(np.arange(shape[axis]), axis=axis)
     np.testing.assert_array_equal(bits, expected)
     assert len(set(bits.ravel().tolist())) == bits.size
-    assert _rng.threefry_bits(seed, ()).shape == ()
+    assert _fast_rng.threefry_bits(seed, ()).shape == ()
     # A transform applied to the halves before the join equals the transform of the bits, odd
     # split axes and scalars included (the Gumbels are drawn this way).
-    gumbels = jax.jit(lambda s: _rng.threefry_bits(s, shape, _rng._neg_gumbel_from_bits))(seed)
-    from_bits = jax.jit(_rng._neg_gumbel_from_bits)(bits)
+    gumbels = jax.jit(lambda s: _fast_rng.threefry_bits(s, shape, _fast_rng._neg_gumbel_from_bits))(
+        seed
+    )
+    from_bits = jax.jit(_fast_rng._neg_gumbel_from_bits)(bits)
     np.testing.assert_allclose(gumbels, from_bits, rtol=2e-7, atol=2e-7)
-    scalar = _rng.threefry_bits(seed, (), _rng._neg_gumbel_from_bits)
+    scalar = _fast_rng.threefry_bits(seed, (), _fast_rng._neg_gumbel_from_bits)
     assert scalar.shape == () and scalar.dtype == jnp.float32
 
 
 def test_bits_beyond_the_counter_range_fail_clearly():
     seed = jnp.zeros(4, jnp.uint32)
     with pytest.raises(ValueError, match="at most 2\\*\\*32 - 1 blocks"):
-        jax.eval_shape(lambda s: _rng.threefry_bits(s, (1 << 17, 1 << 17)), seed)
+        jax.eval_shape(lambda s: _fast_rng.threefry_bits(s, (1 << 17, 1 << 17)), seed)
 
 
 def test_uniform_is_fixed_by_the_key_and_shape():
-    a = _rng.uniform(jax.random.key(3), (64,))
-    np.testing.assert_array_equal(a, _rng.uniform(jax.random.key(3), (64,)))
-    np.testing.assert_array_equal(a, jax.jit(lambda k: _rng.uniform(k, (64,)))(jax.random.key(3)))
-    assert not np.array_equal(a, _rng.uniform(jax.random.key(4), (64,)))
+    a = _fast_rng.uniform(jax.random.key(3), (64,))
+    np.testing.assert_array_equal(a, _fast_rng.uniform(jax.random.key(3), (64,)))
+    np.testing.assert_array_equal(
+        a, jax.jit(lambda k: _fast_rng.uniform(k, (64,)))(jax.random.key(3))
+    )
+    assert not np.array_equal(a, _fast_rng.uniform(jax.random.key(4), (64,)))
     # Legacy raw uint32 keys work too.
-    raw = _rng.uniform(jax.random.PRNGKey(3), (64,))
+    raw = _fast_rng.uniform(jax.random.PRNGKey(3), (64,))
     assert raw.shape == (64,) and raw.dtype == jnp.float32
 
 
-@pytest.mark.parametrize("fn", [_rng.uniform, _rng.gumbel], ids=["uniform", "gumbel"])
+@pytest.mark.parametrize("fn", [_fast_rng.uniform, _fast_rng.gumbel], ids=["uniform", "gumbel"])
 def test_vmap_over_keys_gives_each_key_its_own_draw(fn):
     keys = jax.random.split(jax.random.key(5), 6)
     loop = np.stack([fn(k, (3, 4)) for k in keys])
@@ -206,7 +210,7 @@ def test_vmap_over_keys_gives_each_key_its_own_draw(fn):
 SHARDING_SCRIPT = """
 import jax, jax.numpy as jnp, numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
-from jaxpool import _rng
+from jaxpool import _fast_rng
 from jaxpool import functional as F
 
 assert jax.device_count() == 8
@@ -215,11 +219,15 @@ temp, key = jnp.full((4,), 0.5), jax.random.key(1)
 
 def draws(x, key):
     return {
-        "uniform": _rng.uniform(key, x.shape),
-        "gumbel": _rng.gumbel(key, (4, *x.shape)),
-        "stochastic": F.stochastic_pool(x, key=key),
-        "tdgs": F.tdgs_pool(x, temp, key=key),
-        "tdgs_grad": jax.grad(lambda v: (F.tdgs_pool(v, temp, key=key) ** 2).sum())(x),
+        "uniform": _fast_rng.uniform(key, x.shape),
+        "gumbel": _fast_rng.gumbel(key, (4, *x.shape)),
+        "stochastic": F.stochastic_pool(x, key=key, implementation="fast"),
+        "stochastic_reference": F.stochastic_pool(x, key=key, implementation="reference"),
+        "tdgs": F.tdgs_pool(x, temp, key=key, implementation="fast"),
+        "tdgs_reference": F.tdgs_pool(x, temp, key=key, implementation="reference"),
+        "tdgs_grad": jax.grad(
+            lambda v: (F.tdgs_pool(v, temp, key=key, implementation="fast") ** 2).sum()
+        )(x),
     }
 
 one = jax.jit(draws)(jax.device_put(x, jax.devices()[0]), key)

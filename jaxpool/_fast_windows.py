@@ -1,0 +1,191 @@
+r"""Fast paths of max, mixed, gated and tree pooling on XLA:CPU, for non-overlapping VALID windows.
+
+The windows are a free reshape of the input, the view ``x6`` of shape ``(N, Ho, kh, Wo, kw, C)``
+(:func:`jaxpool._windows.window_view`).  The derivatives here are ``jax.custom_jvp`` rules whose
+tangents are linear in the input tangents, so forward mode works and JAX transposes them for
+reverse mode; they are written so that the transposed (backward) pass is one broadcasting loop
+over the view, where autodiff of the reference sums K zero-padded copies (one per window
+element), which XLA:CPU runs with a branch per element.  Values and derivatives equal the
+reference's up to float rounding, the max's derivative going to the first maximal element
+(``tests/test_fast_paths.py``).
+
+``implementation='auto'`` takes these paths on the CPU backend where the table below shows them
+faster.  Forward + backward (``jax.grad`` of a weighted sum, jitted), median of repeated runs,
+reference and fast alternating in one process on a 2-core Intel Xeon (AVX-512), jaxlib 0.10.2:
+
+  ================  ===================  =============  =============  ==================
+  pooler            x shape (NHWC), 2x2  reference ms   fast ms        reference / fast
+  ================  ===================  =============  =============  ==================
+  max               256, 32, 32, 16      8.2 / 3.3      5.3 / 1.4      2.08 (0.48-3.45) / 2.02 (1.94-2.48)
+  max               64, 16, 16, 32       0.09 / 0.23    0.07 / 0.17    1.35 (1.27-1.53) / 1.37 (0.94-1.91)
+  mixed             256, 32, 32, 16      7.7 / 16.8     2.2 / 5.9      2.68 (1.59-3.67) / 3.08 (2.19-7.41)
+  mixed             64, 16, 16, 32       0.36 / 0.62    0.17 / 0.39    2.20 (1.30-2.50) / 2.21 (1.32-3.35)
+  gated             256, 32, 32, 16      9.9 / 4.5      4.5 / 2.9      2.14 (1.79-2.97) / 1.76 (1.25-1.95)
+  gated             64, 16, 16, 32       0.33 / 0.63    0.32 / 0.79    1.13 (1.04-1.28) / 1.24 (0.75-1.69)
+  tree              256, 32, 32, 16      8.1 / 9.1      6.3 / 6.7      1.33 (1.15-1.67) / 1.32 (0.99-1.89)
+  tree              64, 16, 16, 32       0.43 / 0.99    0.42 / 0.88    0.97 (0.95-1.31) / 1.21 (0.78-2.20)
+  ================  ===================  =============  =============  ==================
+
+Two sittings (the first figure of each pair, then the second), 7 alternating rounds each; the
+ratio is the median of the per-round ratios, with its range.  The machine was shared with other
+jobs, hence the spread; every median ratio is above 1 except where the notes say.
+
+Parameters as the Linen modules' defaults (per channel; gated with a bias).  Tree pooling's fast
+path tied the reference at the smaller shape (medians 0.97 and 1.21), so ``'auto'`` takes it
+only from ``TREE_MIN_ELEMENTS`` input elements (the larger shape) on.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxpool import _window_ops, _windows
+
+_F32 = jnp.float32
+
+# Where 'auto' takes each fast path on CPU (non-overlapping VALID windows): the table above.
+MAX_WINS = True
+MIXED_WINS = True
+GATED_WINS = True
+TREE_MIN_ELEMENTS = 256 * 32 * 32 * 16  # 2**22
+
+
+def tree_wins(size: int) -> bool:
+    """Whether tree pooling's fast path was measured faster for an input of ``size`` elements."""
+    return size >= TREE_MIN_ELEMENTS
+
+
+def broadcast_param(param: jax.Array, shape: tuple[int, ...]) -> jax.Array:
+    """``broadcast_to(param, shape)`` for a parameter aligned with the trailing axes of ``shape``.
+
+    The tangent is the outer product of ones with the parameter's tangent, a dot, so its
+    transpose, the parameter's gradient, is a matrix-vector product, which XLA:CPU runs faster
+    than the reduction it would otherwise fuse into the surrounding elementwise loops.
+    """
+    return _broadcast_trailing(param, tuple(shape))
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(1,))
+def _broadcast_trailing(param: jax.Array, shape: tuple[int, ...]) -> jax.Array:
+    return jnp.broadcast_to(param, shape)
+
+
+@_broadcast_trailing.defjvp
+def _broadcast_trailing_jvp(shape, primals, tangents):
+    (param,), (tangent,) = primals, tangents
+    leading = math.prod(shape) // max(param.size, 1)
+    ones = jnp.ones((leading, 1), tangent.dtype)
+    outer = jnp.matmul(ones, tangent.reshape(1, -1), precision=jax.lax.Precision.HIGHEST)
+    return jnp.broadcast_to(param, shape), outer.reshape(shape)
+
+
+def per_window(values: jax.Array) -> jax.Array:
+    """``(N, Ho, Wo, C)`` per-window values, broadcastable over a view ``(N, Ho, kh, Wo, kw, C)``."""
+    return values[:, :, None, :, None, :]
+
+
+def _first_max_and_index(elements: _window_ops.WindowElements) -> tuple[jax.Array, jax.Array]:
+    """Per-window max and the index of its first maximal element (int8 where K <= 127).
+
+    The index goes int32 -> float32 -> int8 on purpose: converted from int32 directly (or kept
+    int32) XLA:CPU compiled the backward loop over the view 3-6x slower (jaxlib 0.10.2).
+    """
+    index = _window_ops.first_argmax(elements).astype(_F32)
+    if len(elements) <= 127:
+        index = index.astype(jnp.int8)
+    return functools.reduce(jnp.maximum, elements), index
+
+
+def _is_first_max(index: jax.Array, kh: int, kw: int) -> jax.Array:
+    """``(N, Ho, kh, Wo, kw, C)`` bool: the view element is element ``index`` of its window."""
+    positions = (np.arange(kh)[:, None] * kw + np.arange(kw)).reshape(1, 1, kh, 1, kw, 1)
+    return per_window(index) == positions.astype(index.dtype)
+
+
+def _at_first_max(tangent6: jax.Array, index: jax.Array) -> jax.Array:
+    """Per window, ``tangent6`` at the first maximal element: linear in ``tangent6``; its
+    transpose is one select over the view."""
+    _, _, kh, _, kw, _ = tangent6.shape
+    hit = _is_first_max(index, kh, kw)
+    return jnp.sum(jnp.where(hit, tangent6, jnp.zeros((), tangent6.dtype)), axis=(2, 4))
+
+
+@jax.custom_jvp
+def view_max(x6: jax.Array) -> jax.Array:
+    """Per-window max of a view ``(N, Ho, kh, Wo, kw, C)``; derivative to the first maximum."""
+    return functools.reduce(jnp.maximum, _windows.view_elements(x6))
+
+
+@view_max.defjvp
+def _view_max_jvp(primals, tangents):
+    (x6,), (t6,) = primals, tangents
+    y, index = _first_max_and_index(_windows.view_elements(x6))
+    return y, _at_first_max(t6, index)
+
+
+@jax.custom_jvp
+def view_gate_mix(x6: jax.Array, logit: jax.Array) -> jax.Array:
+    r"""``g max(R) + (1 - g) mean(R)``, ``g = sigmoid(logit)``, over each window of a float32
+    view ``x6`` ``(N, Ho, kh, Wo, kw, C)``; ``logit`` is ``(N, Ho, Wo, C)``.
+
+    .. math::
+      \dot y = g \dot x_{i^*} + \frac{1 - g}{K} \sum_{i \in R} \dot x_i
+        + g (1 - g) (\max R - \mathrm{mean}\, R)\, \dot z
+
+    with ``i*`` the first maximal element and ``z`` the logit.
+    """
+    elements = _windows.view_elements(x6)
+    gate = jax.nn.sigmoid(logit)
+    window_mean = _window_ops.window_sum(elements) / len(elements)
+    return gate * functools.reduce(jnp.maximum, elements) + (1 - gate) * window_mean
+
+
+@view_gate_mix.defjvp
+def _view_gate_mix_jvp(primals, tangents):
+    (x6, logit), (t6, t_logit) = primals, tangents
+    elements = _windows.view_elements(x6)
+    window_max, index = _first_max_and_index(elements)
+    window_mean = _window_ops.window_sum(elements) / len(elements)
+    gate = jax.nn.sigmoid(logit)
+    y = gate * window_max + (1 - gate) * window_mean
+    by_input = gate * _at_first_max(t6, index) + (1 - gate) * jnp.mean(t6, axis=(2, 4))
+    by_logit = gate * (1 - gate) * (window_max - window_mean) * t_logit
+    return y, by_input + by_logit
+
+
+def kernel_dot(kernel: jax.Array, spec: _windows.WindowSpec, x6: jax.Array) -> jax.Array:
+    """``w . R`` per window of the float32 view ``x6`` for a window-shaped kernel (shapes as
+    :func:`jaxpool._window_ops.kernel_weights`, checked there)."""
+    (kh, kw), (ho, wo) = spec.window, spec.out_size
+    kernel = jnp.asarray(kernel).astype(_F32)
+    if kernel.ndim == 5:  # (Ho, Wo, kh, kw, C) -> (1, Ho, kh, Wo, kw, C)
+        kernel6 = kernel.transpose(0, 2, 1, 3, 4).reshape(1, ho, kh, wo, kw, -1)
+    else:  # (kh, kw) or (kh, kw, C) -> (1, 1, kh, 1, kw, 1 or C)
+        kernel6 = kernel.reshape(1, 1, kh, 1, kw, -1)
+    return view_dot(kernel6, x6)
+
+
+@jax.custom_jvp
+def view_dot(kernel6: jax.Array, x6: jax.Array) -> jax.Array:
+    """``sum_{a, b} kernel6[..., a, :, b, :] x6[..., a, :, b, :]``: ``(N, Ho, Wo, C)`` from the
+    view ``x6`` ``(N, Ho, kh, Wo, kw, C)`` and a kernel broadcastable to it."""
+    return _window_ops.window_dot(_windows.view_elements(kernel6), _windows.view_elements(x6))
+
+
+@view_dot.defjvp
+def _view_dot_jvp(primals, tangents):
+    """Transposed, the input's cotangent is the output's broadcast over the view times the
+    kernel, and the kernel's is one reduction over the view.  The barrier sits on the kernel
+    term only, so in reverse mode it lands on the reduction's operand: XLA then reads the
+    ``(N, Ho, Wo, C)`` cotangent broadcast inside the reduction instead of first writing an
+    x-sized broadcast copy (3x slower for tree pooling)."""
+    kernel6, x6 = primals
+    t_kernel6, t_x6 = tangents
+    by_input = jnp.sum(kernel6 * t_x6, axis=(2, 4))
+    by_kernel = jax.lax.optimization_barrier(jnp.sum(t_kernel6 * x6, axis=(2, 4)))
+    return view_dot(kernel6, x6), by_input + by_kernel
