@@ -408,3 +408,21 @@ def test_tdgs_maps_share_a_colour_scale_per_layer_and_1x1_is_a_number(tmp_path):
     assert limits == [(1.0, 12.0), (1.0, 12.0)]  # both seeds' pool1 maps on one scale
     for ax, value in ((axes[1], "1.000"), (axes[3], "3.000")):
         assert not ax.images and [t.get_text() for t in ax.texts] == [value]
+
+
+def test_lp_powers_and_lip_logits_get_a_table_and_a_plot(tmp_path):
+    for seed, (p1, spread) in enumerate([(3.0, 1.0), (4.0, 2.0), (5.0, 3.0)]):
+        lp = {"layers": {"pool1": {"p": {"p": p1, "mean": p1}}, "pool2": {"p": {"p": 2.0, "mean": 2.0}}}}
+        lip = {"layers": {"pool1": {"logits": {"mean": 6.0, "channel_std_mean": spread}}}}
+        make_run(tmp_path, "digits", "max", seed, _plateau(0.9))
+        make_run(tmp_path, "digits", "lp", seed, _plateau(0.9), pooler_params=lp)
+        make_run(tmp_path, "digits", "lip", seed, _plateau(0.9), pooler_params=lip)
+    result = report.write(str(tmp_path))
+    text = open(result["markdown"]).read()
+    # p: mean 4 and sample std 1 over the seeds in pool1; 2 with std 0 in pool2
+    assert "LP power p (1 = average, large = max) (3 runs):" in text
+    assert "| pool1 | pool2 |\n|---|---|\n| 4.00 ± 1.00 | 2.00 ± 0.00 |" in text
+    assert "(3 runs):\n\n| pool1 |\n|---|\n| 2.00 ± 1.00 |" in text  # the LIP logit spread
+    png = os.path.join(result["dir"], "learned_scalars_digits.png")
+    with open(png, "rb") as f:
+        assert f.read(8) == PNG_SIGNATURE

@@ -126,7 +126,8 @@ def plot_curve_panels(runs: Sequence[Run], title: str, path: str) -> None:
     fig.savefig(path, dpi=110)
 
 
-def _layers(runs: Sequence[Run]) -> list[str]:
+def layer_names(runs: Sequence[Run]) -> list[str]:
+    """The pool layers named in the runs' ``pooler_params.json``, in order."""
     names: dict[str, None] = {}
     for run in runs:
         names.update(dict.fromkeys(run.pooler_params.get("layers", {})))
@@ -139,7 +140,7 @@ def _param(run: Run, layer: str, name: str) -> dict[str, Any] | None:
 
 def plot_mixing_weights(runs: Sequence[Run], title: str, path: str) -> None:
     """Mixed pooling's ``s = sigmoid(alpha)`` per channel, one panel per pool layer."""
-    layers = _layers(runs)
+    layers = layer_names(runs)
     fig, axes = _figure(ncols=len(layers), width=5.0)
     groups = _by_label(runs)
     colors = _colors(len(groups))
@@ -174,7 +175,7 @@ def plot_tdgs_temperatures(runs: Sequence[Run], title: str, path: str) -> Figure
     from matplotlib.colors import Normalize
     from matplotlib.ticker import MaxNLocator
 
-    layers = _layers(runs)
+    layers = layer_names(runs)
     groups = _by_label(runs)
     rows = [
         (label, run)
@@ -223,9 +224,47 @@ def plot_tdgs_temperatures(runs: Sequence[Run], title: str, path: str) -> Figure
     return fig
 
 
+# (pooler, parameter entry in pooler_params.json, statistic, axis label) of the panels below.
+LEARNED_SCALARS = (
+    ("lp", "p", "mean", "LP power p (1 = average, large = max)"),
+    ("lip", "logits", "channel_std_mean", "LIP logit spread: std over positions, mean over channels"),
+)
+
+
+def learned_scalar(run: Run, layer: str, name: str, statistic: str) -> float | None:
+    """One statistic of a learned parameter (or of LIP's logits) of one pool layer of a run."""
+    entry = _param(run, layer, name)
+    return None if not entry or statistic not in entry else float(entry[statistic])
+
+
+def plot_learned_scalars(runs: Sequence[Run], title: str, path: str) -> None:
+    """LP's learned power and LIP's logit spread per pool layer (mean ± std over seeds), one
+    panel per pooler that has runs."""
+    panels = [spec for spec in LEARNED_SCALARS if any(r.pooler == spec[0] for r in runs)]
+    fig, axes = _figure(ncols=len(panels), width=6.5)
+    for ax, (pooler, name, statistic, ylabel) in zip(axes[0], panels, strict=True):
+        group = [r for r in runs if r.pooler == pooler]
+        layers = layer_names(group)
+        values = [
+            [v for v in (learned_scalar(r, layer, name, statistic) for r in group) if v is not None]
+            for layer in layers
+        ]
+        means = [float(np.mean(v)) if v else np.nan for v in values]
+        stds = [float(np.std(v, ddof=1)) if len(v) > 1 else 0.0 for v in values]
+        ax.bar(layers, means, yerr=stds, capsize=4, color="tab:blue", alpha=0.7)
+        if pooler == "lp":
+            ax.axhline(3.0, ls=":", color="gray", label="initial value 3")
+            ax.legend(fontsize="small")
+        ax.set_ylabel(ylabel)
+        ax.set_title(f"{pooler} (n = {len(group)} runs)")
+        ax.grid(alpha=0.3, axis="y")
+    fig.suptitle(title)
+    fig.savefig(path, dpi=110)
+
+
 def plot_gates(runs: Sequence[Run], title: str, path: str) -> None:
     """Gate statistics of gated and tree pooling per layer (grouped bars, one bar per label)."""
-    layers = _layers(runs)
+    layers = layer_names(runs)
     groups = _by_label(runs)
     colors = _colors(len(groups))
     fig, axes = _figure(ncols=2, width=6.0)
@@ -334,6 +373,7 @@ def draw_all(runs: Sequence[Run], out: str, baseline: str) -> dict[str, list[str
         mixed = [r for r in done if r.pooler == "mixed" and r.pooler_params]
         tdgs = [r for r in done if r.pooler == "tdgs" and r.pooler_params]
         gates = [r for r in done if r.pooler in ("gated", "tree") and r.pooler_params]
+        learned = [r for r in done if r.pooler in ("lp", "lip") and r.pooler_params]
         jobs = [
             (
                 f"accuracy_{dataset}.png",
@@ -376,6 +416,16 @@ def draw_all(runs: Sequence[Run], out: str, baseline: str) -> dict[str, list[str
                     plot_gates,
                     (gates,),
                     f"{dataset}: gate statistics of gated and tree pooling {after}",
+                )
+            )
+        if learned:
+            jobs.append(
+                (
+                    f"learned_scalars_{dataset}.png",
+                    plot_learned_scalars,
+                    (learned,),
+                    f"{dataset}: learned by LP and LIP {after}\n(bars: mean, whiskers: ±1 std "
+                    "over seeds)",
                 )
             )
         for name, fn, args, title in jobs:

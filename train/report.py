@@ -410,6 +410,32 @@ def _time_lines(runs: Sequence[Run], commands: Sequence[dict[str, Any]]) -> list
     return lines
 
 
+def learned_scalar_markdown(done: Sequence[Run]) -> list[str]:
+    """A table of LP's learned power ``p`` and LIP's logit statistics per pool layer (mean ± std
+    over seeds), for the poolers among ``done`` that have them; nothing otherwise."""
+    lines = []
+    for pooler, name, statistic, label in report_plots.LEARNED_SCALARS:
+        group = [r for r in done if r.pooler == pooler and r.pooler_params]
+        layers = report_plots.layer_names(group)
+        if not group or not layers:
+            continue
+        cells = []
+        for layer in layers:
+            values = [report_plots.learned_scalar(r, layer, name, statistic) for r in group]
+            values = [v for v in values if v is not None]
+            std = f" ± {np.std(values, ddof=1):.2f}" if len(values) > 1 else ""
+            cells.append(f"{np.mean(values):.2f}{std}" if values else "–")
+        lines += [
+            f"{label} ({len(group)} runs):",
+            "",
+            "| " + " | ".join(layers) + " |",
+            "|" + "---|" * len(layers),
+            "| " + " | ".join(cells) + " |",
+            "",
+        ]
+    return lines
+
+
 def markdown(runs: Sequence[Run], workdir: str, plots: dict[str, list[str]]) -> str:
     """The text of ``report.md``; ``plots`` maps a dataset (or ``""``) to its PNG file names."""
     lines = ["# jaxpool study: poolers compared with max pooling", ""]
@@ -444,6 +470,7 @@ def markdown(runs: Sequence[Run], workdir: str, plots: dict[str, list[str]]) -> 
         lines.append("")
         lines += table_markdown(table(subset))
         lines.append("")
+        lines += learned_scalar_markdown([r for r in subset if r.done])
         for name in plots.get(dataset, []):
             lines += [f"![{name}]({name})", ""]
     for name in plots.get("", []):
