@@ -58,7 +58,9 @@ def window_geometry(
     return spec
 
 
-def stacked_windows(x4: jax.Array, spec: _windows.WindowSpec) -> tuple[jax.Array, np.ndarray | None]:
+def stacked_windows(
+    x4: jax.Array, spec: _windows.WindowSpec
+) -> tuple[jax.Array, np.ndarray | None]:
     """The windows of ``x4`` as ``(N, Ho, Wo, K, C)`` float32 (padding holds 0) and a
     ``(Ho, Wo, K, 1)`` bool mask of the real elements (None when there is no padding)."""
     elements = _windows.window_elements(x4.astype(_F32), spec, force_general=True)
@@ -70,7 +72,9 @@ def stacked_windows(x4: jax.Array, spec: _windows.WindowSpec) -> tuple[jax.Array
     return jnp.stack(elements, axis=3), valid
 
 
-def softmax_weighted_mean(values: jax.Array, logits: jax.Array, valid: np.ndarray | None) -> jax.Array:
+def softmax_weighted_mean(
+    values: jax.Array, logits: jax.Array, valid: np.ndarray | None
+) -> jax.Array:
     r"""``sum_i softmax(logits)_i values_i`` over axis 3 (the window), real elements only.
 
     The window's largest logit is subtracted before ``exp`` (same value, no overflow).
@@ -83,7 +87,10 @@ def softmax_weighted_mean(values: jax.Array, logits: jax.Array, valid: np.ndarra
 
 
 def soft_pool(
-    x: jax.Array, window_shape: Window = 2, strides: Window | None = None, padding: Padding = "VALID"
+    x: jax.Array,
+    window_shape: Window = 2,
+    strides: Window | None = None,
+    padding: Padding = "VALID",
 ) -> jax.Array:
     r"""SoftPool (Stergiou, Poppe & Kalliatakis, ICCV 2021): a softmax-weighted mean of the window.
 

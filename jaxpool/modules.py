@@ -252,7 +252,11 @@ class GatedPool(_WindowedPool):
         shape = _kernel_shape(self, in_size, channels)
         specs = {"gate_kernel": ParamSpec(shape, self.kernel_init)}
         if self.use_bias:
-            bias_shape = {"layer": (), "channel": shape[-1:], "region_channel": (*shape[:2], shape[-1])}
+            bias_shape = {
+                "layer": (),
+                "channel": shape[-1:],
+                "region_channel": (*shape[:2], shape[-1]),
+            }
             specs["gate_bias"] = ParamSpec(bias_shape[self.per], self.bias_init)
         return specs
 

@@ -99,7 +99,9 @@ class Pooler(nnx.Module):
 
     def config(self) -> modules.Pooler:
         """The unbound Linen layer with this layer's hyperparameters."""
-        return self.linen(**{name: getattr(self, name) for name in hyperparameter_names(self.linen)})
+        return self.linen(
+            **{name: getattr(self, name) for name in hyperparameter_names(self.linen)}
+        )
 
     def __call__(
         self,

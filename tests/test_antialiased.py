@@ -30,7 +30,9 @@ def ref_max_blur_pool(x, window=2, stride=2, filter_size=4, pad_mode="reflect"):
     out = np.zeros((n, ho, wo, c))
     for i in range(ho):
         for j in range(wo):
-            patch = padded[:, i * stride : i * stride + filter_size, j * stride : j * stride + filter_size]
+            patch = padded[
+                :, i * stride : i * stride + filter_size, j * stride : j * stride + filter_size
+            ]
             out[:, i, j] = np.einsum("nabc,ab->nc", patch, filt)
     return out
 
@@ -67,7 +69,7 @@ def test_matches_reference_values_and_gradients(hw, kwargs):
     for idx in np.ndindex(x.shape):
         d = np.zeros_like(x)
         d[idx] = eps
-        f = lambda v: (ref_max_blur_pool(v, **_ref_kwargs(kwargs)) * u).sum()  # noqa: E731
+        f = lambda v: (ref_max_blur_pool(v, **_ref_kwargs(kwargs)) * u).sum()
         expected[idx] = (f(x + d) - f(x - d)) / (2 * eps)
     np.testing.assert_allclose(grad, expected, rtol=1e-4, atol=1e-5)
 

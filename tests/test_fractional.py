@@ -39,13 +39,15 @@ def test_fixed_boundaries_worked_by_hand():
     np.testing.assert_array_equal(y[0, :, :, 0], [[6, 8, 9], [16, 18, 19], [21, 23, 24]])
 
 
-@pytest.mark.parametrize(("hw", "ratio", "overlapping"), [((9, 7), math.sqrt(2), False), ((8, 11), (1.5, 1.7), True)])
+@pytest.mark.parametrize(
+    ("hw", "ratio", "overlapping"), [((9, 7), math.sqrt(2), False), ((8, 11), (1.5, 1.7), True)]
+)
 def test_deterministic_matches_reference_values_and_gradients(hw, ratio, overlapping):
     x = np.random.default_rng(0).normal(size=(2, *hw, 3))
     rh, rw = ratio if isinstance(ratio, tuple) else (ratio, ratio)
     rows = fixed(hw[0], math.floor(hw[0] / rh), overlapping)
     cols = fixed(hw[1], math.floor(hw[1] / rw), overlapping)
-    pool = lambda v: jaxpool.fractional_max_pool(  # noqa: E731
+    pool = lambda v: jaxpool.fractional_max_pool(
         v, ratio, deterministic=True, overlapping=overlapping
     )
     y = pool(jnp.asarray(x, jnp.float32))

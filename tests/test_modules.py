@@ -254,7 +254,11 @@ def test_parameter_names_and_layouts():
     assert _param_shapes("tdgs", x, per="layer") == {"temperature": ()}
     assert _param_shapes("lp", x) == {"p": ()}
     assert _param_shapes("lp", x, per="channel") == {"p": (5,)}
-    assert _param_shapes("lip", x) == {"logit_kernel": (3, 3, 5, 5), "norm_scale": (5,), "norm_bias": (5,)}
+    assert _param_shapes("lip", x) == {
+        "logit_kernel": (3, 3, 5, 5),
+        "norm_scale": (5,),
+        "norm_bias": (5,),
+    }
     assert _param_shapes("lip", x, logit_kernel_size=(5, 1))["logit_kernel"] == (5, 1, 5, 5)
     for name in ("max", "avg", "stochastic", "s3", "softpool", "blur", "fractional"):
         assert _param_shapes(name, x) == {}

@@ -143,11 +143,23 @@ def test_a_stochastic_pooler_trains_under_nnx_jit():
 @pytest.mark.parametrize(
     ("name", "kwargs", "match"),
     [
-        ("mixed", {"temperature": 1.0}, r"pooler 'mixed' has no argument\(s\) temperature; allowed"),
+        (
+            "mixed",
+            {"temperature": 1.0},
+            r"pooler 'mixed' has no argument\(s\) temperature; allowed",
+        ),
         ("tdgs", {"in_features": C, "rngs": nnx.Rngs(0)}, r"input_size=\(H, W\)"),
-        ("gated", {"input_size": HW, "rngs": nnx.Rngs(0)}, r"GatedPool.gate_kernel has a shape that depends on the channel count"),
+        (
+            "gated",
+            {"input_size": HW, "rngs": nnx.Rngs(0)},
+            r"GatedPool.gate_kernel has a shape that depends on the channel count",
+        ),
         ("lp", {"in_features": C}, r"give rngs=nnx.Rngs\(seed\)"),
-        ("mixed", {"per": "region", "rngs": nnx.Rngs(0)}, r"per must be one of \('channel', 'layer'\)"),
+        (
+            "mixed",
+            {"per": "region", "rngs": nnx.Rngs(0)},
+            r"per must be one of \('channel', 'layer'\)",
+        ),
         ("max", {"in_features": 0}, r"in_features must be a positive int; got 0"),
     ],
 )
@@ -157,13 +169,17 @@ def test_construction_errors_name_the_fix(name, kwargs, match):
 
 
 def test_the_classes_check_their_arguments_too():
-    with pytest.raises(ValueError, match=r"MixedPool has no argument\(s\) tau; allowed: in_features"):
+    with pytest.raises(
+        ValueError, match=r"MixedPool has no argument\(s\) tau; allowed: in_features"
+    ):
         pnnx.MixedPool(tau=1.0)
 
 
 def test_call_errors_are_those_of_linen():
     layer = pnnx.TDGSPool(in_features=2, input_size=(8, 8), rngs=nnx.Rngs(0))
-    with pytest.raises(ValueError, match=r"initialised for inputs with 2 channels and this input has 3"):
+    with pytest.raises(
+        ValueError, match=r"initialised for inputs with 2 channels and this input has 3"
+    ):
         layer(jnp.ones((1, 8, 8, 3)), deterministic=True)
     with pytest.raises(ValueError, match=r"has shape \(4, 4, 2\) but this input needs \(3, 3, 2\)"):
         layer(jnp.ones((1, 6, 6, 2)), deterministic=True)

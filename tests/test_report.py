@@ -412,7 +412,12 @@ def test_tdgs_maps_share_a_colour_scale_per_layer_and_1x1_is_a_number(tmp_path):
 
 def test_lp_powers_and_lip_logits_get_a_table_and_a_plot(tmp_path):
     for seed, (p1, spread) in enumerate([(3.0, 1.0), (4.0, 2.0), (5.0, 3.0)]):
-        lp = {"layers": {"pool1": {"p": {"p": p1, "mean": p1}}, "pool2": {"p": {"p": 2.0, "mean": 2.0}}}}
+        lp = {
+            "layers": {
+                "pool1": {"p": {"p": p1, "mean": p1}},
+                "pool2": {"p": {"p": 2.0, "mean": 2.0}},
+            }
+        }
         lip = {"layers": {"pool1": {"logits": {"mean": 6.0, "channel_std_mean": spread}}}}
         make_run(tmp_path, "digits", "max", seed, _plateau(0.9))
         make_run(tmp_path, "digits", "lp", seed, _plateau(0.9), pooler_params=lp)

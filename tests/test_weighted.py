@@ -85,9 +85,9 @@ def test_soft_pool_matches_reference_values_and_gradients(geometry):
     y = jaxpool.soft_pool(jnp.asarray(x, jnp.float32), window, strides, padding)
     np.testing.assert_allclose(y, ref_soft_pool(x, geometry), rtol=1e-5, atol=1e-6)
     weights = np.random.default_rng(1).normal(size=y.shape)
-    grad = jax.grad(
-        lambda v: (jaxpool.soft_pool(v, window, strides, padding) * weights).sum()
-    )(jnp.asarray(x, jnp.float32))
+    grad = jax.grad(lambda v: (jaxpool.soft_pool(v, window, strides, padding) * weights).sum())(
+        jnp.asarray(x, jnp.float32)
+    )
     expected = _numeric_grad(lambda v: (ref_soft_pool(v, geometry) * weights).sum(), x)
     np.testing.assert_allclose(grad, expected, rtol=1e-4, atol=1e-5)
 
@@ -132,9 +132,7 @@ def test_lp_pool_matches_reference_values_and_gradients(geometry):
 
 def test_lp_pool_limits_are_average_and_max():
     x = jnp.abs(jax.random.normal(jax.random.key(0), (2, 6, 4, 3))) + 0.01
-    np.testing.assert_allclose(
-        jaxpool.lp_pool(x, 1.0), jaxpool.avg_pool(x), rtol=1e-5, atol=1e-6
-    )
+    np.testing.assert_allclose(jaxpool.lp_pool(x, 1.0), jaxpool.avg_pool(x), rtol=1e-5, atol=1e-6)
     # (mean v^p)^(1/p) >= max v * K^(-1/p): within 0.4% of the max for K = 4, p = 400
     np.testing.assert_allclose(jaxpool.lp_pool(x, 400.0), jaxpool.max_pool(x), rtol=4e-3)
     # a p this large overflows x^p in float32 unless the window max is factored out
@@ -175,7 +173,7 @@ def test_lip_matches_reference_values_and_gradients(geometry):
     x = _input(hw, seed=5)
     kernel = rng.normal(size=(3, 3, 2, 2)) * 0.3
     scale, bias = rng.normal(size=2), rng.normal(size=2)
-    f32 = lambda a: jnp.asarray(a, jnp.float32)  # noqa: E731
+    f32 = lambda a: jnp.asarray(a, jnp.float32)
     with jax.default_matmul_precision("highest"):  # float32 convolutions on every backend
         logits = jaxpool.lip_logits(f32(x), f32(kernel), f32(scale), f32(bias))
         ref_logits = ref_lip_logits(x, kernel, scale, bias)
@@ -192,8 +190,12 @@ def test_lip_matches_reference_values_and_gradients(geometry):
 
         weights = rng.normal(size=y.shape)
         gx, gk = jax.grad(full, (0, 1))(f32(x), f32(kernel))
-    np.testing.assert_allclose(gx, _numeric_grad(lambda v: ref_full(v, kernel), x), rtol=2e-3, atol=2e-3)
-    np.testing.assert_allclose(gk, _numeric_grad(lambda k: ref_full(x, k), kernel), rtol=2e-3, atol=2e-3)
+    np.testing.assert_allclose(
+        gx, _numeric_grad(lambda v: ref_full(v, kernel), x), rtol=2e-3, atol=2e-3
+    )
+    np.testing.assert_allclose(
+        gk, _numeric_grad(lambda k: ref_full(x, k), kernel), rtol=2e-3, atol=2e-3
+    )
 
 
 def test_lip_with_equal_logits_is_average_pooling():

@@ -227,7 +227,12 @@ def plot_tdgs_temperatures(runs: Sequence[Run], title: str, path: str) -> Figure
 # (pooler, parameter entry in pooler_params.json, statistic, axis label) of the panels below.
 LEARNED_SCALARS = (
     ("lp", "p", "mean", "LP power p (1 = average, large = max)"),
-    ("lip", "logits", "channel_std_mean", "LIP logit spread: std over positions, mean over channels"),
+    (
+        "lip",
+        "logits",
+        "channel_std_mean",
+        "LIP logit spread: std over positions, mean over channels",
+    ),
 )
 
 

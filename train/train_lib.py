@@ -385,9 +385,11 @@ def train_and_evaluate(
                 run_files.write_json(
                     os.path.join(workdir, "pooler_params.json"),
                     models.pooler_report(
-                        state.params, config.pooler, pooler_kwargs(config),
+                        state.params,
+                        config.pooler,
+                        pooler_kwargs(config),
                         _report_inputs(config, state, data, mean, std),
-                    ),  # fmt: skip
+                    ),
                 )
             # replace: a checkpoint a signal took at this very step still marks the epoch open.
             ckpt.save(row["step"], _ckpt_item(state), dict(meta), replace=True)
