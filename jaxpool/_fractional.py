@@ -158,7 +158,11 @@ def fractional_max_pool(
         )
 
     if per_example:
-        rows, cols = jax.vmap(draw)(jax.random.split(key, n))
+        keys = jax.random.split(key, n)
+        batch_axis = (_windows.explicit_spec(x4) or (None,))[0]
+        if batch_axis is not None:  # explicit sharding: vmap needs the keys split like the batch
+            keys = jax.sharding.reshard(keys, jax.sharding.PartitionSpec(batch_axis))
+        rows, cols = jax.vmap(draw)(keys)
         y = jax.vmap(lambda xi, r, c: _pool(xi[None], r, c, overlapping)[0])(x4, rows, cols)
     else:
         y = _pool(x4, *draw(key), overlapping)

@@ -18,12 +18,13 @@ from jax.sharding import PartitionSpec as P
 import jaxpool
 
 GEOMETRIES = [{}, {"window_shape": 3, "strides": 2, "padding": "SAME"}]
-S3_OPTIONS = [{}, {"per_example": True}]  # one sample per example: keys split like the batch
+PER_EXAMPLE = [{}, {"per_example": True}]  # one sample per example: keys split like the batch
+OPTIONS = {"s3": PER_EXAMPLE, "fractional": PER_EXAMPLE, "blur": [{}, {"window_shape": 3, "strides": 2}]}
 x = jax.random.normal(jax.random.key(0), (16, 8, 8, 4))
 mesh = jax.make_mesh((8,), ("data",))
 out = {}
 for name in jaxpool.available():
-    for geometry in GEOMETRIES if name != "s3" else S3_OPTIONS:
+    for geometry in OPTIONS.get(name, GEOMETRIES):
         module = jaxpool.create(name, **geometry)
         keys = {"params": jax.random.key(1), "pooling": jax.random.key(2)}
         params = module.init(keys, x, deterministic=True).get("params", {})
@@ -44,8 +45,11 @@ for name in jaxpool.available():
                 xs = jax.device_put(x, P("data"))
                 got = run(params, xs, deterministic)
                 spec = str(jax.typeof(got[0]).sharding.spec)
+            # relative to each leaf's largest magnitude (at least 1): LIP's zero-initialised
+            # logit convolution has gradients in the hundreds (a zero-variance instance norm)
             errors = jax.tree_util.tree_map(
-                lambda a, b: float(np.max(np.abs(np.asarray(a) - np.asarray(b)), initial=0.0)),
+                lambda a, b: float(np.max(np.abs(np.asarray(a) - np.asarray(b)), initial=0.0))
+                / max(1.0, float(np.max(np.abs(np.asarray(b)), initial=0.0))),
                 got, want,
             )
             out[f"{label}-{'det' if deterministic else 'train'}"] = {
@@ -58,7 +62,8 @@ print(json.dumps(out))
 
 def test_every_pooler_matches_unsharded_under_explicit_sharding():
     results = json.loads(run_on_cpu_devices(SCRIPT))
-    assert len(results) == 2 * 2 * 8  # every pooler, both modes, two geometries (s3: options)
+    # every pooler, both modes, two geometries (s3 and fractional: two options)
+    assert len(results) == 2 * 2 * 13
     for label, result in results.items():
         assert result["max_error"] < 1e-4, (label, result)
         assert result["spec"].startswith("P('data'"), (label, result)

@@ -285,6 +285,13 @@ def test_jvp_of_every_pooler_matches_a_central_difference(pooler_name, determini
         {"params": jax.random.key(1), "pooling": jax.random.key(2)}, x, deterministic=True
     )
     params = variables.get("params", {})
+    if pooler_name == "lip":
+        # LIP's zero-initialised logit convolution leaves its instance norm at zero variance,
+        # where the normalisation is steeper than a finite difference of step 1e-3 can follow.
+        params = {
+            **params,
+            "logit_kernel": 0.3 * jax.random.normal(jax.random.key(6), (3, 3, c, c)),
+        }
 
     def pool(params, x):
         return module.apply(

@@ -107,7 +107,7 @@ def test_dry_run_on_empty_workdir_writes_nothing(tmp_path, capsys):
     assert run_sweep(workdir, *argv) == 0
     out = capsys.readouterr().out
     # tdgs@T=1 is plain tdgs (the default temperature): not run twice.
-    assert "18 runs" in out and "would run 18 of 18 runs" in out
+    assert "28 runs" in out and "would run 28 of 28 runs" in out
     assert "tdgs@T=1" not in out
     assert "new      digits/tdgs@T=0.5/s1" in out
     assert not os.path.exists(workdir)

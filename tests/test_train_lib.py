@@ -150,6 +150,15 @@ def test_a_bug_that_the_pooler_defaults_share_keeps_its_traceback(monkeypatch):
         run_config.validate_model(_config(pooler="tdgs", pooler_kwargs={"tau": 2.0}), (8, 8, 1), 10)
 
 
+def test_a_pooler_that_only_fits_larger_images_is_a_config_error():
+    # blur's reflect padding needs 3 rows after the 2x2 max: 8x8 digits leave 2x2 maps
+    with pytest.raises(
+        run_config.ConfigError,
+        match=r"pooler 'blur' does not fit the CNN for digits \(input 8x8x1\): reflect padding",
+    ):
+        run_config.validate_model(_config(pooler="blur"), (8, 8, 1), 10)
+
+
 def test_fewer_epochs_than_a_workdir_holds_are_refused(tmp_path):
     (tmp_path / "checkpoints" / "66").mkdir(parents=True)  # 3 epochs of 22 steps
     with pytest.raises(run_config.ConfigError, match="trained for 3 epochs, more than the 2"):

@@ -139,28 +139,39 @@ def validate_model(
     A pooler that fails on a pool slot's input (a window larger than the input with ``'VALID'``
     padding, ``tau <= 0``, an unknown ``per``, reflect padding on a map too small for it) is then a
     :class:`ConfigError` before the run writes anything: naming the bad ``pooler_kwargs`` where
-    the pooler's defaults would fit, or saying that the pooler does not fit the dataset's images.
+    the pooler's defaults would fit, or saying that the pooler does not fit the dataset's images
+    where its defaults fit larger ones.  Defaults that fail on a large image too are a bug: that
+    error propagates with its traceback.
     """
     kwargs = pooler_kwargs(config)
     shape = "x".join(map(str, image_shape))
     try:
         _trace_cnn(config.pooler, kwargs, image_shape, num_classes)
     except (TypeError, ValueError) as e:
-        if kwargs:
-            try:
-                _trace_cnn(config.pooler, {}, image_shape, num_classes)
-            except (TypeError, ValueError):
-                pass  # the defaults fail too: reported below
-            else:
-                raise ConfigError(
-                    f"bad pooler_kwargs {kwargs!r} for pooler {config.pooler!r} in the CNN for "
-                    f"{config.dataset} (input {shape}): {cli.first_line(e)}"
-                ) from e
+        if kwargs and _fits(config.pooler, {}, image_shape, num_classes):
+            raise ConfigError(
+                f"bad pooler_kwargs {kwargs!r} for pooler {config.pooler!r} in the CNN for "
+                f"{config.dataset} (input {shape}): {cli.first_line(e)}"
+            ) from e
+        if not _fits(config.pooler, {}, (*LARGE_IMAGE, image_shape[-1]), num_classes):
+            raise  # the pooler's defaults fail on any image: a bug, with its traceback
         # e.g. blur's reflect padding on the 2x2 maps that 8x8 digits leave after two pools
         raise ConfigError(
             f"pooler {config.pooler!r} does not fit the CNN for {config.dataset} (input {shape}): "
             f"{cli.first_line(e)}"
         ) from e
+
+
+# An image size every registered pooler's defaults fit: telling "too small" from a bug.
+LARGE_IMAGE = (64, 64)
+
+
+def _fits(pooler: str, kwargs: dict, image_shape: tuple[int, ...], num_classes: int) -> bool:
+    try:
+        _trace_cnn(pooler, kwargs, image_shape, num_classes)
+    except (TypeError, ValueError):
+        return False
+    return True
 
 
 def _trace_cnn(pooler: str, kwargs: dict, image_shape: tuple[int, ...], num_classes: int) -> None:
