@@ -93,7 +93,7 @@ class Pooler(nn.Module):
     ) -> jax.Array:
         x4, _ = _windows.check_input(x)
         params = {
-            name: _fixed_param(self, name, spec)
+            name: _checked_param(self, name, spec)
             for name, spec in self.parameters(x4.shape[1:3], x4.shape[-1]).items()
         }
         deterministic = self.merge_mode(deterministic)
@@ -102,7 +102,7 @@ class Pooler(nn.Module):
         return self.pool(x, params, None if deterministic else rng, deterministic)
 
 
-def _fixed_param(module: nn.Module, name: str, spec: ParamSpec) -> jax.Array:
+def _checked_param(module: nn.Module, name: str, spec: ParamSpec) -> jax.Array:
     """``module.param`` that raises a clear ValueError when the input implies another shape."""
     if module.has_variable("params", name):
         check_shape(module, name, module.get_variable("params", name).shape, spec.shape)
