@@ -71,7 +71,7 @@ class Pooler(nn.Module):
         deterministic: bool,
     ) -> jax.Array:
         """The layer's output for parameter values ``params`` (``key`` is None when deterministic)."""
-        raise NotImplementedError
+        raise TypeError(f"{type(self).__name__} must define pool(x, params, key, deterministic)")
 
     def merge_mode(self, deterministic: bool | None) -> bool:
         """The call's ``deterministic`` merged with the field (as Dropout); a stochastic layer
