@@ -1,11 +1,11 @@
-"""train.accelerator_check (``train.bench --check``): steps, time limits and the summary; the
+"""train.benchmarks.accelerator_check (``train.bench --check``): steps, time limits and the summary; the
 real steps (the suite, the bench, a sweep) are what it runs on an accelerator, not here."""
 
 from __future__ import annotations
 
 import sys
 
-from train import accelerator_check
+from train.benchmarks import accelerator_check
 
 
 def test_steps_record_status_time_and_last_line(tmp_path):

@@ -14,14 +14,15 @@ import pytest
 
 import jaxpool
 from train import bench, cli
+from train.benchmarks import measure
 
 
 def test_pool_table_has_every_key_and_positive_times():
-    results = bench.run(["avg"], repeats=1, with_cnn=False)
+    results = measure.run(["avg"], repeats=1, with_cnn=False)
     for name in ("max", "avg"):  # max, the ratios' reference, is reported though not asked for
-        for shape in bench.POOL_SHAPES:
-            assert results["pool_fwdbwd_ms"][f"{name}@{bench._shape_key(shape)}"] > 0
-    assert set(results["misc_ms"]) == {f"copy@{bench._shape_key(s)}" for s in bench.POOL_SHAPES}
+        for shape in measure.POOL_SHAPES:
+            assert results["pool_fwdbwd_ms"][f"{name}@{measure._shape_key(shape)}"] > 0
+    assert set(results["misc_ms"]) == {f"copy@{measure._shape_key(s)}" for s in measure.POOL_SHAPES}
     assert set(results["page_faults_per_call"]) == set(results["pool_fwdbwd_ms"]) | set(
         results["misc_ms"]
     )
@@ -34,7 +35,7 @@ def test_pool_table_has_every_key_and_positive_times():
 def test_pooler_step_returns_the_forward_and_takes_the_cotangent_as_an_argument():
     # A cotangent closed over as a constant let XLA fold avg's backward pass at compile time, and
     # an unreturned forward output let it drop the forward pass: the timing missed both.
-    step, (params, x, key, cotangent) = bench.pooler_step("avg", (2, 4, 6, 3))
+    step, (params, x, key, cotangent) = measure.pooler_step("avg", (2, 4, 6, 3))
     y, (_, dx) = step(params, x, key, cotangent)
     # rtol 1e-6: a mean of 4 floats and a division by 4, a few float32 ulps on any backend.
     windows = np.asarray(x).reshape(2, 2, 2, 3, 2, 3)
@@ -48,7 +49,7 @@ def test_pooler_step_returns_the_forward_and_takes_the_cotangent_as_an_argument(
 
 def test_keep_freed_memory_reports_what_it_did():
     # In a subprocess: mallopt changes the whole process's allocator.
-    code = "from train import bench; print(bench.keep_freed_memory())"
+    code = "from train.benchmarks import measure; print(measure.keep_freed_memory())"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     line = out.stdout.strip()
     if sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc":
@@ -58,7 +59,7 @@ def test_keep_freed_memory_reports_what_it_did():
 
 
 def test_cnn_steps_run_on_mnist_sized_input():
-    compile_s, train, evaluate = bench.cnn_steps("max", 8, (28, 28, 1))
+    compile_s, train, evaluate = measure.cnn_steps("max", 8, (28, 28, 1))
     state, out = train()
     assert compile_s > 0 and out["loss"].shape == () and int(state.step) == 1
     # Each call trains on from the previous call's state, which it donates; the eval state is
@@ -88,17 +89,17 @@ def test_bad_poolers_name_the_allowed_ones(text, message):
 
 
 def test_summary_table_has_a_row_per_pooler_with_every_figure():
-    shapes = [bench._shape_key(s) for s in bench.POOL_SHAPES]
+    shapes = [measure._shape_key(s) for s in measure.POOL_SHAPES]
     results = {
         "pool_fwdbwd_ms": {f"{n}@{k}": v for k in shapes for n, v in (("max", 2.0), ("tdgs", 9.0))},
         "misc_ms": {f"copy@{k}": 0.5 for k in shapes}
-        | {f"compile_train_step@tdgs@{b}": 3000.0 for b in bench.CNN_BATCHES},
-        "cnn_train_img_s": {f"tdgs@{b}": 6500.0 for b in bench.CNN_BATCHES},
-        "cnn_eval_img_s": {f"tdgs@{b}": 30000.0 for b in bench.CNN_BATCHES},
+        | {f"compile_train_step@tdgs@{b}": 3000.0 for b in measure.CNN_BATCHES},
+        "cnn_train_img_s": {f"tdgs@{b}": 6500.0 for b in measure.CNN_BATCHES},
+        "cnn_eval_img_s": {f"tdgs@{b}": 30000.0 for b in measure.CNN_BATCHES},
     }
-    title, columns, max_row, tdgs_row = bench.summary_table(results, ["max", "tdgs"])
+    title, columns, max_row, tdgs_row = measure.summary_table(results, ["max", "tdgs"])
     pool_only = dict(results, cnn_train_img_s={}, cnn_eval_img_s={})  # --skip-cnn
-    assert "CNN" not in bench.summary_table(pool_only, ["max"])[0]
+    assert "CNN" not in measure.summary_table(pool_only, ["max"])[0]
     assert title.startswith("summary") and "train@64" in columns and "compile@256" in columns
     assert max_row.split() == ["max"] + ["2.000", "(1.00,", "4.00)"] * 2 + ["-"] * 6
     assert (
@@ -164,7 +165,7 @@ def test_time_interleaved_times_round_robin_after_warm_up():
         return lambda: calls.append(name) or 0
 
     faults = {}
-    seconds = bench.time_interleaved(
+    seconds = measure.time_interleaved(
         {"a": fn("a"), "b": fn("b")}, repeats=3, target_s=0.0, faults=faults
     )
     assert set(seconds) == {"a", "b"} and all(s >= 0 for s in seconds.values())
@@ -183,10 +184,10 @@ def test_time_interleaved_counts_the_page_faults_of_each_call():
         buf[::512] = 1.0
 
     faults = {}
-    bench.time_interleaved(
+    measure.time_interleaved(
         {"touch": touch, "noop": lambda: 0}, repeats=3, target_s=0.0, faults=faults
     )
-    if bench.resource is None:
+    if measure.resource is None:
         pytest.skip("no resource module on this platform")
     assert faults["touch"] >= 20
     assert faults["noop"] < 5
@@ -195,12 +196,12 @@ def test_time_interleaved_counts_the_page_faults_of_each_call():
 def test_the_in_loop_pass_is_the_per_call_pass_repeated():
     # With c = 0 every iteration repeats the same forward+backward on the same input; with c = 1
     # each feeds the next, so the result is 3 chained calls of the per-call step.
-    loop, (params, x, key, cotangent, c) = bench.pooler_loop("avg", (2, 4, 6, 3), iterations=3)
+    loop, (params, x, key, cotangent, c) = measure.pooler_loop("avg", (2, 4, 6, 3), iterations=3)
     assert float(c) == 0.0
     _, x_same, cot_same = loop(params, x, key, cotangent, c)
     np.testing.assert_array_equal(x_same, x)
     np.testing.assert_array_equal(cot_same, cotangent)
-    step, _ = bench.pooler_step("avg", (2, 4, 6, 3))
+    step, _ = measure.pooler_step("avg", (2, 4, 6, 3))
     want_x, want_cot = x, cotangent
     for i in range(3):
         y, (_, dx) = step(params, want_x, jax.random.fold_in(key, i), want_cot)
@@ -211,15 +212,15 @@ def test_the_in_loop_pass_is_the_per_call_pass_repeated():
 
 
 def test_in_loop_figures_when_asked_and_in_the_summary(monkeypatch):
-    monkeypatch.setattr(bench, "POOL_SHAPES", ((2, 8, 8, 4),))
-    monkeypatch.setattr(bench, "CNN_BATCHES", (8,))
-    monkeypatch.setattr(bench, "LOOP_ITERATIONS", 2)
-    results = bench.run(["tdgs"], repeats=1, cnn_input=(8, 8, 1), in_loop=True)
+    monkeypatch.setattr(measure, "POOL_SHAPES", ((2, 8, 8, 4),))
+    monkeypatch.setattr(measure, "CNN_BATCHES", (8,))
+    monkeypatch.setattr(measure, "LOOP_ITERATIONS", 2)
+    results = measure.run(["tdgs"], repeats=1, cnn_input=(8, 8, 1), in_loop=True)
     assert set(results["pool_fwdbwd_loop_ms"]) == {"max@(2,8,8,4)", "tdgs@(2,8,8,4)"}
     assert all(v > 0 for v in results["pool_fwdbwd_loop_ms"].values())
     assert set(results["cnn_train_loop_img_s"]) == {"tdgs@8"}
-    lines = bench.summary_table(results, ["max", "tdgs"])
+    lines = measure.summary_table(results, ["max", "tdgs"])
     assert "in loop" in lines[1] and len(lines[2].split()) == len(lines[3].split()) == 9
     assert lines[3].split()[4] == f"{results['pool_fwdbwd_loop_ms']['tdgs@(2,8,8,4)']:.3f}"
-    default = bench.run(["avg"], repeats=1, with_cnn=False)  # on CPU: no in-loop figures
+    default = measure.run(["avg"], repeats=1, with_cnn=False)  # on CPU: no in-loop figures
     assert ("pool_fwdbwd_loop_ms" in default) == (jax.default_backend() != "cpu")

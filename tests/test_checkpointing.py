@@ -1,4 +1,4 @@
-"""Tests of train/checkpointing.py: round trip, newest-first restore, corrupt checkpoints."""
+"""Tests of train/core/checkpointing.py: round trip, newest-first restore, corrupt checkpoints."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import chex
 import jax.numpy as jnp
 import numpy as np
 
-from train import checkpointing, run_files
+from train.core import checkpointing, run_files
 
 
 def _item(value: float):
@@ -70,7 +70,7 @@ def test_an_unfinished_write_is_reported(tmp_path, caplog):
     ckpt.save(1, _item(1), {"epoch": 1})
     ckpt.close()
     (tmp_path / "checkpoints" / "2.orbax-checkpoint-tmp-1234").mkdir()
-    with caplog.at_level("WARNING", logger="train.checkpointing"):
+    with caplog.at_level("WARNING", logger="train.core.checkpointing"):
         restored = checkpointing.Checkpoints(tmp_path / "checkpoints").restore_latest(_item(0))
     assert restored.step == 1
     assert "2.orbax-checkpoint-tmp-1234" in caplog.text and "did not finish" in caplog.text

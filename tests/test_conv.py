@@ -1,4 +1,4 @@
-"""Tests of train/conv.py: values and both gradients equal lax.conv_general_dilated / nn.Conv."""
+"""Tests of train/core/conv.py: values and both gradients equal lax.conv_general_dilated / nn.Conv."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from train import conv
+from train.core import conv
 
 SHAPES = [  # (x shape NHWC, kernel (kh, kw), out channels)
     ((2, 7, 6, 3), (3, 3), 4),
@@ -88,7 +88,7 @@ def _numpy_conv_same(x, w):
 
 @pytest.mark.parametrize(("x_shape", "kernel", "features"), SHAPES)
 def test_values_and_gradients_match_a_float64_numpy_reference(x_shape, kernel, features):
-    # Whatever kernel library XLA:CPU uses (train.xla_cpu picks XNNPACK), float32 accuracy holds.
+    # Whatever kernel library XLA:CPU uses (train.core.xla_cpu picks XNNPACK), float32 accuracy holds.
     # "highest": a GPU computes float32 convolutions in TF32 (10-bit mantissa) by default.
     with jax.default_matmul_precision("highest"):
         _check_against_numpy(x_shape, kernel, features)

@@ -1,4 +1,4 @@
-"""Tests of train/device_loop.py: on-device epoch order, chunk plans, and chunked training equal
+"""Tests of train/core/device_loop.py: on-device epoch order, chunk plans, and chunked training equal
 to step-by-step training on the same batches."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import optax
 import pytest
 
 from configs import digits as digits_config
-from train import device_loop, input_pipeline, steps, train_lib
+from train.core import device_loop, input_pipeline, loop, steps
 
 BATCH = 32
 STEPS = 7
@@ -128,7 +128,7 @@ def test_evaluation_counts_every_example_once_and_equals_one_big_batch(batch_siz
     )  # fmt: skip
     assert sums["count"].shape == (-(-359 // batch_size),)
     assert float(np.sum(sums["count"])) == len(data.test) == 359
-    got = train_lib.evaluate(state, test_data, batch_size, sharded)
+    got = loop.evaluate(state, test_data, batch_size, sharded)
     # One batch of all 359 examples, outside any loop.
     logits = state.apply_fn(
         {"params": state.params}, data.test.images.astype(np.float32) / 255.0, deterministic=True

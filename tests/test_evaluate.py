@@ -7,7 +7,8 @@ import json
 import pytest
 
 from configs import digits
-from train import evaluate, train_lib
+from train import evaluate
+from train.core import loop
 
 
 @pytest.fixture(scope="module")
@@ -15,7 +16,7 @@ def s3_run(tmp_path_factory):
     config = digits.get_config()
     config.update(pooler="s3", num_epochs=1, progress=False)
     workdir = str(tmp_path_factory.mktemp("s3"))
-    final = train_lib.train_and_evaluate(config, workdir)
+    final = loop.train_and_evaluate(config, workdir)
     return workdir, final
 
 

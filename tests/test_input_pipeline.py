@@ -1,4 +1,4 @@
-"""Tests of train/input_pipeline.py: loading and drop-remainder."""
+"""Tests of train/core/input_pipeline.py: loading and drop-remainder."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from conftest import mock_tfds
 
-from train import input_pipeline
+from train.core import input_pipeline
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""Tests of train/models.py: the standard CNN with every registry pooler."""
+"""Tests of train/core/models.py: the standard CNN with every registry pooler."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import pytest
 
 import jaxpool
-from train import models
+from train.core import models
 
 # Expected learnable pooler parameters per slot (name -> shape for C channels, Ho x Wo output).
 POOLER_PARAMS = {

@@ -31,7 +31,7 @@ from unittest import mock
 import jax
 import tensorflow_datasets as tfds
 from configs import digits
-from train import train_lib
+from train.core import loop
 
 workdir, dataset, poolers = sys.argv[1], sys.argv[2], sys.argv[3:]
 out = {"devices": jax.device_count()}
@@ -39,13 +39,13 @@ for pooler in poolers:
     config = digits.get_config()
     config.update(num_epochs=1, pooler=pooler, progress=False, dataset=dataset)
     if dataset == "digits":
-        out[pooler] = train_lib.train_and_evaluate(config, f"{workdir}/{pooler}")
+        out[pooler] = loop.train_and_evaluate(config, f"{workdir}/{pooler}")
         continue
     config.update(batch_size=16, data_dir="/nonexistent")
     with tfds.testing.mock_data(num_examples=48), mock.patch.object(
         tfds.core.DatasetBuilder, "is_prepared", return_value=True
     ):
-        out[pooler] = train_lib.train_and_evaluate(config, f"{workdir}/{pooler}")
+        out[pooler] = loop.train_and_evaluate(config, f"{workdir}/{pooler}")
 print(json.dumps(out))
 """
 

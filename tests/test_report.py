@@ -14,8 +14,9 @@ import pytest
 from PIL import Image
 
 import jaxpool
-from train import plots as report_plots
-from train import report, stats, sweep_runs
+from train import report
+from train.study import plots as report_plots
+from train.study import run_records, stats, tables
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -34,9 +35,11 @@ def make_run(
     pooler_params=None,
     train_seconds=1.0,
 ):
-    """Writes the files train_lib and train.sweep would leave for one run."""
+    """Writes the files train.core.loop and train.sweep would leave for one run."""
     kwargs = kwargs or {}
-    path = sweep_runs.run_dir(str(workdir), dataset, sweep_runs.pooler_label(pooler, kwargs), seed)
+    path = run_records.run_dir(
+        str(workdir), dataset, run_records.pooler_label(pooler, kwargs), seed
+    )
     os.makedirs(path)
     config = {
         "dataset": dataset,
@@ -87,7 +90,7 @@ def make_run(
         "versions": {"jax": "0.0", "flax": "0.0", "optax": "0.0", "jaxpool": "0.1.0"},
         "finished": "2026-01-01 00:00:00 UTC",
     }
-    with open(os.path.join(path, sweep_runs.RUN_FILE), "w") as f:
+    with open(os.path.join(path, run_records.RUN_FILE), "w") as f:
         json.dump(info, f)
     return path
 
@@ -179,26 +182,26 @@ def workdir(tmp_path):
 
 
 def test_pooler_order_is_the_registry_order_and_report_reading_needs_no_jax():
-    assert sweep_runs.POOLER_ORDER == jaxpool.available()
+    assert run_records.POOLER_ORDER == jaxpool.available()
     default = jaxpool.TDGSPool.__dataclass_fields__["init_temperature"].default
-    assert sweep_runs.TDGS_DEFAULT_INIT_TEMPERATURE == default
+    assert run_records.TDGS_DEFAULT_INIT_TEMPERATURE == default
     code = "import sys, train.report; print('jax' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 
 
 def test_labels_and_run_dirs():
-    assert sweep_runs.pooler_label("max", {}) == "max"
-    assert sweep_runs.pooler_label("tdgs", {"init_temperature": 0.5}) == "tdgs@T=0.5"
-    assert sweep_runs.pooler_label("tdgs", {"init_temperature": 2.0, "tau": 1}) == "tdgs@T=2,tau=1"
-    assert sweep_runs.run_dir("w", "mnist", "tdgs@T=0.5", 1) == os.path.join(
+    assert run_records.pooler_label("max", {}) == "max"
+    assert run_records.pooler_label("tdgs", {"init_temperature": 0.5}) == "tdgs@T=0.5"
+    assert run_records.pooler_label("tdgs", {"init_temperature": 2.0, "tau": 1}) == "tdgs@T=2,tau=1"
+    assert run_records.run_dir("w", "mnist", "tdgs@T=0.5", 1) == os.path.join(
         "w", "runs", "mnist", "tdgs@T=0.5", "s1"
     )
-    assert sweep_runs.run_dir("w", "mnist", "gated@per=[1, 2]", 0).endswith("gated@per=_1,_2_/s0")
+    assert run_records.run_dir("w", "mnist", "gated@per=[1, 2]", 0).endswith("gated@per=_1,_2_/s0")
 
 
 def test_collect_orders_and_reads_status(workdir):
-    runs = sweep_runs.collect(workdir)
+    runs = run_records.collect(workdir)
     labels = list(dict.fromkeys(r.label for r in runs))
     assert labels == ["max", "avg", "mixed", "gated", "tree", "tdgs@T=0.5", "tdgs@T=2"]
     (tree,) = [r for r in runs if r.pooler == "tree"]
@@ -212,13 +215,13 @@ def test_a_done_run_missing_metrics_lines_is_not_counted(tmp_path):
         lines = f.readlines()
     with open(metrics, "w") as f:
         f.writelines([*lines[:2], lines[2][:10]])  # the last line torn
-    (run,) = sweep_runs.collect(str(tmp_path))
+    (run,) = run_records.collect(str(tmp_path))
     assert (run.status, run.done) == ("damaged", False)
     assert run.error == "metrics.jsonl holds 2 of its 3 epochs"
 
 
 def test_table_numbers_and_best_marking(workdir):
-    rows = {r.label: r for r in report.table(sweep_runs.collect(workdir))}
+    rows = {r.label: r for r in tables.table(run_records.collect(workdir))}
     mean, std = rows["mixed"].accuracy
     assert mean == pytest.approx(np.mean(MIXED))
     assert std == pytest.approx(np.std(MIXED, ddof=1))
@@ -239,12 +242,12 @@ def test_no_mark_when_interval_contains_zero(tmp_path):
     for seed, (a, b) in enumerate([(0.90, 0.91), (0.93, 0.90)]):
         make_run(tmp_path, "digits", "max", seed, [a])
         make_run(tmp_path, "digits", "avg", seed, [b])
-    rows = report.table(sweep_runs.collect(str(tmp_path)))
+    rows = tables.table(run_records.collect(str(tmp_path)))
     assert not any(r.best for r in rows)
 
 
 def test_write_produces_csv_markdown_and_valid_pngs(workdir):
-    written = report.write(workdir)
+    written = tables.write(workdir)
     names = sorted(os.path.basename(p) for p in written["plots"])
     assert names == [
         "accuracy_digits.png",
@@ -276,7 +279,7 @@ def test_write_produces_csv_markdown_and_valid_pngs(workdir):
     with open(written["csv"]) as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 3 * 6 + 1
-    assert tuple(rows[0]) == report.CSV_FIELDS
+    assert tuple(rows[0]) == tables.CSV_FIELDS
     first = rows[0]
     assert (first["pooler"], first["seed"], first["status"]) == ("max", "0", "done")
     assert float(first["final_test_accuracy"]) == MAX[0]
@@ -289,7 +292,7 @@ def test_plain_tdgs_is_the_default_temperature_point_of_the_study(tmp_path):
     make_run(tmp_path, "digits", "tdgs", 0, [0.7], kwargs={"tau": 0.5})  # not the study
     make_run(tmp_path, "mnist", "tdgs", 0, [0.95])  # no temperature study on mnist
     make_run(tmp_path, "digits", "tdgs", 0, [0.9], kwargs={"init_temperature": 1.0})  # = tdgs
-    runs = report_plots.init_temperature_runs(sweep_runs.collect(str(tmp_path)))
+    runs = report_plots.init_temperature_runs(run_records.collect(str(tmp_path)))
     points = sorted((r.dataset, report_plots.init_temperature(r)) for r in runs)
     assert points == [("digits", 0.5), ("digits", 1.0)]  # T = 1 once per seed
 
@@ -297,7 +300,7 @@ def test_plain_tdgs_is_the_default_temperature_point_of_the_study(tmp_path):
 def test_seconds_per_epoch_leave_out_the_epochs_that_compiled():
     def run(*rows):
         metrics = [{"train_seconds": t, **flags} for t, flags in rows]
-        return sweep_runs.Run(
+        return run_records.Run(
             "p", "digits", "max", {}, 0, len(rows), "done", "", metrics, {}, {}, {}
         )
 
@@ -314,7 +317,7 @@ def test_seconds_per_epoch_leave_out_the_epochs_that_compiled():
 
 
 def test_rebuild_gives_identical_csv(workdir):
-    first = open(report.write(workdir)["csv"], "rb").read()
+    first = open(tables.write(workdir)["csv"], "rb").read()
     assert report.main(["report", workdir]) == 0
     assert open(os.path.join(workdir, "report", "results.csv"), "rb").read() == first
 
@@ -324,7 +327,7 @@ def test_stale_plots_are_removed(workdir, tmp_path):
     os.makedirs(out)
     stale = os.path.join(out, "accuracy_cifar10.png")
     open(stale, "wb").close()
-    report.write(workdir)
+    tables.write(workdir)
     assert not os.path.exists(stale)
 
 
@@ -348,10 +351,10 @@ def test_pairs_only_seeds_both_finished(tmp_path):
     make_run(tmp_path, "digits", "max", 1, [0.92])
     make_run(tmp_path, "digits", "avg", 1, [0.95])
     make_run(tmp_path, "digits", "avg", 2, [0.80])
-    rows = {r.label: r for r in report.table(sweep_runs.collect(str(tmp_path)))}
+    rows = {r.label: r for r in tables.table(run_records.collect(str(tmp_path)))}
     diff = rows["avg"].diff
     assert diff.n == 1 and diff.mean == pytest.approx(0.03)
-    assert "+3.00 (n = 1: no interval)" in "\n".join(report.table_markdown(rows.values()))
+    assert "+3.00 (n = 1: no interval)" in "\n".join(tables.table_markdown(rows.values()))
 
 
 def test_two_seeds_print_no_interval_and_mark_nothing(tmp_path):
@@ -360,10 +363,10 @@ def test_two_seeds_print_no_interval_and_mark_nothing(tmp_path):
     for seed, (a, b) in enumerate([(0.90, 0.91), (0.92, 0.932)]):
         make_run(tmp_path, "digits", "max", seed, _plateau(a))
         make_run(tmp_path, "digits", "avg", seed, _plateau(b))
-    rows = {r.label: r for r in report.table(sweep_runs.collect(str(tmp_path)))}
+    rows = {r.label: r for r in tables.table(run_records.collect(str(tmp_path)))}
     assert rows["avg"].diff.n == 2 and not rows["avg"].interval_readable
     assert not any(r.best for r in rows.values())
-    text = "\n".join(report.table_markdown(rows.values()))
+    text = "\n".join(tables.table_markdown(rows.values()))
     assert "| avg | 2/2 | 92.10 ± 1.56 | n = 2: no interval | +1.10 (n = 2: no interval) |" in text
 
 
@@ -373,22 +376,22 @@ def test_runs_still_improving_are_marked_not_converged(tmp_path):
     for seed in range(3):
         make_run(tmp_path, "digits", "max", seed, _plateau(0.85 + 0.001 * seed))
         make_run(tmp_path, "digits", "avg", seed, [0.5, 0.8, 0.85, 0.9 + 0.01 * seed])
-    runs = sweep_runs.collect(str(tmp_path))
+    runs = run_records.collect(str(tmp_path))
     avg = [r for r in runs if r.label == "avg"]
-    assert report.late_rise(avg) == pytest.approx(0.91 - 0.80)
-    assert report.converged(avg) is False
-    assert report.converged([r for r in runs if r.label == "max"]) is True
-    rows = {r.label: r for r in report.table(runs)}
+    assert tables.late_rise(avg) == pytest.approx(0.91 - 0.80)
+    assert tables.converged(avg) is False
+    assert tables.converged([r for r in runs if r.label == "max"]) is True
+    rows = {r.label: r for r in tables.table(runs)}
     assert rows["avg"].diff.excludes_zero and not rows["avg"].interval_readable
     assert not rows["avg"].best and not rows["max"].best
-    text = "\n".join(report.table_markdown(rows.values()))
+    text = "\n".join(tables.table_markdown(rows.values()))
     diff = rows["avg"].diff
     interval = f"[{100 * diff.low:+.2f}, {100 * diff.high:+.2f}]"
     assert f"| +5.90 {interval} (not converged: avg) | +11.00 not converged |" in text
     # A rise within the seed std is converged; one epoch cannot be judged.
-    assert report.converged([sweep_runs.load_run(r.path) for r in avg[:1]]) is False  # n = 1
+    assert tables.converged([run_records.load_run(r.path) for r in avg[:1]]) is False  # n = 1
     one_epoch = make_run(tmp_path, "mnist", "max", 0, [0.9])
-    assert report.converged([sweep_runs.load_run(one_epoch)]) is None
+    assert tables.converged([run_records.load_run(one_epoch)]) is None
 
 
 def test_tdgs_maps_share_a_colour_scale_per_layer_and_1x1_is_a_number(tmp_path):
@@ -401,7 +404,7 @@ def test_tdgs_maps_share_a_colour_scale_per_layer_and_1x1_is_a_number(tmp_path):
 
     for seed, scale in enumerate([1.0, 3.0]):
         make_run(tmp_path, "digits", "tdgs", seed, [0.9], pooler_params=params(scale))
-    runs = sweep_runs.collect(str(tmp_path))
+    runs = run_records.collect(str(tmp_path))
     fig = report_plots.plot_tdgs_temperatures(runs, "t", str(tmp_path / "t.png"))
     axes = fig.axes[:4]  # rows: seeds 0, 1; columns: pool1 (2x2), pool2 (1x1); then colour bars
     limits = [ax.images[0].get_clim() for ax in (axes[0], axes[2])]
@@ -422,7 +425,7 @@ def test_lp_powers_and_lip_logits_get_a_table_and_a_plot(tmp_path):
         make_run(tmp_path, "digits", "max", seed, _plateau(0.9))
         make_run(tmp_path, "digits", "lp", seed, _plateau(0.9), pooler_params=lp)
         make_run(tmp_path, "digits", "lip", seed, _plateau(0.9), pooler_params=lip)
-    result = report.write(str(tmp_path))
+    result = tables.write(str(tmp_path))
     text = open(result["markdown"]).read()
     # p: mean 4 and sample std 1 over the seeds in pool1; 2 with std 0 in pool2
     assert "LP power p (1 = average, large = max) (3 runs):" in text

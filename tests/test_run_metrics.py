@@ -1,4 +1,4 @@
-"""An epoch's running sums, its metrics row and the run summary (train.run_metrics)."""
+"""An epoch's running sums, its metrics row and the run summary (train.core.run_metrics)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from train import run_metrics
+from train.core import run_metrics
 
 
 def test_accumulate_sums_in_order_and_stops_at_the_first_non_finite_loss():

@@ -1,10 +1,10 @@
-"""train.stats: mean ± std and the paired t-interval, checked against hand-worked examples."""
+"""train.study.stats: mean ± std and the paired t-interval, checked against hand-worked examples."""
 
 import math
 
 import pytest
 
-from train import stats
+from train.study import stats
 
 
 @pytest.mark.parametrize(

@@ -18,7 +18,9 @@ import pytest
 import tensorflow_datasets as tfds
 from PIL import Image
 
-from train import input_pipeline, report, run_files, stats, sweep, sweep_runs, train_lib
+from train import report, sweep
+from train.core import input_pipeline, loop, run_files
+from train.study import run_records, stats
 
 # Every end-to-end sweep uses the same shapes (digits, batch 64) so compiled steps are shared.
 TINY = ["--datasets", "digits", "--batch-size", "64", "--quiet"]
@@ -40,15 +42,15 @@ def read_metrics(path):
 
 @pytest.fixture
 def count_training(monkeypatch):
-    """Wraps train_lib.train_and_evaluate; returns the list of run dirs it was called on."""
+    """Wraps loop.train_and_evaluate; returns the list of run dirs it was called on."""
     calls = []
-    real = train_lib.train_and_evaluate
+    real = loop.train_and_evaluate
 
     def counted(config, workdir, **kwargs):
         calls.append(os.path.relpath(workdir))
         return real(config, workdir, **kwargs)
 
-    monkeypatch.setattr(train_lib, "train_and_evaluate", counted)
+    monkeypatch.setattr(loop, "train_and_evaluate", counted)
     return calls
 
 
@@ -203,7 +205,7 @@ def test_deleted_final_checkpoint_resumes_exactly_that_run(done_sweep, tmp_path,
     shutil.rmtree(run / "checkpoints" / str(steps[-1]))
     assert run_sweep(workdir, "--poolers", "max,mixed", "--seeds", "2", "--epochs", "2") == 0
     assert count_training == [os.path.relpath(run)]
-    record = json.loads((run / sweep_runs.RUN_FILE).read_text())
+    record = json.loads((run / run_records.RUN_FILE).read_text())
     assert (record["action"], record["status"]) == ("resume", "done")
     after = read_metrics(run)
     # Epoch 1 came from the checkpoint (its row, timings included, is untouched); epoch 2 reran.
@@ -218,7 +220,7 @@ def test_deleted_final_checkpoint_resumes_exactly_that_run(done_sweep, tmp_path,
 def test_failed_runs_are_recorded_and_the_sweep_goes_on(tmp_path, monkeypatch, capsys):
     """seed 0 hits a real non-finite loss, seed 1 raises; seed 2 trains; reruns skip/retry."""
     workdir = tmp_path / "w"
-    real_train, real_chunk = train_lib.train_and_evaluate, train_lib._run_chunk
+    real_train, real_chunk = loop.train_and_evaluate, loop._run_chunk
     calls = []
 
     def nan_chunk(*args, **kwargs):
@@ -230,13 +232,13 @@ def test_failed_runs_are_recorded_and_the_sweep_goes_on(tmp_path, monkeypatch, c
         if config.seed == 1:
             raise RuntimeError("disk on fire")
         if config.seed == 0:
-            monkeypatch.setattr(train_lib, "_run_chunk", nan_chunk)
+            monkeypatch.setattr(loop, "_run_chunk", nan_chunk)
         try:
             return real_train(config, run_dir, **kwargs)
         finally:
-            monkeypatch.setattr(train_lib, "_run_chunk", real_chunk)
+            monkeypatch.setattr(loop, "_run_chunk", real_chunk)
 
-    monkeypatch.setattr(train_lib, "train_and_evaluate", flaky_train)
+    monkeypatch.setattr(loop, "train_and_evaluate", flaky_train)
     args = ("--poolers", "max", "--seeds", "3", "--epochs", "1")
     assert run_sweep(workdir, *args) == sweep.EXIT_FAILED
     assert calls == [0, 1, 2]
@@ -254,7 +256,7 @@ def test_failed_runs_are_recorded_and_the_sweep_goes_on(tmp_path, monkeypatch, c
     listing = capsys.readouterr().out
     assert "failed   digits/max/s0" in listing and "--retry-failed" in listing
     assert "retry    digits/max/s1" in listing and "done     digits/max/s2" in listing
-    monkeypatch.setattr(train_lib, "train_and_evaluate", real_train)
+    monkeypatch.setattr(loop, "train_and_evaluate", real_train)
     assert run_sweep(workdir, *args) == sweep.EXIT_FAILED  # s0 is still failed
     rows = {r["seed"]: r for r in read_csv(workdir)}
     assert [rows[s]["status"] for s in "012"] == ["failed", "done", "done"]
@@ -315,16 +317,16 @@ def test_interrupt_stops_the_sweep_and_rerun_resumes(done_sweep, tmp_path, monke
     (workdir / "report" / "results.csv").unlink()
 
     def interrupted(config, run_dir, **kwargs):
-        raise train_lib.Interrupted(2, f"interrupted by signal 2 in {run_dir}")
+        raise loop.Interrupted(2, f"interrupted by signal 2 in {run_dir}")
 
-    monkeypatch.setattr(train_lib, "train_and_evaluate", interrupted)
+    monkeypatch.setattr(loop, "train_and_evaluate", interrupted)
     args = ("--poolers", "max,mixed", "--seeds", "2", "--epochs", "2")
     assert run_sweep(workdir, *args) == 128 + 2
     assert "rerun the same command to resume" in capsys.readouterr().err
     assert (workdir / "report" / "results.csv").exists()  # the report is written on the way out
-    record = json.loads((workdir / "runs/digits/max/s0" / sweep_runs.RUN_FILE).read_text())
+    record = json.loads((workdir / "runs/digits/max/s0" / run_records.RUN_FILE).read_text())
     assert record["status"] == "interrupted"
-    assert "interrupted" not in (workdir / "runs/digits/max/s1" / sweep_runs.RUN_FILE).read_text()
+    assert "interrupted" not in (workdir / "runs/digits/max/s1" / run_records.RUN_FILE).read_text()
 
     monkeypatch.undo()
     assert run_sweep(workdir, *args, "--dry-run") == 0

@@ -1,4 +1,4 @@
-"""Tests of train/xla_cpu.py: when the XNNPACK convolution and vector-width flags are added to
+"""Tests of train/core/xla_cpu.py: when the XNNPACK convolution and vector-width flags are added to
 XLA_FLAGS."""
 
 from __future__ import annotations
@@ -11,7 +11,9 @@ import jax
 import numpy as np
 import pytest
 
-from train import bench, cli, xla_cpu, xla_gpu
+from train import cli
+from train.benchmarks import measure
+from train.core import xla_cpu, xla_gpu
 
 # XLA:CPU flags, verified against the jaxlib that runs the CPU backend: CPU-only.
 pytestmark = pytest.mark.skipif(
@@ -103,7 +105,7 @@ def test_wide_vectors_give_bitwise_the_same_pooling(name):
     # must give the same output and gradients to the bit (exp/log included).
     if jax.default_backend() != "cpu":
         pytest.skip("an XLA:CPU compile option")
-    step, args = bench.pooler_step(name, (2, 8, 8, 16))
+    step, args = measure.pooler_step(name, (2, 8, 8, 16))
     lowered = step.lower(*args)
     outs = [
         lowered.compile(compiler_options={"xla_cpu_prefer_vector_width": width})(*args)

@@ -1,8 +1,8 @@
-"""Tests of train/xla_gpu.py: when deterministic XLA:GPU ops are requested in XLA_FLAGS."""
+"""Tests of train/core/xla_gpu.py: when deterministic XLA:GPU ops are requested in XLA_FLAGS."""
 
 from __future__ import annotations
 
-from train import xla_gpu
+from train.core import xla_gpu
 
 
 def test_deterministic_gpu_ops_are_requested_unless_the_user_chose():

@@ -76,10 +76,10 @@ NO_CPU_TUNING = "--no-xla-cpu-tuning"
 
 def set_xla_options(cpu_tuning: bool = True) -> None:
     """The XLA options the tool runs under, added to ``XLA_FLAGS`` (the user's own flags win):
-    deterministic XLA:GPU ops (:mod:`train.xla_gpu`) and, unless ``cpu_tuning`` is off, the
-    XLA:CPU flags measured faster for training (:mod:`train.xla_cpu`: XNNPACK convolutions on
+    deterministic XLA:GPU ops (:mod:`train.core.xla_gpu`) and, unless ``cpu_tuning`` is off, the
+    XLA:CPU flags measured faster for training (:mod:`train.core.xla_cpu`: XNNPACK convolutions on
     jaxlib 0.10, 512-bit vectors on AVX-512).  Effective only before JAX starts its backend."""
-    from train import xla_cpu, xla_gpu
+    from train.core import xla_cpu, xla_gpu
 
     xla_gpu.request_deterministic_ops()
     if cpu_tuning:

@@ -55,7 +55,7 @@ def evaluate_run(
     import jax
     import ml_collections
 
-    from train import checkpointing, device_loop, input_pipeline, run_config, steps, train_lib
+    from train.core import checkpointing, device_loop, input_pipeline, loop, run_config, steps
 
     config_path = os.path.join(run_dir, "config.json")
     try:
@@ -95,7 +95,7 @@ def evaluate_run(
         mean, std = (device_loop.put_replicated(v, replicated) for v in stats)
     batch_size = config.eval_batch_size or config.batch_size
     test_data = device_loop.put_eval_split(data.test, batch_size, replicated)
-    metrics = train_lib.evaluate(state, test_data, batch_size, sharded, mean, std)
+    metrics = loop.evaluate(state, test_data, batch_size, sharded, mean, std)
     return {
         "run_dir": run_dir,
         "pooler": config.pooler,

@@ -79,7 +79,7 @@ def _distributed_kwargs(env: dict[str, str]) -> dict[str, int]:
 
 def build_config():
     """``--config`` (else ``configs/<dataset>.py``) with the shortcut flags applied."""
-    from train import input_pipeline
+    from train.core import input_pipeline
 
     try:
         config = _CONFIG.value
@@ -214,7 +214,7 @@ def run(argv: list[str]) -> int:
 
     import jax
 
-    from train import input_pipeline, run_config, train_lib
+    from train.core import input_pipeline, loop, run_config
 
     try:
         run_config.validate_config(config)
@@ -226,15 +226,15 @@ def run(argv: list[str]) -> int:
     )
     lead = jax.process_index() == 0
     try:
-        final = train_lib.train_and_evaluate(
+        final = loop.train_and_evaluate(
             config, workdir, on_epoch=_epoch_line(config.num_epochs) if lead else None
         )
     except (run_config.ConfigError, input_pipeline.DataError) as e:
         raise cli.UsageError(str(e)) from e
-    except train_lib.NonFiniteLossError as e:
+    except loop.NonFiniteLossError as e:
         print(f"error: {e}", file=sys.stderr)
         return cli.EXIT_FAILED
-    except train_lib.Interrupted as e:
+    except loop.Interrupted as e:
         print(str(e), file=sys.stderr)
         return 128 + e.signum
     if lead:

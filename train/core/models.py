@@ -12,7 +12,7 @@ import numpy as np
 from flax import linen as nn
 
 import jaxpool
-from train import conv
+from train.core import conv
 
 POOL_PREFIX = "pool"  # parameter subtrees of the pool slots are named pool1, pool2, pool3
 

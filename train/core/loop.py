@@ -5,7 +5,7 @@ last epoch. Data-parallel over every device JAX sees: a 1-D mesh ``"data"``, bat
 it, parameters and optimizer state replicated. Keys: ``key(seed)`` is split into init and train
 keys; step ``s`` uses ``fold_in(train_key, s)`` on the rng stream ``"pooling"``; evaluation is
 deterministic. The training split lives on the devices and each epoch runs as compiled chunks of
-``steps_per_chunk`` steps (see :mod:`train.device_loop`); the host only sums the per-step losses.
+``steps_per_chunk`` steps (see :mod:`train.core.device_loop`); the host only sums the per-step losses.
 
 Files written to ``workdir`` (by process 0):
 
@@ -24,7 +24,7 @@ Files written to ``workdir`` (by process 0):
     may include compiling the step or loading it from the cache.
 
 - ``pooler_params.json``: the learned pooler parameters in readable form (see
-  :func:`train.models.pooler_report`), rewritten every epoch.
+  :func:`train.core.models.pooler_report`), rewritten every epoch.
 - ``summary.json``: written when the run ends, keys: ``status`` (``"done"``, ``"stopped"`` by
   ``stop_after_epochs``, ``"interrupted"`` by a signal, ``"failed"`` on a non-finite loss),
   ``dataset``, ``pooler``, ``pooler_kwargs``, ``seed``, ``num_epochs`` (configured),
@@ -52,9 +52,9 @@ import ml_collections
 import numpy as np
 import tqdm
 
-from train import checkpointing, device_loop, input_pipeline, models, run_files, run_metrics
-from train.run_config import ConfigError, config_microbatches, validate_config, validate_model
-from train.steps import (
+from train.core import checkpointing, device_loop, input_pipeline, models, run_files, run_metrics
+from train.core.run_config import ConfigError, config_microbatches, validate_config, validate_model
+from train.core.steps import (
     TrainState,
     create_train_state,
     eval_step,

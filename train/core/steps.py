@@ -1,8 +1,8 @@
 """The standard CNN's train state, its Adam step and its evaluation step.
 
-``train_step`` is the pure step that :mod:`train.device_loop` runs inside its compiled chunks
+``train_step`` is the pure step that :mod:`train.core.device_loop` runs inside its compiled chunks
 (optionally split into micro-batches, see :func:`step_fn`); ``eval_step`` is the deterministic
-forward pass :func:`train.train_lib.evaluate` sums over the test split.
+forward pass :func:`train.core.loop.evaluate` sums over the test split.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import numpy as np
 import optax
 from flax.training import train_state
 
-from train import models
+from train.core import models
 
 
 class TrainState(train_state.TrainState):

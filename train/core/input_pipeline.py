@@ -2,7 +2,7 @@
 
 Every supported dataset is small enough to hold in memory, so each split is read once into a
 :class:`Split` (``images`` uint8 ``(N, H, W, C)``, ``labels`` int32 ``(N,)``). Training reads the
-whole split onto the devices and shuffles there (:mod:`train.device_loop`). Evaluation batches
+whole split onto the devices and shuffles there (:mod:`train.core.device_loop`). Evaluation batches
 cover every example exactly once: the last batch is padded and carries a ``mask``; they are
 global arrays sharded over the mesh axis ``"data"``, each process materialising only its own rows
 (``jax.make_array_from_process_local_data``), so the same code serves one device, many devices

@@ -14,7 +14,9 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
-from train import cli, run_files, sweep_runs
+from train import cli
+from train.core import run_files
+from train.study import run_records
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,7 +41,7 @@ class Entry:
 
     @property
     def label(self) -> str:
-        return sweep_runs.pooler_label(self.pooler, self.kwargs)
+        return run_records.pooler_label(self.pooler, self.kwargs)
 
     def name(self) -> str:
         return f"{self.dataset}/{self.label}/s{self.seed}"
@@ -85,7 +87,7 @@ def parse_poolers(text: str) -> list[str]:
 
 
 def parse_datasets(text: str) -> list[str]:
-    from train import input_pipeline
+    from train.core import input_pipeline
 
     names = _split(text)
     unknown = [n for n in names if n not in input_pipeline.DATASETS]
@@ -131,7 +133,7 @@ def entries(
     variants += [
         ("tdgs", (("init_temperature", float(t)),))
         for t in temperatures
-        if not ("tdgs" in poolers and float(t) == sweep_runs.TDGS_DEFAULT_INIT_TEMPERATURE)
+        if not ("tdgs" in poolers and float(t) == run_records.TDGS_DEFAULT_INIT_TEMPERATURE)
     ]
     return [
         Entry(dataset, pooler, kwargs, seed)
@@ -169,12 +171,12 @@ def make_config(
 def plan_entry(entry: Entry, config, workdir: str, *, retry_failed: bool = False) -> Plan:
     """Decides whether ``entry`` is done, resumes, starts, or is skipped (the rules are in
     :mod:`train.sweep`'s docstring)."""
-    path = sweep_runs.run_dir(workdir, entry.dataset, entry.label, entry.seed)
+    path = run_records.run_dir(workdir, entry.dataset, entry.label, entry.seed)
 
     def plan(action: str, detail: str) -> Plan:
         return Plan(entry, config, path, action, detail)
 
-    old_config = sweep_runs.read_json(os.path.join(path, "config.json"))
+    old_config = run_records.read_json(os.path.join(path, "config.json"))
     steps = run_files.checkpoint_steps(path)
     diff = run_files.changed_run_fields(old_config, config) if old_config else []
     if diff and run_files.has_results(path):
@@ -185,7 +187,7 @@ def plan_entry(entry: Entry, config, workdir: str, *, retry_failed: bool = False
         )
     if diff:  # nothing to keep there: start over with these settings, as train.main does
         return plan("new", f"starts over with other {', '.join(diff)}: no checkpoint")
-    summary = sweep_runs.read_json(os.path.join(path, "summary.json")) or {}
+    summary = run_records.read_json(os.path.join(path, "summary.json")) or {}
     trained = summary.get("epochs_completed") or 0
     if steps and trained > config.num_epochs:  # as train.main refuses it
         return plan(
@@ -193,7 +195,7 @@ def plan_entry(entry: Entry, config, workdir: str, *, retry_failed: bool = False
             f"{path} holds a run trained for {trained} epochs, more than --epochs "
             f"{config.num_epochs}; ask for {trained} or more, or use another --workdir",
         )
-    info = sweep_runs.read_json(os.path.join(path, sweep_runs.RUN_FILE)) or {}
+    info = run_records.read_json(os.path.join(path, run_records.RUN_FILE)) or {}
     final_step = (summary.get("final") or {}).get("step")
     if (
         old_config

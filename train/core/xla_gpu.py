@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 from collections.abc import MutableMapping
 
-from train import xla_cpu
+from train.core import xla_cpu
 
 DETERMINISTIC_FLAG = "--xla_gpu_deterministic_ops=true"
 _USER_CHOICES = ("xla_gpu_deterministic_ops", "xla_gpu_exclude_nondeterministic_ops")

@@ -16,8 +16,9 @@ import jax.numpy as jnp
 import ml_collections
 
 import jaxpool
-from train import cli, input_pipeline, models
-from train.steps import pooler_kwargs
+from train import cli
+from train.core import input_pipeline, models
+from train.core.steps import pooler_kwargs
 
 logger = logging.getLogger(__name__)
 

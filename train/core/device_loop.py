@@ -3,7 +3,7 @@
 The host launches one program per *chunk* of up to ``steps_per_chunk`` steps instead of one per
 step.  Inside it, ``lax.fori_loop`` runs the steps: each gathers its batch from the resident
 training split with the epoch's on-device permutation, shards it over the mesh axis ``"data"``,
-and runs :func:`train.steps.train_step`.  The chunk's step count is a runtime argument, so one
+and runs :func:`train.core.steps.train_step`.  The chunk's step count is a runtime argument, so one
 compiled program serves every chunk, including a short last one or a resumed one.
 
 Data order: epoch ``e`` (0-based) visits the examples in ``epoch_order(data_key(seed), e, n)``,
@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from train import input_pipeline
+from train.core import input_pipeline
 
 # Folded into key(seed) for the data order, so it is independent of the init and train keys.
 _DATA_STREAM = 0x64617461  # "data"
@@ -189,7 +189,7 @@ def evaluate_split(
       images, labels, mask: the padded split, ``len(images)`` a multiple of ``batch_size``.
       mean, std: per-channel standardisation, or None.
       eval_fn: ``(state, batch, mean, std) -> {"loss_sum", "correct", "count"}`` over the
-        batch's masked examples (:func:`train.steps.eval_step`).
+        batch's masked examples (:func:`train.core.steps.eval_step`).
       batch_size: global evaluation batch size.
       batch_sharding: sharding of each batch (``NamedSharding(mesh, P("data"))``).
 

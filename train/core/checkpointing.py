@@ -1,6 +1,6 @@
 """Orbax checkpoints of a training run: save by step, restore the newest readable one.
 
-A checkpoint holds a pytree of arrays (``train_lib`` saves params, optimizer state and step) and a
+A checkpoint holds a pytree of arrays (``train.core.loop`` saves params, optimizer state and step) and a
 small JSON dict (where in the run it was taken, the running sums of the current epoch). Restoring
 walks the steps from newest to oldest: a step whose files are corrupt or partial is reported and
 skipped, so a crash while writing costs at most one checkpoint; when training reaches that step

@@ -8,7 +8,7 @@ the backward pass is written as two forward convolutions:
   convolution of ``x`` as ``(C, H, W, N)`` with ``dy`` as ``(H, W, N, O)`` as the kernel.
 
 Why: XLA:CPU hands forward-form convolutions to its fast library kernels, but inside a
-``lax.fori_loop`` (the compiled training chunks of :mod:`train.device_loop`) it left autodiff's
+``lax.fori_loop`` (the compiled training chunks of :mod:`train.core.device_loop`) it left autodiff's
 backward convolutions in forms that its slow generic kernel runs; the training step inside a
 loop was ~8x slower. Written this way, the loop body runs as fast as a standalone step.
 """

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from train import run_files
+from train.core import run_files
 
 DATASET_ORDER = ("mnist", "cifar10", "cifar100", "digits")
 # jaxpool.available()'s order, written out so that reading a sweep back needs no JAX

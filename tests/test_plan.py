@@ -1,4 +1,4 @@
-"""train.sweep_plan: the runs of a sweep, their configs, and what a rerun does with each one
+"""train.study.plan: the runs of a sweep, their configs, and what a rerun does with each one
 (without training: the run directories are written by hand)."""
 
 from __future__ import annotations
@@ -8,11 +8,13 @@ import os
 
 import pytest
 
-from train import cli, run_files, sweep_plan, sweep_runs
+from train import cli
+from train.core import run_files
+from train.study import plan, run_records
 
 
 def test_entries_order_and_labels():
-    entries = sweep_plan.entries(["max", "tdgs"], ["digits", "mnist"], 2, temperatures=[0.5])
+    entries = plan.entries(["max", "tdgs"], ["digits", "mnist"], 2, temperatures=[0.5])
     names = [e.name() for e in entries]
     assert names[:6] == [
         "digits/max/s0",
@@ -23,7 +25,7 @@ def test_entries_order_and_labels():
         "digits/tdgs@T=0.5/s1",
     ]
     assert len(names) == 12 and names[-1] == "mnist/tdgs@T=0.5/s1"
-    config = sweep_plan.make_config(entries[2], epochs=3, batch_size=32, data_dir="/d")
+    config = plan.make_config(entries[2], epochs=3, batch_size=32, data_dir="/d")
     assert (config.pooler, config.pooler_kwargs.to_dict(), config.seed) == (
         "tdgs",
         {"init_temperature": 0.5},
@@ -33,17 +35,17 @@ def test_entries_order_and_labels():
 
 
 def test_parsers_reject_what_they_do_not_know():
-    assert sweep_plan.parse_poolers("max, tdgs") == ["max", "tdgs"]
-    assert sweep_plan.parse_temperatures("0.5,1,0.5") == [0.5, 1.0]
-    assert sweep_plan.parse_temperatures(None) == []
+    assert plan.parse_poolers("max, tdgs") == ["max", "tdgs"]
+    assert plan.parse_temperatures("0.5,1,0.5") == [0.5, 1.0]
+    assert plan.parse_temperatures(None) == []
     for parse, text in [
-        (sweep_plan.parse_poolers, "max,nope"),
-        (sweep_plan.parse_poolers, " , "),
-        (sweep_plan.parse_poolers, "max,tdgs,max"),  # a repeat is a typo, not a wish
-        (sweep_plan.parse_datasets, "imagenet"),
-        (sweep_plan.parse_temperatures, "1,nan"),
-        (sweep_plan.parse_temperatures, "0"),
-        (sweep_plan.parse_temperatures, ","),
+        (plan.parse_poolers, "max,nope"),
+        (plan.parse_poolers, " , "),
+        (plan.parse_poolers, "max,tdgs,max"),  # a repeat is a typo, not a wish
+        (plan.parse_datasets, "imagenet"),
+        (plan.parse_temperatures, "1,nan"),
+        (plan.parse_temperatures, "0"),
+        (plan.parse_temperatures, ","),
     ]:
         with pytest.raises(cli.UsageError):
             parse(text)
@@ -51,41 +53,41 @@ def test_parsers_reject_what_they_do_not_know():
 
 @pytest.fixture
 def planned(tmp_path):
-    """``plan(**files)``: writes a run directory for digits/max/s0, then plans it."""
-    entry = sweep_plan.entries(["max"], ["digits"], 1)[0]
-    config = sweep_plan.make_config(entry, epochs=2)
-    path = sweep_runs.run_dir(str(tmp_path), "digits", "max", 0)
+    """``plan_it(**files)``: writes a run directory for digits/max/s0, then plans it."""
+    entry = plan.entries(["max"], ["digits"], 1)[0]
+    config = plan.make_config(entry, epochs=2)
+    path = run_records.run_dir(str(tmp_path), "digits", "max", 0)
 
-    def plan(config_json=None, summary=None, record=None, checkpoints=(), retry_failed=False):
+    def plan_it(config_json=None, summary=None, record=None, checkpoints=(), retry_failed=False):
         os.makedirs(os.path.join(path, "checkpoints"), exist_ok=True)
         if config_json is not None:
             run_files.write_json(os.path.join(path, "config.json"), config_json)
         if summary is not None:
             run_files.write_json(os.path.join(path, "summary.json"), summary)
         if record is not None:
-            run_files.write_json(os.path.join(path, sweep_runs.RUN_FILE), record)
+            run_files.write_json(os.path.join(path, run_records.RUN_FILE), record)
         for step in checkpoints:
             os.makedirs(os.path.join(path, "checkpoints", str(step)), exist_ok=True)
-        return sweep_plan.plan_entry(entry, config, str(tmp_path), retry_failed=retry_failed)
+        return plan.plan_entry(entry, config, str(tmp_path), retry_failed=retry_failed)
 
-    return plan, json.loads(config.to_json_best_effort()), path
+    return plan_it, json.loads(config.to_json_best_effort()), path
 
 
 def test_plan_of_each_kind_of_run_directory(planned):
-    plan, config_json, path = planned
+    plan_it, config_json, path = planned
     done = {"status": "done", "num_epochs": 2, "epochs_completed": 2}
     done["final"] = {"step": 40, "test_accuracy": 0.9}
-    assert (plan().action, plan().detail) == ("new", "")
-    assert plan().run_dir == path
-    assert (plan(config_json, done).action, plan().detail) == ("new", "starts over: no checkpoint")
+    assert (plan_it().action, plan_it().detail) == ("new", "")
+    assert plan_it().run_dir == path
+    assert (plan_it(config_json, done).action, plan_it().detail) == ("new", "starts over: no checkpoint")
     # A finished run whose final checkpoint is gone resumes from the newest one left.
-    result = plan(config_json, done, checkpoints=[20])
+    result = plan_it(config_json, done, checkpoints=[20])
     assert (result.action, result.detail) == (
         "resume",
         "final checkpoint missing; from checkpoint step 20",
     )
     # With its final checkpoint it is skipped.
-    result = plan(config_json, done, checkpoints=[40])
+    result = plan_it(config_json, done, checkpoints=[40])
     assert (result.action, result.runs) == ("done", False)
     assert "test accuracy 90.00%" in result.detail
     # Orbax's unfinished temporary directories are not checkpoints.
@@ -93,45 +95,45 @@ def test_plan_of_each_kind_of_run_directory(planned):
     assert run_files.checkpoint_steps(path) == [20, 40]
     # More epochs than the finished run: resume from its last checkpoint.
     more = dict(done, num_epochs=1, epochs_completed=1)
-    result = plan(config_json, more)
+    result = plan_it(config_json, more)
     assert (result.action, result.detail) == (
         "resume",
         "extends 1 to 2 epochs; from checkpoint step 40",
     )
     # Fewer: refused (resuming would relabel a 3-epoch result as 2 epochs).
     fewer = dict(done, num_epochs=3, epochs_completed=3)
-    result = plan(config_json, fewer)
+    result = plan_it(config_json, fewer)
     assert (result.action, result.runs) == ("conflict", False)
     assert "trained for 3 epochs, more than --epochs 2; ask for 3 or more" in result.detail
 
 
 def test_plan_of_failed_and_conflicting_runs(planned):
-    plan, config_json, path = planned
+    plan_it, config_json, path = planned
     nan = {"status": "failed", "error_type": "NonFiniteLossError", "error": "loss is nan"}
-    result = plan(config_json, record=nan)
+    result = plan_it(config_json, record=nan)
     assert (result.action, result.runs) == ("failed", False)
-    assert plan(config_json, record=nan, retry_failed=True).action == "retry"
+    assert plan_it(config_json, record=nan, retry_failed=True).action == "retry"
     crash = {"status": "failed", "error_type": "OSError", "error": "disk"}
-    result = plan(config_json, record=crash)
+    result = plan_it(config_json, record=crash)
     assert (result.action, result.runs, result.detail) == ("retry", True, "failed before: disk")
     other = dict(config_json, learning_rate=config_json["learning_rate"] * 2, seed=5)
     # Without a checkpoint there is nothing to keep: the new settings start over, even where
     # the old ones ended in a non-finite loss.
-    result = plan(other, record=nan)
+    result = plan_it(other, record=nan)
     assert (result.action, result.runs) == ("new", True)
     assert result.detail == "starts over with other learning_rate, seed: no checkpoint"
     # Finished epochs without checkpoints (deleted to save space) are results to keep.
     with open(os.path.join(path, "metrics.jsonl"), "w") as f:
         f.write(json.dumps({"epoch": 1, "test_accuracy": 0.5}) + "\n")
-    assert plan(other).action == "conflict"
-    result = plan(other, checkpoints=[20])
+    assert plan_it(other).action == "conflict"
+    result = plan_it(other, checkpoints=[20])
     assert (result.action, result.runs) == ("conflict", False)
     assert "learning_rate, seed" in result.detail
 
 
 def test_describe_lists_every_run_and_counts_those_to_run(planned):
-    plan, _, _ = planned
-    plans = [plan(), plan()]
-    lines = sweep_plan.describe(plans)
+    plan_it, _, _ = planned
+    plans = [plan_it(), plan_it()]
+    lines = plan.describe(plans)
     assert lines[0].split() == ["new", "digits/max/s0"]
     assert lines[-1] == "would run 2 of 2 runs (0 done or skipped)"

@@ -1,4 +1,4 @@
-"""Tests of train/train_lib.py: config checks, reports, end-to-end runs, resume, failures."""
+"""Tests of train/core/loop.py: config checks, reports, end-to-end runs, resume, failures."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ import pytest
 from conftest import mock_tfds
 
 from configs import default, digits
-from train import checkpointing, models, run_config, steps, train_lib
+from train.core import checkpointing, loop, models, run_config, steps
 
 SHARED_TFDS = pathlib.Path(__file__).resolve().parents[1].parent / "shared" / "tfds"
 TIMING_KEYS = {
@@ -112,7 +112,7 @@ def test_a_workdir_of_another_run_is_refused(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps(_config(pooler="avg").to_dict()))
     (tmp_path / "checkpoints" / "22").mkdir(parents=True)
     with pytest.raises(run_config.ConfigError, match="different pooler"):
-        train_lib.train_and_evaluate(_config(pooler="max"), str(tmp_path))
+        loop.train_and_evaluate(_config(pooler="max"), str(tmp_path))
 
 
 def test_a_finished_run_without_checkpoints_is_still_refused(tmp_path):
@@ -120,7 +120,7 @@ def test_a_finished_run_without_checkpoints_is_still_refused(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps(_config(pooler="avg").to_dict()))
     (tmp_path / "metrics.jsonl").write_text(json.dumps({"epoch": 1, "test_accuracy": 0.7}) + "\n")
     with pytest.raises(run_config.ConfigError, match="different pooler"):
-        train_lib.train_and_evaluate(_config(pooler="max"), str(tmp_path))
+        loop.train_and_evaluate(_config(pooler="max"), str(tmp_path))
 
 
 def test_a_workdir_of_an_untrained_run_takes_the_new_config(tmp_path, monkeypatch):
@@ -135,9 +135,9 @@ def test_a_workdir_of_an_untrained_run_takes_the_new_config(tmp_path, monkeypatc
     def load(*args, **kwargs):
         raise Reached
 
-    monkeypatch.setattr(train_lib.input_pipeline, "load", load)
+    monkeypatch.setattr(loop.input_pipeline, "load", load)
     with pytest.raises(Reached):
-        train_lib.train_and_evaluate(_config(pooler="max"), str(tmp_path))
+        loop.train_and_evaluate(_config(pooler="max"), str(tmp_path))
 
 
 def test_a_bug_that_the_pooler_defaults_share_keeps_its_traceback(monkeypatch):
@@ -162,7 +162,7 @@ def test_a_pooler_that_only_fits_larger_images_is_a_config_error():
 def test_fewer_epochs_than_a_workdir_holds_are_refused(tmp_path):
     (tmp_path / "checkpoints" / "66").mkdir(parents=True)  # 3 epochs of 22 steps
     with pytest.raises(run_config.ConfigError, match="trained for 3 epochs, more than the 2"):
-        train_lib.train_and_evaluate(_config(num_epochs=2), str(tmp_path))
+        loop.train_and_evaluate(_config(num_epochs=2), str(tmp_path))
 
 
 @pytest.mark.parametrize(
@@ -184,15 +184,15 @@ def test_pooler_kwargs_that_fail_on_the_cnn_are_config_errors(pooler, kwargs, me
 
 
 def _after_each_chunk(monkeypatch, after):
-    """Replaces ``train_lib._run_chunk`` by the real chunk followed by
+    """Replaces ``loop._run_chunk`` by the real chunk followed by
     ``after(step_before, count, (state, out))``, whose return value the loop then sees."""
-    real_chunk = train_lib._run_chunk
+    real_chunk = loop._run_chunk
 
     def chunk(state, data, order, first, count, *args, **kwargs):
         step = int(state.step)
         return after(step, count, real_chunk(state, data, order, first, count, *args, **kwargs))
 
-    monkeypatch.setattr(train_lib, "_run_chunk", chunk)
+    monkeypatch.setattr(loop, "_run_chunk", chunk)
 
 
 @pytest.mark.slow
@@ -202,7 +202,7 @@ def test_one_epoch_on_mock_cifar100_uses_its_100_classes(tmp_path):
         dataset="cifar100", pooler="mixed", num_epochs=1, batch_size=16, data_dir="/nonexistent"
     )
     with mock_tfds(num_examples=48):
-        final = train_lib.train_and_evaluate(config, str(tmp_path))
+        final = loop.train_and_evaluate(config, str(tmp_path))
     assert METRIC_KEYS | TIMING_KEYS <= set(final)
     assert final["step"] == 3  # 48 // 16
     for key in METRIC_KEYS | TIMING_KEYS:
@@ -219,7 +219,7 @@ def test_one_epoch_on_mock_cifar100_uses_its_100_classes(tmp_path):
 def test_digits_demo_settings_reach_90_percent(tmp_path):
     """The settings of README's first command: ``python -m train.main --dataset digits``."""
     seen = []
-    final = train_lib.train_and_evaluate(_config(pooler="max"), str(tmp_path), on_epoch=seen.append)
+    final = loop.train_and_evaluate(_config(pooler="max"), str(tmp_path), on_epoch=seen.append)
     assert final["test_accuracy"] >= 0.90
     rows = _rows(tmp_path)
     assert rows == seen and [r["epoch"] for r in rows] == list(range(1, 21))
@@ -236,18 +236,18 @@ def test_resume_gives_the_metrics_of_an_uninterrupted_run(tmp_path, monkeypatch)
     # A stochastic pooler: resuming must also restore the data order and the pooling keys.
     # Chunks of 3 steps: 22 steps per epoch make a short last chunk, and resumes mid-chunk-plan.
     config = _config(pooler="stochastic", num_epochs=2, steps_per_chunk=3)
-    train_lib.train_and_evaluate(config, str(tmp_path / "whole"))
+    loop.train_and_evaluate(config, str(tmp_path / "whole"))
     want = _without_timing(_rows(tmp_path / "whole"))
     assert len(want) == 2
 
     # Stopped after epoch 1 (a config that stops early), then rerun.
     stopped = tmp_path / "stopped"
-    train_lib.train_and_evaluate(
+    loop.train_and_evaluate(
         _config(pooler="stochastic", num_epochs=2, steps_per_chunk=3, stop_after_epochs=1),
         str(stopped),
     )
     assert _summary(stopped)["status"] == "stopped" and len(_rows(stopped)) == 1
-    train_lib.train_and_evaluate(config, str(stopped))
+    loop.train_and_evaluate(config, str(stopped))
     assert _without_timing(_rows(stopped)) == want
     assert _summary(stopped)["status"] == "done"
 
@@ -265,15 +265,15 @@ def test_resume_gives_the_metrics_of_an_uninterrupted_run(tmp_path, monkeypatch)
     for corrupt_latest in (False, True):
         armed.append(True)
         workdir = tmp_path / f"signal-{corrupt_latest}"
-        with pytest.raises(train_lib.Interrupted, match="epoch 2 at global step 28"):
-            train_lib.train_and_evaluate(config, str(workdir))
+        with pytest.raises(loop.Interrupted, match="epoch 2 at global step 28"):
+            loop.train_and_evaluate(config, str(workdir))
         assert _summary(workdir)["status"] == "interrupted"
         assert sorted(os.listdir(workdir / "checkpoints")) == ["22", "28"]
         if corrupt_latest:  # reported, and the epoch-1 checkpoint is used instead
             for root, _, files in os.walk(workdir / "checkpoints" / "28"):
                 for name in files:
                     (pathlib.Path(root) / name).write_bytes(b"")
-        train_lib.train_and_evaluate(config, str(workdir))
+        loop.train_and_evaluate(config, str(workdir))
         assert _without_timing(_rows(workdir)) == want, corrupt_latest
 
 
@@ -289,19 +289,19 @@ def test_a_signal_at_the_last_step_of_the_last_epoch_resumes_once(tmp_path, monk
         return result
 
     _after_each_chunk(monkeypatch, interrupt)
-    with pytest.raises(train_lib.Interrupted, match="epoch 2 at global step 44"):
-        train_lib.train_and_evaluate(config, str(tmp_path))
-    train_lib.train_and_evaluate(config, str(tmp_path))
+    with pytest.raises(loop.Interrupted, match="epoch 2 at global step 44"):
+        loop.train_and_evaluate(config, str(tmp_path))
+    loop.train_and_evaluate(config, str(tmp_path))
     rows = (tmp_path / "metrics.jsonl").read_text()
     assert [r["epoch"] for r in _rows(tmp_path)] == [1, 2]
-    train_lib.train_and_evaluate(config, str(tmp_path))  # finished: nothing to redo
+    loop.train_and_evaluate(config, str(tmp_path))  # finished: nothing to redo
     assert (tmp_path / "metrics.jsonl").read_text() == rows
 
 
 FINISH_UNDER_SIGNAL = """
 import os, signal, sys
 from configs import digits
-from train import checkpointing, train_lib
+from train.core import checkpointing, loop
 
 close = checkpointing.Checkpoints.close
 
@@ -313,8 +313,8 @@ checkpointing.Checkpoints.close = close_under_signal
 config = digits.get_config()
 config.update(num_epochs=1, progress=False, pooler="avg")
 try:
-    train_lib.train_and_evaluate(config, sys.argv[1])
-except train_lib.Interrupted as e:
+    loop.train_and_evaluate(config, sys.argv[1])
+except loop.Interrupted as e:
     print(e)
     sys.exit(128 + e.signum)
 """
@@ -360,8 +360,8 @@ def test_non_finite_loss_stops_with_the_epoch_and_step(tmp_path, monkeypatch):
         return state, {**out, "loss": loss}
 
     _after_each_chunk(monkeypatch, poison)
-    with pytest.raises(train_lib.NonFiniteLossError, match=r"at epoch 2, step 9 of 22"):
-        train_lib.train_and_evaluate(config, str(tmp_path))
+    with pytest.raises(loop.NonFiniteLossError, match=r"at epoch 2, step 9 of 22"):
+        loop.train_and_evaluate(config, str(tmp_path))
     assert sorted(os.listdir(tmp_path / "checkpoints")) == ["22"]  # the last good one stays
     assert _summary(tmp_path)["status"] == "failed"
     assert len(_rows(tmp_path)) == 1
@@ -375,7 +375,7 @@ def test_non_finite_loss_stops_with_the_epoch_and_step(tmp_path, monkeypatch):
 def test_real_mnist_one_epoch_max_pool_reaches_97_percent(tmp_path):
     config = _config(dataset="mnist", pooler="max", num_epochs=1, data_dir=str(SHARED_TFDS))
     config.eval_batch_size = 1000
-    final = train_lib.train_and_evaluate(config, str(tmp_path))
+    final = loop.train_and_evaluate(config, str(tmp_path))
     assert final["test_accuracy"] >= 0.97
     assert final["step"] == 60000 // 64
 

@@ -1,5 +1,5 @@
 """The numbers a training run writes: an epoch's running sums (kept in the checkpoint), its
-``metrics.jsonl`` row and the run's ``summary.json`` (keys in :mod:`train.train_lib`)."""
+``metrics.jsonl`` row and the run's ``summary.json`` (keys in :mod:`train.core.loop`)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from typing import Any
 import jax
 import ml_collections
 
-from train import models
-from train.steps import pooler_kwargs
+from train.core import models
+from train.core.steps import pooler_kwargs
 
 
 def epoch_start(epoch: int, seed: int) -> dict[str, Any]:

@@ -1,5 +1,5 @@
 """The report's plots (matplotlib, PNG): curves over epochs, learned pooler parameters, TDGS's
-initial-temperature curve. Each function draws one figure from :class:`train.sweep_runs.Run` objects;
+initial-temperature curve. Each function draws one figure from :class:`train.study.run_records.Run` objects;
 :func:`draw_all` draws every plot that has data. See :mod:`train.report` for the file names.
 """
 
@@ -12,8 +12,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from train import stats
-from train.sweep_runs import TDGS_DEFAULT_INIT_TEMPERATURE
+from train.study import stats
+from train.study.run_records import TDGS_DEFAULT_INIT_TEMPERATURE
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
