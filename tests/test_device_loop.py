@@ -9,7 +9,7 @@ import optax
 import pytest
 
 from configs import digits as digits_config
-from train.core import device_loop, input_pipeline, loop, steps
+from train.core import device_loop, input_pipeline, loop, run_config, steps
 
 BATCH = 32
 STEPS = 7
@@ -55,7 +55,8 @@ def setup():
     config = digits_config.get_config()
     config.pooler = "stochastic"  # random: the per-step pooling keys must match too
     data = input_pipeline.load("digits")
-    state = steps.create_train_state(config, data.image_shape, 10, jax.random.key(0))
+    spec = run_config.describe(config, data.image_shape, 10, len(data.train))
+    state = steps.create_train_state(spec, jax.random.key(0))
     images, labels = (jax.numpy.asarray(v) for v in (data.train.images, data.train.labels))
     order = device_loop.epoch_order(device_loop.data_key(0), 0, len(data.train))
     return state, images, labels, order
@@ -117,7 +118,8 @@ def test_evaluation_counts_every_example_once_and_equals_one_big_batch(batch_siz
     # padded rows), 359 is exact, 512 is one batch mostly of padding.
     config = digits_config.get_config()
     data = input_pipeline.load("digits")
-    state = steps.create_train_state(config, data.image_shape, 10, jax.random.key(0))
+    spec = run_config.describe(config, data.image_shape, 10, len(data.train))
+    state = steps.create_train_state(spec, jax.random.key(0))
     mesh = jax.sharding.Mesh(np.array(jax.devices()), ("data",))
     replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
     sharded = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))

@@ -418,7 +418,9 @@ def test_microbatch_size_must_divide_the_per_device_batch():
 
 def _step_inputs(pooler):
     config = _config(pooler=pooler)
-    state = steps.create_train_state(config, (8, 8, 1), 10, jax.random.key(0))
+    state = steps.create_train_state(
+        run_config.describe(config, (8, 8, 1), 10, 1024), jax.random.key(0)
+    )
     rng = np.random.default_rng(0)
     batch = {
         "image": rng.integers(0, 256, (16, 8, 8, 1)).astype(np.uint8),

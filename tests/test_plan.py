@@ -79,7 +79,10 @@ def test_plan_of_each_kind_of_run_directory(planned):
     done["final"] = {"step": 40, "test_accuracy": 0.9}
     assert (plan_it().action, plan_it().detail) == ("new", "")
     assert plan_it().run_dir == path
-    assert (plan_it(config_json, done).action, plan_it().detail) == ("new", "starts over: no checkpoint")
+    assert (plan_it(config_json, done).action, plan_it().detail) == (
+        "new",
+        "starts over: no checkpoint",
+    )
     # A finished run whose final checkpoint is gone resumes from the newest one left.
     result = plan_it(config_json, done, checkpoints=[20])
     assert (result.action, result.detail) == (

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import math
 
-import ml_collections
 import numpy as np
 import pytest
 
-from train.core import run_metrics
+from configs import digits
+from train.core import run_config, run_metrics
 
 
 def test_accumulate_sums_in_order_and_stops_at_the_first_non_finite_loss():
@@ -56,13 +56,13 @@ def test_epoch_row_means_and_rates():
 
 @pytest.mark.parametrize("history_len", [0, 3])
 def test_summary_names_the_best_epoch_and_counts_pooler_parameters(history_len):
-    config = ml_collections.ConfigDict(
-        {"dataset": "digits", "pooler": "tdgs", "seed": 2, "num_epochs": 5, "pooler_kwargs": {}}
-    )
+    config = digits.get_config()
+    config.update(pooler="tdgs", seed=2, num_epochs=5)
+    spec = run_config.describe(config, (8, 8, 1), 10, 64)
     accuracies = [0.5, 0.8, 0.7][:history_len]
     history = [{"epoch": i + 1, "test_accuracy": a} for i, a in enumerate(accuracies)]
     params = {"conv1": {"kernel": np.zeros((3, 3, 1, 4))}, "pool1": {"temperature": np.zeros(4)}}
-    summary = run_metrics.summary("done", config, history, params, "/w")
+    summary = run_metrics.summary("done", spec, history, params, "/w")
     assert summary["status"] == "done" and summary["epochs_completed"] == history_len
     assert summary["param_count"] == 40 and summary["pooler_param_count"] == 4
     if history_len:

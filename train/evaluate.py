@@ -63,20 +63,18 @@ def evaluate_run(
             config = ml_collections.ConfigDict(json.load(f))
     except (OSError, json.JSONDecodeError) as e:
         raise cli.UsageError(f"{run_dir} is not a run directory: cannot read {config_path}") from e
-    config.pooler_kwargs = {**steps.pooler_kwargs(config), **(pooler_kwargs or {})}
+    config.pooler_kwargs = {**run_config.pooler_kwargs(config), **(pooler_kwargs or {})}
     if data_dir is not None:
         config.data_dir = data_dir
     try:
         run_config.validate_config(config)
         data = input_pipeline.load(config.dataset, config.data_dir)
-        run_config.validate_model(config, data.image_shape, data.num_classes)
+        spec = run_config.describe(config, data.image_shape, data.num_classes, len(data.train))
     except (run_config.ConfigError, input_pipeline.DataError) as e:
         raise cli.UsageError(str(e)) from e
 
     replicated, sharded = device_loop.data_shardings()
-    state = steps.create_train_state(
-        config, data.image_shape, data.num_classes, jax.random.key(0), sharding=replicated
-    )
+    state = steps.create_train_state(spec, jax.random.key(0), sharding=replicated)
     ckpt = checkpointing.Checkpoints(os.path.join(run_dir, "checkpoints"))
     target = {"step": state.step, "params": state.params, "opt_state": state.opt_state}
     try:
@@ -93,7 +91,7 @@ def evaluate_run(
     if config.standardize:  # the training split's statistics, as in training
         stats = input_pipeline.channel_stats(data.train)
         mean, std = (device_loop.put_replicated(v, replicated) for v in stats)
-    batch_size = config.eval_batch_size or config.batch_size
+    batch_size = spec.eval_batch_size
     test_data = device_loop.put_eval_split(data.test, batch_size, replicated)
     metrics = loop.evaluate(state, test_data, batch_size, sharded, mean, std)
     return {

@@ -220,8 +220,9 @@ def copy_floor(shape: Sequence[int]) -> Callable[[], object]:
 def cnn_steps(name: str, batch: int, image: Sequence[int] = CNN_IMAGE):
     """Compile time (s) and closures for one CNN train step and one eval step."""
     config = default_config.get_config()
-    config.pooler = name
-    state = steps.create_train_state(config, tuple(image), 10, jax.random.key(0))
+    config.update(pooler=name, batch_size=batch)
+    spec = run_config.describe(config, tuple(image), 10, batch)
+    state = steps.create_train_state(spec, jax.random.key(0))
     rng = np.random.default_rng(0)
     train_batch = {
         "image": jnp.asarray(rng.integers(0, 256, (batch, *image), np.uint8)),
@@ -234,7 +235,7 @@ def cnn_steps(name: str, batch: int, image: Sequence[int] = CNN_IMAGE):
     # steps in place).  Without donation each call allocated a new state: measured on a 2-core
     # CPU, MNIST-sized input, batch 64, that per-call step ran at 0.83x (max pool) and 0.98x
     # (TDGS) of the donated one.
-    microbatches = run_config.config_microbatches(config, batch)
+    microbatches = spec.microbatches
     start = time.perf_counter()
     train = (
         jax.jit(steps.step_fn(microbatches), donate_argnums=0)
@@ -260,14 +261,15 @@ def cnn_train_loop(name: str, batch: int, image: Sequence[int] = CNN_IMAGE):
     from train.core import device_loop
 
     config = default_config.get_config()
-    config.pooler = name
-    state = steps.create_train_state(config, tuple(image), 10, jax.random.key(0))
-    rng = np.random.default_rng(0)
+    config.update(pooler=name, batch_size=batch)
     n = batch * LOOP_ITERATIONS
+    spec = run_config.describe(config, tuple(image), 10, n)
+    state = steps.create_train_state(spec, jax.random.key(0))
+    rng = np.random.default_rng(0)
     images = jnp.asarray(rng.integers(0, 256, (n, *image), np.uint8))
     labels = jnp.asarray(rng.integers(0, 10, (n,), np.int32))
     order = jnp.arange(n, dtype=jnp.int32)
-    step = steps.step_fn(run_config.config_microbatches(config, batch))
+    step = steps.step_fn(spec.microbatches)
     current = [state]
 
     def train_loop():

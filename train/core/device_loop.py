@@ -14,12 +14,16 @@ sees the same batches as an uninterrupted one.
 Evaluation: :func:`put_eval_split` copies the test split onto the devices once, padded to whole
 batches with a mask, and :func:`evaluate_split` runs every batch in one program (a
 ``lax.fori_loop``), returning per-batch sums that the host adds in float64.
+
+Seed groups: :func:`train_chunk_seeds` and :func:`evaluate_split_seeds` run the same programs
+``jax.vmap``-ed over ``S`` seeds (own state, data order and keys per seed; the resident data
+shared), so a sweep can train the seeds of one pooler together.
 """
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -53,20 +57,28 @@ def put_split(
     return put_replicated(split.images, sharding), put_replicated(split.labels, sharding)
 
 
-def data_key(seed: int, sharding: jax.sharding.Sharding | None = None) -> jax.Array:
+def data_key(seed: int | Sequence[int], sharding: jax.sharding.Sharding | None = None) -> jax.Array:
     """The key of the data order: ``fold_in(key(seed), "data")``, independent of the init and
-    train keys (``split(key(seed))``); placed on ``sharding`` (replicated) when given."""
+    train keys (``split(key(seed))``); placed on ``sharding`` (replicated) when given.  For a
+    sequence of seeds (a seed group), their keys stacked along a leading axis."""
+    if isinstance(seed, int):
+        return jax.jit(
+            lambda: jax.random.fold_in(jax.random.key(seed), _DATA_STREAM), out_shardings=sharding
+        )()
     return jax.jit(
-        lambda: jax.random.fold_in(jax.random.key(seed), _DATA_STREAM), out_shardings=sharding
+        lambda: jnp.stack([jax.random.fold_in(jax.random.key(s), _DATA_STREAM) for s in seed]),
+        out_shardings=sharding,
     )()
 
 
 @functools.lru_cache(maxsize=8)
-def _jit_order(sharding: jax.sharding.Sharding | None):
+def _jit_order(sharding: jax.sharding.Sharding | None, seed_group: bool):
     def order(key, epoch, n):
         return jax.random.permutation(jax.random.fold_in(key, epoch), n).astype(jnp.int32)
 
-    return jax.jit(order, static_argnames=("n",), out_shardings=sharding)
+    if seed_group:
+        order = jax.vmap(order, in_axes=(0, None, None))
+    return jax.jit(order, static_argnums=(2,), out_shardings=sharding)
 
 
 def epoch_order(
@@ -75,15 +87,16 @@ def epoch_order(
     """The training order of ``epoch`` (0-based) over ``n`` examples, computed on the devices.
 
     Args:
-      key: :func:`data_key` of the run's seed.
+      key: :func:`data_key` of the run's seed, or the ``(S,)`` keys of a seed group.
       epoch: 0-based epoch.
       n: number of training examples.
       sharding: where to place the result (replicated), or None for the default device.
 
     Returns:
-      int32 ``(n,)``, a permutation of ``range(n)`` that depends only on ``(key, epoch)``.
+      int32 ``(n,)``, a permutation of ``range(n)`` that depends only on ``(key, epoch)``; for a
+      seed group ``(S, n)``, one per seed.
     """
-    return _jit_order(sharding)(key, np.int32(epoch), n=n)
+    return _jit_order(sharding, key.ndim == 1)(key, np.int32(epoch), n)
 
 
 def chunks(start_step: int, steps: int, steps_per_chunk: int) -> Iterator[tuple[int, int]]:
@@ -97,12 +110,7 @@ def chunks(start_step: int, steps: int, steps_per_chunk: int) -> Iterator[tuple[
 StepFn = Callable[..., tuple[object, dict[str, jax.Array]]]
 
 
-@functools.partial(
-    jax.jit,
-    static_argnames=("step_fn", "batch_size", "length", "batch_sharding"),
-    donate_argnums=(0,),
-)
-def train_chunk(
+def _train_chunk(
     state,
     images: jax.Array,
     labels: jax.Array,
@@ -155,6 +163,43 @@ def train_chunk(
     return state, {"loss": losses, "correct": correct}
 
 
+def _train_chunk_seeds(
+    states,
+    images,
+    labels,
+    orders,
+    first,
+    count,
+    rngs,
+    mean,
+    std,
+    *,
+    step_fn: StepFn,
+    batch_size: int,
+    length: int,
+    batch_sharding: jax.sharding.Sharding | None = None,
+):
+    """:func:`train_chunk` of a seed group as one program: ``states``, ``orders`` and ``rngs``
+    carry a leading seed axis ``S``, the resident split and standardisation are shared.
+
+    Returns:
+      The new states and ``{"loss": (S, length), "correct": (S, length)}``.
+    """
+
+    def one(state, order, rng):
+        return _train_chunk(
+            state, images, labels, order, first, count, rng, mean, std, step_fn=step_fn,
+            batch_size=batch_size, length=length, batch_sharding=batch_sharding,
+        )  # fmt: skip
+
+    return jax.vmap(one)(states, orders, rngs)
+
+
+_CHUNK_STATIC = ("step_fn", "batch_size", "length", "batch_sharding")
+train_chunk = jax.jit(_train_chunk, static_argnames=_CHUNK_STATIC, donate_argnums=(0,))
+train_chunk_seeds = jax.jit(_train_chunk_seeds, static_argnames=_CHUNK_STATIC, donate_argnums=(0,))
+
+
 def put_eval_split(
     split: input_pipeline.Split, batch_size: int, sharding: jax.sharding.Sharding
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
@@ -169,8 +214,7 @@ def put_eval_split(
     return tuple(put_replicated(a, sharding) for a in (images, labels, mask))
 
 
-@functools.partial(jax.jit, static_argnames=("eval_fn", "batch_size", "batch_sharding"))
-def evaluate_split(
+def _evaluate_split(
     state,
     images: jax.Array,
     labels: jax.Array,
@@ -212,3 +256,32 @@ def evaluate_split(
 
     init = {k: jnp.zeros((num_batches,), jnp.float32) for k in keys}
     return jax.lax.fori_loop(0, num_batches, body, init)
+
+
+def _evaluate_split_seeds(
+    states,
+    images,
+    labels,
+    mask,
+    mean,
+    std,
+    *,
+    eval_fn: Callable[..., dict[str, jax.Array]],
+    batch_size: int,
+    batch_sharding: jax.sharding.Sharding | None = None,
+) -> dict[str, jax.Array]:
+    """:func:`evaluate_split` of a seed group's ``states`` (leading seed axis ``S``) in one
+    program; returns per-batch sums of shape ``(S, num_batches)``."""
+
+    def one(state):
+        return _evaluate_split(
+            state, images, labels, mask, mean, std, eval_fn=eval_fn, batch_size=batch_size,
+            batch_sharding=batch_sharding,
+        )  # fmt: skip
+
+    return jax.vmap(one)(states)
+
+
+_EVAL_STATIC = ("eval_fn", "batch_size", "batch_sharding")
+evaluate_split = jax.jit(_evaluate_split, static_argnames=_EVAL_STATIC)
+evaluate_split_seeds = jax.jit(_evaluate_split_seeds, static_argnames=_EVAL_STATIC)

@@ -1,7 +1,9 @@
 """Training and evaluation of the standard CNN with a registry pooler.
 
 ``train_and_evaluate(config, workdir)`` runs (or resumes) a whole run and returns the metrics of the
-last epoch. Data-parallel over every device JAX sees: a 1-D mesh ``"data"``, batches sharded along
+last epoch; ``train_seed_group(configs, workdirs)`` runs several that differ only in their seed as
+one model ``jax.vmap``-ed over the seeds (each run keeps its own directory, files, keys and data
+order; its metrics equal those of its separate run up to float rounding). Data-parallel over every device JAX sees: a 1-D mesh ``"data"``, batches sharded along
 it, parameters and optimizer state replicated. Keys: ``key(seed)`` is split into init and train
 keys; step ``s`` uses ``fold_in(train_key, s)`` on the rng stream ``"pooling"``; evaluation is
 deterministic. The training split lives on the devices and each epoch runs as compiled chunks of
@@ -19,9 +21,11 @@ Files written to ``workdir`` (by process 0):
     are fractions in [0, 1]),
   - ``test_loss``, ``test_accuracy`` (over every test example exactly once),
   - ``train_seconds``, ``eval_seconds``, ``epoch_seconds`` (= train + eval),
-    ``images_per_second`` (training images / train_seconds), and ``includes_startup``: true for
+    ``images_per_second`` (training images / train_seconds), ``includes_startup``: true for
     the first epoch each call of this function trains (of a new or a resumed run), whose time
-    may include compiling the step or loading it from the cache.
+    may include compiling the step or loading it from the cache, and ``seeds_in_program``: how
+    many seeds trained together (1 for a separate run; a seed group's wall time is shared
+    equally among its seeds).
 
 - ``pooler_params.json``: the learned pooler parameters in readable form (see
   :func:`train.core.models.pooler_report`), rewritten every epoch.
@@ -37,6 +41,7 @@ Files written to ``workdir`` (by process 0):
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -44,26 +49,30 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import tqdm
 
-from train.core import checkpointing, device_loop, input_pipeline, models, run_files, run_metrics
-from train.core.run_config import ConfigError, config_microbatches, validate_config, validate_model
-from train.core.steps import (
-    TrainState,
-    create_train_state,
-    eval_step,
-    pooler_kwargs,
-    preprocess,
-    step_fn,
+from train.core import (
+    checkpointing,
+    device_loop,
+    input_pipeline,
+    models,
+    run_config,
+    run_files,
+    run_metrics,
+    steps,
 )
+from train.core.run_config import ConfigError, RunSpec
 
 logger = logging.getLogger(__name__)
+
+PROBE_IMAGES = 64  # test images on which pooler_params.json describes LIP's importance logits
 
 
 class NonFiniteLossError(RuntimeError):
@@ -78,107 +87,7 @@ class Interrupted(Exception):
         self.signum = signum
 
 
-# --------------------------------------------------------------------------- keys and steps
-
-
-def _seed_keys(seed: int, sharding: jax.sharding.Sharding) -> tuple[jax.Array, jax.Array]:
-    """(init key, train key) from ``seed``, replicated on ``sharding``'s mesh."""
-    return jax.jit(lambda: tuple(jax.random.split(jax.random.key(seed))), out_shardings=sharding)()
-
-
-def _run_chunk(
-    state, data, order, first, count, rng, mean, std, *, batch_size, length, sharding, microbatches
-):
-    """Steps ``first .. first + count - 1`` of an epoch as one program (the state is donated)."""
-    images, labels = data
-    return device_loop.train_chunk(
-        state,
-        images,
-        labels,
-        order,
-        np.int32(first),
-        np.int32(count),
-        rng,
-        mean,
-        std,
-        step_fn=step_fn(microbatches),
-        batch_size=batch_size,
-        length=length,
-        batch_sharding=sharding,
-    )
-
-
-def evaluate(
-    state: TrainState,
-    test_data: tuple[jax.Array, jax.Array, jax.Array],
-    batch_size: int,
-    sharding: jax.sharding.Sharding,
-    mean: jax.Array | None = None,
-    std: jax.Array | None = None,
-) -> dict[str, float]:
-    """Mean loss and accuracy over every example of a split, each counted exactly once.
-
-    Args:
-      state: the train state (replicated).
-      test_data: the split on the devices, from ``device_loop.put_eval_split(split, batch_size,
-        replicated)``.
-      batch_size: global evaluation batch size (a multiple of the device count).
-      sharding: batch sharding, ``NamedSharding(mesh, P("data"))``.
-      mean: per-channel input mean when standardising, else None.
-      std: per-channel input standard deviation when standardising, else None.
-
-    Returns:
-      ``{"loss": mean cross-entropy, "accuracy": fraction correct}``.
-    """
-    sums = device_loop.evaluate_split(
-        state, *test_data, mean, std, eval_fn=eval_step, batch_size=batch_size,
-        batch_sharding=sharding,
-    )  # fmt: skip
-    totals = {k: float(np.sum(np.asarray(v, np.float64))) for k, v in jax.device_get(sums).items()}
-    return {
-        "loss": totals["loss_sum"] / totals["count"],
-        "accuracy": totals["correct"] / totals["count"],
-    }
-
-
-# --------------------------------------------------------------------------- signals
-
-
-@contextlib.contextmanager
-def _catch_signals():
-    """Records SIGINT/SIGTERM in a list instead of dying, while the block runs."""
-    received: list[int] = []
-    if threading.current_thread() is not threading.main_thread():
-        yield received
-        return
-    previous = {}
-
-    def handler(signum, frame):
-        del frame
-        received.append(signum)
-
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        previous[sig] = signal.signal(sig, handler)
-    try:
-        yield received
-    finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old)
-
-
-# --------------------------------------------------------------------------- the loop
-
-
-PROBE_IMAGES = 64  # test images on which pooler_params.json describes LIP's importance logits
-
-
-def _report_inputs(config, state, data, mean, std) -> dict[str, jax.Array] | None:
-    """The pool slots' inputs on the first test images, for poolers whose report needs them."""
-    if config.pooler != "lip":
-        return None
-    model = models.CNN(data.num_classes, config.pooler, pooler_kwargs(config))
-    images = preprocess(jax.numpy.asarray(data.test.images[:PROBE_IMAGES]), mean, std)
-    return models.pool_inputs(model, state.params, images)
+# --------------------------------------------------------------------------- entry points
 
 
 def train_and_evaluate(
@@ -209,220 +118,565 @@ def train_and_evaluate(
       Interrupted: SIGINT/SIGTERM; a checkpoint of the exact position was saved first (when the
         signal came while the finished run was saved, that save completes: status ``done``).
     """
-    validate_config(config)
+    show = None if on_epoch is None else (lambda _, row: on_epoch(row))
+    (outcome,) = train_seed_group([config], [workdir], on_epoch=show, data=data)
+    if isinstance(outcome, NonFiniteLossError):
+        raise outcome
+    return outcome
+
+
+def train_seed_group(
+    configs: Sequence[ml_collections.ConfigDict],
+    workdirs: Sequence[str],
+    *,
+    on_epoch: Callable[[int, dict[str, Any]], None] | None = None,
+    data: input_pipeline.Dataset | None = None,
+) -> list[dict[str, Any] | NonFiniteLossError]:
+    """Trains runs that differ only in their seed together: one run alone as
+    :func:`train_and_evaluate` describes, several as one model ``jax.vmap``-ed over the seeds.
+
+    Each run keeps its own workdir and files, keys, data order and pooling noise; a run whose
+    loss becomes non-finite is finished as ``failed`` and the others go on.  The runs must be at
+    the same position (no checkpoint, or checkpoints of the same step).
+
+    Args:
+      configs: the runs' configs, equal except ``seed`` (distinct).
+      workdirs: their output directories, one per config.
+      on_epoch: called with ``(index of the run, its epoch's metrics)``.
+      data: the dataset already in memory, or None to read it.
+
+    Returns:
+      Per run, its last epoch's metrics (``{}`` if none), or the :class:`NonFiniteLossError`
+      that failed it.
+
+    Raises:
+      ValueError: configs that differ in more than their seeds, or runs at different positions.
+      ConfigError, input_pipeline.DataError, Interrupted: as :func:`train_and_evaluate`.
+    """
+    _check_group(configs, workdirs)
+    for config in configs:
+        run_config.validate_config(config)
     lead = jax.process_index() == 0
-    workdir = os.path.abspath(workdir)
-    if os.path.exists(workdir) and not os.path.isdir(workdir):
-        raise ConfigError(f"workdir {workdir} exists and is not a directory")
-    config_path = os.path.join(workdir, "config.json")
-    metrics_path = os.path.join(workdir, "metrics.jsonl")
-    checkpoint_dir = os.path.join(workdir, "checkpoints")
-    if os.path.exists(config_path):
-        with open(config_path) as f:
-            changed = run_files.changed_run_fields(json.load(f), config)
-        if changed and run_files.has_results(workdir):
+    runs = [
+        _RunDir(config, workdir, lead) for config, workdir in zip(configs, workdirs, strict=True)
+    ]
+    for run in runs:
+        run.check_workdir()
+    if data is None:
+        data = input_pipeline.load(configs[0].dataset, configs[0].data_dir)
+    elif data.name != configs[0].dataset:
+        raise ValueError(f"data holds {data.name!r}, the configs train on {configs[0].dataset!r}")
+    for run in runs:
+        run.describe(data)
+        run.check_trained()
+    for run in runs:
+        run.write_config()
+    return _epochs(runs, _setup(runs, data), on_epoch)
+
+
+def _check_group(configs: Sequence[ml_collections.ConfigDict], workdirs: Sequence[str]) -> None:
+    if not configs or len(configs) != len(workdirs):
+        raise ValueError(
+            f"expected one workdir per config, got {len(configs)} configs, {len(workdirs)} workdirs"
+        )
+    seeds = [c.seed for c in configs]
+    if len(set(seeds)) != len(seeds):
+        raise ValueError(f"a seed group needs distinct seeds, got {seeds}")
+    first = {k: v for k, v in configs[0].to_dict().items() if k != "seed"}
+    for config in configs[1:]:
+        other = {k: v for k, v in config.to_dict().items() if k != "seed"}
+        if other != first:
+            changed = sorted(k for k in first.keys() | other.keys() if first.get(k) != other.get(k))
+            raise ValueError(
+                f"a seed group's configs differ in {', '.join(changed)}, not only seed"
+            )
+
+
+# --------------------------------------------------------------------------- one run's directory
+
+
+class _RunDir:
+    """One run of a group: its config, description, workdir files, checkpoints and position."""
+
+    def __init__(self, config: ml_collections.ConfigDict, workdir: str, lead: bool):
+        self.config = config
+        self.workdir = os.path.abspath(workdir)
+        self.lead = lead
+        self.spec: RunSpec | None = None
+        self.config_path = os.path.join(self.workdir, "config.json")
+        self.metrics_path = os.path.join(self.workdir, "metrics.jsonl")
+        self.ckpt: checkpointing.Checkpoints | None = None
+        # Position in the run and the running sums of the current (possibly unfinished) epoch.
+        self.meta = run_metrics.epoch_start(0, config.seed)
+        self.history: list[dict[str, Any]] = []
+        self.error: NonFiniteLossError | None = None
+
+    # -- before training
+
+    def check_workdir(self) -> None:
+        """A workdir that is a file, or that holds another run with results, is refused."""
+        if os.path.exists(self.workdir) and not os.path.isdir(self.workdir):
+            raise ConfigError(f"workdir {self.workdir} exists and is not a directory")
+        if not os.path.exists(self.config_path):
+            return
+        with open(self.config_path) as f:
+            changed = run_files.changed_run_fields(json.load(f), self.config)
+        if changed and run_files.has_results(self.workdir):
             raise ConfigError(
-                f"workdir {workdir} holds a run with different {', '.join(changed)}; use "
+                f"workdir {self.workdir} holds a run with different {', '.join(changed)}; use "
                 "another --workdir or delete it"
             )
         if changed:  # no checkpoint, no finished epoch: nothing to resume, nothing to lose
-            logger.info("workdir %s held an untrained run; starting this config there", workdir)
-
-    if data is None:
-        data = input_pipeline.load(config.dataset, config.data_dir)
-    elif data.name != config.dataset:
-        raise ValueError(f"data holds {data.name!r}, the config trains on {config.dataset!r}")
-    batch_size = config.batch_size
-    eval_batch_size = config.eval_batch_size or batch_size
-    steps = input_pipeline.steps_per_epoch(data.train, batch_size)
-    if steps == 0:
-        raise ConfigError(
-            f"batch size {batch_size} exceeds the {len(data.train)} training examples of "
-            f"{config.dataset}"
-        )
-    trained = max(run_files.checkpoint_steps(workdir), default=0)
-    if trained > config.num_epochs * steps:
-        raise ConfigError(
-            f"workdir {workdir} holds a run trained for {trained // steps} epochs, more than the "
-            f"{config.num_epochs} asked for; ask for {trained // steps} or more, or use another "
-            "--workdir"
-        )
-    mean = std = None
-    if config.standardize:
-        mean, std = input_pipeline.channel_stats(data.train)
-
-    validate_model(config, data.image_shape, data.num_classes)
-
-    if lead:
-        try:
-            os.makedirs(workdir, exist_ok=True)
-            run_files.write_json(config_path, json.loads(config.to_json_best_effort()))
-        except OSError as e:  # e.g. a read-only directory
-            raise ConfigError(f"cannot write to workdir {workdir}: {e.strerror or e}") from e
-
-    replicated, sharded = device_loop.data_shardings()
-
-    # Everything is created on the mesh directly: jax.device_put cannot place host values on
-    # devices of other processes.
-    init_key, train_key = _seed_keys(config.seed, replicated)
-    data_key = device_loop.data_key(config.seed, replicated)
-    state = create_train_state(
-        config, data.image_shape, data.num_classes, init_key, sharding=replicated
-    )
-
-    ckpt = checkpointing.Checkpoints(checkpoint_dir, max_to_keep=config.checkpoints_to_keep)
-    target = {"step": state.step, "params": state.params, "opt_state": state.opt_state}
-    restored = ckpt.restore_latest(target)
-    # Position in the run and the running sums of the current (possibly unfinished) epoch.
-    meta = run_metrics.epoch_start(0, config.seed)
-    if restored is not None:
-        item = restored.item
-        state = state.replace(step=item["step"], params=item["params"], opt_state=item["opt_state"])
-        meta.update(restored.meta)
-        logger.info(
-            "resumed from checkpoint at step %d (epoch %d of %d)",
-            restored.step,
-            min(meta["epoch"] + 1, config.num_epochs),
-            config.num_epochs,
-        )
-
-    history = run_files.read_metrics(metrics_path, meta["epoch"])
-    if lead:
-        # Drop epochs the checkpoint does not cover; atomic, so a signal cannot empty the file.
-        run_files.write_text(metrics_path, "".join(json.dumps(row) + "\n" for row in history))
-
-    def finish(status: str) -> None:
-        ckpt.close()
-        if lead:
-            run_files.write_json(
-                os.path.join(workdir, "summary.json"),
-                run_metrics.summary(status, config, history, state.params, workdir),
+            logger.info(
+                "workdir %s held an untrained run; starting this config there", self.workdir
             )
 
-    if mean is not None:
-        mean, std = (device_loop.put_replicated(v, replicated) for v in (mean, std))
-    train_data = device_loop.put_split(data.train, replicated)
-    test_data = device_loop.put_eval_split(data.test, eval_batch_size, replicated)
-    chunk_length = min(config.steps_per_chunk, steps)
-    microbatches = config_microbatches(config, batch_size)
-    show_bar = bool(config.progress) and sys.stderr.isatty()
-    stop_after = config.stop_after_epochs or config.num_epochs
+    def describe(self, data: input_pipeline.Dataset) -> None:
+        self.spec = run_config.describe(
+            self.config, data.image_shape, data.num_classes, len(data.train)
+        )
 
-    meta["includes_startup"] = True  # the epoch this process starts in compiles the step
+    def check_trained(self) -> None:
+        """A run trained for more epochs than asked for is refused."""
+        steps_per_epoch, epochs = self.spec.steps_per_epoch, self.spec.num_epochs
+        trained = max(run_files.checkpoint_steps(self.workdir), default=0)
+        if trained > epochs * steps_per_epoch:
+            raise ConfigError(
+                f"workdir {self.workdir} holds a run trained for {trained // steps_per_epoch} "
+                f"epochs, more than the {epochs} asked for; ask for "
+                f"{trained // steps_per_epoch} or more, or use another --workdir"
+            )
+
+    def write_config(self) -> None:
+        if not self.lead:
+            return
+        try:
+            os.makedirs(self.workdir, exist_ok=True)
+            run_files.write_json(self.config_path, json.loads(self.config.to_json_best_effort()))
+        except OSError as e:  # e.g. a read-only directory
+            raise ConfigError(f"cannot write to workdir {self.workdir}: {e.strerror or e}") from e
+
+    def restore(self, target: dict[str, Any]) -> dict[str, Any] | None:
+        """Opens the checkpoints; restores the newest into ``target``'s structure (None if there
+        is none) and the history it covers."""
+        self.ckpt = checkpointing.Checkpoints(
+            os.path.join(self.workdir, "checkpoints"), max_to_keep=self.spec.checkpoints_to_keep
+        )
+        restored = self.ckpt.restore_latest(target)
+        if restored is not None:
+            self.meta.update(restored.meta)
+            logger.info(
+                "%s: resumed from checkpoint at step %d (epoch %d of %d)",
+                self.workdir,
+                restored.step,
+                min(self.meta["epoch"] + 1, self.spec.num_epochs),
+                self.spec.num_epochs,
+            )
+        self.history = run_files.read_metrics(self.metrics_path, self.meta["epoch"])
+        if self.lead:
+            # Drop epochs the checkpoint does not cover; atomic, so a signal cannot empty it.
+            run_files.write_text(
+                self.metrics_path, "".join(json.dumps(row) + "\n" for row in self.history)
+            )
+        return None if restored is None else restored.item
+
+    # -- while training
+
+    @property
+    def active(self) -> bool:
+        return self.error is None
+
+    def save(self, step: int, item: dict[str, Any], *, replace: bool = False) -> None:
+        self.ckpt.save(step, item, dict(self.meta), replace=replace)
+
+    def finish_epoch(self, row: dict[str, Any], params, report_inputs) -> None:
+        self.history.append(row)
+        self.meta = run_metrics.epoch_start(self.meta["epoch"] + 1, self.spec.seed)
+        if not self.lead:
+            return
+        with open(self.metrics_path, "a") as f:
+            f.write(json.dumps(row) + "\n")
+        run_files.write_json(
+            os.path.join(self.workdir, "pooler_params.json"),
+            models.pooler_report(params, self.spec.pooler, self.spec.pooler_kwargs, report_inputs),
+        )
+
+    def finish(self, status: str, params) -> None:
+        """Waits for the checkpoints and writes ``summary.json``."""
+        self.ckpt.close()
+        if self.lead:
+            run_files.write_json(
+                os.path.join(self.workdir, "summary.json"),
+                run_metrics.summary(status, self.spec, self.history, params, self.workdir),
+            )
+
+    def last_step_text(self) -> str:
+        saved = self.ckpt.all_steps()
+        if not saved:
+            return f"none in {self.ckpt.directory}"
+        return f"step {saved[-1]} in {self.ckpt.directory}"
+
+
+# --------------------------------------------------------------------------- the loop
+
+
+class _SeedGroup:
+    """The state of one run, or of several stacked along a leading seed axis, on the mesh."""
+
+    def __init__(self, runs: Sequence[_RunDir], replicated: jax.sharding.Sharding):
+        self.runs = runs
+        self.grouped = len(runs) > 1
+        self.replicated = replicated
+        seeds = [r.spec.seed for r in runs]
+        self.init_key, self.train_key = _seed_keys(seeds if self.grouped else seeds[0], replicated)
+        self.data_key = device_loop.data_key(seeds if self.grouped else seeds[0], replicated)
+
+    def create(self) -> steps.TrainState:
+        """The initial state, with every run's checkpoint restored into it."""
+        state = steps.create_train_state(self.runs[0].spec, self.init_key, self.replicated)
+        target = _ckpt_target(state)
+        if not self.grouped:
+            item = self.runs[0].restore(target)
+            return state if item is None else state.replace(**item)
+        one = jax.tree_util.tree_map(lambda a: a[0], target)
+        items = [run.restore(one) for run in self.runs]
+        positions = {
+            (run.meta["epoch"], None if i is None else int(i["step"]))
+            for run, i in zip(self.runs, items, strict=True)
+        }
+        if len(positions) > 1:
+            where = ", ".join(f"{r.workdir}: epoch {r.meta['epoch']}" for r in self.runs)
+            raise ValueError(
+                f"a seed group's runs are at different positions ({where}); train them separately"
+            )
+        if items[0] is None:
+            return state
+        return state.replace(**_stack(items, self.replicated))
+
+    def run_item(self, state: steps.TrainState, index: int) -> dict[str, Any]:
+        """Run ``index``'s checkpoint item, on the host."""
+        item = jax.device_get(_ckpt_target(state))
+        if self.grouped:
+            item = _index(item, index)
+        return item
+
+    def params(self, state: steps.TrainState, index: int):
+        params = jax.device_get(state.params)
+        if self.grouped:
+            params = _index(params, index)
+        return params
+
+    def per_run(self, values):
+        """Host values of the group's outputs, one per run."""
+        values = jax.device_get(values)
+        if self.grouped:
+            return [_index(values, i) for i in range(len(self.runs))]
+        return [values]
+
+
+@dataclasses.dataclass
+class _Setup:
+    """What the epochs need besides the runs: their state, the resident splits and keys."""
+
+    group: _SeedGroup
+    state: steps.TrainState
+    train_data: tuple[jax.Array, jax.Array]
+    test_data: tuple[jax.Array, jax.Array, jax.Array]
+    mean: jax.Array | None
+    std: jax.Array | None
+    sharded: jax.sharding.Sharding
+    probe: jax.Array | None
+
+
+def _setup(runs: Sequence[_RunDir], data: input_pipeline.Dataset) -> _Setup:
+    """The runs' state (restored where they have checkpoints) and their data on the mesh."""
+    spec = runs[0].spec
+    replicated, sharded = device_loop.data_shardings()
+    group = _SeedGroup(runs, replicated)
+    mean = std = None
+    if spec.standardize:
+        mean, std = (
+            device_loop.put_replicated(v, replicated)
+            for v in input_pipeline.channel_stats(data.train)
+        )
+    return _Setup(
+        group=group,
+        state=group.create(),
+        train_data=device_loop.put_split(data.train, replicated),
+        test_data=device_loop.put_eval_split(data.test, spec.eval_batch_size, replicated),
+        mean=mean,
+        std=std,
+        sharded=sharded,
+        probe=_probe_images(spec, data, mean, std),
+    )
+
+
+def _epochs(runs: Sequence[_RunDir], setup: _Setup, on_epoch) -> list:
+    """The epochs of the runs, from their common position to the end; then every run's
+    ``summary.json``.  Returns each run's outcome (see :func:`train_seed_group`)."""
+    group, state, mean, std = setup.group, setup.state, setup.mean, setup.std
+    spec = runs[0].spec
+    steps_per_epoch = spec.steps_per_epoch
+    show_bar = spec.progress and sys.stderr.isatty()
+    for run in runs:
+        run.meta["includes_startup"] = True  # the epoch this process starts in compiles the step
+
+    def finish_all(status: str) -> None:
+        for i, run in enumerate(runs):
+            if run.active:
+                run.finish(status, group.params(state, i))
+
     with _catch_signals() as received:
-        while meta["epoch"] < config.num_epochs:
-            epoch = meta["epoch"]  # 0-based index of the epoch being run
-            if epoch >= stop_after:
+        while any(r.active for r in runs) and _epoch(runs) < spec.num_epochs:
+            epoch = _epoch(runs)  # 0-based index of the epoch being run
+            if epoch >= spec.stop_after_epochs:
                 logger.info("stopping after epoch %d (stop_after_epochs)", epoch)
-                finish("stopped")
-                return history[-1] if history else {}
-            start_step = int(jax.device_get(state.step)) - epoch * steps
+                finish_all("stopped")
+                return _outcomes(runs)
+            start_step = _step(state) - epoch * steps_per_epoch
             t0 = time.perf_counter()
             bar = tqdm.tqdm(
-                total=steps,
+                total=steps_per_epoch,
                 initial=start_step,
-                desc=f"epoch {epoch + 1}/{config.num_epochs}",
+                desc=f"epoch {epoch + 1}/{spec.num_epochs}",
                 disable=not show_bar,
                 leave=False,
                 file=sys.stderr,
             )
-            order = device_loop.epoch_order(data_key, epoch, len(data.train), replicated)
-            for first, count in device_loop.chunks(start_step, steps, chunk_length):
+            order = device_loop.epoch_order(group.data_key, epoch, spec.num_train, group.replicated)
+            for first, count in device_loop.chunks(start_step, steps_per_epoch, spec.chunk_length):
                 state, out = _run_chunk(
-                    state,
-                    train_data,
-                    order,
-                    first,
-                    count,
-                    train_key,
-                    mean,
-                    std,
-                    batch_size=batch_size,
-                    length=chunk_length,
-                    sharding=sharded,
-                    microbatches=microbatches,
-                )
-                losses, correct = jax.device_get((out["loss"], out["correct"]))
-                bad = run_metrics.accumulate(meta, losses[:count], correct[:count], batch_size)
-                if bad is not None:
-                    bar.close()
-                    finish("failed")
-                    step = first + bad + 1
-                    raise NonFiniteLossError(
-                        f"non-finite training loss ({float(losses[bad])}) at epoch {epoch + 1}, "
-                        f"step {step} of {steps} (global step {epoch * steps + step}); last good "
-                        f"checkpoint: {_last_step_text(ckpt)}"
-                    )
+                    state, setup.train_data, order, first, count, group.train_key, mean, std,
+                    spec=spec, sharding=setup.sharded, seed_group=group.grouped,
+                )  # fmt: skip
+                for i, (run, chunk_out) in enumerate(zip(runs, group.per_run(out), strict=True)):
+                    if run.active:
+                        _account(run, chunk_out, first, count, epoch, group.params, state, i)
+                if not any(r.active for r in runs):
+                    break
                 bar.update(count)
                 if show_bar:
-                    bar.set_postfix(loss=f"{float(losses[count - 1]):.4f}")
+                    bar.set_postfix(loss=f"{float(group.per_run(out)[0]['loss'][count - 1]):.4f}")
                 if received:
                     break
             bar.close()
-            meta["train_seconds"] += time.perf_counter() - t0
+            seconds = (time.perf_counter() - t0) / len(runs)
+            for run in runs:
+                run.meta["train_seconds"] += seconds
+            if not any(r.active for r in runs):
+                break
             if received:
-                step_now = int(jax.device_get(state.step))
-                ckpt.save(step_now, _ckpt_item(state), dict(meta))
-                finish("interrupted")
+                step_now = _step(state)
+                for i, run in enumerate(runs):
+                    if run.active:
+                        run.save(step_now, group.run_item(state, i))
+                finish_all("interrupted")
                 raise Interrupted(
                     received[0],
                     f"interrupted by signal {received[0]} in epoch {epoch + 1} at global step "
-                    f"{step_now}; checkpoint saved in {ckpt.directory}; rerun the same command "
-                    f"to resume",
+                    f"{step_now}; checkpoint saved in {_checkpoint_dirs(runs)}; rerun the same "
+                    "command to resume",
                 )
-
-            t1 = time.perf_counter()
-            test = evaluate(state, test_data, eval_batch_size, sharded, mean, std)
-            eval_seconds = time.perf_counter() - t1
-            row = run_metrics.epoch_row(
-                epoch, int(jax.device_get(state.step)), meta, test, eval_seconds
-            )
-            history.append(row)
-            meta = run_metrics.epoch_start(epoch + 1, config.seed)
-            if lead:
-                with open(metrics_path, "a") as f:
-                    f.write(json.dumps(row) + "\n")
-                run_files.write_json(
-                    os.path.join(workdir, "pooler_params.json"),
-                    models.pooler_report(
-                        state.params,
-                        config.pooler,
-                        pooler_kwargs(config),
-                        _report_inputs(config, state, data, mean, std),
-                    ),
-                )
-            # replace: a checkpoint a signal took at this very step still marks the epoch open.
-            ckpt.save(row["step"], _ckpt_item(state), dict(meta), replace=True)
-            if on_epoch is not None:
-                on_epoch(row)
+            _evaluate_epoch(runs, setup, state, on_epoch)
             if received:
-                finish("interrupted")
+                finish_all("interrupted")
                 raise Interrupted(
                     received[0],
                     f"interrupted by signal {received[0]} after epoch {epoch + 1}; checkpoint "
-                    f"saved in {ckpt.directory}; rerun the same command to resume",
+                    f"saved in {_checkpoint_dirs(runs)}; rerun the same command to resume",
                 )
-        # Still under the signal handlers: the last checkpoint's write and summary.json finish.
-        finish("done")
+        # Still under the signal handlers: the last checkpoints' writes and summaries finish.
+        finish_all("done")
     if received:  # then stop as asked (a sweep must not start its next run)
         raise Interrupted(
             received[0],
             f"interrupted by signal {received[0]} while the finished run was saved; it is "
-            f"complete in {workdir}",
+            f"complete in {', '.join(r.workdir for r in runs)}",
         )
-    return history[-1] if history else {}
+    return _outcomes(runs)
 
 
-def _ckpt_item(state: TrainState) -> dict[str, Any]:
-    # Host copies: the state is replicated, and orbax would otherwise compile a slicing program
-    # per array shape to pick one replica (dozens of compilations on a multi-device mesh).
-    return jax.device_get(
-        {"step": state.step, "params": state.params, "opt_state": state.opt_state}
+def _account(run, chunk_out, first, count, epoch, params_of, state, index) -> None:
+    """Adds a chunk's losses to ``run``'s epoch sums; a non-finite loss fails the run."""
+    losses, correct = chunk_out["loss"], chunk_out["correct"]
+    batch_size, steps_per_epoch = run.spec.batch_size, run.spec.steps_per_epoch
+    bad = run_metrics.accumulate(run.meta, losses[:count], correct[:count], batch_size)
+    if bad is None:
+        return
+    step = first + bad + 1
+    run.error = NonFiniteLossError(
+        f"non-finite training loss ({float(losses[bad])}) at epoch {epoch + 1}, step {step} of "
+        f"{steps_per_epoch} (global step {epoch * steps_per_epoch + step}); last good "
+        f"checkpoint: {run.last_step_text()}"
     )
+    run.finish("failed", params_of(state, index))
 
 
-def _last_step_text(ckpt: checkpointing.Checkpoints) -> str:
-    steps = ckpt.all_steps()
-    if not steps:
-        return f"none in {ckpt.directory}"
-    return f"step {steps[-1]} in {ckpt.directory}"
+def _evaluate_epoch(runs: Sequence[_RunDir], setup: _Setup, state, on_epoch) -> None:
+    """Evaluates the finished epoch; writes each active run's row, parameters and checkpoint."""
+    spec, group = runs[0].spec, setup.group
+    t0 = time.perf_counter()
+    sums = device_loop.evaluate_split_seeds if group.grouped else device_loop.evaluate_split
+    sums = sums(
+        state, *setup.test_data, setup.mean, setup.std, eval_fn=steps.eval_step,
+        batch_size=spec.eval_batch_size, batch_sharding=setup.sharded,
+    )  # fmt: skip
+    per_run = group.per_run(sums)
+    eval_seconds = (time.perf_counter() - t0) / len(runs)
+    step = _step(state)
+    for i, (run, run_sums) in enumerate(zip(runs, per_run, strict=True)):
+        if not run.active:
+            continue
+        row = run_metrics.epoch_row(
+            run.meta["epoch"], step, run.meta, _test_metrics(run_sums), eval_seconds
+        )
+        row["seeds_in_program"] = len(runs)
+        params = group.params(state, i)
+        run.finish_epoch(row, params, _report_inputs(spec, params, setup.probe))
+        # replace: a checkpoint a signal took at this very step still marks the epoch open.
+        run.save(step, group.run_item(state, i), replace=True)
+        if on_epoch is not None:
+            on_epoch(i, row)
+
+
+def _epoch(runs: Sequence[_RunDir]) -> int:
+    """The 0-based epoch the group's active runs are in."""
+    return next(run for run in runs if run.active).meta["epoch"]
+
+
+def _outcomes(runs: Sequence[_RunDir]) -> list[dict[str, Any] | NonFiniteLossError]:
+    return [run.error or (run.history[-1] if run.history else {}) for run in runs]
+
+
+def _checkpoint_dirs(runs: Sequence[_RunDir]) -> str:
+    return ", ".join(run.ckpt.directory for run in runs if run.active)
+
+
+# --------------------------------------------------------------------------- keys, chunks, eval
+
+
+def _seed_keys(
+    seed: int | Sequence[int], sharding: jax.sharding.Sharding
+) -> tuple[jax.Array, jax.Array]:
+    """(init key, train key) from ``seed``, replicated on ``sharding``'s mesh; for a seed group,
+    each stacked over its seeds."""
+    if isinstance(seed, int):
+        return jax.jit(
+            lambda: tuple(jax.random.split(jax.random.key(seed))), out_shardings=sharding
+        )()
+
+    def keys():
+        pairs = jnp.stack([jax.random.split(jax.random.key(s)) for s in seed])
+        return pairs[:, 0], pairs[:, 1]
+
+    return jax.jit(keys, out_shardings=sharding)()
+
+
+def _run_chunk(
+    state, data, order, first, count, rng, mean, std, *, spec: RunSpec, sharding, seed_group
+):
+    """Steps ``first .. first + count - 1`` of an epoch as one program (the state is donated)."""
+    images, labels = data
+    chunk = device_loop.train_chunk_seeds if seed_group else device_loop.train_chunk
+    return chunk(
+        state, images, labels, order, np.int32(first), np.int32(count), rng, mean, std,
+        step_fn=steps.step_fn(spec.microbatches), batch_size=spec.batch_size,
+        length=spec.chunk_length, batch_sharding=sharding,
+    )  # fmt: skip
+
+
+def evaluate(
+    state: steps.TrainState,
+    test_data: tuple[jax.Array, jax.Array, jax.Array],
+    batch_size: int,
+    sharding: jax.sharding.Sharding,
+    mean: jax.Array | None = None,
+    std: jax.Array | None = None,
+) -> dict[str, float]:
+    """Mean loss and accuracy over every example of a split, each counted exactly once.
+
+    Args:
+      state: the train state (replicated).
+      test_data: the split on the devices, from ``device_loop.put_eval_split(split, batch_size,
+        replicated)``.
+      batch_size: global evaluation batch size (a multiple of the device count).
+      sharding: batch sharding, ``NamedSharding(mesh, P("data"))``.
+      mean: per-channel input mean when standardising, else None.
+      std: per-channel input standard deviation when standardising, else None.
+
+    Returns:
+      ``{"loss": mean cross-entropy, "accuracy": fraction correct}``.
+    """
+    sums = device_loop.evaluate_split(
+        state, *test_data, mean, std, eval_fn=steps.eval_step, batch_size=batch_size,
+        batch_sharding=sharding,
+    )  # fmt: skip
+    return _test_metrics(jax.device_get(sums))
+
+
+def _test_metrics(sums: dict[str, np.ndarray]) -> dict[str, float]:
+    """Mean loss and accuracy from per-batch sums, added in float64."""
+    totals = {k: float(np.sum(np.asarray(v, np.float64))) for k, v in sums.items()}
+    return {
+        "loss": totals["loss_sum"] / totals["count"],
+        "accuracy": totals["correct"] / totals["count"],
+    }
+
+
+def _probe_images(spec: RunSpec, data, mean, std) -> jax.Array | None:
+    """The first test images, preprocessed, for poolers whose report needs the pool inputs."""
+    if spec.pooler != "lip":
+        return None
+    return steps.preprocess(jnp.asarray(data.test.images[:PROBE_IMAGES]), mean, std)
+
+
+def _report_inputs(spec: RunSpec, params, probe) -> dict[str, jax.Array] | None:
+    """The pool slots' inputs on the probe images (LIP's report describes its logits there)."""
+    if probe is None:
+        return None
+    return models.pool_inputs(steps.model(spec), params, probe)
+
+
+def _step(state: steps.TrainState) -> int:
+    """The global step (the same for every seed of a group)."""
+    return int(np.asarray(jax.device_get(state.step)).reshape(-1)[0])
+
+
+def _index(tree, i: int):
+    """Seed ``i``'s slice of a group's tree."""
+    return jax.tree_util.tree_map(lambda a: a[i], tree)
+
+
+def _ckpt_target(state: steps.TrainState) -> dict[str, Any]:
+    return {"step": state.step, "params": state.params, "opt_state": state.opt_state}
+
+
+def _stack(items: Sequence[dict[str, Any]], sharding: jax.sharding.Sharding) -> dict[str, Any]:
+    """Host checkpoint items of a group's runs stacked along a leading seed axis, on the mesh."""
+    stacked = jax.tree_util.tree_map(lambda *xs: np.stack([np.asarray(x) for x in xs]), *items)
+    return jax.tree_util.tree_map(lambda a: device_loop.put_replicated(a, sharding), stacked)
+
+
+# --------------------------------------------------------------------------- signals
+
+
+@contextlib.contextmanager
+def _catch_signals():
+    """Records SIGINT/SIGTERM in a list instead of dying, while the block runs."""
+    received: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield received
+        return
+    previous = {}
+
+    def handler(signum, frame):
+        del frame
+        received.append(signum)
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        previous[sig] = signal.signal(sig, handler)
+    try:
+        yield received
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)

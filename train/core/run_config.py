@@ -1,10 +1,13 @@
-"""A run's config, checked before anything is loaded or compiled, and the per-run settings derived
-from it: the persistent compilation cache and the number of micro-batches per step.
+"""A run's config, checked before anything is loaded or compiled, and the run description derived
+from it once (:class:`RunSpec`: what the loop, the model and the run files read instead of the
+config); also the persistent compilation cache.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import json
 import logging
 import math
 import os
@@ -18,13 +21,123 @@ import ml_collections
 import jaxpool
 from train import cli
 from train.core import input_pipeline, models
-from train.core.steps import pooler_kwargs
 
 logger = logging.getLogger(__name__)
 
 
 class ConfigError(ValueError):
     """A config value is invalid; the message says which and what is allowed."""
+
+
+@dataclasses.dataclass(frozen=True)
+class RunSpec:
+    """One run, described once from a validated config and its dataset (:func:`describe`).
+
+    Hashable, so equal runs share compiled programs (it is part of their cache keys).
+
+    Attributes:
+      dataset, pooler, seed, learning_rate, num_epochs, standardize, data_dir: the config's.
+      pooler_kwargs_json: the pooler's keyword arguments as canonical JSON (sorted keys).
+      batch_size: global training batch size.
+      eval_batch_size: global evaluation batch size (the config's, or ``batch_size``).
+      microbatches: micro-batches per training step (:func:`microbatches_for`).
+      steps_per_epoch: training steps per epoch (the last partial batch is dropped).
+      chunk_length: steps per compiled chunk (``steps_per_chunk``, at most an epoch).
+      stop_after_epochs: stop (resumably) after this many epochs; equals ``num_epochs`` when the
+        config says 0 (never).
+      checkpoints_to_keep, progress: the config's.
+      image_shape: ``(H, W, C)`` of one example.
+      num_classes: number of labels.
+      num_train: training examples.
+    """
+
+    dataset: str
+    pooler: str
+    pooler_kwargs_json: str
+    seed: int
+    learning_rate: float
+    num_epochs: int
+    standardize: bool
+    data_dir: str | None
+    batch_size: int
+    eval_batch_size: int
+    microbatches: int
+    steps_per_epoch: int
+    chunk_length: int
+    stop_after_epochs: int
+    checkpoints_to_keep: int
+    progress: bool
+    image_shape: tuple[int, ...]
+    num_classes: int
+    num_train: int
+
+    @property
+    def pooler_kwargs(self) -> dict[str, Any]:
+        """The pooler's keyword arguments (a fresh dict)."""
+        return json.loads(self.pooler_kwargs_json)
+
+
+def pooler_kwargs(config: ml_collections.ConfigDict) -> dict[str, Any]:
+    """``config.pooler_kwargs`` as a plain dict (read by :func:`validate_config` and
+    :func:`describe`; everything after them reads :attr:`RunSpec.pooler_kwargs`)."""
+    kwargs = config.pooler_kwargs
+    if isinstance(kwargs, ml_collections.ConfigDict):
+        return kwargs.to_dict()
+    return dict(kwargs)
+
+
+def describe(
+    config: ml_collections.ConfigDict,
+    image_shape: tuple[int, ...],
+    num_classes: int,
+    num_train: int,
+) -> RunSpec:
+    """Describes the run of ``config`` on a dataset, after checking its model on the dataset's
+    examples (:func:`validate_model`).
+
+    Args:
+      config: the run's config, accepted by :func:`validate_config`.
+      image_shape: ``(H, W, C)`` of the dataset's examples.
+      num_classes: number of labels.
+      num_train: training examples.
+
+    Raises:
+      ConfigError: a pooler that does not fit the images, or a batch larger than the training
+        split.
+    """
+    kwargs = pooler_kwargs(config)
+    steps = num_train // config.batch_size
+    if steps == 0:
+        raise ConfigError(
+            f"batch size {config.batch_size} exceeds the {num_train} training examples of "
+            f"{config.dataset}"
+        )
+    validate_model(config, tuple(image_shape), num_classes)
+    return RunSpec(
+        dataset=config.dataset,
+        pooler=config.pooler,
+        pooler_kwargs_json=json.dumps(kwargs, sort_keys=True),
+        seed=config.seed,
+        learning_rate=float(config.learning_rate),
+        num_epochs=config.num_epochs,
+        standardize=bool(config.standardize),
+        data_dir=config.data_dir,
+        batch_size=config.batch_size,
+        eval_batch_size=config.eval_batch_size or config.batch_size,
+        microbatches=microbatches_for(
+            config.batch_size // jax.device_count(),
+            config.microbatch_size,
+            jax.devices()[0].platform,
+        ),
+        steps_per_epoch=steps,
+        chunk_length=min(config.steps_per_chunk, steps),
+        stop_after_epochs=config.stop_after_epochs or config.num_epochs,
+        checkpoints_to_keep=config.checkpoints_to_keep,
+        progress=bool(config.progress),
+        image_shape=tuple(image_shape),
+        num_classes=num_classes,
+        num_train=num_train,
+    )
 
 
 def enable_compilation_cache(path: str | None = None) -> str:
@@ -106,7 +219,8 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         isinstance(kwargs, Mapping | ml_collections.ConfigDict),
         f"pooler_kwargs must be a mapping of keyword arguments, got {kwargs!r}",
     )
-    loop_set = sorted(set(pooler_kwargs(config)) & set(_LOOP_FIELDS))
+    parsed = pooler_kwargs(config)
+    loop_set = sorted(set(parsed) & set(_LOOP_FIELDS))
     need(
         not loop_set,
         f"pooler_kwargs cannot set {', '.join(loop_set)}: the training loop sets "
@@ -114,11 +228,10 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         "poolers' rng stream 'pooling'",
     )
     try:
-        jaxpool.create(config.pooler, **pooler_kwargs(config))
+        jaxpool.create(config.pooler, **parsed)
     except (TypeError, ValueError) as e:
         raise ConfigError(
-            f"bad pooler_kwargs {pooler_kwargs(config)!r} for pooler {config.pooler!r}: "
-            f"{cli.first_line(e)}"
+            f"bad pooler_kwargs {parsed!r} for pooler {config.pooler!r}: {cli.first_line(e)}"
         ) from e
     n = jax.device_count()
     for field in ("batch_size", "eval_batch_size"):
@@ -128,7 +241,12 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
             f"{field.replace('_', ' ')} {size} does not divide by the {n} devices JAX sees; "
             f"use a multiple of {n}",
         )
-    config_microbatches(config, config.batch_size)
+    per_device = config.batch_size // n
+    need(
+        not config.microbatch_size or per_device % config.microbatch_size == 0,
+        f"microbatch_size {config.microbatch_size} does not divide the per-device batch of "
+        f"{per_device} examples; use a divisor of it, or 0 for automatic",
+    )
 
 
 def validate_model(
@@ -144,7 +262,7 @@ def validate_model(
     where its defaults fit larger ones.  Defaults that fail on a large image too are a bug: that
     error propagates with its traceback.
     """
-    kwargs = pooler_kwargs(config)
+    kwargs = pooler_kwargs(config)  # validate_config accepted them: a plain dict
     shape = "x".join(map(str, image_shape))
     try:
         _trace_cnn(config.pooler, kwargs, image_shape, num_classes)
@@ -228,10 +346,3 @@ def microbatches_for(per_device_batch: int, microbatch_size: int, platform: str)
     while per_device_batch % m:
         m -= 1
     return m
-
-
-def config_microbatches(config: ml_collections.ConfigDict, batch_size: int) -> int:
-    """:func:`microbatches_for` a global batch of ``batch_size`` on the devices JAX sees."""
-    return microbatches_for(
-        batch_size // jax.device_count(), config.microbatch_size, jax.devices()[0].platform
-    )

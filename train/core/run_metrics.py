@@ -7,10 +7,8 @@ import math
 from typing import Any
 
 import jax
-import ml_collections
 
-from train.core import models
-from train.core.steps import pooler_kwargs
+from train.core import models, run_config
 
 
 def epoch_start(epoch: int, seed: int) -> dict[str, Any]:
@@ -68,17 +66,17 @@ def epoch_row(
 
 
 def summary(
-    status: str, config: ml_collections.ConfigDict, history: list[dict[str, Any]], params, workdir
+    status: str, spec: run_config.RunSpec, history: list[dict[str, Any]], params, workdir: str
 ) -> dict[str, Any]:
     """``summary.json``: the run's status, identity, final and best epochs, and sizes."""
     best = max(history, key=lambda r: r["test_accuracy"]) if history else None
     return {
         "status": status,
-        "dataset": config.dataset,
-        "pooler": config.pooler,
-        "pooler_kwargs": pooler_kwargs(config),
-        "seed": config.seed,
-        "num_epochs": config.num_epochs,
+        "dataset": spec.dataset,
+        "pooler": spec.pooler,
+        "pooler_kwargs": spec.pooler_kwargs,
+        "seed": spec.seed,
+        "num_epochs": spec.num_epochs,
         "epochs_completed": len(history),
         "final": history[-1] if history else None,
         "best_test_accuracy": best["test_accuracy"] if best else None,

@@ -10,55 +10,50 @@ from __future__ import annotations
 import functools
 import json
 from collections.abc import Callable
-from typing import Any
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import optax
 from flax.training import train_state
 
-from train.core import models
+from train.core import models, run_config
 
 
 class TrainState(train_state.TrainState):
     """Flax's TrainState (step, params, optimizer state, apply_fn, tx)."""
 
 
-def pooler_kwargs(config: ml_collections.ConfigDict) -> dict[str, Any]:
-    """``config.pooler_kwargs`` as a plain dict."""
-    kwargs = config.pooler_kwargs
-    if isinstance(kwargs, ml_collections.ConfigDict):
-        return kwargs.to_dict()
-    return dict(kwargs)
-
-
 def create_train_state(
-    config: ml_collections.ConfigDict,
-    image_shape: tuple[int, ...],
-    num_classes: int,
-    rng: jax.Array,
-    sharding: jax.sharding.Sharding | None = None,
+    spec: run_config.RunSpec, rng: jax.Array, sharding: jax.sharding.Sharding | None = None
 ) -> TrainState:
-    """Initialises the CNN and Adam for ``config``.
+    """Initialises the CNN and Adam for a run.
 
     Args:
-      config: the run config (``pooler``, ``pooler_kwargs``, ``learning_rate``).
-      image_shape: ``(H, W, C)`` of one example.
-      num_classes: number of outputs.
-      rng: key for initialisation, split into ``"params"`` and ``"pooling"`` keys.
+      spec: the run (pooler and its kwargs, image shape, classes, learning rate).
+      rng: a key, split into ``"params"`` and ``"pooling"`` keys; or a 1-D array of ``S`` keys,
+        one per seed of a seed group: then every leaf of the state has a leading axis ``S``.
       sharding: where the state goes, e.g. replicated over the mesh; it is created there
         directly, which also works when the mesh spans several processes.
 
     Returns:
-      A :class:`TrainState` at step 0.
+      A :class:`TrainState` at step 0 (per seed, for a seed group).
     """
-    kwargs_json = json.dumps(pooler_kwargs(config), sort_keys=True)
     init = _jit_create(
-        num_classes, config.pooler, kwargs_json, tuple(image_shape), config.learning_rate, sharding
+        spec.num_classes,
+        spec.pooler,
+        spec.pooler_kwargs_json,
+        spec.image_shape,
+        spec.learning_rate,
+        sharding,
+        seed_group=rng.ndim == 1,
     )
     return init(rng)
+
+
+def model(spec: run_config.RunSpec) -> models.CNN:
+    """The run's CNN; the same object for the same settings."""
+    return _model(spec.num_classes, spec.pooler, spec.pooler_kwargs_json)
 
 
 # The model and optimizer are static parts of the TrainState, hence of the jit cache key: the
@@ -77,23 +72,24 @@ def _jit_create(
     image_shape: tuple[int, ...],
     learning_rate: float,
     sharding: jax.sharding.Sharding | None,
+    seed_group: bool,
 ):
     # One jitted function: run eagerly, init and the optimizer's zeros would each compile
     # dozens of one-op programs.
-    model = _model(num_classes, pooler, kwargs_json)
+    cnn = _model(num_classes, pooler, kwargs_json)
 
     def create(rng):
         params_key, pooling_key = jax.random.split(rng)
         dummy = jnp.zeros((1, *image_shape), jnp.float32)
         keys = {"params": params_key, "pooling": pooling_key}
-        variables = model.init(keys, dummy, deterministic=False)
+        variables = cnn.init(keys, dummy, deterministic=False)
         state = TrainState.create(
-            apply_fn=model.apply, params=variables["params"], tx=_adam(learning_rate)
+            apply_fn=cnn.apply, params=variables["params"], tx=_adam(learning_rate)
         )
         # A strongly typed step, like a restored one, so resumed runs hit the same jit cache.
         return state.replace(step=jnp.zeros((), jnp.int32))
 
-    return jax.jit(create, out_shardings=sharding)
+    return jax.jit(jax.vmap(create) if seed_group else create, out_shardings=sharding)
 
 
 @functools.lru_cache(maxsize=64)
