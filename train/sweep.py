@@ -83,6 +83,14 @@ _RETRY_FAILED = flags.DEFINE_bool(
     "retry-failed", False, "Also rerun runs that failed on a non-finite loss.", flag_values=_FLAGS
 )
 _QUIET = flags.DEFINE_bool("quiet", False, "No per-epoch lines.", flag_values=_FLAGS)
+_SEEDS_TOGETHER = flags.DEFINE_enum(
+    "seeds-together",
+    "auto",
+    ["auto", "on", "off"],
+    "Train the seeds of one pooler and dataset as one vmapped program (each run keeps its own "
+    "directory); auto: on GPU/TPU, off on CPU.",
+    flag_values=_FLAGS,
+)
 
 EXIT_FAILED = cli.EXIT_FAILED
 EXIT_USAGE = cli.EXIT_USAGE
@@ -132,6 +140,15 @@ def build_plans(argv: list[str]) -> tuple[list[plan.Plan], str]:
     return plans, workdir
 
 
+def _seeds_together(choice: str) -> bool:
+    """``--seeds-together``: ``auto`` is on where JAX's backend is not the CPU."""
+    if choice != "auto":
+        return choice == "on"
+    import jax
+
+    return jax.default_backend() != "cpu"
+
+
 def run(argv: list[str]) -> int:
     """Parses ``argv``, runs the sweep (or lists it) and returns the exit code."""
     from train.core import loop, run_config
@@ -152,7 +169,13 @@ def run(argv: list[str]) -> int:
         raise cli.UsageError(f"cannot write to --workdir {workdir}: {e.strerror or e}") from e
     try:
         run_config.enable_compilation_cache()
-        outcome = sweep(plans, workdir, verbose=not _QUIET.value, command=(index, t0))
+        outcome = sweep(
+            plans,
+            workdir,
+            verbose=not _QUIET.value,
+            command=(index, t0),
+            seeds_together=_seeds_together(_SEEDS_TOGETHER.value),
+        )
     except loop.Interrupted as e:
         print(f"{e}; report written; rerun the same command to resume", file=sys.stderr)
         return 128 + e.signum

@@ -52,28 +52,92 @@ def environment() -> dict[str, Any]:
     }
 
 
-def run_one(
-    plan: Plan,
-    env: dict[str, Any],
-    on_epoch: Callable[[dict[str, Any]], None] | None = None,
-    datasets: dict[tuple[str, str | None], Any] | None = None,
-) -> dict[str, Any]:
-    """Trains (or resumes) one planned run and records the outcome in ``sweep_run.json``.
+def group_plans(plans: Sequence[Plan], together: bool) -> list[list[Plan]]:
+    """The plans that need running, in order, as groups to train in one program.
 
-    ``datasets``: datasets already read by this process, by ``(name, data_dir)``; the run's is
+    With ``together``, the seeds of one (dataset, pooler label) whose configs are otherwise equal
+    and whose run directories are at the same position (the same newest checkpoint step, or
+    none) form one group; otherwise, and for every other plan, a group is one plan.
+    """
+    groups: dict[tuple, list[Plan]] = {}
+    for plan in plans:
+        if not plan.runs:
+            continue
+        key: tuple = (id(plan),)
+        if together:
+            config = {k: v for k, v in plan.config.to_dict().items() if k != "seed"}
+            position = max(run_files.checkpoint_steps(plan.run_dir), default=0)
+            key = (json.dumps(config, sort_keys=True, default=str), position)
+        groups.setdefault(key, []).append(plan)
+    return list(groups.values())
+
+
+def run_group(
+    plans: Sequence[Plan],
+    env: dict[str, Any],
+    on_epoch: Callable[[int, dict[str, Any]], None] | None = None,
+    datasets: dict[tuple[str, str | None], Any] | None = None,
+) -> list[dict[str, Any]]:
+    """Trains (or resumes) a group of planned runs (:func:`group_plans`) and records each
+    outcome in its ``sweep_run.json``: one plan as ``loop.train_and_evaluate``, several as
+    ``loop.train_seed_group`` (one program for their seeds).
+
+    ``on_epoch``: called with ``(index of the plan, its epoch's metrics)``.
+    ``datasets``: datasets already read by this process, by ``(name, data_dir)``; the group's is
     read and added when missing, so a sweep decodes each dataset once (seconds per run).
 
     Returns:
-      The record: ``status`` (``done``/``failed``/``stopped``) and ``error`` among others.
+      The records, one per plan: ``status`` (``done``/``failed``/``stopped``) and ``error``
+      among others.
 
     Raises:
       loop.Interrupted, KeyboardInterrupt: after recording ``interrupted``; the sweep stops.
     """
-    from train.core import input_pipeline, loop, run_config
+    from train.core import input_pipeline, loop
 
+    records = [_start_record(plan, env, len(plans)) for plan in plans]
+    t0 = time.perf_counter()
+    try:
+        config = plans[0].config
+        data = None
+        if datasets is not None:
+            source = (config.dataset, config.data_dir)
+            if source not in datasets:
+                datasets[source] = input_pipeline.load(*source)
+            data = datasets[source]
+        if len(plans) == 1:
+            show = None if on_epoch is None else (lambda row: on_epoch(0, row))
+            try:
+                loop.train_and_evaluate(config, plans[0].run_dir, on_epoch=show, data=data)
+                outcomes: list[Any] = [None]
+            except loop.NonFiniteLossError as e:
+                outcomes = [e]
+        else:
+            outcomes = loop.train_seed_group(
+                [p.config for p in plans], [p.run_dir for p in plans], on_epoch=on_epoch, data=data
+            )
+    except (loop.Interrupted, KeyboardInterrupt):
+        for plan, record in zip(plans, records, strict=True):
+            record.update(status="interrupted", finished=_now())
+            _write_record(plan, record)
+        raise
+    except Exception as e:  # a failure of the group is every run's; the sweep goes on
+        outcomes = [e] * len(plans)
+    seconds = round(time.perf_counter() - t0, 3)
+    for plan, record, outcome in zip(plans, records, outcomes, strict=True):
+        if isinstance(outcome, Exception):
+            _record_failure(plan, record, outcome)
+        else:
+            summary = run_records.read_json(os.path.join(plan.run_dir, "summary.json")) or {}
+            record["status"] = summary.get("status", "done")
+        record.update(finished=_now(), seconds=seconds)
+        _write_record(plan, record)
+    return records
+
+
+def _start_record(plan: Plan, env: dict[str, Any], group_size: int) -> dict[str, Any]:
     entry = plan.entry
     os.makedirs(plan.run_dir, exist_ok=True)
-    record_path = os.path.join(plan.run_dir, run_records.RUN_FILE)
     record = {
         "label": entry.label,
         "dataset": entry.dataset,
@@ -85,41 +149,32 @@ def run_one(
         "error": "",
         "error_type": "",
         "action": plan.action,
+        "seeds_in_program": group_size,
         "started": _now(),
         **env,
     }
-    run_files.write_json(record_path, record)
-    t0 = time.perf_counter()
-    try:
-        data = None
-        if datasets is not None:
-            source = (plan.config.dataset, plan.config.data_dir)
-            if source not in datasets:
-                datasets[source] = input_pipeline.load(*source)
-            data = datasets[source]
-        loop.train_and_evaluate(plan.config, plan.run_dir, on_epoch=on_epoch, data=data)
-        summary = run_records.read_json(os.path.join(plan.run_dir, "summary.json")) or {}
-        record["status"] = summary.get("status", "done")
-    except (loop.Interrupted, KeyboardInterrupt):
-        record.update(status="interrupted", finished=_now())
-        run_files.write_json(record_path, record)
-        raise
-    except Exception as e:  # any failure of one run is recorded; the sweep goes on
-        # Expected failures in one line; anything else with its traceback (a bug to report).
-        expected = (loop.NonFiniteLossError, run_config.ConfigError, input_pipeline.DataError)
-        logger.error(
-            "%s failed: %s", entry.name(), cli.first_line(e), exc_info=not isinstance(e, expected)
-        )
-        record.update(
-            status="failed",
-            error=f"{type(e).__name__}: {cli.first_line(e)}"
-            if str(e).strip()
-            else type(e).__name__,
-            error_type=type(e).__name__,
-        )
-    record.update(finished=_now(), seconds=round(time.perf_counter() - t0, 3))
-    run_files.write_json(record_path, record)
+    _write_record(plan, record)
     return record
+
+
+def _write_record(plan: Plan, record: dict[str, Any]) -> None:
+    run_files.write_json(os.path.join(plan.run_dir, run_records.RUN_FILE), record)
+
+
+def _record_failure(plan: Plan, record: dict[str, Any], e: Exception) -> None:
+    """Logs a run's failure (expected ones in one line, anything else with its traceback: a bug
+    to report) and records it."""
+    from train.core import input_pipeline, loop, run_config
+
+    expected = (loop.NonFiniteLossError, run_config.ConfigError, input_pipeline.DataError)
+    logger.error(
+        "%s failed: %s", plan.entry.name(), cli.first_line(e), exc_info=not isinstance(e, expected)
+    )
+    record.update(
+        status="failed",
+        error=f"{type(e).__name__}: {cli.first_line(e)}" if str(e).strip() else type(e).__name__,
+        error_type=type(e).__name__,
+    )
 
 
 def _epoch_printer(num_epochs: int) -> Callable[[dict[str, Any]], None]:
@@ -131,6 +186,18 @@ def _epoch_printer(num_epochs: int) -> Callable[[dict[str, Any]], None]:
         )
 
     return show
+
+
+def _group_printer(group: Sequence[Plan]) -> Callable[[int, dict[str, Any]], None]:
+    """Prints each epoch's line; in a group, prefixed by the run's seed."""
+    show = _epoch_printer(group[0].config.num_epochs)
+
+    def on_epoch(index: int, row: dict[str, Any]) -> None:
+        if len(group) > 1:
+            print(f"      seed {group[index].entry.seed}:", end="")
+        show(row)
+
+    return on_epoch
 
 
 def record_command(workdir: str, command: str) -> int:
@@ -158,8 +225,12 @@ def sweep(
     *,
     verbose: bool = True,
     command: tuple[int, float] | None = None,
+    seeds_together: bool = False,
 ) -> dict[str, list[Plan]]:
     """Runs every plan that needs running, then writes the report.
+
+    ``seeds_together``: train the seeds of one pooler and dataset as one program
+    (:func:`group_plans`), each still in its own run directory.
 
     ``command``: the index of this sweep's command in ``sweep.json`` and its
     ``time.perf_counter()`` start; when every plan has run, its wall time is recorded there
@@ -174,29 +245,39 @@ def sweep(
     outcome: dict[str, list[Plan]] = {"done": [], "failed": [], "skipped": []}
     env = environment()
     datasets: dict[tuple[str, str | None], Any] = {}  # each dataset decoded once per sweep
-    todo = [p for p in plans if p.runs]
     for p in plans:
         if p.action == "done":
             outcome["skipped"].append(p)
         elif not p.runs:
             outcome["failed"].append(p)
             print(f"  skip {p.entry.name()}: {p.action}: {p.detail}", flush=True)
+    groups = group_plans(plans, seeds_together)
+    total = sum(len(g) for g in groups)
     try:
-        for i, p in enumerate(todo, start=1):
-            detail = f" ({p.detail})" if p.detail else ""
-            print(f"[{i}/{len(todo)}] {p.entry.name()}: {p.action}{detail}", flush=True)
+        started = 0
+        for group in groups:
+            for i, p in enumerate(group, start=started + 1):
+                detail = f" ({p.detail})" if p.detail else ""
+                print(f"[{i}/{total}] {p.entry.name()}: {p.action}{detail}", flush=True)
+            if len(group) > 1:
+                print(f"      {len(group)} seeds in one program", flush=True)
+            started += len(group)
             t0 = time.perf_counter()
-            printer = _epoch_printer(p.config.num_epochs) if verbose else None
-            record = run_one(p, env, on_epoch=printer, datasets=datasets)
+            on_epoch = _group_printer(group) if verbose else None
+            records = run_group(group, env, on_epoch=on_epoch, datasets=datasets)
             seconds = time.perf_counter() - t0
-            if record["status"] == "done":
-                outcome["done"].append(p)
-                summary = run_records.read_json(os.path.join(p.run_dir, "summary.json")) or {}
-                acc = (summary.get("final") or {}).get("test_accuracy", math.nan)
-                print(f"      done: test accuracy {acc:.2%} ({seconds:.1f} s)", flush=True)
-            else:
-                outcome["failed"].append(p)
-                print(f"      {record['status']}: {record['error']}", flush=True)
+            for p, record in zip(group, records, strict=True):
+                name = f" {p.entry.name()}" if len(group) > 1 else ""
+                if record["status"] == "done":
+                    outcome["done"].append(p)
+                    summary = run_records.read_json(os.path.join(p.run_dir, "summary.json")) or {}
+                    acc = (summary.get("final") or {}).get("test_accuracy", math.nan)
+                    print(
+                        f"      done{name}: test accuracy {acc:.2%} ({seconds:.1f} s)", flush=True
+                    )
+                else:
+                    outcome["failed"].append(p)
+                    print(f"      {record['status']}{name}: {record['error']}", flush=True)
         if command is not None:
             record_command_time(workdir, command[0], time.perf_counter() - command[1])
     finally:

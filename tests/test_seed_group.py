@@ -1,0 +1,155 @@
+"""Seed groups (train.core.loop.train_seed_group, the sweep's --seeds-together): the seeds of one
+pooler trained as one vmapped program, each in its own run directory, with the metrics of its
+separate run."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs import digits
+from train.core import input_pipeline, loop
+from train.study import runner
+from train.study.plan import entries, make_config, plan_entry
+
+TIMING_KEYS = {"train_seconds", "eval_seconds", "epoch_seconds", "images_per_second"}
+TEST_EXAMPLES = 359  # digits' test split
+
+
+def _config(**fields):
+    config = digits.get_config()
+    config.update(progress=False, pooler="stochastic", num_epochs=1, batch_size=32)
+    config.update(fields)
+    return config
+
+
+def _rows(workdir) -> list[dict]:
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        return [json.loads(line) for line in f]
+
+
+def _summary(workdir) -> dict:
+    with open(os.path.join(workdir, "summary.json")) as f:
+        return json.load(f)
+
+
+def _assert_same_metrics(got: dict, want: dict) -> None:
+    """Equal up to float rounding: a vmapped program may sum in another order than the
+    separate one (a few ulps per step, grown over an epoch's Adam steps), so losses agree to
+    rtol 1e-4 and accuracies to one test example (a prediction at a near-tie may flip)."""
+    assert got["epoch"] == want["epoch"] and got["step"] == want["step"]
+    for key in ("train_loss", "test_loss"):
+        np.testing.assert_allclose(got[key], want[key], rtol=1e-4, err_msg=key)
+    assert abs(got["test_accuracy"] - want["test_accuracy"]) <= 1 / TEST_EXAMPLES + 1e-12
+    assert abs(got["train_accuracy"] - want["train_accuracy"]) <= 2 / (want["step"] * 32)
+
+
+@pytest.fixture(scope="module")
+def data():
+    return input_pipeline.load("digits")
+
+
+@pytest.mark.slow
+def test_each_seed_of_a_group_has_the_metrics_of_its_separate_run(tmp_path, data):
+    # A stochastic pooler: each seed must draw its own data order and pooling noise.
+    seeds = (3, 0)
+    separate = [
+        loop.train_and_evaluate(_config(seed=s), str(tmp_path / f"alone{s}"), data=data)
+        for s in seeds
+    ]
+    seen = []
+    grouped = loop.train_seed_group(
+        [_config(seed=s) for s in seeds],
+        [str(tmp_path / f"group{s}") for s in seeds],
+        data=data,
+        on_epoch=lambda i, row: seen.append((i, row["epoch"])),
+    )
+    assert sorted(seen) == [(0, 1), (1, 1)]
+    for seed, alone, together in zip(seeds, separate, grouped, strict=True):
+        _assert_same_metrics(together, alone)
+        assert together["seeds_in_program"] == 2 and alone["seeds_in_program"] == 1
+        workdir = tmp_path / f"group{seed}"
+        assert _rows(workdir) == [together]
+        summary = _summary(workdir)
+        assert (summary["status"], summary["seed"], summary["final"]) == ("done", seed, together)
+        with open(workdir / "config.json") as f:
+            assert json.load(f)["seed"] == seed
+        assert os.path.exists(workdir / "pooler_params.json")
+        # Each run's checkpoint is its own: a separate rerun of it finds the run finished.
+        assert loop.train_and_evaluate(_config(seed=seed), str(workdir), data=data) == together
+    # The two seeds really differ (not one model trained twice).
+    assert grouped[0]["train_loss"] != grouped[1]["train_loss"]
+
+
+@pytest.mark.slow
+def test_a_stopped_group_resumes_to_the_uninterrupted_metrics(tmp_path, data):
+    seeds = (0, 1)
+    whole = loop.train_seed_group(
+        [_config(seed=s, num_epochs=2, steps_per_chunk=4) for s in seeds],
+        [str(tmp_path / f"whole{s}") for s in seeds],
+        data=data,
+    )
+    dirs = [str(tmp_path / f"stopped{s}") for s in seeds]
+    stopped = [_config(seed=s, num_epochs=2, steps_per_chunk=4, stop_after_epochs=1) for s in seeds]
+    loop.train_seed_group(stopped, dirs, data=data)
+    assert [_summary(d)["status"] for d in dirs] == ["stopped", "stopped"]
+    resumed = loop.train_seed_group(
+        [_config(seed=s, num_epochs=2, steps_per_chunk=4) for s in seeds], dirs, data=data
+    )
+
+    # The same programs from the same checkpoint: equal, not only close.
+    def strip(row):
+        return {k: v for k, v in row.items() if k not in TIMING_KEYS | {"includes_startup"}}
+
+    assert [strip(r) for r in resumed] == [strip(r) for r in whole]
+    for d, w in zip(dirs, whole, strict=True):
+        assert [strip(r) for r in _rows(d)][-1] == strip(w) and len(_rows(d)) == 2
+
+
+@pytest.mark.slow
+def test_a_seed_whose_loss_is_not_finite_fails_alone(tmp_path, data, monkeypatch):
+    real_chunk = loop._run_chunk
+
+    def poison_second_seed(*args, **kwargs):
+        state, out = real_chunk(*args, **kwargs)
+        return state, {**out, "loss": out["loss"].at[1].multiply(jnp.nan)}
+
+    monkeypatch.setattr(loop, "_run_chunk", poison_second_seed)
+    dirs = [str(tmp_path / f"s{s}") for s in (0, 1)]
+    outcomes = loop.train_seed_group([_config(seed=s) for s in (0, 1)], dirs, data=data)
+    assert isinstance(outcomes[1], loop.NonFiniteLossError)
+    assert "non-finite training loss (nan) at epoch 1, step 1 of" in str(outcomes[1])
+    assert outcomes[0]["epoch"] == 1
+    assert _summary(dirs[0])["status"] == "done"
+    assert _summary(dirs[1])["status"] == "failed" and _rows(dirs[1]) == []
+
+
+def test_a_group_needs_distinct_seeds_and_otherwise_equal_configs(tmp_path):
+    with pytest.raises(ValueError, match="distinct seeds, got \\[1, 1\\]"):
+        loop.train_seed_group([_config(seed=1), _config(seed=1)], ["a", "b"])
+    with pytest.raises(ValueError, match="differ in learning_rate, not only seed"):
+        loop.train_seed_group([_config(seed=0), _config(seed=1, learning_rate=0.5)], ["a", "b"])
+    with pytest.raises(ValueError, match="one workdir per config"):
+        loop.train_seed_group([_config(seed=0)], ["a", "b"])
+
+
+def test_runs_at_different_positions_are_grouped_apart(tmp_path):
+    plans = [
+        plan_entry(e, make_config(e, epochs=2), str(tmp_path))
+        for e in entries(["max", "tdgs"], ["digits"], 3)
+    ]
+    # Seed 2 of max has a checkpoint: it resumes alone.
+    (resuming,) = [p for p in plans if p.entry.name() == "digits/max/s2"]
+    os.makedirs(os.path.join(resuming.run_dir, "checkpoints", "22"))
+    groups = runner.group_plans(plans, together=True)
+    names = sorted(sorted(p.entry.name() for p in g) for g in groups)
+    assert names == [
+        ["digits/max/s0", "digits/max/s1"],
+        ["digits/max/s2"],
+        ["digits/tdgs/s0", "digits/tdgs/s1", "digits/tdgs/s2"],
+    ]
+    assert [len(g) for g in runner.group_plans(plans, together=False)] == [1] * 6
