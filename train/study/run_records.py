@@ -106,14 +106,13 @@ class Run:
 
     def timing_rows(self) -> list[dict[str, Any]]:
         """Epochs used for speed: those whose time does not include starting the step
-        (``includes_startup``: the first epoch of each process that trained the run; in rows
-        from before that flag, epoch 1), or all of them when no other is left."""
+        (``includes_startup``: the first epoch of each process that trained the run), or all of
+        them when no other is left."""
         rows = [r for r, startup in zip(self.metrics, self._startup(), strict=True) if not startup]
         return rows or self.metrics
 
     def _startup(self) -> list[bool]:
-        # A row without the flag (written before it existed) compiled if it is epoch 1.
-        return [bool(r.get("includes_startup", i == 0)) for i, r in enumerate(self.metrics)]
+        return [bool(r["includes_startup"]) for r in self.metrics]
 
     @property
     def compile_seconds(self) -> float:
