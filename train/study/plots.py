@@ -13,12 +13,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from train.study import stats
-from train.study.run_records import TDGS_DEFAULT_INIT_TEMPERATURE
+from train.study.run_records import TDGS_DEFAULT_INIT_TEMPERATURE, Run
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
-
-    from train.report import Run
 
 
 def _figure(ncols: int = 1, nrows: int = 1, width: float = 7.0, height: float = 4.5):

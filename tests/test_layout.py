@@ -1,0 +1,76 @@
+"""The layout of train/: the study's modules import no JAX, and no module imports itself back
+through others (imports inside functions included)."""
+
+from __future__ import annotations
+
+import ast
+import pathlib
+import subprocess
+import sys
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+STUDY_MODULES = (
+    "train.study.plan",
+    "train.study.run_records",
+    "train.study.runner",
+    "train.study.tables",
+    "train.study.plots",
+    "train.study.stats",
+    "train.report",
+)
+
+
+def test_the_study_and_the_report_import_no_jax():
+    code = (
+        f"import sys, {', '.join(STUDY_MODULES)}; "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('jax', 'jaxlib', 'flax')))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
+    )
+    assert out.stdout.strip() == "[]", out.stdout
+
+
+def _imports(path: pathlib.Path, package: str) -> set[str]:
+    """The ``train`` modules a file imports anywhere in it (``from train.x import y`` counts as
+    ``train.x.y`` when that is a module, else ``train.x``)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            if node.module.split(".")[0] != package:
+                continue
+            for alias in node.names:
+                candidate = f"{node.module}.{alias.name}"
+                found.add(candidate if _module_path(candidate).exists() else node.module)
+        elif isinstance(node, ast.Import):
+            found.update(a.name for a in node.names if a.name.split(".")[0] == package)
+    return found
+
+
+def _module_path(name: str) -> pathlib.Path:
+    path = ROOT.joinpath(*name.split("."))
+    return path / "__init__.py" if path.is_dir() else path.with_suffix(".py")
+
+
+def test_train_has_no_import_cycles():
+    modules = {
+        ".".join(p.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__"): p
+        for p in (ROOT / "train").rglob("*.py")
+    }
+    graph = {name: _imports(path, "train") - {name} for name, path in modules.items()}
+    assert set().union(*graph.values()) <= set(modules), "imports of missing modules"
+
+    def cycle_from(start: str) -> list[str] | None:
+        stack, seen = [(start, [start])], set()
+        while stack:
+            node, path = stack.pop()
+            for nxt in graph[node]:
+                if nxt == start:
+                    return [*path, start]
+                if nxt not in seen:
+                    seen.add(nxt)
+                    stack.append((nxt, [*path, nxt]))
+        return None
+
+    cycles = [c for name in graph if (c := cycle_from(name))]
+    assert not cycles, f"import cycles: {cycles[:3]}"
