@@ -122,17 +122,6 @@ def run_one(
     return record
 
 
-def _epoch_printer(num_epochs: int) -> Callable[[dict[str, Any]], None]:
-    def show(row: dict[str, Any]) -> None:
-        print(
-            f"      epoch {row['epoch']}/{num_epochs}  train loss {row['train_loss']:.4f}  "
-            f"test acc {row['test_accuracy']:.2%}  {row['epoch_seconds']:.1f}s",
-            flush=True,
-        )
-
-    return show
-
-
 def record_command(workdir: str, command: str) -> int:
     """Appends ``command`` to ``<workdir>/sweep.json`` (the report quotes it); returns its index."""
     path = os.path.join(workdir, SWEEP_FILE)
@@ -186,7 +175,11 @@ def sweep(
             detail = f" ({p.detail})" if p.detail else ""
             print(f"[{i}/{len(todo)}] {p.entry.name()}: {p.action}{detail}", flush=True)
             t0 = time.perf_counter()
-            printer = _epoch_printer(p.config.num_epochs) if verbose else None
+            printer = (
+                cli.epoch_printer(p.config.num_epochs, indent="      ", brief=True)
+                if verbose
+                else None
+            )
             record = run_one(p, env, on_epoch=printer, datasets=datasets)
             seconds = time.perf_counter() - t0
             if record["status"] == "done":
