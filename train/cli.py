@@ -105,19 +105,23 @@ def epoch_line(row: Mapping[str, Any], num_epochs: int, *, brief: bool = False) 
     or, ``brief`` (a sweep's run, indented under its name),
     ``epoch 3/10  train loss 0.1234  test acc 97.02%  2.1s``.
     """
+    epoch, seconds = f"epoch {row['epoch']}/{num_epochs}", f"{row['epoch_seconds']:.1f}s"
     if brief:
-        metrics = [
+        parts = [
+            epoch,
             f"train loss {row['train_loss']:.4f}",
             f"test acc {row['test_accuracy']:.2%}",
+            seconds,
         ]
     else:
-        metrics = [
+        parts = [
+            epoch,
             f"train loss {row['train_loss']:.4f} acc {row['train_accuracy']:.2%}",
             f"test loss {row['test_loss']:.4f} acc {row['test_accuracy']:.2%}",
+            seconds,
+            f"{row['images_per_second']:,.0f} img/s",
         ]
-    speed = [] if brief else [f"{row['images_per_second']:,.0f} img/s"]
-    parts = [f"epoch {row['epoch']}/{num_epochs}", *metrics, f"{row['epoch_seconds']:.1f}s"]
-    return "  ".join(parts + speed)
+    return "  ".join(parts)
 
 
 def epoch_printer(
