@@ -85,17 +85,17 @@ def max_blur_pool(
       Zhang. Making Convolutional Networks Shift-Invariant Again. ICML 2019 (arXiv:1904.11486);
       code: adobe/antialiased-cnns.
     """
-    x4, unbatched = _windows.check_input(x)
+    batched, unbatched = _windows.check_input(x)
     kh, kw = _windows.normalize_pair(window_shape, "window_shape")
     sh, sw = _windows.normalize_pair(strides, "strides")
     taps = binomial_filter(filter_size)
     if pad_mode not in PAD_MODES:
         raise ValueError(f"pad_mode must be one of {PAD_MODES}; got {pad_mode!r}")
-    h, w = x4.shape[1:3]
+    h, w = batched.shape[1:3]
     if kh > h or kw > w:
         raise ValueError(f"window_shape {(kh, kw)} is larger than the input's {(h, w)}")
     dense = jax.lax.reduce_window(
-        x4.astype(_F32), -jnp.inf, jax.lax.max, (1, kh, kw, 1), (1, 1, 1, 1), "VALID"
+        batched.astype(_F32), -jnp.inf, jax.lax.max, (1, kh, kw, 1), (1, 1, 1, 1), "VALID"
     )
     y = _blur_axis(dense, taps, sh, 1, pad_mode)
     y = _blur_axis(y, taps, sw, 2, pad_mode)

@@ -62,7 +62,7 @@ TDGS_WINS = True  # where 'auto' takes this path on CPU: the table above
 
 
 def tdgs_pool(
-    x4: jax.Array,
+    batched: jax.Array,
     temperature: jax.Array,
     spec: _windows.WindowSpec,
     key: jax.Array | None,
@@ -70,9 +70,9 @@ def tdgs_pool(
     tau: float,
     eps: float,
 ) -> jax.Array:
-    """float32 TDGS of the batched ``x4``; arguments as :func:`jaxpool.functional.tdgs_pool`
-    (checked there), ``temperature`` float32."""
-    n, c = x4.shape[0], x4.shape[-1]
+    """float32 TDGS of ``batched``, the ``(N, H, W, C)`` input; the other arguments as
+    :func:`jaxpool.functional.tdgs_pool` (checked there), ``temperature`` float32."""
+    n, c = batched.shape[0], batched.shape[-1]
     out_shape = (n, *spec.out_size, c)
     # Reciprocals of the (small) temperature and of tau: one multiply per element below.
     inv_t = _fast_windows.broadcast_param(1.0 / (jax.nn.relu(temperature) + eps), out_shape)
@@ -81,7 +81,7 @@ def tdgs_pool(
     # Minus one Gumbel per window element (unused when deterministic): TDGS subtracts it, which
     # saves XLA a negation pass over the noise.
     noise = jnp.zeros((), _F32) if deterministic else _fast_rng.neg_gumbel(key, (k, *out_shape))
-    values = _window_ops.f32(_windows.window_elements(x4, spec))
+    values = _window_ops.f32(_windows.window_elements(batched, spec))
     offsets = _window_ops.padding_offsets(_windows.valid_masks(spec), k)
     return window_sample(tuple(values), inv_t, inv_tau, tuple(offsets), noise, not deterministic)
 

@@ -55,7 +55,7 @@ def check_input(x: jax.Array, name: str = "x") -> tuple[jax.Array, bool]:
     """Checks that ``x`` is a float (N, H, W, C) or (H, W, C) array.
 
     Returns:
-      ``(x4, unbatched)``: ``x`` with a batch axis, and whether one was added.
+      ``(batched, unbatched)``: ``x`` with a batch axis, and whether one was added.
     """
     shape = getattr(x, "shape", None)
     if shape is None:
@@ -208,14 +208,15 @@ def window_view(x: jax.Array, spec: WindowSpec) -> jax.Array | None:
     return jax.lax.reshape(x, shape, out_sharding=out)
 
 
-def view_elements(x6: jax.Array) -> list[jax.Array]:
-    """The K ``(N, Ho, Wo, C)`` elements of a :func:`window_view`-shaped array, row-major.
+def view_elements(view: jax.Array) -> list[jax.Array]:
+    """The K ``(N, Ho, Wo, C)`` elements of ``view``, the ``(N, Ho, kh, Wo, kw, C)`` windows of
+    :func:`window_view`, row-major.
 
     Cut with ``jnp.split``, whose gradient is one concatenation of the K cotangents back into the
     view (a slice's gradient would be K zero-padded copies summed).
     """
-    _, _, kh, _, kw, _ = x6.shape
-    rows = jnp.split(x6, kh, axis=2) if kh > 1 else [x6]
+    _, _, kh, _, kw, _ = view.shape
+    rows = jnp.split(view, kh, axis=2) if kh > 1 else [view]
     return [
         element[:, :, 0, :, 0, :]
         for row in rows
@@ -239,9 +240,9 @@ def window_elements(
     n, _, _, c = x.shape
     (kh, kw), (sh, sw) = spec.window, spec.strides
     ho, wo = spec.out_size
-    x6 = None if force_general else window_view(x, spec)
-    if x6 is not None:
-        return view_elements(x6)
+    view = None if force_general else window_view(x, spec)
+    if view is not None:
+        return view_elements(view)
     (pt, pb), (pl, pr) = spec.pads
     if pt or pb or pl or pr:
         x = jnp.pad(x, ((0, 0), (pt, pb), (pl, pr), (0, 0)))

@@ -14,7 +14,8 @@ import pytest
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 RUN_DIR = ["--workdir", "{tmp}/run"]
-# (arguments, devices, expected message): each must exit 2 with one line on stderr.
+# (arguments, devices, expected message or fragments of it): each must exit 2 with one line on
+# stderr, naming what is wrong and, where there is one, the fix.
 ERRORS = [
     (
         ["--pooler", "median", "--dataset", "digits"],
@@ -32,17 +33,55 @@ ERRORS = [
         "bad pooler_kwargs {'tau': -1} for pooler 'tdgs' in the CNN for digits (input 8x8x1)",
     ),
     (["--dataset", "digits", "--workdir", "{tmp}/afile"], 1, "afile exists and is not a directory"),
-    (["--config", "{tmp}/returns_int.py"], 1, "get_config() must return an ml_collections"),
-    (["--config", "{tmp}/no_get_config.py"], 1, "the --config file must define get_config()"),
+    (
+        ["--config", "{tmp}/returns_int.py"],
+        1,
+        (
+            "returns_int.py must define get_config() returning an ml_collections.ConfigDict",
+            "see configs/default.py",
+            "its get_config() returned int",
+        ),
+    ),
+    (
+        ["--config", "{tmp}/no_get_config.py"],
+        1,
+        "the --config file {tmp}/no_get_config.py must define get_config() returning an",
+    ),
     (["--config", "{tmp}/lacks_batch_size.py"], 1, "the config lacks field(s) batch_size"),
-    (["--config", "{tmp}/typo.py"], 1, "get_config() raised AttributeError 'learnin_rate'"),
+    (
+        ["--config", "{tmp}/typo.py"],
+        1,
+        "cannot load --config {tmp}/typo.py: its get_config() raised AttributeError: 'learnin_rate'",
+    ),
+    (
+        ["--config", "{tmp}/broken.py"],
+        1,
+        "cannot load --config {tmp}/broken.py: SyntaxError: ",
+    ),
     (["--config.num_epochs=2"], 1, "--config.num_epochs overrides a field of a --config file"),
     (["--dataset", "digits", "--learning-rate", "-1"], 1, "learning rate must be a positive"),
     (["--no-such-flag"], 1, "Unknown command line flag 'no-such-flag'"),
     (["--dataset", "digits", "--pooler-kwargs", "{oops"], 1, "--pooler-kwargs is not valid JSON"),
     (["--pooler", "max", "--pooler-kwargs", '{"tau": 1}'], 1, "bad pooler_kwargs {'tau': 1}"),
-    (["--config", "configs/none.py"], 1, "cannot load --config: [Errno 2] No such file"),
-    (["--config", "configs/digits.py", "--config.epochs=3"], 1, "unknown config field 'epochs'"),
+    (["--config", "configs/none.py"], 1, "cannot load --config configs/none.py: no such file"),
+    (
+        ["--config", "configs/digits.py", "--config.epochs=3"],
+        1,
+        "unknown config field 'epochs' in --config.epochs (did you mean 'num_epochs'?); "
+        "the fields are in configs/default.py",
+    ),
+    (
+        ["--config=configs/digits.py", "--config.learning_rat", "0.1"],
+        1,
+        "unknown config field 'learning_rat' in --config.learning_rat (did you mean "
+        "'learning_rate'?)",
+    ),
+    (
+        ["--config", "configs/digits.py", "--config.num_epochs=abc"],
+        1,
+        "--config.num_epochs must be an integer; got 'abc'",
+    ),
+    (["--epochs", "2.5"], 1, "--epochs must be an integer; got '2.5'"),
     (["--dataset", "digits", "--batch-size", "12"], 8, "batch size 12 does not divide by the 8"),
     (["--dataset", "cifar10", "--data-dir", "{tmp}"], 1, "dataset 'cifar10' is not prepared in"),
 ]
@@ -77,6 +116,7 @@ def test_each_error_exits_2_with_one_line(tmp_path):
         "from configs import digits\n\n\ndef get_config():\n"
         "    config = digits.get_config()\n    config.learnin_rate\n    return config\n"
     )
+    (tmp_path / "broken.py").write_text("def get_config(:\n")
     (tmp_path / "lacks_batch_size.py").write_text(
         "from configs import digits\n\n\ndef get_config():\n"
         "    config = digits.get_config()\n    del config['batch_size']\n    return config\n"
@@ -85,16 +125,20 @@ def test_each_error_exits_2_with_one_line(tmp_path):
     procs = []
     for args, devices, message in ERRORS:
         args = [a.replace("{tmp}", str(tmp_path)) for a in args]
-        procs.append((args, message, _start(args, devices)))
-    for args, message, proc in procs:
+        fragments = (message,) if isinstance(message, str) else message
+        fragments = [f.replace("{tmp}", str(tmp_path)) for f in fragments]
+        procs.append((args, fragments, _start(args, devices)))
+    for args, fragments, proc in procs:
         _, stderr = proc.communicate(timeout=120)
         lines = stderr.strip().splitlines()
         assert proc.returncode == 2, (args, stderr[-2000:])
         assert len(lines) == 1, (args, stderr[-2000:])
-        assert lines[0].startswith("error: ") and message in lines[0], (args, lines)
+        assert lines[0].startswith("error: "), (args, lines)
+        assert all(f in lines[0] for f in fragments), (args, lines)
         assert "Traceback" not in stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == [  # no run directory was started
         "afile",
+        "broken.py",
         "lacks_batch_size.py",
         "no_get_config.py",
         "returns_int.py",

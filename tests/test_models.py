@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -92,3 +94,115 @@ def test_count_params():
     params = variables["params"]
     assert models.count_params(models.pooler_subtrees(params)) == 16 + 32 + 64
     assert models.count_params(params) > 30_000
+
+
+# --------------------------------------------------------------------------- implementation
+
+
+def _variables(implementation: str, pooler: str = "avg", shape=(2, 8, 8, 1)):
+    model = models.CNN(num_classes=10, pooler=pooler, implementation=implementation)
+    keys = {"params": jax.random.key(0), "pooling": jax.random.key(1)}
+    return model, model.init(keys, jnp.zeros(shape), deterministic=False)
+
+
+@pytest.mark.parametrize("pooler", ["max", "tdgs"])
+def test_fast_and_reference_have_the_same_parameters(pooler):
+    # The same names, shapes and initial values: checkpoints load into either implementation.
+    _, fast = _variables("fast", pooler)
+    _, reference = _variables("reference", pooler)
+    chex.assert_trees_all_equal(fast, reference)
+
+
+EPS = float(jnp.finfo(jnp.float32).eps)
+# Contraction lengths of the CNN on 8x8x1 digits, batch 2 (sides 8, 4, 2, 1; + 1 for each bias):
+# forward: conv 9*1+1, 9*16+1, 9*32+1, avg pools 4 each, dense 64+1, 128+1;
+# backward: input gradients 9*32, 9*64, 128, 10, pools 1; kernel gradients 2*64, 2*16, 2*4, 2, 2.
+TERMS = (10 + 145 + 289 + 12 + 65 + 129) + (288 + 576 + 128 + 10 + 3) + (128 + 32 + 8 + 2 + 2)
+
+
+def _assert_within(ours, theirs, magnitude):
+    """``|ours - theirs| <= 8 * TERMS * eps * magnitude`` over two trees.
+
+    To first order, a chain of float32 sums of ``K_1, K_2, ...`` products is off from the exact
+    result by at most ``(K_1 + K_2 + ...) * eps`` times the same chain run on absolute values
+    (each sum by the classic bound gamma_K; ReLU and average pooling are monotone and
+    1-Lipschitz, so errors pass through them no larger): ``magnitude``.  The two implementations
+    differ by at most twice that; a factor 4 more leaves room for GPU convolution algorithms
+    that do not sum plainly (Winograd).
+    """
+
+    def check(a, b, m):
+        excess = jnp.abs(a - b) - 8 * TERMS * EPS * m
+        assert float(excess.max()) <= 0, f"worst excess {float(excess.max()):.3g}"
+
+    jax.tree_util.tree_map(check, ours, theirs, magnitude)
+
+
+def test_fast_and_reference_compute_the_same_values_gradients_and_tangents():
+    # Average pooling (linear): the chain on absolute values bounds every path.  |c| weights
+    # the logits, so the gradient on absolute values bounds both gradients.
+    x = jax.random.normal(jax.random.key(2), (2, 8, 8, 1))
+    c = jax.random.normal(jax.random.key(3), (2, 10))
+    fast, variables = _variables("fast")
+    reference, _ = _variables("reference")
+    params = jax.tree_util.tree_map(lambda p: p + 0.05, variables["params"])  # non-zero biases
+    tangent = jax.tree_util.tree_map(jnp.ones_like, params)
+
+    def results(model, params, x, c, tangent):
+        def loss(p):
+            return jnp.sum(c * model.apply({"params": p}, x, deterministic=True))
+
+        logits = model.apply({"params": params}, x, deterministic=True)
+        return logits, jax.grad(loss)(params), jax.jvp(loss, (params,), (tangent,))[1]
+
+    with jax.default_matmul_precision("highest"):
+        ours = results(fast, params, x, c, tangent)
+        theirs = results(reference, params, x, c, tangent)
+        abs_params = jax.tree_util.tree_map(jnp.abs, params)
+        magnitude = results(reference, abs_params, jnp.abs(x), jnp.abs(c), tangent)
+    _assert_within(ours, theirs, magnitude)
+
+
+@pytest.mark.parametrize("implementation", ["auto", "reference", "fast"])
+def test_forward_mode_runs_through_every_implementation(implementation):
+    model, variables = _variables(implementation, pooler="max")
+    x = jax.random.normal(jax.random.key(4), (2, 8, 8, 1))
+    tangent = jax.tree_util.tree_map(jnp.ones_like, variables)
+    apply = functools.partial(model.apply, x=x, deterministic=True)
+    _, y_dot = jax.jvp(apply, (variables,), (tangent,))
+    chex.assert_shape(y_dot, (2, 10))
+    chex.assert_tree_all_finite(y_dot)
+
+
+def test_auto_takes_the_fast_convolution_on_cpu_only():
+    model, variables = _variables("auto")
+    x = jnp.zeros((2, 8, 8, 1))
+    program = str(jax.make_jaxpr(lambda v: model.apply(v, x, deterministic=True))(variables))
+    assert ("conv_same" in program) == (jax.default_backend() == "cpu")
+
+
+def test_the_switch_reaches_the_poolers_unless_pooler_kwargs_set_it(monkeypatch):
+    calls = []
+    create = jaxpool.create
+
+    def recording_create(name, **kwargs):
+        calls.append((name, kwargs.get("implementation")))
+        return create(name, **kwargs)
+
+    monkeypatch.setattr(jaxpool, "create", recording_create)
+    x = jax.ShapeDtypeStruct((2, 8, 8, 1), jnp.float32)
+    for pooler, kwargs, implementation, want in [
+        ("max", None, "reference", "reference"),
+        ("max", {"implementation": "fast"}, "reference", "fast"),  # pooler_kwargs win
+        ("tdgs", None, "auto", "auto"),
+        ("softpool", None, "reference", None),  # a reference-only pooler takes no switch
+    ]:
+        calls.clear()
+        model = models.CNN(10, pooler, kwargs, implementation=implementation)
+        jax.eval_shape(functools.partial(model.init, deterministic=True), jax.random.key(0), x)
+        assert calls and all(call == (pooler, want) for call in calls), (pooler, calls)
+
+
+def test_unknown_implementation_is_refused():
+    with pytest.raises(ValueError, match=r"implementation must be one of 'auto', 'reference'"):
+        _variables("quick")

@@ -78,13 +78,9 @@ def parse_cnn_input(text: str) -> tuple[int, int, int]:
 
 def _run_cli(argv: Sequence[str]) -> int:
     if cli.wants_help(argv):
-        print(__doc__.strip().splitlines()[0])
-        print(flags.FLAGS.module_help(sys.modules[__name__]))
+        cli.print_help(__doc__, flags.FLAGS, module=__name__)
         return 0
-    try:
-        rest = flags.FLAGS(list(argv))
-    except flags.Error as e:
-        raise cli.UsageError(cli.flag_error(e)) from e
+    rest = cli.parse_flags(flags.FLAGS, argv)
     if len(rest) > 1:
         raise cli.UsageError(f"unexpected arguments: {' '.join(rest[1:])}")
     if _CHECK.value:

@@ -1,12 +1,14 @@
-"""What the command-line tools share: usage errors as one line with exit code 2, Ctrl-C as exit
-code 130 without a traceback, and logging."""
+"""What the command-line tools share: flag parsing whose usage errors are one line with exit code
+2, ``--help``, the per-epoch lines, Ctrl-C as exit code 130 without a traceback, and logging."""
 
 from __future__ import annotations
 
 import logging
-import re
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from absl import flags
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2
@@ -20,6 +22,118 @@ class UsageError(Exception):
 def wants_help(argv: Sequence[str]) -> bool:
     """Whether the command line asks for help (``-h``, ``--help``, ``-help``, ``--helpfull``)."""
     return any(a in ("-h", "--help", "-help", "--helpfull") for a in argv[1:])
+
+
+def print_help(doc: str, flag_values: flags.FlagValues, module: str | None = None) -> None:
+    """``--help``: the entry point's docstring ``doc``, then its flags.
+
+    Args:
+      doc: the entry point's module docstring (what it does, example command lines).
+      flag_values: where its flags are defined.
+      module: the entry point's module name, for entry points that define their flags in
+        absl's global ``flags.FLAGS``, which other modules share: only that module's flags.
+    """
+    print(doc.strip())
+    print()
+    print(flag_values.module_help(module) if module else flag_values.get_help())
+
+
+def _number_kind(flag: flags.Flag) -> str | None:
+    """What a numeric flag takes, in words ("an integer", "a number"); None for other flags."""
+    if isinstance(flag.parser, flags.IntegerParser):
+        return "an integer"
+    if isinstance(flag.parser, flags.FloatParser):
+        return "a number"
+    return None
+
+
+def flag_arguments(argv: Sequence[str]) -> list[tuple[str, str | None, str | None]]:
+    """The flags of a command line as absl reads it: ``(name, value, next argument)`` for each
+    ``--name=value`` (``-name=value``), or ``(name, None, next argument)`` for ``--name``, which
+    takes the next argument as its value if the flag is not boolean.  Stops at ``--``.
+    """
+    found = []
+    args = list(argv[1:])
+    for i, arg in enumerate(args):
+        if arg == "--":
+            break
+        if arg.startswith("-") and len(arg) > 1:
+            name, eq, value = arg[2:].partition("=") if arg[1] == "-" else arg[1:].partition("=")
+            following = args[i + 1] if i + 1 < len(args) else None
+            found.append((name, value if eq else None, following))
+    return found
+
+
+def check_numbers(flag_values: flags.FlagValues, argv: Sequence[str]) -> None:
+    """Checks the values of the integer and float flags of ``flag_values`` in ``argv``.
+
+    Raises:
+      UsageError: ``--NAME must be an integer; got 'VALUE'`` (or ``a number``).
+    """
+    for name, value, following in flag_arguments(argv):
+        kind = _number_kind(flag_values[name]) if name in flag_values else None
+        value = following if value is None else value
+        if kind is None or value is None:  # absl reports a missing value itself
+            continue
+        try:
+            flag_values[name].parser.convert(value)
+        except (TypeError, ValueError):
+            raise UsageError(f"--{name} must be {kind}; got {value!r}") from None
+
+
+def parse_flags(flag_values: flags.FlagValues, argv: Sequence[str]) -> list[str]:
+    """Parses ``argv`` into ``flag_values`` and returns the other arguments (``argv[0]`` first).
+
+    Numeric values are checked first (:func:`check_numbers`); absl's own errors (an unknown
+    flag, a missing value) are one line already and become the usage error as they are.
+
+    Raises:
+      UsageError: a bad flag or value.
+    """
+    check_numbers(flag_values, argv)
+    try:
+        return flag_values(list(argv))
+    except flags.Error as e:
+        raise UsageError(first_line(e)) from e
+
+
+def epoch_line(row: Mapping[str, Any], num_epochs: int, *, brief: bool = False) -> str:
+    """One epoch's metrics (a ``metrics.jsonl`` row) in one line::
+
+      epoch 3/10  train loss 0.1234 acc 96.10%  test loss 0.0987 acc 97.02%  2.1s  30,512 img/s
+
+    or, ``brief`` (a sweep's run, indented under its name),
+    ``epoch 3/10  train loss 0.1234  test acc 97.02%  2.1s``.
+    """
+    epoch, seconds = f"epoch {row['epoch']}/{num_epochs}", f"{row['epoch_seconds']:.1f}s"
+    if brief:
+        parts = [
+            epoch,
+            f"train loss {row['train_loss']:.4f}",
+            f"test acc {row['test_accuracy']:.2%}",
+            seconds,
+        ]
+    else:
+        parts = [
+            epoch,
+            f"train loss {row['train_loss']:.4f} acc {row['train_accuracy']:.2%}",
+            f"test loss {row['test_loss']:.4f} acc {row['test_accuracy']:.2%}",
+            seconds,
+            f"{row['images_per_second']:,.0f} img/s",
+        ]
+    return "  ".join(parts)
+
+
+def epoch_printer(
+    num_epochs: int, *, indent: str = "", brief: bool = False
+) -> Callable[[Mapping[str, Any]], None]:
+    """An ``on_epoch`` callback of ``train.core.loop.train_and_evaluate`` that prints
+    :func:`epoch_line` after ``indent``, flushed at once (the lines show progress)."""
+
+    def show(row: Mapping[str, Any]) -> None:
+        print(indent + epoch_line(row, num_epochs, brief=brief), flush=True)
+
+    return show
 
 
 def parse_poolers(text: str) -> list[str]:
@@ -49,26 +163,6 @@ def first_line(e: BaseException) -> str:
     """The first line of an exception's message, or its type name when the message is empty."""
     text = str(e).strip()
     return text.splitlines()[0] if text else type(e).__name__
-
-
-def flag_error(e: BaseException) -> str:
-    """One line for an absl flag-parsing error.
-
-    A bad value of a typed flag says what the flag takes; a config file that fails to load gives
-    the reason from the end of the traceback that ml_collections puts in its message.
-    """
-    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
-    if not lines:
-        return type(e).__name__
-    bad_value = re.match(
-        r"flag --([\w-]+)=(.*?): (invalid literal for int|could not convert)", lines[0]
-    )
-    if bad_value:
-        kind = "an integer" if "int" in bad_value.group(3) else "a number"
-        return f"--{bad_value.group(1)} must be {kind}; got {bad_value.group(2)!r}"
-    if len(lines) > 1 and lines[0].endswith("Error whilst parsing config file:"):
-        return f"{lines[0]} {lines[-1]}"
-    return lines[0]
 
 
 NO_CPU_TUNING = "--no-xla-cpu-tuning"

@@ -108,14 +108,10 @@ def evaluate_run(
 def run(argv: Sequence[str]) -> int:
     """Parses ``argv``, evaluates, prints the result; returns the exit code."""
     if cli.wants_help(argv):
-        print(__doc__.strip().splitlines()[0])
-        print(_FLAGS.get_help())
+        cli.print_help(__doc__, _FLAGS)
         return 0
     _FLAGS.unparse_flags()
-    try:
-        rest = _FLAGS(list(argv))
-    except flags.Error as e:
-        raise cli.UsageError(cli.flag_error(e)) from e
+    rest = cli.parse_flags(_FLAGS, argv)
     if len(rest) != 2:
         raise cli.UsageError("expected one RUN_DIR argument (a train.main or train.sweep run)")
     try:

@@ -18,12 +18,15 @@ hand-made cluster also set ``JAX_NUM_PROCESSES`` and ``JAX_PROCESS_ID`` on each 
 
 from __future__ import annotations
 
+import difflib
 import importlib
+import importlib.machinery
+import importlib.util
 import json
 import os
-import re
 import sys
 
+import ml_collections
 from absl import flags
 from ml_collections import config_flags
 
@@ -81,19 +84,10 @@ def build_config():
     """``--config`` (else ``configs/<dataset>.py``) with the shortcut flags applied."""
     from train.core import input_pipeline
 
-    try:
-        config = _CONFIG.value
-        if config is not None:
-            config = config.copy_and_resolve_references()
-    except OSError as e:  # config_flags defers load errors until the value is used
-        lines = [line.strip() for line in str(e).splitlines() if line.strip()]
-        raise cli.UsageError(f"cannot load --config: {lines[-1] if lines else e}") from e
-    except AttributeError as e:  # get_config() returned something else than a ConfigDict
-        raise cli.UsageError(
-            f"--config {flags.FLAGS['config'].config_filename}: get_config() must return an "
-            f"ml_collections.ConfigDict (see configs/default.py), got {type(config).__name__}"
-        ) from e
-    if config is None:
+    config = _CONFIG.value  # ml_collections' load, overrides applied (checked before parsing)
+    if config is not None:
+        config = config.copy_and_resolve_references()
+    else:
         dataset = _DATASET.value or "mnist"
         if dataset not in input_pipeline.DATASETS:
             raise cli.UsageError(
@@ -129,77 +123,118 @@ def build_config():
     return config
 
 
-def _missing_field(e: Exception) -> tuple[str, str]:
-    """The field an ml_collections KeyError/AttributeError names (or its message), and its
-    " (did you mean 'x'?)" suggestion or ""."""
-    text = str(e).replace("\\", "")
-    field = re.search(r"'([^']+)'", text)
-    hint = re.search(r'Did you mean "([^"]+)"', text)
-    return field.group(1) if field else text, f" (did you mean {hint.group(1)!r}?)" if hint else ""
+def _config_path(argv: list[str]) -> str | None:
+    """The ``--config`` value in ``argv`` (the last one, as absl keeps), or None."""
+    path = None
+    for name, value, following in cli.flag_arguments(argv):
+        if name == "config":
+            path = following if value is None else value
+    return path
 
 
-def _config_file_error(e: Exception) -> cli.UsageError:
-    """The usage error for a KeyError/AttributeError raised by the config file's get_config()."""
-    field, hint = _missing_field(e)
-    return cli.UsageError(
-        f"cannot load --config: its get_config() raised {type(e).__name__} {field!r}{hint}"
-    )
+def _exception_text(e: BaseException) -> str:
+    """``Type: first line of the message`` of an exception raised by a config file.
+
+    A ``KeyError``'s message is its argument (``str()`` would quote it again), and an exception
+    made of another (ml_collections raises ``AttributeError(KeyError(...))`` for a missing
+    field) has that one's message.
+    """
+    inner = e
+    while len(inner.args) == 1 and isinstance(inner.args[0], BaseException):
+        inner = inner.args[0]
+    keyed = isinstance(inner, KeyError) and len(inner.args) == 1 and isinstance(inner.args[0], str)
+    lines = (inner.args[0] if keyed else str(inner)).strip().splitlines()
+    return f"{type(e).__name__}: {lines[0]}" if lines else type(e).__name__
 
 
-def _unknown_field(e: Exception) -> cli.UsageError:
-    """The usage error for a ``--config.<field>`` flag that names no field of the config."""
-    field, hint = _missing_field(e)
-    return cli.UsageError(
-        f"unknown config field {field!r} in a --config.<field> flag{hint}; see configs/default.py"
-    )
+def load_config_file(path: str) -> ml_collections.ConfigDict:
+    """``get_config()`` of a ``--config`` file: ``FILE`` or ``FILE:ARG`` (``get_config(ARG)``), as
+    ml_collections reads it.
 
-
-def _epoch_line(num_epochs: int):
-    def show(row: dict) -> None:
-        print(
-            f"epoch {row['epoch']}/{num_epochs}  "
-            f"train loss {row['train_loss']:.4f} acc {row['train_accuracy']:.2%}  "
-            f"test loss {row['test_loss']:.4f} acc {row['test_accuracy']:.2%}  "
-            f"{row['epoch_seconds']:.1f}s  {row['images_per_second']:,.0f} img/s",
-            flush=True,
+    Raises:
+      cli.UsageError: one line for a missing file, a file that raises, one without
+        ``get_config()``, a ``get_config()`` that raises or returns no ``ConfigDict``.
+    """
+    file, *arg = path.split(":", 1)
+    if not os.path.isfile(file):
+        raise cli.UsageError(f"cannot load --config {file}: no such file")
+    loader = importlib.machinery.SourceFileLoader("config_file", file)
+    module = importlib.util.module_from_spec(importlib.util.spec_from_loader(loader.name, loader))
+    try:
+        loader.exec_module(module)
+    except Exception as e:  # whatever the file raises, in one line
+        raise cli.UsageError(f"cannot load --config {file}: {_exception_text(e)}") from e
+    expected = "get_config() returning an ml_collections.ConfigDict (see configs/default.py)"
+    if not callable(getattr(module, "get_config", None)):
+        raise cli.UsageError(f"the --config file {file} must define {expected}")
+    try:
+        config = module.get_config(*arg)
+    except Exception as e:  # whatever get_config() raises, in one line
+        raise cli.UsageError(
+            f"cannot load --config {file}: its get_config() raised {_exception_text(e)}"
+        ) from e
+    if not isinstance(config, ml_collections.ConfigDict):
+        raise cli.UsageError(
+            f"the --config file {file} must define {expected}; its get_config() returned "
+            f"{type(config).__name__}"
         )
+    return config
 
-    return show
+
+def _check_override(config: ml_collections.ConfigDict, flag: str, value: str | None) -> None:
+    """``--config.<dotted.field>`` names a field of ``config``, with an integer or a number where
+    the field holds one."""
+    node, walked = config, []
+    for part in flag.removeprefix("config.").split("."):
+        fields = list(node.keys()) if isinstance(node, ml_collections.ConfigDict) else []
+        if part not in fields:
+            close = difflib.get_close_matches(part, fields, n=1)
+            hint = f" (did you mean {'.'.join([*walked, close[0]])!r}?)" if close else ""
+            raise cli.UsageError(
+                f"unknown config field {'.'.join([*walked, part])!r} in --{flag}{hint}; "
+                "the fields are in configs/default.py"
+            )
+        walked.append(part)
+        node = node[part]
+    if value is None or isinstance(node, bool) or not isinstance(node, int | float):
+        return  # ml_collections parses the other types
+    kind, convert = ("an integer", int) if isinstance(node, int) else ("a number", float)
+    try:
+        convert(value)
+    except ValueError:
+        raise cli.UsageError(f"--{flag} must be {kind}; got {value!r}") from None
+
+
+def check_config_flags(argv: list[str]) -> None:
+    """Checks ``--config`` and the ``--config.<field>`` overrides before absl parses them: loads
+    the file (:func:`load_config_file`) and checks that every override names one of its fields.
+
+    Raises:
+      cli.UsageError: in one line, the file's problem or the unknown field (with the closest
+        field's name), or overrides without ``--config``.
+    """
+    overrides = [a for a in cli.flag_arguments(argv) if a[0].startswith("config.")]
+    path = _config_path(argv)
+    if path is None:
+        if overrides:
+            raise cli.UsageError(
+                f"--{overrides[0][0]} overrides a field of a --config file; pass one too, e.g. "
+                "--config configs/digits.py (without --config the shortcut flags such as "
+                "--epochs set the common fields)"
+            )
+        return
+    config = load_config_file(path)
+    for flag, value, following in overrides:
+        _check_override(config, flag, following if value is None else value)
 
 
 def run(argv: list[str]) -> int:
     """Parses ``argv``, trains, and returns the exit code."""
     if cli.wants_help(argv):
-        print(__doc__.strip())
-        print()
-        print(flags.FLAGS.module_help(sys.modules[__name__]))
+        cli.print_help(__doc__, flags.FLAGS, module=__name__)
         return 0
-    overrides = any(a.startswith("--config.") for a in argv[1:])
-    try:
-        rest = flags.FLAGS(argv)
-    except AttributeError as e:
-        if "get_config" in str(e):
-            raise cli.UsageError(
-                "the --config file must define get_config() returning an "
-                "ml_collections.ConfigDict (see configs/default.py)"
-            ) from e
-        if not overrides:  # raised inside the config file itself
-            raise _config_file_error(e) from e
-        raise _unknown_field(e) from e
-    except KeyError as e:  # ml_collections: --config.<field> names no field
-        if not overrides:
-            raise _config_file_error(e) from e
-        raise _unknown_field(e) from e
-    except flags.UnrecognizedFlagError as e:
-        if e.flagname.startswith("config."):
-            raise cli.UsageError(
-                f"--{e.flagname} overrides a field of a --config file; pass one too, e.g. "
-                "--config configs/digits.py (without --config the shortcut flags such as "
-                "--epochs set the common fields)"
-            ) from e
-        raise cli.UsageError(cli.flag_error(e)) from e
-    except Exception as e:  # absl flag errors and config-file load errors alike
-        raise cli.UsageError(cli.flag_error(e)) from e
+    check_config_flags(argv)
+    rest = cli.parse_flags(flags.FLAGS, argv)
     if len(rest) > 1:
         raise cli.UsageError(f"unexpected arguments: {' '.join(rest[1:])}")
     config = build_config()
@@ -227,7 +262,7 @@ def run(argv: list[str]) -> int:
     lead = jax.process_index() == 0
     try:
         final = loop.train_and_evaluate(
-            config, workdir, on_epoch=_epoch_line(config.num_epochs) if lead else None
+            config, workdir, on_epoch=cli.epoch_printer(config.num_epochs) if lead else None
         )
     except (run_config.ConfigError, input_pipeline.DataError) as e:
         raise cli.UsageError(str(e)) from e

@@ -107,10 +107,7 @@ def build_plans(argv: list[str]) -> tuple[list[plan.Plan], str]:
     from train.core import run_config
 
     _FLAGS.unparse_flags()  # back to the defaults: main() may run more than once per process
-    try:
-        rest = _FLAGS(argv)
-    except flags.Error as e:
-        raise cli.UsageError(cli.flag_error(e)) from e
+    rest = cli.parse_flags(_FLAGS, argv)
     if len(rest) > 1:
         raise cli.UsageError(f"unexpected arguments: {' '.join(rest[1:])}")
     poolers = plan.parse_poolers(_POOLERS.value)
@@ -154,8 +151,7 @@ def run(argv: list[str]) -> int:
     from train.core import loop, run_config
 
     if cli.wants_help(argv):
-        print(__doc__.strip().splitlines()[0])
-        print(_FLAGS.get_help())
+        cli.print_help(__doc__, _FLAGS)
         return 0
     plans, workdir = build_plans(argv)
     if _DRY_RUN.value:

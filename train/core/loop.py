@@ -353,18 +353,9 @@ class _SeedGroup:
             return state
         return state.replace(**_stack(items, self.replicated))
 
-    def run_item(self, state: steps.TrainState, index: int) -> dict[str, Any]:
-        """Run ``index``'s checkpoint item, on the host."""
-        item = jax.device_get(_ckpt_target(state))
-        if self.grouped:
-            item = _index(item, index)
-        return item
-
-    def params(self, state: steps.TrainState, index: int):
-        params = jax.device_get(state.params)
-        if self.grouped:
-            params = _index(params, index)
-        return params
+    def items(self, state: steps.TrainState) -> list[dict[str, Any]]:
+        """Each run's checkpoint item (step, params, optimizer state), on the host."""
+        return self.per_run(_ckpt_target(state))
 
     def per_run(self, values):
         """Host values of the group's outputs, one per run."""
@@ -422,9 +413,9 @@ def _epochs(runs: Sequence[_RunDir], setup: _Setup, on_epoch) -> list:
         run.meta["includes_startup"] = True  # the epoch this process starts in compiles the step
 
     def finish_all(status: str) -> None:
-        for i, run in enumerate(runs):
+        for run, item in zip(runs, group.items(state), strict=True):
             if run.active:
-                run.finish(status, group.params(state, i))
+                run.finish(status, item["params"])
 
     with _catch_signals() as received:
         while any(r.active for r in runs) and _epoch(runs) < spec.num_epochs:
@@ -451,7 +442,7 @@ def _epochs(runs: Sequence[_RunDir], setup: _Setup, on_epoch) -> list:
                 )  # fmt: skip
                 for i, (run, chunk_out) in enumerate(zip(runs, group.per_run(out), strict=True)):
                     if run.active:
-                        _account(run, chunk_out, first, count, epoch, group.params, state, i)
+                        _account(run, chunk_out, first, count, epoch, group, state, i)
                 if not any(r.active for r in runs):
                     break
                 bar.update(count)
@@ -467,9 +458,9 @@ def _epochs(runs: Sequence[_RunDir], setup: _Setup, on_epoch) -> list:
                 break
             if received:
                 step_now = _step(state)
-                for i, run in enumerate(runs):
+                for run, item in zip(runs, group.items(state), strict=True):
                     if run.active:
-                        run.save(step_now, group.run_item(state, i))
+                        run.save(step_now, item)
                 finish_all("interrupted")
                 raise Interrupted(
                     received[0],
@@ -496,7 +487,7 @@ def _epochs(runs: Sequence[_RunDir], setup: _Setup, on_epoch) -> list:
     return _outcomes(runs)
 
 
-def _account(run, chunk_out, first, count, epoch, params_of, state, index) -> None:
+def _account(run, chunk_out, first, count, epoch, group, state, index) -> None:
     """Adds a chunk's losses to ``run``'s epoch sums; a non-finite loss fails the run."""
     losses, correct = chunk_out["loss"], chunk_out["correct"]
     batch_size, steps_per_epoch = run.spec.batch_size, run.spec.steps_per_epoch
@@ -509,7 +500,7 @@ def _account(run, chunk_out, first, count, epoch, params_of, state, index) -> No
         f"{steps_per_epoch} (global step {epoch * steps_per_epoch + step}); last good "
         f"checkpoint: {run.last_step_text()}"
     )
-    run.finish("failed", params_of(state, index))
+    run.finish("failed", group.items(state)[index]["params"])
 
 
 def _evaluate_epoch(runs: Sequence[_RunDir], setup: _Setup, state, on_epoch) -> None:
@@ -524,17 +515,18 @@ def _evaluate_epoch(runs: Sequence[_RunDir], setup: _Setup, state, on_epoch) -> 
     per_run = group.per_run(sums)
     eval_seconds = (time.perf_counter() - t0) / len(runs)
     step = _step(state)
-    for i, (run, run_sums) in enumerate(zip(runs, per_run, strict=True)):
+    items = group.items(state)
+    for i, (run, run_sums, item) in enumerate(zip(runs, per_run, items, strict=True)):
         if not run.active:
             continue
         row = run_metrics.epoch_row(
             run.meta["epoch"], step, run.meta, _test_metrics(run_sums), eval_seconds
         )
         row["seeds_in_program"] = len(runs)
-        params = group.params(state, i)
+        params = item["params"]
         run.finish_epoch(row, params, _report_inputs(spec, params, setup.probe))
         # replace: a checkpoint a signal took at this very step still marks the epoch open.
-        run.save(step, group.run_item(state, i), replace=True)
+        run.save(step, item, replace=True)
         if on_epoch is not None:
             on_epoch(i, row)
 

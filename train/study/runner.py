@@ -177,25 +177,13 @@ def _record_failure(plan: Plan, record: dict[str, Any], e: Exception) -> None:
     )
 
 
-def _epoch_printer(num_epochs: int) -> Callable[[dict[str, Any]], None]:
-    def show(row: dict[str, Any]) -> None:
-        print(
-            f"      epoch {row['epoch']}/{num_epochs}  train loss {row['train_loss']:.4f}  "
-            f"test acc {row['test_accuracy']:.2%}  {row['epoch_seconds']:.1f}s",
-            flush=True,
-        )
-
-    return show
-
-
 def _group_printer(group: Sequence[Plan]) -> Callable[[int, dict[str, Any]], None]:
-    """Prints each epoch's line; in a group, prefixed by the run's seed."""
-    show = _epoch_printer(group[0].config.num_epochs)
+    """Prints each epoch's line (:func:`train.cli.epoch_line`); in a group, after the run's seed."""
+    num_epochs = group[0].config.num_epochs
 
     def on_epoch(index: int, row: dict[str, Any]) -> None:
-        if len(group) > 1:
-            print(f"      seed {group[index].entry.seed}:", end="")
-        show(row)
+        seed = f"seed {group[index].entry.seed}  " if len(group) > 1 else ""
+        print(f"      {seed}{cli.epoch_line(row, num_epochs, brief=True)}", flush=True)
 
     return on_epoch
 

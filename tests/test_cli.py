@@ -1,0 +1,79 @@
+"""Tests of train/cli.py: flag parsing with one-line usage errors, --help, the epoch lines."""
+
+from __future__ import annotations
+
+import pytest
+from absl import flags
+
+from train import cli
+
+
+@pytest.fixture
+def flag_values() -> flags.FlagValues:
+    fv = flags.FlagValues()
+    flags.DEFINE_integer("epochs", None, "Number of epochs.", flag_values=fv)
+    flags.DEFINE_float("learning-rate", None, "Adam learning rate.", flag_values=fv)
+    flags.DEFINE_string("workdir", None, "Output directory.", flag_values=fv)
+    flags.DEFINE_bool("quiet", False, "No progress bars.", flag_values=fv)
+    return fv
+
+
+def test_flag_arguments_reads_the_command_line_as_absl_does():
+    argv = ["prog", "--epochs=3", "-seed", "4", "run", "--quiet", "--", "--after"]
+    assert cli.flag_arguments(argv) == [
+        ("epochs", "3", "-seed"),
+        ("seed", None, "4"),
+        ("quiet", None, "--"),
+    ]
+    assert cli.flag_arguments(["prog", "--config.a.b=", "-"]) == [("config.a.b", "", "-")]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--epochs", "many"], "--epochs must be an integer; got 'many'"),
+        (["--epochs=2.5"], "--epochs must be an integer; got '2.5'"),
+        (["-learning-rate", "fast"], "--learning-rate must be a number; got 'fast'"),
+        (["--nope"], "Unknown command line flag 'nope'"),
+        (["--workdir"], "Missing value for flag --workdir"),
+    ],
+)
+def test_parse_flags_usage_errors_are_one_line(flag_values, args, message):
+    with pytest.raises(cli.UsageError) as raised:
+        cli.parse_flags(flag_values, ["prog", *args])
+    assert message in str(raised.value)
+    assert "\n" not in str(raised.value)
+
+
+def test_parse_flags_returns_the_other_arguments(flag_values):
+    argv = ["prog", "run", "--epochs", "3", "--learning-rate=-1e-3", "--noquiet", "--", "--x"]
+    assert cli.parse_flags(flag_values, argv) == ["prog", "run", "--x"]
+    assert (flag_values.epochs, flag_values["learning-rate"].value) == (3, -1e-3)
+
+
+def test_print_help_shows_the_docstring_then_the_flags(flag_values, capsys):
+    cli.print_help("Trains.\n\nExamples::\n\n  python -m train.main\n", flag_values)
+    out = capsys.readouterr().out
+    assert out.startswith("Trains.\n\nExamples::\n\n  python -m train.main\n\n")
+    assert "--epochs: Number of epochs." in out and "--[no]quiet" in out
+
+
+ROW = {
+    "epoch": 3,
+    "train_loss": 0.12345,
+    "train_accuracy": 0.961,
+    "test_loss": 0.0987,
+    "test_accuracy": 0.9703,
+    "epoch_seconds": 2.06,
+    "images_per_second": 30512.4,
+}
+
+
+def test_epoch_lines_of_train_main_and_of_a_sweep(capsys):
+    assert cli.epoch_line(ROW, 10) == (
+        "epoch 3/10  train loss 0.1235 acc 96.10%  test loss 0.0987 acc 97.03%  2.1s  30,512 img/s"
+    )
+    cli.epoch_printer(10, indent="      ", brief=True)(ROW)
+    assert capsys.readouterr().out == (
+        "      epoch 3/10  train loss 0.1235  test acc 97.03%  2.1s\n"
+    )
