@@ -48,6 +48,10 @@ def get_config() -> ml_collections.ConfigDict:
     # after the other (the same update up to rounding). 0 = automatic: about 32 on CPU, where
     # small activations stay in cache (faster), none on GPU/TPU. Must divide the per-device batch.
     config.microbatch_size = 0
+    # Which code computes the CNN's convolutions and poolers: "auto" (a fast path only where it was
+    # measured faster: XLA:CPU), "reference" (plain lax ops, JAX's autodiff) or "fast". The same
+    # parameters either way; pooler_kwargs may set the poolers' own.
+    config.implementation = "auto"
     # Show a tqdm progress bar per epoch (only when stderr is a terminal).
     config.progress = True
     return config

@@ -67,6 +67,7 @@ def _summary(workdir) -> dict:
         ("pooler_kwargs", {"window": 2}, "bad pooler_kwargs"),
         ("pooler_kwargs", {"deterministic": True}, "pooler_kwargs cannot set deterministic"),
         ("seed", 2**32, r"seed must be below 2\*\*32"),
+        ("implementation", "turbo", "implementation must be one of auto, reference, fast"),
     ],
 )
 def test_validate_config_names_the_field_and_the_allowed_values(field, value, message):

@@ -45,7 +45,7 @@ class RunSpec:
       chunk_length: steps per compiled chunk (``steps_per_chunk``, at most an epoch).
       stop_after_epochs: stop (resumably) after this many epochs; equals ``num_epochs`` when the
         config says 0 (never).
-      checkpoints_to_keep, progress: the config's.
+      checkpoints_to_keep, progress, implementation: the config's.
       image_shape: ``(H, W, C)`` of one example.
       num_classes: number of labels.
       num_train: training examples.
@@ -67,6 +67,7 @@ class RunSpec:
     stop_after_epochs: int
     checkpoints_to_keep: int
     progress: bool
+    implementation: str
     image_shape: tuple[int, ...]
     num_classes: int
     num_train: int
@@ -134,6 +135,7 @@ def describe(
         stop_after_epochs=config.stop_after_epochs or config.num_epochs,
         checkpoints_to_keep=config.checkpoints_to_keep,
         progress=bool(config.progress),
+        implementation=config.implementation,
         image_shape=tuple(image_shape),
         num_classes=num_classes,
         num_train=num_train,
@@ -188,6 +190,10 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     need(
         config.pooler in names,
         f"unknown pooler {config.pooler!r}; choose one of: {', '.join(names)}",
+    )
+    need(
+        config.implementation in IMPLEMENTATIONS,
+        f"implementation must be one of {', '.join(IMPLEMENTATIONS)}, got {config.implementation!r}",
     )
     need(
         config.dataset in input_pipeline.DATASETS,
@@ -312,6 +318,8 @@ def _default_config() -> ml_collections.ConfigDict:
 
     return default.get_config()
 
+
+IMPLEMENTATIONS = ("auto", "reference", "fast")
 
 # Module fields the training loop sets itself, which pooler_kwargs may not set.
 _LOOP_FIELDS = ("deterministic", "rng_collection")

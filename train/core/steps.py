@@ -47,21 +47,27 @@ def create_train_state(
         spec.learning_rate,
         sharding,
         seed_group=rng.ndim == 1,
+        implementation=spec.implementation,
     )
     return init(rng)
 
 
 def model(spec: run_config.RunSpec) -> models.CNN:
     """The run's CNN; the same object for the same settings."""
-    return _model(spec.num_classes, spec.pooler, spec.pooler_kwargs_json)
+    return _model(spec.num_classes, spec.pooler, spec.pooler_kwargs_json, spec.implementation)
 
 
 # The model and optimizer are static parts of the TrainState, hence of the jit cache key: the
 # same objects for the same settings let repeated runs in one process (sweeps, tests) reuse
 # compiled steps.
 @functools.lru_cache(maxsize=64)
-def _model(num_classes: int, pooler: str, kwargs_json: str) -> models.CNN:
-    return models.CNN(num_classes=num_classes, pooler=pooler, pooler_kwargs=json.loads(kwargs_json))
+def _model(num_classes: int, pooler: str, kwargs_json: str, implementation: str) -> models.CNN:
+    return models.CNN(
+        num_classes=num_classes,
+        pooler=pooler,
+        pooler_kwargs=json.loads(kwargs_json),
+        implementation=implementation,
+    )
 
 
 @functools.lru_cache(maxsize=64)
@@ -73,10 +79,11 @@ def _jit_create(
     learning_rate: float,
     sharding: jax.sharding.Sharding | None,
     seed_group: bool,
+    implementation: str,
 ):
     # One jitted function: run eagerly, init and the optimizer's zeros would each compile
     # dozens of one-op programs.
-    cnn = _model(num_classes, pooler, kwargs_json)
+    cnn = _model(num_classes, pooler, kwargs_json, implementation)
 
     def create(rng):
         params_key, pooling_key = jax.random.split(rng)
