@@ -21,11 +21,16 @@ def test_steps_record_status_time_and_last_line(tmp_path):
 
 def test_plan_bounds_every_step_and_passes_the_data_dir(tmp_path):
     steps = accelerator_check.plan(str(tmp_path), "/data/tfds", workers=3)
-    assert [s.name for s in steps] == ["tests", "bench", "mnist sweep (2 epochs)"]
+    assert [s.name for s in steps] == [
+        "tests", "bench", "mnist sweep (2 epochs)", "seeds apart", "seeds together"
+    ]  # fmt: skip
     assert all(s.limit_s > 0 for s in steps)
     assert steps[0].command[-2:] == ["-n", "3"]
-    assert steps[2].command[-2:] == ["--data-dir", "/data/tfds"]
-    assert "--epochs" in steps[2].command and "2" in steps[2].command
+    for sweep in steps[2:]:
+        assert sweep.command[-2:] == ["--data-dir", "/data/tfds"]
+        assert "--epochs" in sweep.command and "2" in sweep.command
+    assert ["--seeds-together", "off"] == steps[3].command[-4:-2]
+    assert ["--seeds-together", "on"] == steps[4].command[-4:-2]
 
 
 def test_summary_lists_steps_and_seconds_per_epoch_against_max(tmp_path):
@@ -40,3 +45,7 @@ def test_summary_lists_steps_and_seconds_per_epoch_against_max(tmp_path):
     lines = accelerator_check.summary([step], per_epoch, "gpu:H200 x1")
     assert lines[0] == "accelerator check on gpu:H200 x1"
     assert "passed" in lines[2] and lines[-1].split() == ["tdgs", "0.300", "(x1.20", "max)"]
+    apart = accelerator_check.Step("seeds apart", ["s"], 10, returncode=0, seconds=30.0)
+    together = accelerator_check.Step("seeds together", ["s"], 10, returncode=0, seconds=12.0)
+    lines = accelerator_check.summary([apart, together], {}, "gpu:H200 x1")
+    assert lines[-1].endswith("30.0 s apart, 12.0 s together (x0.40)")

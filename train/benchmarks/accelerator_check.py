@@ -6,7 +6,11 @@ Three steps, each a subprocess with a time limit, then one summary:
    not 75% of it up front, so the workers share the device);
 2. ``python -m train.bench`` (per-call and in-loop figures; ``bench.json`` in the output dir);
 3. the MNIST sweep of every pooler, one seed, 2 epochs (``--check-data-dir`` must hold MNIST), whose
-   report gives seconds per epoch without compilation (epoch 2).
+   report gives seconds per epoch without compilation (epoch 2);
+4. seed groups: the MNIST sweep of max and tdgs, 3 seeds, 2 epochs, once with each seed its own
+   program and once with the seeds of a pooler in one (``--seeds-together off``/``on``): their
+   wall times, start-up included, say whether ``--seeds-together auto`` (on for GPU/TPU, not
+   measured there yet) is the right default.
 
 Everything goes to ``--check-dir`` (default ``runs/accelerator-check``): each step's log, the
 bench JSON, the sweep workdir and ``summary.txt``.  The exit code is 0 when every step passed.
@@ -42,15 +46,21 @@ class Step:
         return "passed" if self.returncode == 0 else f"failed (exit {self.returncode})"
 
 
+SEED_GROUP_STEPS = ("seeds apart", "seeds together")
+
+
 def plan(out: str, data_dir: str | None, workers: int) -> list[Step]:
-    """The three steps, writing under ``out``."""
+    """The steps, writing under ``out``."""
     python = sys.executable
-    sweep = [
-        python, "-m", "train.sweep", "--poolers", "all", "--datasets", "mnist", "--seeds", "1",
-        "--epochs", "2", "--workdir", os.path.join(out, "sweep"), "--quiet",
-    ]  # fmt: skip
-    if data_dir:
-        sweep += ["--data-dir", data_dir]
+
+    def sweep(workdir: str, *args: str) -> list[str]:
+        command = [
+            python, "-m", "train.sweep", "--datasets", "mnist", "--epochs", "2",
+            "--workdir", os.path.join(out, workdir), "--quiet", *args,
+        ]  # fmt: skip
+        return command + (["--data-dir", data_dir] if data_dir else [])
+
+    groups = ("--poolers", "max,tdgs", "--seeds", "3", "--seeds-together")
     return [
         Step("tests", [python, "-m", "pytest", "-q", "-n", str(workers)], 1800),
         Step(
@@ -58,7 +68,9 @@ def plan(out: str, data_dir: str | None, workers: int) -> list[Step]:
             [python, "-m", "train.bench", "--json", os.path.join(out, "bench.json")],
             900,
         ),
-        Step("mnist sweep (2 epochs)", sweep, 1200),
+        Step("mnist sweep (2 epochs)", sweep("sweep", "--poolers", "all", "--seeds", "1"), 1200),
+        Step(SEED_GROUP_STEPS[0], sweep("seeds-apart", *groups, "off"), 900),
+        Step(SEED_GROUP_STEPS[1], sweep("seeds-together", *groups, "on"), 900),
     ]
 
 
@@ -111,6 +123,17 @@ def summary(steps: Sequence[Step], per_epoch: dict[str, float], device: str) -> 
         for name, secs in per_epoch.items():
             ratio = f"  (x{secs / base:.2f} max)" if base else ""
             lines.append(f"  {name:<11}{secs:>8.3f}{ratio}")
+    apart, together = (
+        next((s for s in steps if s.name == name and s.returncode == 0), None)
+        for name in SEED_GROUP_STEPS
+    )
+    if apart and together:
+        lines += [
+            "",
+            "max and tdgs, 3 seeds x 2 epochs, wall time with start-up: "
+            f"{apart.seconds:.1f} s apart, {together.seconds:.1f} s together "
+            f"(x{together.seconds / apart.seconds:.2f})",
+        ]
     return lines
 
 
