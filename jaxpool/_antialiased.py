@@ -99,4 +99,4 @@ def max_blur_pool(
     )
     y = _blur_axis(dense, taps, sh, 1, pad_mode)
     y = _blur_axis(y, taps, sw, 2, pad_mode)
-    return _windows.finish(y, x.dtype, unbatched)
+    return _windows.to_output(y, x.dtype, unbatched)

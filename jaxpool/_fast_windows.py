@@ -1,6 +1,6 @@
 r"""Fast paths of max, mixed, gated and tree pooling on XLA:CPU, for non-overlapping VALID windows.
 
-The windows are a free reshape of the input, the view ``x6`` of shape ``(N, Ho, kh, Wo, kw, C)``
+The windows are a free reshape of the input, a *view* of shape ``(N, Ho, kh, Wo, kw, C)``
 (:func:`jaxpool._windows.window_view`).  The derivatives here are ``jax.custom_jvp`` rules whose
 tangents are linear in the input tangents, so forward mode works and JAX transposes them for
 reverse mode; they are written so that the transposed (backward) pass is one broadcasting loop
@@ -107,31 +107,31 @@ def _is_first_max(index: jax.Array, kh: int, kw: int) -> jax.Array:
     return per_window(index) == positions.astype(index.dtype)
 
 
-def _at_first_max(tangent6: jax.Array, index: jax.Array) -> jax.Array:
-    """Per window, ``tangent6`` at the first maximal element: linear in ``tangent6``; its
+def _at_first_max(view_tangent: jax.Array, index: jax.Array) -> jax.Array:
+    """Per window, ``view_tangent`` at the first maximal element: linear in ``view_tangent``; its
     transpose is one select over the view."""
-    _, _, kh, _, kw, _ = tangent6.shape
+    _, _, kh, _, kw, _ = view_tangent.shape
     hit = _is_first_max(index, kh, kw)
-    return jnp.sum(jnp.where(hit, tangent6, jnp.zeros((), tangent6.dtype)), axis=(2, 4))
+    return jnp.sum(jnp.where(hit, view_tangent, jnp.zeros((), view_tangent.dtype)), axis=(2, 4))
 
 
 @jax.custom_jvp
-def view_max(x6: jax.Array) -> jax.Array:
+def view_max(view: jax.Array) -> jax.Array:
     """Per-window max of a view ``(N, Ho, kh, Wo, kw, C)``; derivative to the first maximum."""
-    return functools.reduce(jnp.maximum, _windows.view_elements(x6))
+    return functools.reduce(jnp.maximum, _windows.view_elements(view))
 
 
 @view_max.defjvp
 def _view_max_jvp(primals, tangents):
-    (x6,), (t6,) = primals, tangents
-    y, index = _first_max_and_index(_windows.view_elements(x6))
-    return y, _at_first_max(t6, index)
+    (view,), (view_tangent,) = primals, tangents
+    y, index = _first_max_and_index(_windows.view_elements(view))
+    return y, _at_first_max(view_tangent, index)
 
 
 @jax.custom_jvp
-def view_gate_mix(x6: jax.Array, logit: jax.Array) -> jax.Array:
+def view_gate_mix(view: jax.Array, logit: jax.Array) -> jax.Array:
     r"""``g max(R) + (1 - g) mean(R)``, ``g = sigmoid(logit)``, over each window of a float32
-    view ``x6`` ``(N, Ho, kh, Wo, kw, C)``; ``logit`` is ``(N, Ho, Wo, C)``.
+    view ``(N, Ho, kh, Wo, kw, C)``; ``logit`` is ``(N, Ho, Wo, C)``.
 
     .. math::
       \dot y = g \dot x_{i^*} + \frac{1 - g}{K} \sum_{i \in R} \dot x_i
@@ -139,7 +139,7 @@ def view_gate_mix(x6: jax.Array, logit: jax.Array) -> jax.Array:
 
     with ``i*`` the first maximal element and ``z`` the logit.
     """
-    elements = _windows.view_elements(x6)
+    elements = _windows.view_elements(view)
     gate = jax.nn.sigmoid(logit)
     window_mean = _window_ops.window_sum(elements) / len(elements)
     return gate * functools.reduce(jnp.maximum, elements) + (1 - gate) * window_mean
@@ -147,34 +147,36 @@ def view_gate_mix(x6: jax.Array, logit: jax.Array) -> jax.Array:
 
 @view_gate_mix.defjvp
 def _view_gate_mix_jvp(primals, tangents):
-    (x6, logit), (t6, t_logit) = primals, tangents
-    elements = _windows.view_elements(x6)
+    (view, logit), (view_tangent, t_logit) = primals, tangents
+    elements = _windows.view_elements(view)
     window_max, index = _first_max_and_index(elements)
     window_mean = _window_ops.window_sum(elements) / len(elements)
     gate = jax.nn.sigmoid(logit)
     y = gate * window_max + (1 - gate) * window_mean
-    by_input = gate * _at_first_max(t6, index) + (1 - gate) * jnp.mean(t6, axis=(2, 4))
+    by_input = gate * _at_first_max(view_tangent, index) + (1 - gate) * jnp.mean(
+        view_tangent, axis=(2, 4)
+    )
     by_logit = gate * (1 - gate) * (window_max - window_mean) * t_logit
     return y, by_input + by_logit
 
 
-def kernel_dot(kernel: jax.Array, spec: _windows.WindowSpec, x6: jax.Array) -> jax.Array:
-    """``w . R`` per window of the float32 view ``x6`` for a window-shaped kernel (shapes as
+def kernel_dot(kernel: jax.Array, spec: _windows.WindowSpec, view: jax.Array) -> jax.Array:
+    """``w . R`` per window of the float32 view ``view`` for a window-shaped kernel (shapes as
     :func:`jaxpool._window_ops.kernel_weights`, checked there)."""
     (kh, kw), (ho, wo) = spec.window, spec.out_size
     kernel = jnp.asarray(kernel).astype(_F32)
     if kernel.ndim == 5:  # (Ho, Wo, kh, kw, C) -> (1, Ho, kh, Wo, kw, C)
-        kernel6 = kernel.transpose(0, 2, 1, 3, 4).reshape(1, ho, kh, wo, kw, -1)
+        kernel_view = kernel.transpose(0, 2, 1, 3, 4).reshape(1, ho, kh, wo, kw, -1)
     else:  # (kh, kw) or (kh, kw, C) -> (1, 1, kh, 1, kw, 1 or C)
-        kernel6 = kernel.reshape(1, 1, kh, 1, kw, -1)
-    return view_dot(kernel6, x6)
+        kernel_view = kernel.reshape(1, 1, kh, 1, kw, -1)
+    return view_dot(kernel_view, view)
 
 
 @jax.custom_jvp
-def view_dot(kernel6: jax.Array, x6: jax.Array) -> jax.Array:
-    """``sum_{a, b} kernel6[..., a, :, b, :] x6[..., a, :, b, :]``: ``(N, Ho, Wo, C)`` from the
-    view ``x6`` ``(N, Ho, kh, Wo, kw, C)`` and a kernel broadcastable to it."""
-    return _window_ops.window_dot(_windows.view_elements(kernel6), _windows.view_elements(x6))
+def view_dot(kernel_view: jax.Array, view: jax.Array) -> jax.Array:
+    """``sum_{a, b} kernel_view[..., a, :, b, :] view[..., a, :, b, :]``: ``(N, Ho, Wo, C)`` from the
+    view ``(N, Ho, kh, Wo, kw, C)`` and a kernel broadcastable to it."""
+    return _window_ops.window_dot(_windows.view_elements(kernel_view), _windows.view_elements(view))
 
 
 @view_dot.defjvp
@@ -184,8 +186,8 @@ def _view_dot_jvp(primals, tangents):
     term only, so in reverse mode it lands on the reduction's operand: XLA then reads the
     ``(N, Ho, Wo, C)`` cotangent broadcast inside the reduction instead of first writing an
     x-sized broadcast copy (3x slower for tree pooling)."""
-    kernel6, x6 = primals
+    kernel_view, view = primals
     t_kernel6, t_x6 = tangents
-    by_input = jnp.sum(kernel6 * t_x6, axis=(2, 4))
-    by_kernel = jax.lax.optimization_barrier(jnp.sum(t_kernel6 * x6, axis=(2, 4)))
-    return view_dot(kernel6, x6), by_input + by_kernel
+    by_input = jnp.sum(kernel_view * t_x6, axis=(2, 4))
+    by_kernel = jax.lax.optimization_barrier(jnp.sum(t_kernel6 * view, axis=(2, 4)))
+    return view_dot(kernel_view, view), by_input + by_kernel

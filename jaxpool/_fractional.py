@@ -88,8 +88,8 @@ def _pool_axis(x: jax.Array, boundaries: jax.Array, axis: int, overlapping: bool
     return jnp.max(gathered, axis=axis + 1)
 
 
-def _pool(x4: jax.Array, rows: jax.Array, cols: jax.Array, overlapping: bool) -> jax.Array:
-    return _pool_axis(_pool_axis(x4, rows, 1, overlapping), cols, 2, overlapping)
+def _pool(batched: jax.Array, rows: jax.Array, cols: jax.Array, overlapping: bool) -> jax.Array:
+    return _pool_axis(_pool_axis(batched, rows, 1, overlapping), cols, 2, overlapping)
 
 
 def fractional_max_pool(
@@ -137,17 +137,17 @@ def fractional_max_pool(
     References:
       Graham. Fractional Max-Pooling. arXiv:1412.6071, 2014.
     """
-    x4, unbatched = _windows.check_input(x)
+    batched, unbatched = _windows.check_input(x)
     ratio_h, ratio_w = _check_ratio(ratio)
     if sequence not in SEQUENCES:
         raise ValueError(f"sequence must be one of {SEQUENCES}; got {sequence!r}")
-    n, h, w, _ = x4.shape
+    n, h, w, _ = batched.shape
     out_h = output_size(h, ratio_h, overlapping, "height")
     out_w = output_size(w, ratio_w, overlapping, "width")
     if deterministic:
         rows = jnp.asarray(fixed_boundaries(h, out_h, overlapping))
         cols = jnp.asarray(fixed_boundaries(w, out_w, overlapping))
-        return _windows.finish(_pool(x4, rows, cols, overlapping), x.dtype, unbatched)
+        return _windows.to_output(_pool(batched, rows, cols, overlapping), x.dtype, unbatched)
     key = _windows.require_key(key, "fractional_max_pool")
 
     def draw(k):
@@ -159,11 +159,11 @@ def fractional_max_pool(
 
     if per_example:
         keys = jax.random.split(key, n)
-        batch_axis = (_windows.explicit_spec(x4) or (None,))[0]
+        batch_axis = (_windows.explicit_spec(batched) or (None,))[0]
         if batch_axis is not None:  # explicit sharding: vmap needs the keys split like the batch
             keys = jax.sharding.reshard(keys, jax.sharding.PartitionSpec(batch_axis))
         rows, cols = jax.vmap(draw)(keys)
-        y = jax.vmap(lambda xi, r, c: _pool(xi[None], r, c, overlapping)[0])(x4, rows, cols)
+        y = jax.vmap(lambda xi, r, c: _pool(xi[None], r, c, overlapping)[0])(batched, rows, cols)
     else:
-        y = _pool(x4, *draw(key), overlapping)
-    return _windows.finish(y, x.dtype, unbatched)
+        y = _pool(batched, *draw(key), overlapping)
+    return _windows.to_output(y, x.dtype, unbatched)

@@ -138,13 +138,13 @@ def s3_pool(
         )
     if not deterministic:
         key = _windows.require_key(key, "s3_pool")
-    x4, unbatched = _windows.check_input(x)
-    n, h, w, _ = x4.shape
+    batched, unbatched = _windows.check_input(x)
+    n, h, w, _ = batched.shape
     if h < strides[0] or w < strides[1]:
         raise ValueError(
             f"s3_pool needs H >= stride and W >= stride; got input {x.shape}, stride={stride!r}"
         )
-    elements, _, _ = _windows.windows(x4, strides, 1, "VALID")
+    elements, _, _ = _windows.windows(batched, strides, 1, "VALID")
     max_map = _window_ops.window_max(elements, None)  # (N, H-s+1, W-s+1, C)
     out_h, out_w = h // strides[0], w // strides[1]
     if deterministic and test_mode == "expectation":
@@ -154,12 +154,12 @@ def s3_pool(
             "ir,nrcd,jc->nijd", rows, max_map.astype(jnp.float32), cols,
             precision=jax.lax.Precision.HIGHEST,
         )  # fmt: skip
-        return _windows.finish(y, x.dtype, unbatched)
+        return _windows.to_output(y, x.dtype, unbatched)
     if deterministic:
         pads = ((strides[0] // 2,) * 2, (strides[1] // 2,) * 2)
         map_elements, masks, spec = _windows.windows(max_map, strides, strides, "VALID", pads=pads)
         y = _window_ops.window_mean(map_elements, spec, masks)[:, :out_h, :out_w]
-        return _windows.finish(y, x.dtype, unbatched)
+        return _windows.to_output(y, x.dtype, unbatched)
 
     def sample(k, m):
         k_rows, k_cols = jax.random.split(k)
@@ -175,4 +175,4 @@ def s3_pool(
         y = jax.vmap(sample)(keys, max_map)
     else:
         y = sample(key, max_map)
-    return _windows.finish(y, x.dtype, unbatched)
+    return _windows.to_output(y, x.dtype, unbatched)

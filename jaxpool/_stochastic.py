@@ -65,11 +65,11 @@ def stochastic_pool(
         raise ValueError(f"mode must be 'l1' or 'softmax'; got {mode!r}")
     if not deterministic:
         key = _windows.require_key(key, "stochastic_pool")
-    x4, unbatched = _windows.check_input(x)
-    spec = _windows.window_spec(x4.shape[1:3], window_shape, strides, padding)
+    batched, unbatched = _windows.check_input(x)
+    spec = _windows.window_spec(batched.shape[1:3], window_shape, strides, padding)
     masks = _windows.valid_masks(spec)
     fast = _windows.use_fast(implementation, _fast_rng.STOCHASTIC_WINS) and not deterministic
-    values = _window_ops.f32(_windows.window_elements(x4, spec))
+    values = _window_ops.f32(_windows.window_elements(batched, spec))
     if mode == "softmax":
         probs = _window_ops.window_softmax(_window_ops.masked(values, masks, -jnp.inf))
         weights = probs
@@ -91,11 +91,11 @@ def stochastic_pool(
         denominator = jnp.where(has_mass, total, n_valid)
         probs = [w / denominator for w in weights]
     if deterministic:
-        return _windows.finish(_window_ops.window_dot(probs, values), x.dtype, unbatched)
+        return _windows.to_output(_window_ops.window_dot(probs, values), x.dtype, unbatched)
     shape = values[0].shape
     uniforms = _fast_rng.uniform(key, shape) if fast else jax.random.uniform(key, shape, _F32)
     index = _window_ops.sample_index(uniforms, [jax.lax.stop_gradient(w) for w in weights])
-    return _windows.finish(_window_ops.select(index, values), x.dtype, unbatched)
+    return _windows.to_output(_window_ops.select(index, values), x.dtype, unbatched)
 
 
 def _check_tau(tau) -> None:
@@ -232,20 +232,20 @@ def tdgs_pool(
     _check_tau(tau)
     if not deterministic:
         key = _windows.require_key(key, "tdgs_pool")
-    x4, unbatched = _windows.check_input(x)
-    spec = _windows.window_spec(x4.shape[1:3], window_shape, strides, padding)
-    n, c = x4.shape[0], x4.shape[-1]
+    batched, unbatched = _windows.check_input(x)
+    spec = _windows.window_spec(batched.shape[1:3], window_shape, strides, padding)
+    n, c = batched.shape[0], batched.shape[-1]
     temperature = _temperature_for(temperature, spec, c)
     if _windows.use_fast(implementation, _fast_tdgs.TDGS_WINS):
-        y = _fast_tdgs.tdgs_pool(x4, temperature, spec, key, deterministic, tau, eps)
-        return _windows.finish(y, x.dtype, unbatched)
-    values = _window_ops.f32(_windows.window_elements(x4, spec))
+        y = _fast_tdgs.tdgs_pool(batched, temperature, spec, key, deterministic, tau, eps)
+        return _windows.to_output(y, x.dtype, unbatched)
+    values = _window_ops.f32(_windows.window_elements(batched, spec))
     masks = _windows.valid_masks(spec)
     t = jax.nn.relu(temperature) + eps
     logits = [v / t for v in values]
     if deterministic:
         weights = _window_ops.window_softmax(_window_ops.masked(logits, masks, -jnp.inf))
-        return _windows.finish(_window_ops.window_dot(weights, values), x.dtype, unbatched)
+        return _windows.to_output(_window_ops.window_dot(weights, values), x.dtype, unbatched)
     gumbels = jax.random.gumbel(key, (len(values), n, *spec.out_size, c), _F32)
     scores = [(z + g) / tau for z, g in zip(logits, gumbels, strict=True)]
     scores = _window_ops.masked(scores, masks, -jnp.inf)
@@ -256,4 +256,4 @@ def tdgs_pool(
     z = [
         jnp.where(index == k, 1.0, 0.0) + (w - jax.lax.stop_gradient(w)) for k, w in enumerate(soft)
     ]
-    return _windows.finish(_window_ops.window_dot(z, values), x.dtype, unbatched)
+    return _windows.to_output(_window_ops.window_dot(z, values), x.dtype, unbatched)

@@ -59,11 +59,11 @@ def window_geometry(
 
 
 def stacked_windows(
-    x4: jax.Array, spec: _windows.WindowSpec
+    batched: jax.Array, spec: _windows.WindowSpec
 ) -> tuple[jax.Array, np.ndarray | None]:
-    """The windows of ``x4`` as ``(N, Ho, Wo, K, C)`` float32 (padding holds 0) and a
+    """The windows of ``batched`` as ``(N, Ho, Wo, K, C)`` float32 (padding holds 0) and a
     ``(Ho, Wo, K, 1)`` bool mask of the real elements (None when there is no padding)."""
-    elements = _windows.window_elements(x4.astype(_F32), spec, force_general=True)
+    elements = _windows.window_elements(batched.astype(_F32), spec, force_general=True)
     masks = _windows.valid_masks(spec)
     valid = None
     if masks is not None:
@@ -113,10 +113,10 @@ def soft_pool(
       Stergiou, Poppe, Kalliatakis. Refining activation downsampling with SoftPool. ICCV 2021
       (arXiv:2101.00440).
     """
-    x4, unbatched = _windows.check_input(x)
-    spec = window_geometry(x4.shape[1:3], window_shape, strides, padding)
-    values, valid = stacked_windows(x4, spec)
-    return _windows.finish(softmax_weighted_mean(values, values, valid), x.dtype, unbatched)
+    batched, unbatched = _windows.check_input(x)
+    spec = window_geometry(batched.shape[1:3], window_shape, strides, padding)
+    values, valid = stacked_windows(batched, spec)
+    return _windows.to_output(softmax_weighted_mean(values, values, valid), x.dtype, unbatched)
 
 
 def _check_per_channel(value: jax.Array, name: str, channels: int) -> jax.Array:
@@ -163,12 +163,12 @@ def lp_pool(
       Classification. ICPR 2012.  Radenović, Tolias, Chum. Fine-tuning CNN Image Retrieval with No
       Human Annotation. TPAMI 2018 (arXiv:1711.02512).
     """
-    x4, unbatched = _windows.check_input(x)
+    batched, unbatched = _windows.check_input(x)
     if not eps > 0:
         raise ValueError(f"eps must be positive; got {eps!r}")
-    p = _check_per_channel(p, "p", x4.shape[-1])
-    spec = window_geometry(x4.shape[1:3], window_shape, strides, padding)
-    values, valid = stacked_windows(x4, spec)
+    p = _check_per_channel(p, "p", batched.shape[-1])
+    spec = window_geometry(batched.shape[1:3], window_shape, strides, padding)
+    values, valid = stacked_windows(batched, spec)
     clamped = jnp.maximum(values, eps)
     if valid is None:
         count = spec.num_elements
@@ -182,7 +182,7 @@ def lp_pool(
     if valid is not None:
         powered = jnp.where(valid, powered, 0.0)
     mean = jnp.sum(powered, axis=3) / count
-    return _windows.finish(top[:, :, :, 0] * mean ** (1.0 / p), x.dtype, unbatched)
+    return _windows.to_output(top[:, :, :, 0] * mean ** (1.0 / p), x.dtype, unbatched)
 
 
 def conv_same(x: jax.Array, kernel: jax.Array) -> jax.Array:
@@ -231,8 +231,8 @@ def lip_logits(
     Returns:
       float32 logits, the shape of ``x``, in ``(0, coefficient)``.
     """
-    x4, unbatched = _windows.check_input(x)
-    channels = x4.shape[-1]
+    batched, unbatched = _windows.check_input(x)
+    channels = batched.shape[-1]
     kernel = jnp.asarray(kernel)
     if kernel.ndim != 4 or kernel.shape[2:] != (channels, channels):
         raise ValueError(
@@ -241,7 +241,7 @@ def lip_logits(
         )
     scale = _check_per_channel(norm_scale, "norm_scale", channels)
     bias = _check_per_channel(norm_bias, "norm_bias", channels)
-    z = conv_same(x4.astype(_F32), kernel.astype(_F32))
+    z = conv_same(batched.astype(_F32), kernel.astype(_F32))
     mean = jnp.mean(z, axis=(1, 2), keepdims=True)
     var = jnp.mean(jnp.square(z - mean), axis=(1, 2), keepdims=True)
     normalised = (z - mean) * jax.lax.rsqrt(var + epsilon) * scale + bias
@@ -278,12 +278,12 @@ def lip_pool(
     References:
       Gao, Wang, Wu. LIP: Local Importance-based Pooling. ICCV 2019 (arXiv:1908.04156).
     """
-    x4, unbatched = _windows.check_input(x)
+    batched, unbatched = _windows.check_input(x)
     logits4, _ = _windows.check_input(logits, "logits")
-    if logits4.shape != x4.shape:
+    if logits4.shape != batched.shape:
         raise ValueError(f"logits must have the shape of x, {x.shape}; got {logits.shape}")
-    spec = window_geometry(x4.shape[1:3], window_shape, strides, padding)
-    values, valid = stacked_windows(x4, spec)
+    spec = window_geometry(batched.shape[1:3], window_shape, strides, padding)
+    values, valid = stacked_windows(batched, spec)
     weights_logits, _ = stacked_windows(logits4, spec)
     y = softmax_weighted_mean(values, weights_logits, valid)
-    return _windows.finish(y, x.dtype, unbatched)
+    return _windows.to_output(y, x.dtype, unbatched)

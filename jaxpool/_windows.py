@@ -74,7 +74,7 @@ def check_input(x: jax.Array, name: str = "x") -> tuple[jax.Array, bool]:
     return x, False
 
 
-def finish(y: jax.Array, dtype, unbatched: bool) -> jax.Array:
+def to_output(y: jax.Array, dtype, unbatched: bool) -> jax.Array:
     """The inverse of :func:`check_input` for a result: cast to ``dtype``, drop an added batch axis."""
     y = y.astype(dtype)
     return y[0] if unbatched else y

@@ -85,16 +85,16 @@ def max_pool(
     Returns:
       ``(N, Ho, Wo, C)`` (or ``(Ho, Wo, C)``), the dtype of ``x``.
     """
-    x4, unbatched = _windows.check_input(x)
-    spec = _windows.window_spec(x4.shape[1:3], window_shape, strides, padding)
+    batched, unbatched = _windows.check_input(x)
+    spec = _windows.window_spec(batched.shape[1:3], window_shape, strides, padding)
     if (
         _windows.use_fast(implementation, _fast_windows.MAX_WINS)
-        and (x6 := _windows.window_view(x4, spec)) is not None
+        and (view := _windows.window_view(batched, spec)) is not None
     ):
-        return _windows.finish(_fast_windows.view_max(x6), x.dtype, unbatched)
-    elements = _windows.window_elements(x4, spec)
+        return _windows.to_output(_fast_windows.view_max(view), x.dtype, unbatched)
+    elements = _windows.window_elements(batched, spec)
     y = _window_ops.window_max(elements, _windows.valid_masks(spec))
-    return _windows.finish(y, x.dtype, unbatched)
+    return _windows.to_output(y, x.dtype, unbatched)
 
 
 def avg_pool(
@@ -122,9 +122,9 @@ def avg_pool(
       ``(N, Ho, Wo, C)`` (or ``(Ho, Wo, C)``), the dtype of ``x``.
     """
     _windows.check_implementation(implementation)
-    x4, unbatched = _windows.check_input(x)
-    elements, masks, spec = _windows.windows(x4, window_shape, strides, padding)
-    return _windows.finish(_window_ops.window_mean(elements, spec, masks), x.dtype, unbatched)
+    batched, unbatched = _windows.check_input(x)
+    elements, masks, spec = _windows.windows(batched, window_shape, strides, padding)
+    return _windows.to_output(_window_ops.window_mean(elements, spec, masks), x.dtype, unbatched)
 
 
 # ----------------------------------------------------------------------------- Lee et al.
@@ -169,25 +169,25 @@ def mixed_pool(
       Lee, Gallagher, Tu. Generalizing Pooling Functions in Convolutional Neural Networks: Mixed,
       Gated, and Tree. AISTATS 2016 (arXiv:1509.08985).
     """
-    x4, unbatched = _windows.check_input(x)
+    batched, unbatched = _windows.check_input(x)
     alpha = jnp.asarray(alpha)
-    channels = x4.shape[-1]
+    channels = batched.shape[-1]
     if alpha.shape not in ((), (channels,)):
         raise ValueError(
             f"alpha must have shape () or (C,) = ({channels},) for an input with C={channels}; "
             f"got {alpha.shape}"
         )
-    spec = _windows.window_spec(x4.shape[1:3], window_shape, strides, padding)
-    out_shape = (x4.shape[0], *spec.out_size, channels)
+    spec = _windows.window_spec(batched.shape[1:3], window_shape, strides, padding)
+    out_shape = (batched.shape[0], *spec.out_size, channels)
     if (
         _windows.use_fast(implementation, _fast_windows.MIXED_WINS)
-        and (x6 := _windows.window_view(x4.astype(_F32), spec)) is not None
+        and (view := _windows.window_view(batched.astype(_F32), spec)) is not None
     ):
         logit = _fast_windows.broadcast_param(alpha.astype(_F32), out_shape)
-        return _windows.finish(_fast_windows.view_gate_mix(x6, logit), x.dtype, unbatched)
+        return _windows.to_output(_fast_windows.view_gate_mix(view, logit), x.dtype, unbatched)
     s = jnp.broadcast_to(jax.nn.sigmoid(alpha.astype(_F32)), out_shape)
-    y = _max_mean_mix(s, _windows.window_elements(x4, spec), spec)
-    return _windows.finish(y, x.dtype, unbatched)
+    y = _max_mean_mix(s, _windows.window_elements(batched, spec), spec)
+    return _windows.to_output(y, x.dtype, unbatched)
 
 
 def _bias_for(bias, kernel_rank: int, spec: _windows.WindowSpec, channels: int) -> jax.Array:
@@ -236,27 +236,27 @@ def gated_pool(
     References:
       Lee, Gallagher, Tu. AISTATS 2016 (arXiv:1509.08985), as :func:`mixed_pool`.
     """
-    x4, unbatched = _windows.check_input(x)
-    channels = x4.shape[-1]
-    spec = _windows.window_spec(x4.shape[1:3], window_shape, strides, padding)
+    batched, unbatched = _windows.check_input(x)
+    channels = batched.shape[-1]
+    spec = _windows.window_spec(batched.shape[1:3], window_shape, strides, padding)
     weights = _window_ops.kernel_weights(gate_kernel, spec, channels, "gate_kernel")
     bias = None
     if gate_bias is not None:
         bias = _bias_for(gate_bias, jnp.ndim(gate_kernel), spec, channels)
     if (
         _windows.use_fast(implementation, _fast_windows.GATED_WINS)
-        and (x6 := _windows.window_view(x4.astype(_F32), spec)) is not None
+        and (view := _windows.window_view(batched.astype(_F32), spec)) is not None
     ):
-        logit = _fast_windows.kernel_dot(gate_kernel, spec, x6)
+        logit = _fast_windows.kernel_dot(gate_kernel, spec, view)
         if bias is not None:
             logit = logit + _fast_windows.broadcast_param(bias, logit.shape)
-        return _windows.finish(_fast_windows.view_gate_mix(x6, logit), x.dtype, unbatched)
-    elements = _window_ops.f32(_windows.window_elements(x4, spec))
+        return _windows.to_output(_fast_windows.view_gate_mix(view, logit), x.dtype, unbatched)
+    elements = _window_ops.f32(_windows.window_elements(batched, spec))
     logit = _window_ops.window_dot(weights, elements)
     if bias is not None:
         logit = logit + bias
     y = _max_mean_mix(jax.nn.sigmoid(logit), elements, spec)
-    return _windows.finish(y, x.dtype, unbatched)
+    return _windows.to_output(y, x.dtype, unbatched)
 
 
 def tree_pool(
@@ -294,9 +294,9 @@ def tree_pool(
     References:
       Lee, Gallagher, Tu. AISTATS 2016 (arXiv:1509.08985), as :func:`mixed_pool`.
     """
-    x4, unbatched = _windows.check_input(x)
-    channels = x4.shape[-1]
-    spec = _windows.window_spec(x4.shape[1:3], window_shape, strides, padding)
+    batched, unbatched = _windows.check_input(x)
+    channels = batched.shape[-1]
+    spec = _windows.window_spec(batched.shape[1:3], window_shape, strides, padding)
     leaf_kernels, gate_kernel = jnp.asarray(leaf_kernels), jnp.asarray(gate_kernel)
     if leaf_kernels.shape != (2, *gate_kernel.shape):
         raise ValueError(
@@ -308,16 +308,16 @@ def tree_pool(
     for name, kernel in kernels.items():  # shape checks
         _window_ops.kernel_weights(kernel, spec, channels, name)
     if (
-        _windows.use_fast(implementation, _fast_windows.tree_wins(x4.size))
-        and (x6 := _windows.window_view(x4.astype(_F32), spec)) is not None
+        _windows.use_fast(implementation, _fast_windows.tree_wins(batched.size))
+        and (view := _windows.window_view(batched.astype(_F32), spec)) is not None
     ):
-        gate, first, second = (_fast_windows.kernel_dot(k, spec, x6) for k in kernels.values())
+        gate, first, second = (_fast_windows.kernel_dot(k, spec, view) for k in kernels.values())
     else:
-        elements = _window_ops.f32(_windows.window_elements(x4, spec))
+        elements = _window_ops.f32(_windows.window_elements(batched, spec))
         gate, first, second = (
             _window_ops.window_dot(_window_ops.kernel_weights(k, spec, channels, name), elements)
             for name, k in kernels.items()
         )
     gate = jax.nn.sigmoid(gate)
     y = gate * first + (1 - gate) * second
-    return _windows.finish(y, x.dtype, unbatched)
+    return _windows.to_output(y, x.dtype, unbatched)

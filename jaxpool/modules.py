@@ -91,10 +91,10 @@ class Pooler(nn.Module):
     def __call__(
         self, x: jax.Array, deterministic: bool | None = None, rng: jax.Array | None = None
     ) -> jax.Array:
-        x4, _ = _windows.check_input(x)
+        batched, _ = _windows.check_input(x)
         params = {
             name: _checked_param(self, name, spec)
-            for name, spec in self.parameters(x4.shape[1:3], x4.shape[-1]).items()
+            for name, spec in self.parameters(batched.shape[1:3], batched.shape[-1]).items()
         }
         deterministic = self.merge_mode(deterministic)
         if not deterministic and rng is None:

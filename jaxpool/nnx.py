@@ -111,9 +111,9 @@ class Pooler(nnx.Module):
         rngs: nnx.Rngs | nnx.RngStream | jax.Array | None = None,
     ) -> jax.Array:
         config = self.config()
-        x4, _ = _windows.check_input(x)
+        batched, _ = _windows.check_input(x)
         params = {name: getattr(self, name)[...] for name in self.param_names}
-        needed = config.parameters(x4.shape[1:3], x4.shape[-1])
+        needed = config.parameters(batched.shape[1:3], batched.shape[-1])
         for name, spec in needed.items():
             modules.check_shape(self, name, params[name].shape, spec.shape)
         if deterministic is None:

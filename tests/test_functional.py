@@ -518,10 +518,10 @@ def test_fast_and_general_windows_agree(shape):
 
 def test_window_view_layout_and_where_it_applies():
     x = jnp.arange(2 * 7 * 6 * 3, dtype=jnp.float32).reshape(2, 7, 6, 3)
-    x6 = _windows.window_view(x, _windows.window_spec((7, 6), (3, 2), None, "VALID"))
-    assert x6.shape == (2, 2, 3, 3, 2, 3)  # the last row of 7 is cropped, as VALID drops it
+    view = _windows.window_view(x, _windows.window_spec((7, 6), (3, 2), None, "VALID"))
+    assert view.shape == (2, 2, 3, 3, 2, 3)  # the last row of 7 is cropped, as VALID drops it
     # element (a, b) of window (i, j) is x[3i + a, 2j + b]
-    np.testing.assert_array_equal(x6[1, 1, 2, 0, 1, :], x[1, 5, 1, :])
+    np.testing.assert_array_equal(view[1, 1, 2, 0, 1, :], x[1, 5, 1, :])
     for window, strides, padding in [(2, 1, "VALID"), (2, None, "SAME"), (3, 2, "VALID")]:
         spec = _windows.window_spec((7, 6), window, strides, padding)
         assert _windows.window_view(x, spec) is None, (window, strides, padding)
