@@ -289,7 +289,7 @@ class _RunDir:
     def save(self, step: int, item: dict[str, Any], *, replace: bool = False) -> None:
         self.ckpt.save(step, item, dict(self.meta), replace=replace)
 
-    def finish_epoch(self, row: dict[str, Any], params, report_inputs) -> None:
+    def record_epoch(self, row: dict[str, Any], params, report_inputs) -> None:
         self.history.append(row)
         self.meta = run_metrics.epoch_start(self.meta["epoch"] + 1, self.spec.seed)
         if not self.lead:
@@ -301,7 +301,7 @@ class _RunDir:
             models.pooler_report(params, self.spec.pooler, self.spec.pooler_kwargs, report_inputs),
         )
 
-    def finish(self, status: str, params) -> None:
+    def close(self, status: str, params) -> None:
         """Waits for the checkpoints and writes ``summary.json``."""
         self.ckpt.close()
         if self.lead:
@@ -412,17 +412,17 @@ def _epochs(runs: Sequence[_RunDir], setup: _Setup, on_epoch) -> list:
     for run in runs:
         run.meta["includes_startup"] = True  # the epoch this process starts in compiles the step
 
-    def finish_all(status: str) -> None:
+    def close_all(status: str) -> None:
         for run, item in zip(runs, group.items(state), strict=True):
             if run.active:
-                run.finish(status, item["params"])
+                run.close(status, item["params"])
 
     with _catch_signals() as received:
         while any(r.active for r in runs) and _epoch(runs) < spec.num_epochs:
             epoch = _epoch(runs)  # 0-based index of the epoch being run
             if epoch >= spec.stop_after_epochs:
                 logger.info("stopping after epoch %d (stop_after_epochs)", epoch)
-                finish_all("stopped")
+                close_all("stopped")
                 return _outcomes(runs)
             start_step = _step(state) - epoch * steps_per_epoch
             t0 = time.perf_counter()
@@ -461,7 +461,7 @@ def _epochs(runs: Sequence[_RunDir], setup: _Setup, on_epoch) -> list:
                 for run, item in zip(runs, group.items(state), strict=True):
                     if run.active:
                         run.save(step_now, item)
-                finish_all("interrupted")
+                close_all("interrupted")
                 raise Interrupted(
                     received[0],
                     f"interrupted by signal {received[0]} in epoch {epoch + 1} at global step "
@@ -470,14 +470,14 @@ def _epochs(runs: Sequence[_RunDir], setup: _Setup, on_epoch) -> list:
                 )
             _evaluate_epoch(runs, setup, state, on_epoch)
             if received:
-                finish_all("interrupted")
+                close_all("interrupted")
                 raise Interrupted(
                     received[0],
                     f"interrupted by signal {received[0]} after epoch {epoch + 1}; checkpoint "
                     f"saved in {_checkpoint_dirs(runs)}; rerun the same command to resume",
                 )
         # Still under the signal handlers: the last checkpoints' writes and summaries finish.
-        finish_all("done")
+        close_all("done")
     if received:  # then stop as asked (a sweep must not start its next run)
         raise Interrupted(
             received[0],
@@ -500,7 +500,7 @@ def _account(run, chunk_out, first, count, epoch, group, state, index) -> None:
         f"{steps_per_epoch} (global step {epoch * steps_per_epoch + step}); last good "
         f"checkpoint: {run.last_step_text()}"
     )
-    run.finish("failed", group.items(state)[index]["params"])
+    run.close("failed", group.items(state)[index]["params"])
 
 
 def _evaluate_epoch(runs: Sequence[_RunDir], setup: _Setup, state, on_epoch) -> None:
@@ -524,7 +524,7 @@ def _evaluate_epoch(runs: Sequence[_RunDir], setup: _Setup, state, on_epoch) -> 
         )
         row["seeds_in_program"] = len(runs)
         params = item["params"]
-        run.finish_epoch(row, params, _report_inputs(spec, params, setup.probe))
+        run.record_epoch(row, params, _report_inputs(spec, params, setup.probe))
         # replace: a checkpoint a signal took at this very step still marks the epoch open.
         run.save(step, item, replace=True)
         if on_epoch is not None:
