@@ -35,13 +35,9 @@ def test_entries_order_and_labels():
 
 
 def test_parsers_reject_what_they_do_not_know():
-    assert plan.parse_poolers("max, tdgs") == ["max", "tdgs"]
     assert plan.parse_temperatures("0.5,1,0.5") == [0.5, 1.0]
     assert plan.parse_temperatures(None) == []
     for parse, text in [
-        (plan.parse_poolers, "max,nope"),
-        (plan.parse_poolers, " , "),
-        (plan.parse_poolers, "max,tdgs,max"),  # a repeat is a typo, not a wish
         (plan.parse_datasets, "imagenet"),
         (plan.parse_temperatures, "1,nan"),
         (plan.parse_temperatures, "0"),

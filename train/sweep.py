@@ -110,7 +110,10 @@ def build_plans(argv: list[str]) -> tuple[list[plan.Plan], str]:
     rest = cli.parse_flags(_FLAGS, argv)
     if len(rest) > 1:
         raise cli.UsageError(f"unexpected arguments: {' '.join(rest[1:])}")
-    poolers = plan.parse_poolers(_POOLERS.value)
+    try:
+        poolers = cli.parse_poolers(_POOLERS.value)
+    except ValueError as e:
+        raise cli.UsageError(str(e)) from e
     datasets = plan.parse_datasets(_DATASETS.value)
     if _SEEDS.value < 1:
         raise cli.UsageError(f"--seeds must be >= 1, got {_SEEDS.value}")

@@ -78,14 +78,6 @@ def _split(text: str) -> list[str]:
     return [t.strip() for t in text.split(",") if t.strip()]
 
 
-def parse_poolers(text: str) -> list[str]:
-    """``--poolers`` (:func:`train.cli.parse_poolers`), its errors as usage errors."""
-    try:
-        return cli.parse_poolers(text)
-    except ValueError as e:
-        raise cli.UsageError(str(e)) from e
-
-
 def parse_datasets(text: str) -> list[str]:
     from train.core import input_pipeline
 
