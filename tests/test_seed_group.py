@@ -153,3 +153,13 @@ def test_runs_at_different_positions_are_grouped_apart(tmp_path):
         ["digits/tdgs/s0", "digits/tdgs/s1", "digits/tdgs/s2"],
     ]
     assert [len(g) for g in runner.group_plans(plans, together=False)] == [1] * 6
+
+
+@pytest.mark.slow
+def test_runs_at_different_positions_are_refused_before_training(tmp_path, data):
+    dirs = [str(tmp_path / f"s{s}") for s in (0, 1)]
+    loop.train_and_evaluate(_config(seed=0, num_epochs=2, stop_after_epochs=1), dirs[0], data=data)
+    before = _rows(dirs[0])
+    with pytest.raises(loop.PositionMismatch, match="different positions"):
+        loop.train_seed_group([_config(seed=s, num_epochs=2) for s in (0, 1)], dirs, data=data)
+    assert _rows(dirs[0]) == before and _rows(dirs[1]) == []

@@ -79,6 +79,11 @@ class NonFiniteLossError(RuntimeError):
     """The training loss became NaN or infinite."""
 
 
+class PositionMismatch(ValueError):
+    """A seed group's runs resumed at different positions (e.g. one's newest checkpoint was
+    unreadable); they can be trained one by one."""
+
+
 class Interrupted(Exception):
     """SIGINT/SIGTERM arrived; a checkpoint was saved and the run can be resumed."""
 
@@ -150,7 +155,8 @@ def train_seed_group(
       that failed it.
 
     Raises:
-      ValueError: configs that differ in more than their seeds, or runs at different positions.
+      ValueError: configs that differ in more than their seeds.
+      PositionMismatch: runs at different positions (nothing was trained).
       ConfigError, input_pipeline.DataError, Interrupted: as :func:`train_and_evaluate`.
     """
     _check_group(configs, workdirs)
@@ -345,8 +351,10 @@ class _SeedGroup:
             for run, i in zip(self.runs, items, strict=True)
         }
         if len(positions) > 1:
+            for run in self.runs:
+                run.ckpt.close()
             where = ", ".join(f"{r.workdir}: epoch {r.meta['epoch']}" for r in self.runs)
-            raise ValueError(
+            raise PositionMismatch(
                 f"a seed group's runs are at different positions ({where}); train them separately"
             )
         if items[0] is None:

@@ -113,9 +113,19 @@ def run_group(
             except loop.NonFiniteLossError as e:
                 outcomes = [e]
         else:
-            outcomes = loop.train_seed_group(
-                [p.config for p in plans], [p.run_dir for p in plans], on_epoch=on_epoch, data=data
-            )
+            try:
+                outcomes = loop.train_seed_group(
+                    [p.config for p in plans],
+                    [p.run_dir for p in plans],
+                    on_epoch=on_epoch,
+                    data=data,
+                )
+            except loop.PositionMismatch as e:
+                logger.warning("%s; training them one by one", e)
+                return [
+                    run_group([p], env, _one_of(on_epoch, i), datasets)[0]
+                    for i, p in enumerate(plans)
+                ]
     except (loop.Interrupted, KeyboardInterrupt):
         for plan, record in zip(plans, records, strict=True):
             record.update(status="interrupted", finished=_now())
@@ -133,6 +143,11 @@ def run_group(
         record.update(finished=_now(), seconds=seconds)
         _write_record(plan, record)
     return records
+
+
+def _one_of(on_epoch, index: int):
+    """``on_epoch`` of a group, for its run ``index`` trained alone."""
+    return None if on_epoch is None else (lambda _, row: on_epoch(index, row))
 
 
 def _start_record(plan: Plan, env: dict[str, Any], group_size: int) -> dict[str, Any]:
