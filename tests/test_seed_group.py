@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from configs import digits
-from train.core import input_pipeline, loop
+from train.core import device_loop, input_pipeline, loop
 from train.study import runner
 from train.study.plan import entries, make_config, plan_entry
 
@@ -163,3 +163,31 @@ def test_runs_at_different_positions_are_refused_before_training(tmp_path, data)
     with pytest.raises(loop.PositionMismatch, match="different positions"):
         loop.train_seed_group([_config(seed=s, num_epochs=2) for s in (0, 1)], dirs, data=data)
     assert _rows(dirs[0]) == before and _rows(dirs[1]) == []
+
+
+@pytest.mark.slow
+def test_a_sweep_decodes_each_dataset_once_and_compiles_once_per_shape(tmp_path, monkeypatch):
+    loads = []
+    real_load = input_pipeline.load
+
+    def counting_load(*args, **kwargs):
+        loads.append(args)
+        return real_load(*args, **kwargs)
+
+    monkeypatch.setattr(input_pipeline, "load", counting_load)
+    plans = [
+        plan_entry(e, make_config(e, epochs=1, batch_size=40), str(tmp_path))
+        for e in entries(["avg"], ["digits"], 3)
+    ]
+    compiled = []
+
+    def count_programs(index, row):
+        del index, row
+        compiled.append(device_loop.train_chunk._cache_size())
+
+    monkeypatch.setattr(runner, "_group_printer", lambda group: count_programs)
+    outcome = runner.sweep(plans, str(tmp_path), seeds_together=False)
+    assert len(outcome["done"]) == 3
+    assert len(loads) == 1
+    # The first run compiled its chunk program (if no earlier test had); the others reused it.
+    assert len(compiled) == 3 and compiled[0] == compiled[1] == compiled[2]
