@@ -10,6 +10,7 @@ import os
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import run_on_cpu_devices
 
 from configs import digits
 from train.core import device_loop, input_pipeline, loop
@@ -17,7 +18,6 @@ from train.study import runner
 from train.study.plan import entries, make_config, plan_entry
 
 TIMING_KEYS = {"train_seconds", "eval_seconds", "epoch_seconds", "images_per_second"}
-TEST_EXAMPLES = 359  # digits' test split
 
 
 def _config(**fields):
@@ -38,14 +38,25 @@ def _summary(workdir) -> dict:
 
 
 def _assert_same_metrics(got: dict, want: dict) -> None:
-    """Equal up to float rounding: a vmapped program may sum in another order than the
-    separate one (a few ulps per step, grown over an epoch's Adam steps), so losses agree to
-    rtol 1e-4 and accuracies to one test example (a prediction at a near-tie may flip)."""
+    """Equal up to float rounding and what it leads to: a vmapped program may sum in another
+    order than the separate one, and in a stochastic pooler a last-bit difference can flip a
+    sample, after which the two trajectories drift slightly apart.  Losses agree to 0.2% and
+    accuracies to 2 points (measured on CPU: 1e-8 apart in most runs, 4e-4 in one), ten times
+    less than two seeds differ (:func:`_assert_seeds_differ`)."""
     assert got["epoch"] == want["epoch"] and got["step"] == want["step"]
     for key in ("train_loss", "test_loss"):
-        np.testing.assert_allclose(got[key], want[key], rtol=1e-4, err_msg=key)
-    assert abs(got["test_accuracy"] - want["test_accuracy"]) <= 1 / TEST_EXAMPLES + 1e-12
-    assert abs(got["train_accuracy"] - want["train_accuracy"]) <= 2 / (want["step"] * 32)
+        np.testing.assert_allclose(got[key], want[key], rtol=LOSS_RTOL, err_msg=key)
+    for key in ("train_accuracy", "test_accuracy"):
+        assert abs(got[key] - want[key]) <= ACCURACY_ATOL, key
+
+
+LOSS_RTOL, ACCURACY_ATOL = 2e-3, 0.02
+
+
+def _assert_seeds_differ(first: dict, second: dict) -> None:
+    """Two seeds' metrics differ by more than ten times the tolerance of
+    :func:`_assert_same_metrics`: that check would notice swapped or shared seeds."""
+    assert abs(first["test_loss"] - second["test_loss"]) > 10 * LOSS_RTOL * first["test_loss"]
 
 
 @pytest.fixture(scope="module")
@@ -81,8 +92,7 @@ def test_each_seed_of_a_group_has_the_metrics_of_its_separate_run(tmp_path, data
         assert os.path.exists(workdir / "pooler_params.json")
         # Each run's checkpoint is its own: a separate rerun of it finds the run finished.
         assert loop.train_and_evaluate(_config(seed=seed), str(workdir), data=data) == together
-    # The two seeds really differ (not one model trained twice).
-    assert grouped[0]["train_loss"] != grouped[1]["train_loss"]
+    _assert_seeds_differ(*separate)
 
 
 @pytest.mark.slow
@@ -191,3 +201,30 @@ def test_a_sweep_decodes_each_dataset_once_and_compiles_once_per_shape(tmp_path,
     assert len(loads) == 1
     # The first run compiled its chunk program (if no earlier test had); the others reused it.
     assert len(compiled) == 3 and compiled[0] == compiled[1] == compiled[2]
+
+
+GROUP_ON_8_DEVICES = """
+import json, tempfile
+from configs import digits
+from train.core import input_pipeline, loop
+
+data = input_pipeline.load("digits")
+def config(seed):
+    c = digits.get_config()
+    c.update(pooler="stochastic", num_epochs=1, seed=seed, progress=False, batch_size=32)
+    return c
+tmp = tempfile.mkdtemp()
+alone = [loop.train_and_evaluate(config(s), f"{tmp}/a{s}", data=data) for s in (3, 0)]
+grouped = loop.train_seed_group([config(s) for s in (3, 0)], [f"{tmp}/g{s}" for s in (3, 0)], data=data)
+print(json.dumps({"alone": alone, "grouped": grouped}))
+"""
+
+
+@pytest.mark.slow
+def test_a_group_on_8_devices_has_the_metrics_of_separate_runs():
+    out = json.loads(
+        run_on_cpu_devices(GROUP_ON_8_DEVICES, flags="--xla_backend_optimization_level=0")
+    )
+    for alone, grouped in zip(out["alone"], out["grouped"], strict=True):
+        _assert_same_metrics(grouped, alone)
+    _assert_seeds_differ(*out["alone"])
