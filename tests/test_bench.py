@@ -17,12 +17,21 @@ from train import bench, cli
 from train.benchmarks import measure
 
 
-def test_pool_table_has_every_key_and_positive_times():
-    results = measure.run(["avg"], repeats=1, with_cnn=False)
-    for name in ("max", "avg"):  # max, the ratios' reference, is reported though not asked for
-        for shape in measure.POOL_SHAPES:
-            assert results["pool_fwdbwd_ms"][f"{name}@{measure._shape_key(shape)}"] > 0
-    assert set(results["misc_ms"]) == {f"copy@{measure._shape_key(s)}" for s in measure.POOL_SHAPES}
+def test_pool_table_measures_every_registered_pooler(monkeypatch):
+    # Every pooler's forward+backward runs and gets a summary row, whatever its output size (LIP
+    # ceil(N/2), fractional N/sqrt(2), MaxBlurPool's reflect padding); tiny shape, no timing.
+    monkeypatch.setattr(measure, "POOL_SHAPES", ((2, 8, 8, 4),))
+    timed = measure.time_interleaved
+    monkeypatch.setattr(
+        measure,
+        "time_interleaved",
+        lambda fns, repeats, **kw: timed(fns, repeats, **dict(kw, target_s=0.0)),
+    )
+    names = jaxpool.available()
+    results = measure.run(names, repeats=1, with_cnn=False)
+    assert set(results["pool_fwdbwd_ms"]) == {f"{n}@(2,8,8,4)" for n in names}
+    assert all(ms > 0 for ms in results["pool_fwdbwd_ms"].values())
+    assert set(results["misc_ms"]) == {"copy@(2,8,8,4)"}
     assert set(results["page_faults_per_call"]) == set(results["pool_fwdbwd_ms"]) | set(
         results["misc_ms"]
     )
@@ -30,6 +39,17 @@ def test_pool_table_has_every_key_and_positive_times():
     assert results["malloc"] == "default" and results["repeats"] == 1
     assert results["xla_flags"] == os.environ.get("XLA_FLAGS", "")
     assert results["device"].startswith(("cpu:", "gpu:", "tpu:", "cuda:", "rocm:"))
+    rows = measure.summary_table(results, names)[2:]
+    assert [row.split()[0] for row in rows] == list(names)
+    # max, the ratios' reference, is reported though not asked for
+    assert "max@(2,8,8,4)" in measure.run(["avg"], repeats=1, with_cnn=False)["pool_fwdbwd_ms"]
+
+
+def test_a_cnn_input_too_small_for_a_pooler_is_refused_before_measuring():
+    # MaxBlurPool's third pool gets 3 rows from 12 (12 -> 6 -> 3): too few for its reflect padding.
+    with pytest.raises(ValueError, match=r"--cnn-input 12,12,1: too small for the CNN with blur"):
+        measure.check_cnn_input(["max", "blur"], (12, 12, 1))
+    measure.check_cnn_input(["max", "blur", "lip", "fractional"], (16, 16, 1))
 
 
 def test_pooler_step_returns_the_forward_and_takes_the_cotangent_as_an_argument():
@@ -142,6 +162,7 @@ def test_cli_bad_flags_exit_2_with_one_line(tmp_path):
         (["--repeats", "2.5"], "error: --repeats must be an integer; got '2.5'"),
         (["--json", str(tmp_path / "nodir" / "b.json")], "is not a writable directory"),
         (["--bogus"], "error: Unknown command line flag 'bogus'"),
+        (["--poolers", "blur", "--cnn-input", "12,12,1"], "error: --cnn-input 12,12,1: too small"),
     ]
     # Started together: each pays Python and JAX start-up, nothing is measured.
     procs = []

@@ -95,6 +95,8 @@ def _run_cli(argv: Sequence[str]) -> int:
             raise ValueError(f"--repeats must be >= 1; got {_REPEATS.value}")
         cnn_input = parse_cnn_input(_CNN_INPUT.value)
         check_json_path(_JSON.value)
+        if not _SKIP_CNN.value:
+            measure.check_cnn_input(poolers, cnn_input)
     except ValueError as e:
         raise cli.UsageError(str(e)) from e
     # Before JAX allocates anything large: see keep_freed_memory.

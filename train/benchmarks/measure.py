@@ -61,7 +61,7 @@ import numpy as np
 
 import jaxpool
 from configs import default as default_config
-from train.core import run_config, steps
+from train.core import models, run_config, steps
 
 POOL_SHAPES = ((256, 32, 32, 16), (64, 16, 16, 32))
 CNN_BATCHES = (64, 256)
@@ -283,6 +283,25 @@ def cnn_train_loop(name: str, batch: int, image: Sequence[int] = CNN_IMAGE):
     return train_loop
 
 
+def check_cnn_input(poolers: Sequence[str], image: Sequence[int]) -> None:
+    """Raises ``ValueError`` naming the first of ``poolers`` whose CNN cannot take ``image``
+    (``H, W, C``): checked by tracing the CNN's init, before minutes of measuring.
+
+    Each pooler shrinks the maps its own way (LIP to ``ceil(N/2)``, fractional to ``N/sqrt(2)``),
+    and MaxBlurPool's reflect padding needs at least 4 rows and columns at its input, so the
+    smallest image differs by pooler (MaxBlurPool: 16).
+    """
+    x = jax.ShapeDtypeStruct((1, *image), jnp.float32)
+    rngs = {"params": jax.random.key(0), "pooling": jax.random.key(1)}
+    for name in poolers:
+        model = models.CNN(num_classes=10, pooler=name)
+        try:
+            jax.eval_shape(functools.partial(model.init, deterministic=True), rngs, x)
+        except ValueError as e:
+            size = ",".join(str(d) for d in image)
+            raise ValueError(f"--cnn-input {size}: too small for the CNN with {name}: {e}") from e
+
+
 def run(
     poolers: Sequence[str],
     repeats: int,
@@ -399,7 +418,7 @@ def summary_table(results: Mapping, poolers: Sequence[str]) -> list[str]:
         b for b in CNN_BATCHES if any(k.endswith(f"@{b}") for k in results["cnn_train_img_s"])
     ]
     header = "".join(
-        f"{_shape_key(s) + ' ms (x max, x copy)':>36}" + (f"{'in loop':>9}" if loop else "")
+        f"{_shape_key(s) + ' ms (x max, x copy)':>40}" + (f"{'in loop':>9}" if loop else "")
         for s in POOL_SHAPES
     )
     header += "".join(
@@ -419,7 +438,7 @@ def summary_table(results: Mapping, poolers: Sequence[str]) -> list[str]:
             key = _shape_key(shape)
             ms = pool[f"{name}@{key}"]
             ratios = f"({ms / pool[f'max@{key}']:.2f}, {ms / misc[f'copy@{key}']:.2f})"
-            row += f"{ms:>21.3f} {ratios:>14}"
+            row += f"{ms:>21.3f} {ratios:>18}"  # 18: up to (999.99, 9999.99)
             if loop:
                 row += f"{loop[f'{name}@{key}']:>9.3f}"
         for b in batches:
