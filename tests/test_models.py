@@ -73,6 +73,14 @@ def test_blur_needs_larger_maps_than_digits_leave():
     chex.assert_shape(variables["params"]["dense1"]["kernel"], (64, 128))
 
 
+@pytest.mark.parametrize("pooler", jaxpool.available())
+def test_cnn_with_every_pooler_on_mnist_sized_input(pooler):
+    model, variables, x = _init(pooler, (2, 28, 28, 1))
+    chex.assert_shape(_apply(model, variables, x, deterministic=True), (2, 10))
+    rngs = {"pooling": jax.random.key(2)}
+    chex.assert_shape(_apply(model, variables, x, deterministic=False, rngs=rngs), (2, 10))
+
+
 @pytest.mark.parametrize("shape", [(1, 28, 28, 1), (1, 32, 32, 3)])
 def test_cnn_infers_sizes_and_class_count(shape):
     _, variables, _ = _init("max", shape, num_classes=100)

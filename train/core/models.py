@@ -49,7 +49,8 @@ class CNN(nn.Module):
     same parameters (``conv1/kernel`` HWIO, ``conv1/bias``, ...), so a checkpoint of one loads
     into the other.  The value also goes to the pooler where it takes an ``implementation``
     (the study's first eight) unless ``pooler_kwargs`` sets one, which wins for the pool slots.
-    ``'reference'`` is autodiff of plain ``lax`` ops throughout.  Forward mode (``jax.jvp``) works on every path.
+    ``'reference'`` is autodiff of plain ``lax`` ops throughout.  Forward mode (``jax.jvp``)
+    works on every path.
 
     Attributes:
       num_classes: outputs of the last dense layer.
