@@ -228,3 +228,22 @@ def test_a_group_on_8_devices_has_the_metrics_of_separate_runs():
     for alone, grouped in zip(out["alone"], out["grouped"], strict=True):
         _assert_same_metrics(grouped, alone)
     _assert_seeds_differ(*out["alone"])
+
+
+@pytest.mark.slow
+def test_a_sweep_with_seeds_together_records_and_reports_it(tmp_path, capsys):
+    plans = [
+        plan_entry(e, make_config(e, epochs=1, batch_size=32), str(tmp_path))
+        for e in entries(["max"], ["digits"], 2)
+    ]
+    outcome = runner.sweep(plans, str(tmp_path), seeds_together=True)
+    assert len(outcome["done"]) == 2
+    out = capsys.readouterr().out
+    assert "2 seeds in one program" in out and "seed 1  epoch 1/1" in out
+    for p in plans:
+        with open(os.path.join(p.run_dir, "sweep_run.json")) as f:
+            record = json.load(f)
+        assert (record["status"], record["seeds_in_program"]) == ("done", 2)
+        assert _rows(p.run_dir)[0]["seeds_in_program"] == 2
+    with open(tmp_path / "report" / "report.md") as f:
+        assert "2 of 2 runs trained with other seeds in one program" in f.read()

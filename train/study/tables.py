@@ -369,6 +369,12 @@ def _provenance(runs: Sequence[Run], workdir: str) -> list[str]:
         }
     )
     lines.append(f"- Device: {', '.join(devices) if devices else 'unknown'}")
+    together = sum(1 for r in runs if r.info.get("seeds_in_program", 1) > 1)
+    if together:
+        lines.append(
+            f"- {together} of {len(runs)} runs trained with other seeds in one program "
+            "(`--seeds-together`); their s/epoch is the group's time divided among its seeds"
+        )
     lines += _time_lines(runs, sweep.get("commands", []))
     finished = sorted(r.info["finished"] for r in runs if r.info.get("finished"))
     if finished:
