@@ -3,7 +3,11 @@ real steps (the suite, the bench, a sweep) are what it runs on an accelerator, n
 
 from __future__ import annotations
 
+import os
 import sys
+import time
+
+import pytest
 
 from train.benchmarks import accelerator_check
 
@@ -49,3 +53,55 @@ def test_summary_lists_steps_and_seconds_per_epoch_against_max(tmp_path):
     together = accelerator_check.Step("seeds together", ["s"], 10, returncode=0, seconds=12.0)
     lines = accelerator_check.summary([apart, together], {}, "gpu:H200 x1")
     assert lines[-1].endswith("30.0 s apart, 12.0 s together (x0.40)")
+
+
+def test_a_step_past_its_limit_is_stopped_with_the_processes_it_started(tmp_path):
+    pid_file = tmp_path / "pid"
+    path = str(pid_file)
+    grandchild = f"import os, time; open({path!r}, 'w').write(str(os.getpid())); time.sleep(60)"
+    parent = (
+        f"import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', {grandchild!r}]); "
+        "time.sleep(60)"
+    )
+    step = accelerator_check.Step("parent", [sys.executable, "-c", parent], 3)
+    accelerator_check.run_step(step, str(tmp_path / "parent.log"))
+    assert step.returncode is None
+    pid = int(pid_file.read_text())  # the grandchild had started
+    for _ in range(50):  # reparented to init, which reaps it once killed
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.1)
+    else:
+        raise AssertionError(f"process {pid}, started by the step, outlived its time limit")
+
+
+def test_check_steps_names_groups_of_steps():
+    assert accelerator_check.parse_groups("all") == accelerator_check.GROUPS
+    assert accelerator_check.parse_groups("seeds, tests") == ("tests", "seeds")
+    for bad in ("", "tests,gpu", ","):
+        with pytest.raises(ValueError, match="--check-steps: expected 'all' or some of tests"):
+            accelerator_check.parse_groups(bad)
+
+
+def test_the_whole_check_keeps_to_its_time_and_still_writes_its_summary(tmp_path, monkeypatch):
+    def fake_plan(out, data_dir, workers):
+        def python(code):
+            return [sys.executable, "-c", code]
+
+        return [
+            accelerator_check.Step("tests", python("import time; time.sleep(60)"), 600, "tests"),
+            accelerator_check.Step("bench", python("print('bench ran')"), 600, "bench"),
+            accelerator_check.Step("sweep", python("print('sweep ran')"), 600, "sweep"),
+        ]
+
+    monkeypatch.setattr(accelerator_check, "plan", fake_plan)
+    monkeypatch.setattr(accelerator_check, "MIN_STEP_SECONDS", 2)
+    code = accelerator_check.run(str(tmp_path), None, 1, ("tests", "bench"), total_seconds=3)
+    assert code == 1
+    lines = (tmp_path / "summary.txt").read_text().splitlines()
+    assert [line.split()[0] for line in lines[2:]] == ["tests", "bench"]  # sweep not asked for
+    assert "timed out after" in lines[2]
+    assert "skipped (time spent)" in lines[3]
+    assert not (tmp_path / "bench.log").exists()

@@ -163,6 +163,8 @@ def test_cli_bad_flags_exit_2_with_one_line(tmp_path):
         (["--json", str(tmp_path / "nodir" / "b.json")], "is not a writable directory"),
         (["--bogus"], "error: Unknown command line flag 'bogus'"),
         (["--poolers", "blur", "--cnn-input", "12,12,1"], "error: --cnn-input 12,12,1: too small"),
+        (["--check", "--check-steps", "tests,gpu"], "error: --check-steps: expected 'all' or some"),
+        (["--check", "--check-seconds", "0"], "error: --check-seconds must be >= 1; got 0"),
     ]
     # Started together: each pays Python and JAX start-up, nothing is measured.
     procs = []

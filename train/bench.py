@@ -38,6 +38,15 @@ _CHECK_DATA_DIR = flags.DEFINE_string(
     "check-data-dir", None, "--check: TFDS data dir holding MNIST (default: TFDS's)."
 )
 _CHECK_WORKERS = flags.DEFINE_integer("check-workers", 4, "--check: pytest workers (-n).")
+_CHECK_STEPS = flags.DEFINE_string(
+    "check-steps", "all", "--check: 'all' or some of tests,bench,sweep,seeds (comma-separated)."
+)
+_CHECK_SECONDS = flags.DEFINE_integer(
+    "check-seconds",
+    None,
+    "--check: time limit of the whole check in seconds; steps get at most what is left and are "
+    "skipped with under 30 s left (default: each step's own limit).",
+)
 _IN_LOOP = flags.DEFINE_enum(
     "in-loop",
     "auto",
@@ -88,7 +97,19 @@ def _run_cli(argv: Sequence[str]) -> int:
 
         if _CHECK_WORKERS.value < 1:
             raise cli.UsageError(f"--check-workers must be >= 1; got {_CHECK_WORKERS.value}")
-        return accelerator_check.run(_CHECK_DIR.value, _CHECK_DATA_DIR.value, _CHECK_WORKERS.value)
+        if _CHECK_SECONDS.value is not None and _CHECK_SECONDS.value < 1:
+            raise cli.UsageError(f"--check-seconds must be >= 1; got {_CHECK_SECONDS.value}")
+        try:
+            groups = accelerator_check.parse_groups(_CHECK_STEPS.value)
+        except ValueError as e:
+            raise cli.UsageError(str(e)) from e
+        return accelerator_check.run(
+            _CHECK_DIR.value,
+            _CHECK_DATA_DIR.value,
+            _CHECK_WORKERS.value,
+            groups,
+            _CHECK_SECONDS.value,
+        )
     try:
         poolers = cli.parse_poolers(_POOLERS.value)
         if _REPEATS.value < 1:

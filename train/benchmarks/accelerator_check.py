@@ -12,6 +12,12 @@ Three steps, each a subprocess with a time limit, then one summary:
    wall times, start-up included, say whether ``--seeds-together auto`` (on for GPU/TPU, not
    measured there yet) is the right default.
 
+``--check-steps`` picks some of them (``tests``, ``bench``, ``sweep``, ``seeds``) and
+``--check-seconds`` bounds the whole check: each step then gets at most the time left, and a step
+with under :data:`MIN_STEP_SECONDS` left is skipped (a machine lent for a fixed time still gets
+its summary).  A step past its limit is stopped with every process it started (pytest's workers
+too), so nothing keeps the device after the check.
+
 Everything goes to ``--check-dir`` (default ``runs/accelerator-check``): each step's log, the
 bench JSON, the sweep workdir and ``summary.txt``.  The exit code is 0 when every step passed.
 """
@@ -22,6 +28,7 @@ import csv
 import dataclasses
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -35,18 +42,38 @@ class Step:
     name: str
     command: list[str]
     limit_s: int
-    returncode: int | None = None  # None: ran past the limit
+    group: str = ""  # the --check-steps name that selects it
+    returncode: int | None = None  # None: ran past the limit (or skipped)
     seconds: float = 0.0
     note: str = ""
+    skipped: bool = False
 
     @property
     def status(self) -> str:
+        if self.skipped:
+            return "skipped (time spent)"
         if self.returncode is None:
             return f"timed out after {self.limit_s} s"
         return "passed" if self.returncode == 0 else f"failed (exit {self.returncode})"
 
 
 SEED_GROUP_STEPS = ("seeds apart", "seeds together")
+GROUPS = ("tests", "bench", "sweep", "seeds")  # what --check-steps can name
+MIN_STEP_SECONDS = 30  # under --check-seconds, a step with less time left is skipped
+
+
+def parse_groups(text: str) -> tuple[str, ...]:
+    """``--check-steps``: ``all`` or a comma-separated subset of :data:`GROUPS`."""
+    if text.strip() == "all":
+        return GROUPS
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    unknown = [name for name in names if name not in GROUPS]
+    if unknown or not names:
+        raise ValueError(
+            f"--check-steps: expected 'all' or some of {', '.join(GROUPS)}, comma-separated; "
+            f"got {text!r}"
+        )
+    return tuple(name for name in GROUPS if name in names)
 
 
 def plan(out: str, data_dir: str | None, workers: int) -> list[Step]:
@@ -62,15 +89,21 @@ def plan(out: str, data_dir: str | None, workers: int) -> list[Step]:
 
     groups = ("--poolers", "max,tdgs", "--seeds", "3", "--seeds-together")
     return [
-        Step("tests", [python, "-m", "pytest", "-q", "-n", str(workers)], 1800),
+        Step("tests", [python, "-m", "pytest", "-q", "-n", str(workers)], 1800, "tests"),
         Step(
             "bench",
             [python, "-m", "train.bench", "--json", os.path.join(out, "bench.json")],
             900,
+            "bench",
         ),
-        Step("mnist sweep (2 epochs)", sweep("sweep", "--poolers", "all", "--seeds", "1"), 1200),
-        Step(SEED_GROUP_STEPS[0], sweep("seeds-apart", *groups, "off"), 900),
-        Step(SEED_GROUP_STEPS[1], sweep("seeds-together", *groups, "on"), 900),
+        Step(
+            "mnist sweep (2 epochs)",
+            sweep("sweep", "--poolers", "all", "--seeds", "1"),
+            1200,
+            "sweep",
+        ),
+        Step(SEED_GROUP_STEPS[0], sweep("seeds-apart", *groups, "off"), 900, "seeds"),
+        Step(SEED_GROUP_STEPS[1], sweep("seeds-together", *groups, "on"), 900, "seeds"),
     ]
 
 
@@ -79,18 +112,30 @@ def run_step(step: Step, log_path: str) -> Step:
     env = dict(os.environ, XLA_PYTHON_CLIENT_PREALLOCATE="false")
     start = time.perf_counter()
     with open(log_path, "w") as log:
+        # Its own process group, so that a timeout stops the processes it started too.
+        proc = subprocess.Popen(
+            step.command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
+        )
         try:
-            proc = subprocess.run(
-                step.command, stdout=log, stderr=subprocess.STDOUT, env=env, timeout=step.limit_s
-            )
-            step.returncode = proc.returncode
+            step.returncode = proc.wait(timeout=step.limit_s)
         except subprocess.TimeoutExpired:
             step.returncode = None
+        finally:
+            _stop_group(proc)
     step.seconds = time.perf_counter() - start
     with open(log_path) as f:
         lines = [line.strip() for line in f if line.strip()]
     step.note = lines[-1] if lines else ""
     return step
+
+
+def _stop_group(proc: subprocess.Popen) -> None:
+    """Kills whatever is left of ``proc``'s process group and reaps ``proc``."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait()
 
 
 def sweep_seconds_per_epoch(workdir: str) -> dict[str, float]:
@@ -137,12 +182,27 @@ def summary(steps: Sequence[Step], per_epoch: dict[str, float], device: str) -> 
     return lines
 
 
-def run(out: str, data_dir: str | None, workers: int) -> int:
-    """Runs every step, writes and prints the summary; returns 0 when all passed."""
+def run(
+    out: str,
+    data_dir: str | None,
+    workers: int,
+    groups: Sequence[str] = GROUPS,
+    total_seconds: float | None = None,
+) -> int:
+    """Runs the steps of ``groups`` within ``total_seconds`` (None: each step's own limit),
+    writes and prints the summary; returns 0 when all of them passed."""
     # This process never starts JAX: it would hold the device the steps need.
     os.makedirs(out, exist_ok=True)
-    steps = plan(out, data_dir, workers)
+    steps = [step for step in plan(out, data_dir, workers) if step.group in groups]
+    deadline = None if total_seconds is None else time.monotonic() + total_seconds
     for step in steps:
+        if deadline is not None:
+            left = int(deadline - time.monotonic())
+            if left < MIN_STEP_SECONDS:
+                step.skipped = True
+                print(f"== {step.name}: skipped, {max(left, 0)} s left", flush=True)
+                continue
+            step.limit_s = min(step.limit_s, left)
         print(f"== {step.name}: {' '.join(step.command)} (limit {step.limit_s} s)", flush=True)
         run_step(step, os.path.join(out, step.name.split()[0] + ".log"))
         print(f"   {step.status} in {step.seconds:.0f} s: {step.note}", flush=True)
