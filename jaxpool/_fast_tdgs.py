@@ -81,6 +81,9 @@ def tdgs_pool(
     # Minus one Gumbel per window element (unused when deterministic): TDGS subtracts it, which
     # saves XLA a negation pass over the noise.
     noise = jnp.zeros((), _F32) if deterministic else _fast_rng.neg_gumbel(key, (k, *out_shape))
+    view = _windows.window_view(batched, spec)
+    if view is not None:
+        return view_sample(view.astype(_F32), inv_t, inv_tau, noise, not deterministic)
     values = _window_ops.f32(_windows.window_elements(batched, spec))
     offsets = _window_ops.padding_offsets(_windows.valid_masks(spec), k)
     return window_sample(tuple(values), inv_t, inv_tau, tuple(offsets), noise, not deterministic)
@@ -127,4 +130,61 @@ def _window_sample_jvp(hard, primals, tangents):
     # R_k / t + g_k, finite on padding too (R = 0 there), where c_k = 0.
     unscaled = [v * inv_t - e for v, e in zip(values, noise, strict=True)]
     by_tau = _window_ops.window_dot(c, unscaled) * d_inv_tau
+    return y, by_values + inv_tau * spread * d_inv_t + by_tau
+
+
+def _noise_view(noise: jax.Array, kh: int, kw: int) -> jax.Array:
+    """The ``(K, N, Ho, Wo, C)`` noise laid out as a view ``(N, Ho, kh, Wo, kw, C)``."""
+    _, n, ho, wo, c = noise.shape
+    return noise.reshape(kh, kw, n, ho, wo, c).transpose(2, 3, 0, 4, 1, 5)
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(4,))
+def view_sample(view, inv_t, inv_tau, noise, hard):
+    """:func:`window_sample` of non-overlapping VALID windows, given as the float32 view
+    ``(N, Ho, kh, Wo, kw, C)`` of :func:`jaxpool._windows.window_view`; the other arguments as
+    there (``noise`` in the element layout, so both forms draw the same sample).
+
+    The same values; the derivative is written over the view, so that its transpose (the
+    backward pass) is one broadcasting loop that writes the input's cotangent, where the
+    element form's transpose adds K zero-padded slices.
+    """
+    values = _windows.view_elements(view)
+    offsets = [jnp.zeros((), _F32)] * len(values)
+    return _forward(values, inv_t, inv_tau, offsets, noise, hard)[0]
+
+
+@view_sample.defjvp
+def _view_sample_jvp(hard, primals, tangents):
+    view, inv_t, inv_tau, noise = primals
+    d_view, d_inv_t, d_inv_tau, _ = tangents
+    _, _, kh, _, kw, _ = view.shape
+    per_window = _fast_windows.per_window
+    values = _windows.view_elements(view)
+    # The window's scores s_k and their maximum from the elements; exp(s - max) over the view.
+    if hard:
+        scores = [(v * inv_t - e) * inv_tau for v, e in zip(values, noise, strict=True)]
+        view_scores = (view * per_window(inv_t) - _noise_view(noise, kh, kw)) * inv_tau
+    else:
+        scores = [v * inv_t for v in values]
+        view_scores = view * per_window(inv_t)
+    top = functools.reduce(jnp.maximum, scores)
+    view_exps = jnp.exp(view_scores - per_window(top))
+    exps = _windows.view_elements(view_exps)
+    inv_total = 1.0 / _window_ops.window_sum(exps)
+    mean = _window_ops.window_dot(exps, values) * inv_total  # m = sum_k w_k R_k
+    view_weights = view_exps * per_window(inv_total)
+    view_c = view_weights * (view - per_window(mean))  # c_k = w_k (R_k - m)
+    centred = [v - mean for v in values]
+    spread = _window_ops.window_dot(exps, [r * r for r in centred]) * inv_total  # sum c_k R_k
+    if not hard:
+        coefficients = view_weights + per_window(inv_t) * view_c
+        return mean, jnp.sum(coefficients * d_view, axis=(2, 4)) + spread * d_inv_t
+    index = _fast_windows.narrow_index(_window_ops.first_argmax(scores), len(values))
+    hit = _fast_windows.is_element(index, kh, kw)
+    coefficients = jnp.where(hit, 1.0, 0.0) + per_window(inv_t * inv_tau) * view_c
+    by_values = jnp.sum(coefficients * d_view, axis=(2, 4))
+    unscaled = [(v * inv_t - e) * r for v, e, r in zip(values, noise, centred, strict=True)]
+    by_tau = _window_ops.window_dot(exps, unscaled) * inv_total * d_inv_tau
+    y = _window_ops.select(index, values)
     return y, by_values + inv_tau * spread * d_inv_t + by_tau

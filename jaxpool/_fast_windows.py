@@ -89,19 +89,24 @@ def per_window(values: jax.Array) -> jax.Array:
     return values[:, :, None, :, None, :]
 
 
-def _first_max_and_index(elements: _window_ops.WindowElements) -> tuple[jax.Array, jax.Array]:
-    """Per-window max and the index of its first maximal element (int8 where K <= 127).
+def narrow_index(index: jax.Array, count: int) -> jax.Array:
+    """A window's element index (``count`` elements) as the view loops read it best: int8 where
+    ``count`` <= 127.
 
     The index goes int32 -> float32 -> int8 on purpose: converted from int32 directly (or kept
     int32) XLA:CPU compiled the backward loop over the view 3-6x slower (jaxlib 0.10.2).
     """
-    index = _window_ops.first_argmax(elements).astype(_F32)
-    if len(elements) <= 127:
-        index = index.astype(jnp.int8)
+    index = index.astype(_F32)
+    return index.astype(jnp.int8) if count <= 127 else index
+
+
+def _first_max_and_index(elements: _window_ops.WindowElements) -> tuple[jax.Array, jax.Array]:
+    """Per-window max and the index of its first maximal element (:func:`narrow_index`)."""
+    index = narrow_index(_window_ops.first_argmax(elements), len(elements))
     return functools.reduce(jnp.maximum, elements), index
 
 
-def _is_first_max(index: jax.Array, kh: int, kw: int) -> jax.Array:
+def is_element(index: jax.Array, kh: int, kw: int) -> jax.Array:
     """``(N, Ho, kh, Wo, kw, C)`` bool: the view element is element ``index`` of its window."""
     positions = (np.arange(kh)[:, None] * kw + np.arange(kw)).reshape(1, 1, kh, 1, kw, 1)
     return per_window(index) == positions.astype(index.dtype)
@@ -111,7 +116,7 @@ def _at_first_max(view_tangent: jax.Array, index: jax.Array) -> jax.Array:
     """Per window, ``view_tangent`` at the first maximal element: linear in ``view_tangent``; its
     transpose is one select over the view."""
     _, _, kh, _, kw, _ = view_tangent.shape
-    hit = _is_first_max(index, kh, kw)
+    hit = is_element(index, kh, kw)
     return jnp.sum(jnp.where(hit, view_tangent, jnp.zeros((), view_tangent.dtype)), axis=(2, 4))
 
 
