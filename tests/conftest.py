@@ -23,6 +23,11 @@ from train import cli
 # (chunk splits, resume) do not hold bitwise on a GPU.
 cli.set_xla_options()
 
+if os.environ.get("JAXPOOL_TEST_TF32") == "1":  # the suite as a GPU computes (tf32_emulation.py)
+    from tf32_emulation import install as _install_tf32
+
+    _install_tf32()
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
@@ -42,6 +47,16 @@ def run_on_cpu_devices(script: str, devices: int = 8, flags: str = "", timeout: 
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc.stdout.strip().splitlines()[-1]
+
+
+@pytest.fixture
+def highest_precision():
+    """float32 matmuls and convolutions computed in float32 on every backend.  A GPU's default
+    rounds their inputs to TF32 (10-bit mantissa), which moves a result by ~1e-3 relative: more
+    than the tests that compare two ways of computing one thing (finite differences, a vmapped
+    against a separate program) can tell from a real difference."""
+    with jax.default_matmul_precision("highest"):
+        yield
 
 
 # Every registered pooler and how to build/call it in the generic tests.

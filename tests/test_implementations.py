@@ -266,6 +266,7 @@ STRAIGHT_THROUGH = {"tdgs"}
 
 
 @pytest.mark.parametrize("deterministic", [True, False])
+@pytest.mark.usefixtures("highest_precision")  # LIP's convolution, and the vdot checks
 def test_jvp_of_every_pooler_matches_a_central_difference(pooler_name, deterministic):
     """``jax.jvp`` through each registered pooler in its default configuration (whatever
     ``'auto'`` picks), with respect to the input and the parameters, against a float32 central

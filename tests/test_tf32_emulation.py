@@ -1,0 +1,55 @@
+"""tests/tf32_emulation.py: the TF32 rounding, and that installed it changes default-precision
+matmuls and convolutions only (in a fresh process: it would change every later test's numerics)."""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+import numpy as np
+from conftest import run_on_cpu_devices
+from tf32_emulation import round_to_tf32
+
+
+def test_rounding_keeps_ten_mantissa_bits_to_nearest_even():
+    one = 1.0
+    ulp = 2.0**-10  # TF32's spacing at 1
+    x = jnp.array(
+        [one + ulp / 4, one + 3 * ulp / 4, one + ulp / 2, one + 3 * ulp / 2, -(one + 3 * ulp / 4)],
+        jnp.float32,
+    )
+    # below half: down; above half: up; exactly half: to the even neighbour (1, then 1 + 2 ulp)
+    want = [one, one + ulp, one, one + 2 * ulp, -(one + ulp)]
+    np.testing.assert_array_equal(round_to_tf32(x), np.array(want, np.float32))
+    assert round_to_tf32(jnp.ones(2, jnp.bfloat16)).dtype == jnp.bfloat16  # others untouched
+
+
+EMULATED = """
+import sys
+import jax, jax.numpy as jnp, numpy as np
+sys.path.insert(0, "tests")
+import tf32_emulation
+tf32_emulation.install()
+x = jax.random.normal(jax.random.key(0), (64, 64))
+y = jax.random.normal(jax.random.key(1), (64, 64))
+exact = np.asarray(x, np.float64) @ np.asarray(y, np.float64)
+k = jax.random.normal(jax.random.key(2), (3, 3, 4, 4))
+im = jax.random.normal(jax.random.key(3), (2, 8, 8, 4))
+conv = lambda a, b: jax.lax.conv_general_dilated(a, b, (1, 1), "SAME",
+                                                  dimension_numbers=("NHWC", "HWIO", "NHWC"))
+with jax.default_matmul_precision("highest"):
+    matmul_highest = float(np.abs(np.asarray(x @ y) - exact).max())
+    conv_highest = np.asarray(jax.jit(conv)(im, k))
+matmul_default = float(np.abs(np.asarray(jax.jit(jnp.dot)(x, y)) - exact).max())
+conv_default = float(np.abs(np.asarray(conv(im, k)) - conv_highest).max())
+grad = jax.grad(lambda b: conv(im, b).sum())(k)
+print(matmul_highest, matmul_default, conv_default, float(jnp.abs(grad).sum()))
+"""
+
+
+def test_installed_it_rounds_default_precision_matmuls_and_convolutions_only():
+    highest, default, conv_default, grad = map(
+        float, run_on_cpu_devices(EMULATED, devices=1).split()
+    )
+    assert highest < 1e-4  # float32 against float64, inner dimension 64
+    assert default > 1e-3  # TF32: ~1e-3 relative per product
+    assert conv_default > 1e-3
+    assert np.isfinite(grad) and grad > 0  # reverse mode lowers too
