@@ -166,12 +166,16 @@ def test_cli_bad_flags_exit_2_with_one_line(tmp_path):
         (["--check", "--check-steps", "tests,gpu"], "error: --check-steps: expected 'all' or some"),
         (["--check", "--check-seconds", "0"], "error: --check-seconds must be >= 1; got 0"),
     ]
-    # Started together: each pays Python and JAX start-up, nothing is measured.
+    # Started together: each pays Python and JAX start-up, nothing is measured.  On the CPU, so
+    # that no accelerator's start-up log joins the one line expected on stderr.
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
     procs = []
     for args, message in cases:
         json_path = [] if "--json" in args else ["--json", str(tmp_path / "b")]
         cmd = [sys.executable, "-m", "train.bench", *args, *json_path]
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        proc = subprocess.Popen(
+            cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+        )
         procs.append((proc, message))
     for proc, message in procs:
         _, stderr = proc.communicate(timeout=120)

@@ -113,6 +113,7 @@ def test_chunked_training_equals_step_by_step_on_the_permuted_batches(setup):
 
 
 @pytest.mark.parametrize("batch_size", [7, 359, 512])
+@pytest.mark.usefixtures("highest_precision")  # a compiled loop against one eager batch
 def test_evaluation_counts_every_example_once_and_equals_one_big_batch(batch_size):
     # The digits test split has 359 examples: 7 leaves a partial last batch (51 batches, 4
     # padded rows), 359 is exact, 512 is one batch mostly of padding.
