@@ -30,27 +30,27 @@ Non-overlapping VALID windows (the CNN's 2x2 pools) go through :func:`view_sampl
 math written over the view ``(N, Ho, kh, Wo, kw, C)`` of :func:`jaxpool._windows.window_view`, so
 that the transposed derivative is one broadcasting loop writing the input's cotangent, where the
 element form's (:func:`window_sample`) adds K zero-padded slices.  Forward + backward as below,
-view against element form alternating in one process: 1.51 / 1.89 (training / deterministic) at
-(256, 32, 32, 16) and 1.41 / 1.43 at (64, 16, 16, 32), medians of 9 rounds on the 2-core AMD EPYC
-(AVX-512) with other jobs running; the CNN's train step did not change (0.96-1.04).
+view against element form alternating in one process, two sittings (9 rounds each; the first with
+other jobs running): 1.51 / 1.38 (training) and 1.89 / 1.72 (deterministic) at (256, 32, 32, 16),
+1.41 / 1.37 and 1.43 / 1.48 at (64, 16, 16, 32); the CNN's train step did not change (0.96-1.04).
 
 ``implementation='auto'`` takes this path on the CPU backend, for every window geometry and both
 modes, where the table below shows it faster.  Forward + backward (``jax.grad`` of a weighted sum
 with respect to ``x`` and a per-position temperature, jitted), median of repeated runs, reference
-and fast alternating in one process on a 2-core Intel Xeon (AVX-512), jaxlib 0.10.2:
+and fast alternating in one process on a 2-core AMD EPYC (AVX-512), jaxlib 0.10.2:
 
   ================  ===================  =============  =============  ==================
   pooler            x shape (NHWC), 2x2  reference ms   fast ms        reference / fast
   ================  ===================  =============  =============  ==================
-  tdgs              256, 32, 32, 16      51 / 159       23 / 109       2.16 (0.83-2.39) / 1.47 (0.81-1.75)
-  tdgs              64, 16, 16, 32       1.90 / 7.79    0.89 / 2.80    2.16 (1.90-2.47) / 2.94 (2.42-3.85)
-  tdgs det.         256, 32, 32, 16      37 / 75        12 / 22        3.05 (2.93-3.33) / 3.41 (3.14-3.74)
-  tdgs det.         64, 16, 16, 32       0.60 / 2.32    0.54 / 1.72    1.12 (1.02-1.32) / 1.42 (1.16-1.79)
+  tdgs              256, 32, 32, 16      102 / 58       38 / 23        2.75 (1.83-3.66) / 2.08 (0.68-3.01)
+  tdgs              64, 16, 16, 32       3.71 / 1.76    1.62 / 0.74    2.47 (1.68-3.10) / 2.43 (2.07-2.86)
+  tdgs det.         256, 32, 32, 16      51 / 25        25 / 11        1.80 (1.43-3.05) / 2.30 (1.84-3.19)
+  tdgs det.         64, 16, 16, 32       1.46 / 0.68    0.63 / 0.38    2.07 (1.85-2.37) / 1.77 (1.68-1.91)
   ================  ===================  =============  =============  ==================
 
-Two sittings (the first figure of each pair, then the second), 7 alternating rounds each; the
-ratio is the median of the per-round ratios, with its range.  The machine was shared with other
-jobs, hence the spread; every median ratio is above 1 except where the notes say.
+Two sittings (the first figure of each pair, with other jobs running; then the second, on a quiet
+machine), 7 alternating rounds each; the ratio is the median of the per-round ratios, with its
+range.  Every median ratio is above 1.
 
 Training mode (``tdgs``, noise included) and ``deterministic=True`` (``tdgs det.``).
 """
