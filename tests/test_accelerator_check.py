@@ -104,4 +104,10 @@ def test_the_whole_check_keeps_to_its_time_and_still_writes_its_summary(tmp_path
     assert [line.split()[0] for line in lines[2:]] == ["tests", "bench"]  # sweep not asked for
     assert "timed out after" in lines[2]
     assert "skipped (time spent)" in lines[3]
-    assert not (tmp_path / "bench.log").exists()
+    assert (tmp_path / "tests.log").exists() and not (tmp_path / "bench.log").exists()
+
+
+def test_every_step_has_its_own_log(tmp_path):
+    names = [accelerator_check.log_name(s.name) for s in accelerator_check.plan("o", None, 1)]
+    assert len(set(names)) == len(names)
+    assert "seeds-apart.log" in names and "mnist-sweep-2-epochs.log" in names

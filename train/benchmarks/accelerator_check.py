@@ -18,8 +18,8 @@ with under :data:`MIN_STEP_SECONDS` left is skipped (a machine lent for a fixed 
 its summary).  A step past its limit is stopped with every process it started (pytest's workers
 too), so nothing keeps the device after the check.
 
-Everything goes to ``--check-dir`` (default ``runs/accelerator-check``): each step's log, the
-bench JSON, the sweep workdir and ``summary.txt``.  The exit code is 0 when every step passed.
+Everything goes to ``--check-dir`` (default ``runs/accelerator-check``): each step's log
+(:func:`log_name`), the bench JSON, the sweep workdirs and ``summary.txt``.  The exit code is 0 when every step passed.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ import csv
 import dataclasses
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -129,6 +130,11 @@ def run_step(step: Step, log_path: str) -> Step:
     return step
 
 
+def log_name(step_name: str) -> str:
+    """The file a step's output goes to: ``seeds apart`` -> ``seeds-apart.log``."""
+    return re.sub(r"[^a-z0-9]+", "-", step_name.lower()).strip("-") + ".log"
+
+
 def _stop_group(proc: subprocess.Popen) -> None:
     """Kills whatever is left of ``proc``'s process group and reaps ``proc``."""
     try:
@@ -204,7 +210,7 @@ def run(
                 continue
             step.limit_s = min(step.limit_s, left)
         print(f"== {step.name}: {' '.join(step.command)} (limit {step.limit_s} s)", flush=True)
-        run_step(step, os.path.join(out, step.name.split()[0] + ".log"))
+        run_step(step, os.path.join(out, log_name(step.name)))
         print(f"   {step.status} in {step.seconds:.0f} s: {step.note}", flush=True)
     bench = read_json(os.path.join(out, "bench.json")) or {}
     device = bench.get("device", "the device the bench would have named (it did not finish)")
