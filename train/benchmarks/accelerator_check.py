@@ -19,7 +19,8 @@ its summary).  A step past its limit is stopped with every process it started (p
 too), so nothing keeps the device after the check.
 
 Everything goes to ``--check-dir`` (default ``runs/accelerator-check``): each step's log
-(:func:`log_name`), the bench JSON, the sweep workdirs and ``summary.txt``.  The exit code is 0 when every step passed.
+(:func:`log_name`), the bench JSON, the sweep workdirs and ``summary.txt``.  The exit code is 0
+when every step passed.
 """
 
 from __future__ import annotations
