@@ -3,6 +3,7 @@ real steps (the suite, the bench, a sweep) are what it runs on an accelerator, n
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import time
@@ -26,11 +27,18 @@ def test_steps_record_status_time_and_last_line(tmp_path):
 def test_plan_bounds_every_step_and_passes_the_data_dir(tmp_path):
     steps = accelerator_check.plan(str(tmp_path), "/data/tfds", workers=3)
     assert [s.name for s in steps] == [
-        "tests", "bench", "mnist sweep (2 epochs)", "seeds apart", "seeds together"
+        "tests", "bench", "mnist sweep (2 epochs)", "seeds apart", "seeds together",
+        "deterministic ops on", "deterministic ops off",
     ]  # fmt: skip
+    on, off = steps[5:]
+    at = on.command.index("--workdir") + 1  # the same training, in two directories
+    assert on.command[:at] + on.command[at + 1 :] == off.command[:at] + off.command[at + 1 :]
+    assert on.command[at] != off.command[at] and on.command[-2:] == ["--data-dir", "/data/tfds"]
+    assert "XLA_FLAGS" not in on.env
+    assert off.env["XLA_FLAGS"].endswith("--xla_gpu_deterministic_ops=false")
     assert all(s.limit_s > 0 for s in steps)
     assert steps[0].command[-2:] == ["-n", "3"]
-    for sweep in steps[2:]:
+    for sweep in steps[2:5]:
         assert sweep.command[-2:] == ["--data-dir", "/data/tfds"]
         assert "--epochs" in sweep.command and "2" in sweep.command
     assert ["--seeds-together", "off"] == steps[3].command[-4:-2]
@@ -111,3 +119,25 @@ def test_every_step_has_its_own_log(tmp_path):
     names = [accelerator_check.log_name(s.name) for s in accelerator_check.plan("o", None, 1)]
     assert len(set(names)) == len(names)
     assert "seeds-apart.log" in names and "mnist-sweep-2-epochs.log" in names
+
+
+def test_determinism_steps_give_epoch_2_training_and_evaluation_seconds(tmp_path):
+    rows = [
+        {"epoch": 1, "train_seconds": 5.0, "eval_seconds": 1.0},
+        {"epoch": 2, "train_seconds": 0.25, "eval_seconds": 0.02},
+    ]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert accelerator_check.epoch_seconds(str(tmp_path)) == (0.25, 0.02)
+    assert accelerator_check.epoch_seconds(str(tmp_path / "missing")) is None
+    timed = {"on": (0.25, 0.02), "off": (0.2, 0.02)}
+    lines = accelerator_check.summary([], {}, "gpu:H200 x1", timed)
+    assert lines[-3].endswith("ops on: training 0.250 s, evaluating the test split 0.020 s")
+    assert lines[-1] == "  cost of exactness: training x1.25"
+
+
+def test_a_step_gets_its_own_environment_on_top_of_the_process(tmp_path, monkeypatch):
+    monkeypatch.setenv("KEPT", "yes")
+    code = "import os; print(os.environ['KEPT'], os.environ['ADDED'])"
+    step = accelerator_check.Step("env", [sys.executable, "-c", code], 60, env={"ADDED": "1"})
+    accelerator_check.run_step(step, str(tmp_path / "env.log"))
+    assert (step.status, step.note) == ("passed", "yes 1")

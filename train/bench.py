@@ -39,7 +39,9 @@ _CHECK_DATA_DIR = flags.DEFINE_string(
 )
 _CHECK_WORKERS = flags.DEFINE_integer("check-workers", 4, "--check: pytest workers (-n).")
 _CHECK_STEPS = flags.DEFINE_string(
-    "check-steps", "all", "--check: 'all' or some of tests,bench,sweep,seeds (comma-separated)."
+    "check-steps",
+    "all",
+    "--check: 'all' or some of tests,bench,sweep,seeds,determinism (comma-separated).",
 )
 _CHECK_SECONDS = flags.DEFINE_integer(
     "check-seconds",

@@ -10,7 +10,11 @@ Three steps, each a subprocess with a time limit, then one summary:
 4. seed groups: the MNIST sweep of max and tdgs, 3 seeds, 2 epochs, once with each seed its own
    program and once with the seeds of a pooler in one (``--seeds-together off``/``on``): their
    wall times, start-up included, say whether ``--seeds-together auto`` (on for GPU/TPU, not
-   measured there yet) is the right default.
+   measured there yet) is the right default;
+5. determinism: ``train.main`` on MNIST with max pooling, 2 epochs, with the deterministic XLA:GPU
+   ops it runs with (:mod:`train.core.xla_gpu`, what makes a resume exact) and without them
+   (``XLA_FLAGS=--xla_gpu_deterministic_ops=false``): epoch 2's training and evaluation seconds
+   of each give the cost of exactness and the time to evaluate the 10,000 test images.
 
 ``--check-steps`` picks some of them (``tests``, ``bench``, ``sweep``, ``seeds``) and
 ``--check-seconds`` bounds the whole check: each step then gets at most the time left, and a step
@@ -49,6 +53,7 @@ class Step:
     seconds: float = 0.0
     note: str = ""
     skipped: bool = False
+    env: dict[str, str] = dataclasses.field(default_factory=dict)  # added to the environment
 
     @property
     def status(self) -> str:
@@ -60,7 +65,8 @@ class Step:
 
 
 SEED_GROUP_STEPS = ("seeds apart", "seeds together")
-GROUPS = ("tests", "bench", "sweep", "seeds")  # what --check-steps can name
+DETERMINISM_STEPS = ("deterministic ops on", "deterministic ops off")
+GROUPS = ("tests", "bench", "sweep", "seeds", "determinism")  # what --check-steps can name
 MIN_STEP_SECONDS = 30  # under --check-seconds, a step with less time left is skipped
 
 
@@ -89,7 +95,17 @@ def plan(out: str, data_dir: str | None, workers: int) -> list[Step]:
         ]  # fmt: skip
         return command + (["--data-dir", data_dir] if data_dir else [])
 
+    def train(workdir: str) -> list[str]:
+        command = [
+            python, "-m", "train.main", "--dataset", "mnist", "--pooler", "max", "--epochs", "2",
+            "--workdir", os.path.join(out, workdir), "--quiet",
+        ]  # fmt: skip
+        return command + (["--data-dir", data_dir] if data_dir else [])
+
     groups = ("--poolers", "max,tdgs", "--seeds", "3", "--seeds-together")
+    # The user's XLA flags kept, deterministic ops turned off (train.cli leaves a choice alone).
+    user_flags = os.environ.get("XLA_FLAGS", "")
+    nondeterministic = {"XLA_FLAGS": f"{user_flags} --xla_gpu_deterministic_ops=false".strip()}
     return [
         Step("tests", [python, "-m", "pytest", "-q", "-n", str(workers)], 1800, "tests"),
         Step(
@@ -106,12 +122,20 @@ def plan(out: str, data_dir: str | None, workers: int) -> list[Step]:
         ),
         Step(SEED_GROUP_STEPS[0], sweep("seeds-apart", *groups, "off"), 900, "seeds"),
         Step(SEED_GROUP_STEPS[1], sweep("seeds-together", *groups, "on"), 900, "seeds"),
+        Step(DETERMINISM_STEPS[0], train("deterministic-on"), 600, "determinism"),
+        Step(
+            DETERMINISM_STEPS[1],
+            train("deterministic-off"),
+            600,
+            "determinism",
+            env=nondeterministic,
+        ),
     ]
 
 
 def run_step(step: Step, log_path: str) -> Step:
     """Runs ``step`` with its output in ``log_path``; fills in its outcome."""
-    env = dict(os.environ, XLA_PYTHON_CLIENT_PREALLOCATE="false")
+    env = dict(os.environ, XLA_PYTHON_CLIENT_PREALLOCATE="false", **step.env)
     start = time.perf_counter()
     with open(log_path, "w") as log:
         # Its own process group, so that a timeout stops the processes it started too.
@@ -158,6 +182,17 @@ def sweep_seconds_per_epoch(workdir: str) -> dict[str, float]:
         }
 
 
+def epoch_seconds(workdir: str, epoch: int = 2) -> tuple[float, float] | None:
+    """``(train, eval)`` seconds of ``epoch`` from a run's ``metrics.jsonl``; None if missing."""
+    try:
+        with open(os.path.join(workdir, "metrics.jsonl")) as f:
+            rows = [json.loads(line) for line in f if line.strip()]
+    except (OSError, json.JSONDecodeError):
+        return None
+    row = next((r for r in rows if r.get("epoch") == epoch), None)
+    return None if row is None else (float(row["train_seconds"]), float(row["eval_seconds"]))
+
+
 def read_json(path: str) -> dict | None:
     try:
         with open(path) as f:
@@ -166,7 +201,14 @@ def read_json(path: str) -> dict | None:
         return None
 
 
-def summary(steps: Sequence[Step], per_epoch: dict[str, float], device: str) -> list[str]:
+def summary(
+    steps: Sequence[Step],
+    per_epoch: dict[str, float],
+    device: str,
+    determinism: dict[str, tuple[float, float]] | None = None,
+) -> list[str]:
+    """The summary's lines.  ``determinism``: ``on``/``off`` -> epoch 2's (train, eval) seconds
+    of :data:`DETERMINISM_STEPS` (those that ran)."""
     lines = [f"accelerator check on {device}", ""]
     lines += [f"{s.name:<24}{s.status:<28}{s.seconds:>8.0f} s   {s.note}" for s in steps]
     if per_epoch:
@@ -186,6 +228,16 @@ def summary(steps: Sequence[Step], per_epoch: dict[str, float], device: str) -> 
             f"{apart.seconds:.1f} s apart, {together.seconds:.1f} s together "
             f"(x{together.seconds / apart.seconds:.2f})",
         ]
+    for mode, (train_s, eval_s) in (determinism or {}).items():
+        if mode == "on":
+            lines.append("")
+        lines.append(
+            f"MNIST max, epoch 2, deterministic XLA:GPU ops {mode}: training {train_s:.3f} s, "
+            f"evaluating the test split {eval_s:.3f} s"
+        )
+    timed = determinism or {}
+    if "on" in timed and "off" in timed:
+        lines.append(f"  cost of exactness: training x{timed['on'][0] / timed['off'][0]:.2f}")
     return lines
 
 
@@ -214,8 +266,17 @@ def run(
         run_step(step, os.path.join(out, log_name(step.name)))
         print(f"   {step.status} in {step.seconds:.0f} s: {step.note}", flush=True)
     bench = read_json(os.path.join(out, "bench.json")) or {}
-    device = bench.get("device", "the device the bench would have named (it did not finish)")
-    lines = summary(steps, sweep_seconds_per_epoch(os.path.join(out, "sweep")), device)
+    device = bench.get(
+        "device", "an unnamed device (the bench step, which names it, did not finish)"
+    )
+    determinism = {
+        mode: seconds
+        for mode, step in zip(("on", "off"), DETERMINISM_STEPS, strict=True)
+        if any(s.name == step and s.returncode == 0 for s in steps)
+        and (seconds := epoch_seconds(os.path.join(out, f"deterministic-{mode}"))) is not None
+    }
+    per_epoch = sweep_seconds_per_epoch(os.path.join(out, "sweep"))
+    lines = summary(steps, per_epoch, device, determinism)
     with open(os.path.join(out, "summary.txt"), "w") as f:
         f.write("\n".join(lines) + "\n")
     print("\n".join(lines))
