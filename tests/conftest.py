@@ -23,10 +23,10 @@ from train import cli
 # (chunk splits, resume) do not hold bitwise on a GPU.
 cli.set_xla_options()
 
-if os.environ.get("JAXPOOL_TEST_TF32") == "1":  # the suite as a GPU computes (tf32_emulation.py)
-    from tf32_emulation import install as _install_tf32
+if os.environ.get("JAXPOOL_TEST_MATMUL"):  # the suite as a GPU/TPU computes (matmul_rounding.py)
+    from matmul_rounding import install as _install_matmul_rounding
 
-    _install_tf32()
+    _install_matmul_rounding(os.environ["JAXPOOL_TEST_MATMUL"])
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -52,9 +52,10 @@ def run_on_cpu_devices(script: str, devices: int = 8, flags: str = "", timeout: 
 @pytest.fixture
 def highest_precision():
     """float32 matmuls and convolutions computed in float32 on every backend.  A GPU's default
-    rounds their inputs to TF32 (10-bit mantissa), which moves a result by ~1e-3 relative: more
-    than the tests that compare two ways of computing one thing (finite differences, a vmapped
-    against a separate program) can tell from a real difference."""
+    rounds their inputs to TF32 (10-bit mantissa), a TPU's to bfloat16 (7 bits), which moves a
+    result by ~1e-3 relative or more: more than the tests that compare two ways of computing one
+    thing (finite differences, a vmapped against a separate program) can tell from a real
+    difference."""
     with jax.default_matmul_precision("highest"):
         yield
 

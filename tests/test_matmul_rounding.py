@@ -1,33 +1,38 @@
-"""tests/tf32_emulation.py: the TF32 rounding, and that installed it changes default-precision
+"""tests/matmul_rounding.py: the rounding, and that installed it changes default-precision
 matmuls and convolutions only (in a fresh process: it would change every later test's numerics)."""
 
 from __future__ import annotations
 
 import jax.numpy as jnp
+import matmul_rounding
 import numpy as np
+import pytest
 from conftest import run_on_cpu_devices
-from tf32_emulation import round_to_tf32
+from matmul_rounding import round_mantissa
 
 
-def test_rounding_keeps_ten_mantissa_bits_to_nearest_even():
+@pytest.mark.parametrize("bits", [10, 7])
+def test_rounding_keeps_the_mantissa_bits_to_nearest_even(bits):
     one = 1.0
-    ulp = 2.0**-10  # TF32's spacing at 1
+    ulp = 2.0**-bits  # the spacing at 1
     x = jnp.array(
         [one + ulp / 4, one + 3 * ulp / 4, one + ulp / 2, one + 3 * ulp / 2, -(one + 3 * ulp / 4)],
         jnp.float32,
     )
     # below half: down; above half: up; exactly half: to the even neighbour (1, then 1 + 2 ulp)
     want = [one, one + ulp, one, one + 2 * ulp, -(one + ulp)]
-    np.testing.assert_array_equal(round_to_tf32(x), np.array(want, np.float32))
-    assert round_to_tf32(jnp.ones(2, jnp.bfloat16)).dtype == jnp.bfloat16  # others untouched
+    np.testing.assert_array_equal(round_mantissa(x, bits), np.array(want, np.float32))
+    assert round_mantissa(jnp.ones(2, jnp.bfloat16), bits).dtype == jnp.bfloat16  # untouched
+    with pytest.raises(ValueError, match="JAXPOOL_TEST_MATMUL: expected one of"):
+        matmul_rounding.install("fp8")
 
 
 EMULATED = """
 import sys
 import jax, jax.numpy as jnp, numpy as np
 sys.path.insert(0, "tests")
-import tf32_emulation
-tf32_emulation.install()
+import matmul_rounding
+matmul_rounding.install("tf32")
 x = jax.random.normal(jax.random.key(0), (64, 64))
 y = jax.random.normal(jax.random.key(1), (64, 64))
 exact = np.asarray(x, np.float64) @ np.asarray(y, np.float64)
