@@ -141,3 +141,13 @@ def test_a_step_gets_its_own_environment_on_top_of_the_process(tmp_path, monkeyp
     step = accelerator_check.Step("env", [sys.executable, "-c", code], 60, env={"ADDED": "1"})
     accelerator_check.run_step(step, str(tmp_path / "env.log"))
     assert (step.status, step.note) == ("passed", "yes 1")
+
+
+def test_an_earlier_checks_directory_is_refused(tmp_path):
+    accelerator_check.check_out_dir(str(tmp_path / "new"))
+    accelerator_check.check_out_dir(str(tmp_path))  # empty
+    (tmp_path / "summary.txt").write_text("an earlier check")
+    with pytest.raises(ValueError, match=r"already holds files .* remove it or give another"):
+        accelerator_check.check_out_dir(str(tmp_path))
+    with pytest.raises(ValueError, match="already holds files"):
+        accelerator_check.run(str(tmp_path), None, 1, ())

@@ -156,6 +156,9 @@ def test_bad_cnn_input_is_refused(text):
 
 
 def test_cli_bad_flags_exit_2_with_one_line(tmp_path):
+    old_check = tmp_path / "old-check"
+    old_check.mkdir()
+    (old_check / "summary.txt").write_text("an earlier check")
     allowed = "allowed: all or a comma-separated subset of " + ", ".join(jaxpool.available())
     cases = [
         (["--poolers", "median"], f"error: --poolers: unknown pooler(s) median; {allowed}"),
@@ -165,6 +168,7 @@ def test_cli_bad_flags_exit_2_with_one_line(tmp_path):
         (["--poolers", "blur", "--cnn-input", "12,12,1"], "error: --cnn-input 12,12,1: too small"),
         (["--check", "--check-steps", "tests,gpu"], "error: --check-steps: expected 'all' or some"),
         (["--check", "--check-seconds", "0"], "error: --check-seconds must be >= 1; got 0"),
+        (["--check", "--check-dir", str(old_check)], f"error: --check-dir {old_check} already"),
     ]
     # Started together: each pays Python and JAX start-up, nothing is measured.  On the CPU, so
     # that no accelerator's start-up log joins the one line expected on stderr.

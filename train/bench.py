@@ -103,6 +103,7 @@ def _run_cli(argv: Sequence[str]) -> int:
             raise cli.UsageError(f"--check-seconds must be >= 1; got {_CHECK_SECONDS.value}")
         try:
             groups = accelerator_check.parse_groups(_CHECK_STEPS.value)
+            accelerator_check.check_out_dir(_CHECK_DIR.value)
         except ValueError as e:
             raise cli.UsageError(str(e)) from e
         return accelerator_check.run(

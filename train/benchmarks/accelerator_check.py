@@ -1,6 +1,6 @@
 """``python -m train.bench --check``: what to run on a machine with a GPU or TPU, in one command.
 
-Three steps, each a subprocess with a time limit, then one summary:
+Steps, each a subprocess with a time limit, then one summary:
 
 1. the test suite (``python -m pytest -q -n N``; each worker's JAX allocates GPU memory as it goes,
    not 75% of it up front, so the workers share the device);
@@ -16,15 +16,16 @@ Three steps, each a subprocess with a time limit, then one summary:
    (``XLA_FLAGS=--xla_gpu_deterministic_ops=false``): epoch 2's training and evaluation seconds
    of each give the cost of exactness and the time to evaluate the 10,000 test images.
 
-``--check-steps`` picks some of them (``tests``, ``bench``, ``sweep``, ``seeds``) and
+``--check-steps`` picks some of them (``tests``, ``bench``, ``sweep``, ``seeds``, ``determinism``) and
 ``--check-seconds`` bounds the whole check: each step then gets at most the time left, and a step
 with under :data:`MIN_STEP_SECONDS` left is skipped (a machine lent for a fixed time still gets
 its summary).  A step past its limit is stopped with every process it started (pytest's workers
 too), so nothing keeps the device after the check.
 
 Everything goes to ``--check-dir`` (default ``runs/accelerator-check``): each step's log
-(:func:`log_name`), the bench JSON, the sweep workdirs and ``summary.txt``.  The exit code is 0
-when every step passed.
+(:func:`log_name`), the bench JSON, the run directories and ``summary.txt``.  It must be new or
+empty: the sweeps and runs of an earlier check would resume, finished, and time nothing.  The exit
+code is 0 when every step passed.
 """
 
 from __future__ import annotations
@@ -131,6 +132,15 @@ def plan(out: str, data_dir: str | None, workers: int) -> list[Step]:
             env=nondeterministic,
         ),
     ]
+
+
+def check_out_dir(out: str) -> None:
+    """``--check-dir`` must be new or empty (module docstring); raises ValueError otherwise."""
+    if os.path.exists(out) and (not os.path.isdir(out) or os.listdir(out)):
+        raise ValueError(
+            f"--check-dir {out} already holds files (an earlier check?): its runs would resume, "
+            "finished, and time nothing; remove it or give another directory"
+        )
 
 
 def run_step(step: Step, log_path: str) -> Step:
@@ -251,6 +261,7 @@ def run(
     """Runs the steps of ``groups`` within ``total_seconds`` (None: each step's own limit),
     writes and prints the summary; returns 0 when all of them passed."""
     # This process never starts JAX: it would hold the device the steps need.
+    check_out_dir(out)
     os.makedirs(out, exist_ok=True)
     steps = [step for step in plan(out, data_dir, workers) if step.group in groups]
     deadline = None if total_seconds is None else time.monotonic() + total_seconds
