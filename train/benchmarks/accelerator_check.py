@@ -16,10 +16,10 @@ Steps, each a subprocess with a time limit, then one summary:
    (``XLA_FLAGS=--xla_gpu_deterministic_ops=false``): epoch 2's training and evaluation seconds
    of each give the cost of exactness and the time to evaluate the 10,000 test images.
 
-``--check-steps`` picks some of them (``tests``, ``bench``, ``sweep``, ``seeds``, ``determinism``) and
-``--check-seconds`` bounds the whole check: each step then gets at most the time left, and a step
-with under :data:`MIN_STEP_SECONDS` left is skipped (a machine lent for a fixed time still gets
-its summary).  A step past its limit is stopped with every process it started (pytest's workers
+``--check-steps`` picks some of them (``tests``, ``bench``, ``sweep``, ``seeds``,
+``determinism``) and ``--check-seconds`` bounds the whole check: each step then gets at most the
+time left, and a step with under :data:`MIN_STEP_SECONDS` left is skipped (a machine lent for a
+fixed time still gets its summary).  A step past its limit is stopped with every process it started (pytest's workers
 too), so nothing keeps the device after the check.
 
 Everything goes to ``--check-dir`` (default ``runs/accelerator-check``): each step's log
