@@ -41,11 +41,11 @@ def _assert_same_metrics(got: dict, want: dict) -> None:
     """Equal up to float rounding and what it leads to: a vmapped program may sum in another
     order than the separate one, and in a stochastic pooler a last-bit difference can flip a
     sample, after which the two trajectories drift slightly apart.  Losses agree to 0.2% and
-    accuracies to 2 points (measured on CPU: 1e-8 apart in most runs, 4e-4 in one), ten times
-    less than two seeds differ (:func:`_assert_seeds_differ`).  The programs run at the highest
-    matmul precision: with TF32 convolutions (a GPU's default; emulated on CPU) the vmapped and
-    the separate programs round differently at 1e-3, and their test losses drifted 0.25% apart,
-    accuracies 4.7 points."""
+    accuracies to 2 points (measured on CPU: 1e-8 apart in most runs, 4e-4 in one), at least
+    five times less than two seeds differ (:func:`_assert_seeds_differ`).  The programs run at
+    the highest matmul precision: with TF32 convolutions (a GPU's default; emulated on CPU) the
+    vmapped and the separate programs round differently at 1e-3, and their test losses drifted
+    0.25% apart, accuracies 4.7 points."""
     assert got["epoch"] == want["epoch"] and got["step"] == want["step"]
     for key in ("train_loss", "test_loss"):
         np.testing.assert_allclose(got[key], want[key], rtol=LOSS_RTOL, err_msg=key)
@@ -57,9 +57,12 @@ LOSS_RTOL, ACCURACY_ATOL = 2e-3, 0.02
 
 
 def _assert_seeds_differ(first: dict, second: dict) -> None:
-    """Two seeds' metrics differ by more than ten times the tolerance of
-    :func:`_assert_same_metrics`: that check would notice swapped or shared seeds."""
-    assert abs(first["test_loss"] - second["test_loss"]) > 10 * LOSS_RTOL * first["test_loss"]
+    """Two seeds' losses differ by more than five times the tolerance of
+    :func:`_assert_same_metrics`, so that check would notice swapped or shared seeds.  How far two
+    seeds land apart is itself random: with the reference paths (what a GPU or TPU runs) seeds 3
+    and 0 ended 1.5% apart in test loss (7x the tolerance), with CPU's fast paths further."""
+    apart = max(abs(first[k] - second[k]) / first[k] for k in ("train_loss", "test_loss"))
+    assert apart > 5 * LOSS_RTOL, apart
 
 
 @pytest.fixture(scope="module")
