@@ -300,5 +300,10 @@ def use_fast(implementation: str, measured_faster_on_cpu: bool) -> bool:
     for ``'auto'`` only on the CPU backend and only where ``measured_faster_on_cpu`` (the fast
     paths were measured on XLA:CPU alone, so GPU and TPU run the reference)."""
     if check_implementation(implementation) == "auto":
-        return measured_faster_on_cpu and jax.default_backend() == "cpu"
+        return measured_faster_on_cpu and on_measured_backend()
     return implementation == "fast"
+
+
+def on_measured_backend() -> bool:
+    """Whether JAX's default backend is the CPU, where the fast paths were measured."""
+    return jax.default_backend() == "cpu"

@@ -23,10 +23,10 @@ from train import cli
 # (chunk splits, resume) do not hold bitwise on a GPU.
 cli.set_xla_options()
 
-if os.environ.get("JAXPOOL_TEST_MATMUL"):  # the suite as a GPU/TPU computes (matmul_rounding.py)
-    from matmul_rounding import install as _install_matmul_rounding
+if os.environ.get("JAXPOOL_TEST_AS"):  # the suite as a GPU/TPU computes (accelerator_emulation.py)
+    from accelerator_emulation import install as _install_accelerator_emulation
 
-    _install_matmul_rounding(os.environ["JAXPOOL_TEST_MATMUL"])
+    _install_accelerator_emulation(os.environ["JAXPOOL_TEST_AS"])
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 

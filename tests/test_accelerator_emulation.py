@@ -1,14 +1,15 @@
-"""tests/matmul_rounding.py: the rounding, and that installed it changes default-precision
-matmuls and convolutions only (in a fresh process: it would change every later test's numerics)."""
+"""tests/accelerator_emulation.py: the rounding, and that installed it changes default-precision
+matmuls and convolutions only and makes 'auto' take the reference paths (in a fresh process: it
+would change every later test)."""
 
 from __future__ import annotations
 
+import accelerator_emulation
 import jax.numpy as jnp
-import matmul_rounding
 import numpy as np
 import pytest
+from accelerator_emulation import round_mantissa
 from conftest import run_on_cpu_devices
-from matmul_rounding import round_mantissa
 
 
 @pytest.mark.parametrize("bits", [10, 7])
@@ -23,16 +24,19 @@ def test_rounding_keeps_the_mantissa_bits_to_nearest_even(bits):
     want = [one, one + ulp, one, one + 2 * ulp, -(one + ulp)]
     np.testing.assert_array_equal(round_mantissa(x, bits), np.array(want, np.float32))
     assert round_mantissa(jnp.ones(2, jnp.bfloat16), bits).dtype == jnp.bfloat16  # untouched
-    with pytest.raises(ValueError, match="JAXPOOL_TEST_MATMUL: expected one of"):
-        matmul_rounding.install("fp8")
+    with pytest.raises(ValueError, match="JAXPOOL_TEST_AS: expected one of"):
+        accelerator_emulation.install("fpga")
 
 
 EMULATED = """
 import sys
 import jax, jax.numpy as jnp, numpy as np
 sys.path.insert(0, "tests")
-import matmul_rounding
-matmul_rounding.install("tf32")
+import accelerator_emulation
+from jaxpool import _windows
+assert _windows.use_fast("auto", True)
+accelerator_emulation.install("gpu")
+assert not _windows.use_fast("auto", True) and _windows.use_fast("fast", True)
 x = jax.random.normal(jax.random.key(0), (64, 64))
 y = jax.random.normal(jax.random.key(1), (64, 64))
 exact = np.asarray(x, np.float64) @ np.asarray(y, np.float64)
@@ -50,7 +54,7 @@ print(matmul_highest, matmul_default, conv_default, float(jnp.abs(grad).sum()))
 """
 
 
-def test_installed_it_rounds_default_precision_matmuls_and_convolutions_only():
+def test_installed_it_rounds_default_precision_matmuls_and_takes_the_reference_paths():
     highest, default, conv_default, grad = map(
         float, run_on_cpu_devices(EMULATED, devices=1).split()
     )

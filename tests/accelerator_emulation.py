@@ -1,20 +1,23 @@
-"""An accelerator's default matmul precision on the CPU, for running the suite as a GPU or a TPU
-computes: ``JAXPOOL_TEST_MATMUL=tf32`` (GPU) or ``=bf16`` (TPU) ``python -m pytest ...``
-(``tests/conftest.py`` calls :func:`install`).
+"""A GPU's or a TPU's numerics and choices on the CPU, for running the suite as an accelerator
+computes: ``JAXPOOL_TEST_AS=gpu`` (or ``tpu``) ``python -m pytest ...`` (``tests/conftest.py``
+calls :func:`install`).  Two things differ there:
 
-At the default precision a GPU computes float32 matmuls and convolutions in TF32 (inputs rounded
-to a 10-bit mantissa, products summed in float32) and a TPU in one bfloat16 pass (7-bit
-mantissa).  XLA:CPU computes them in float32 whatever the precision asks.  :func:`install`
-registers CPU lowerings of ``dot_general`` and ``conv_general_dilated`` that round both float32
-operands to nearest even at the given mantissa width where the precision is the default, and keep
-float32 where a precision is asked for (under ``jax.default_matmul_precision("highest")`` for
-instance).  Reverse mode is covered too: JAX differentiates a convolution or a matmul into others
-with the same precision.
+- **Matmul precision.**  At the default precision a GPU computes float32 matmuls and convolutions
+  in TF32 (inputs rounded to a 10-bit mantissa, products summed in float32) and a TPU in one
+  bfloat16 pass (7-bit mantissa); XLA:CPU computes them in float32 whatever the precision asks.
+  :func:`install` registers CPU lowerings of ``dot_general`` and ``conv_general_dilated`` that
+  round both float32 operands so (to nearest even) where the precision is the default, and keep
+  float32 where a precision is asked for (under ``jax.default_matmul_precision("highest")`` for
+  instance).  Reverse mode is covered too: JAX differentiates a convolution or a matmul into
+  others with the same precision.
+- **``implementation='auto'``** takes the reference paths, as off the CPU
+  (:func:`jaxpool._windows.on_measured_backend` answers False).
 
 It reproduces the rounding, not an accelerator's algorithms (another summation order,
 Winograd): a test that passes with it can still fail on a GPU by reduction order, but one that
-fails with it is sure to be sensitive to the precision.  Tests that start their own processes
-(the virtual-device ones, forced onto the CPU) are not affected, as on an accelerator's machine.
+fails with it is sure to be sensitive to the precision or to the path.  Tests that start their own
+processes (the virtual-device ones, forced onto the CPU) are not affected, as on an accelerator's
+machine.
 
 It uses JAX internals (``jax._src``): where they changed, :func:`install` fails rather than
 leaving the emulation silently off.
@@ -26,7 +29,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-MANTISSA_BITS = {"tf32": 10, "bf16": 7}  # float32 keeps 23
+MANTISSA_BITS = {"gpu": 10, "tpu": 7}  # TF32, bfloat16; float32 keeps 23
 
 
 def round_mantissa(x: jax.Array, bits: int) -> jax.Array:
@@ -47,18 +50,24 @@ def _is_default(precision) -> bool:
     return isinstance(precision, tuple) and all(p == lax.Precision.DEFAULT for p in precision)
 
 
-def install(mode: str) -> None:
-    """Registers the rounding CPU lowerings for ``mode`` (a key of :data:`MANTISSA_BITS`) in this
-    process."""
-    if mode not in MANTISSA_BITS:
+def install(accelerator: str) -> None:
+    """Emulates ``accelerator`` (a key of :data:`MANTISSA_BITS`) in this process."""
+    if accelerator not in MANTISSA_BITS:
         raise ValueError(
-            f"JAXPOOL_TEST_MATMUL: expected one of {sorted(MANTISSA_BITS)}, got {mode!r}"
+            f"JAXPOOL_TEST_AS: expected one of {sorted(MANTISSA_BITS)}, got {accelerator!r}"
         )
+    from jaxpool import _windows
+
+    _windows.on_measured_backend = lambda: False
+    _round_default_precision_matmuls(MANTISSA_BITS[accelerator])
+
+
+def _round_default_precision_matmuls(bits: int) -> None:
+    """Registers the CPU lowerings that round default-precision float32 operands to ``bits``."""
     from jax._src.interpreters import mlir
     from jax._src.lax import convolution
     from jax._src.lax import lax as lax_internal
 
-    bits = MANTISSA_BITS[mode]
     highest = (lax.Precision.HIGHEST, lax.Precision.HIGHEST)
     for primitive, lowering in (
         (lax_internal.dot_general_p, lax_internal._dot_general_lower),
