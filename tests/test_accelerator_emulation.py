@@ -24,6 +24,9 @@ def test_rounding_keeps_the_mantissa_bits_to_nearest_even(bits):
     want = [one, one + ulp, one, one + 2 * ulp, -(one + ulp)]
     np.testing.assert_array_equal(round_mantissa(x, bits), np.array(want, np.float32))
     assert round_mantissa(jnp.ones(2, jnp.bfloat16), bits).dtype == jnp.bfloat16  # untouched
+
+
+def test_an_unknown_accelerator_is_refused():
     with pytest.raises(ValueError, match="JAXPOOL_TEST_AS: expected one of"):
         accelerator_emulation.install("fpga")
 
@@ -44,21 +47,41 @@ k = jax.random.normal(jax.random.key(2), (3, 3, 4, 4))
 im = jax.random.normal(jax.random.key(3), (2, 8, 8, 4))
 conv = lambda a, b: jax.lax.conv_general_dilated(a, b, (1, 1), "SAME",
                                                   dimension_numbers=("NHWC", "HWIO", "NHWC"))
+r = lambda a: accelerator_emulation.round_mantissa(a, 10)
 with jax.default_matmul_precision("highest"):
     matmul_highest = float(np.abs(np.asarray(x @ y) - exact).max())
     conv_highest = np.asarray(jax.jit(conv)(im, k))
-matmul_default = float(np.abs(np.asarray(jax.jit(jnp.dot)(x, y)) - exact).max())
-conv_default = float(np.abs(np.asarray(conv(im, k)) - conv_highest).max())
-grad = jax.grad(lambda b: conv(im, b).sum())(k)
-print(matmul_highest, matmul_default, conv_default, float(jnp.abs(grad).sum()))
+    # what the emulation must compute: float32 products of the rounded operands
+    matmul_rounded = np.asarray(r(x) @ r(y))
+    conv_rounded = np.asarray(conv(r(im), r(k)))
+    grad_highest = np.asarray(jax.grad(lambda b: conv(im, b).sum())(k))
+    grad_rounded = np.asarray(jax.grad(lambda b: conv(r(im), b).sum())(k))
+matmul_default = np.asarray(jax.jit(jnp.dot)(x, y))
+conv_default = np.asarray(conv(im, k))
+# reverse mode: the kernel's gradient of sum(conv) is itself a default-precision convolution
+grad = np.asarray(jax.grad(lambda b: conv(im, b).sum())(k))
+print(
+    matmul_highest,
+    float(np.abs(matmul_default - exact).max()),
+    float(np.abs(matmul_default - matmul_rounded).max()),
+    float(np.abs(conv_default - conv_highest).max()),
+    float(np.abs(conv_default - conv_rounded).max()),
+    float(np.abs(grad - grad_highest).max()),
+    float(np.abs(grad - grad_rounded).max()),
+)
 """
 
 
 def test_installed_it_rounds_default_precision_matmuls_and_takes_the_reference_paths():
-    highest, default, conv_default, grad = map(
-        float, run_on_cpu_devices(EMULATED, devices=1).split()
-    )
+    out = run_on_cpu_devices(EMULATED, devices=1).split()
+    highest, default, default_vs_rounded, conv_default, conv_vs_rounded = map(float, out[:5])
+    grad_default, grad_vs_rounded = map(float, out[5:])
     assert highest < 1e-4  # float32 against float64, inner dimension 64
     assert default > 1e-3  # TF32: ~1e-3 relative per product
     assert conv_default > 1e-3
-    assert np.isfinite(grad) and grad > 0  # reverse mode lowers too
+    # ... and it is exactly the float32 product of the operands rounded to TF32 (up to the order
+    # of the float32 sums: 64 terms of magnitude <= ~10)
+    assert default_vs_rounded < 1e-4 and conv_vs_rounded < 1e-4
+    # reverse mode: the kernel's gradient, a convolution of the input with the cotangent (ones),
+    # is rounded too
+    assert grad_default > 1e-3 and grad_vs_rounded < 1e-4

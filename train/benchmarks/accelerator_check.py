@@ -238,9 +238,9 @@ def summary(
             f"{apart.seconds:.1f} s apart, {together.seconds:.1f} s together "
             f"(x{together.seconds / apart.seconds:.2f})",
         ]
+    if determinism:
+        lines.append("")
     for mode, (train_s, eval_s) in (determinism or {}).items():
-        if mode == "on":
-            lines.append("")
         lines.append(
             f"MNIST max, epoch 2, deterministic XLA:GPU ops {mode}: training {train_s:.3f} s, "
             f"evaluating the test split {eval_s:.3f} s"
