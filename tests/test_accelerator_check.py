@@ -26,11 +26,19 @@ def test_steps_record_status_time_and_last_line(tmp_path):
 
 def test_plan_bounds_every_step_and_passes_the_data_dir(tmp_path):
     steps = accelerator_check.plan(str(tmp_path), "/data/tfds", workers=3)
+    fast_paths = [
+        f"{p}, fast path" for p in ("max", "mixed", "gated", "tree", "stochastic", "tdgs")
+    ]
     assert [s.name for s in steps] == [
-        "tests", "bench", "mnist sweep (2 epochs)", "seeds apart", "seeds together",
-        "deterministic ops on", "deterministic ops off",
+        "tests", "deterministic ops on", "deterministic ops off", "mnist sweep (2 epochs)",
+        *fast_paths, "max, fast model", "max, eval batch 1000",
+        "seeds apart", "seeds together", "bench",
     ]  # fmt: skip
-    on, off = steps[5:]
+    assert [s.group for s in steps] == sorted(
+        (s.group for s in steps), key=accelerator_check.GROUPS.index
+    )  # the steps in the order of --check-steps' names
+    by_name = {s.name: s for s in steps}
+    on, off = by_name["deterministic ops on"], by_name["deterministic ops off"]
     at = on.command.index("--workdir") + 1  # the same training, in two directories
     assert on.command[:at] + on.command[at + 1 :] == off.command[:at] + off.command[at + 1 :]
     assert on.command[at] != off.command[at] and on.command[-2:] == ["--data-dir", "/data/tfds"]
@@ -38,11 +46,42 @@ def test_plan_bounds_every_step_and_passes_the_data_dir(tmp_path):
     assert off.env["XLA_FLAGS"].endswith("--xla_gpu_deterministic_ops=false")
     assert all(s.limit_s > 0 for s in steps)
     assert steps[0].command[-2:] == ["-n", "3"]
-    for sweep in steps[2:5]:
+    sweeps = [by_name[n] for n in ("mnist sweep (2 epochs)", "seeds apart", "seeds together")]
+    for sweep in sweeps:
         assert sweep.command[-2:] == ["--data-dir", "/data/tfds"]
         assert "--epochs" in sweep.command and "2" in sweep.command
-    assert ["--seeds-together", "off"] == steps[3].command[-4:-2]
-    assert ["--seeds-together", "on"] == steps[4].command[-4:-2]
+    assert ["--seeds-together", "off"] == sweeps[1].command[-4:-2]
+    assert ["--seeds-together", "on"] == sweeps[2].command[-4:-2]
+    # Every train.main step: MNIST, 2 epochs, into its own run directory, which the summary reads.
+    runs = [s for s in steps if s.run_dir]
+    assert [s.group for s in runs] == ["determinism"] * 2 + ["paths"] * 8
+    assert len({s.run_dir for s in runs}) == len(runs)
+    for step in runs:
+        command = step.command
+        assert command[command.index("--workdir") + 1] == step.run_dir
+        assert command[command.index("--epochs") + 1] == "2" and "mnist" in command
+    by_name = {s.name: s.command for s in runs}
+    for name, pooler in zip(fast_paths, accelerator_check.FAST_PATH_POOLERS, strict=True):
+        command = by_name[name]
+        assert command[command.index("--pooler") + 1] == pooler
+        assert json.loads(command[command.index("--pooler-kwargs") + 1]) == {
+            "implementation": "fast"
+        }
+    for name, override in (
+        ("max, fast model", "--config.implementation=fast"),
+        ("max, eval batch 1000", "--config.eval_batch_size=1000"),
+    ):
+        command = by_name[name]
+        assert override in command
+        assert os.path.isfile(command[command.index("--config") + 1])
+
+
+def test_fast_path_poolers_are_those_with_a_path_of_their_own():
+    """s3 and avg take ``implementation`` but run the reference whatever it says."""
+    import jaxpool
+
+    with_switch = [n for n in jaxpool.available() if "implementation" in jaxpool.hyperparameters(n)]
+    assert set(accelerator_check.FAST_PATH_POOLERS) == set(with_switch) - {"avg", "s3"}
 
 
 def test_summary_lists_steps_and_seconds_per_epoch_against_max(tmp_path):
@@ -129,10 +168,35 @@ def test_determinism_steps_give_epoch_2_training_and_evaluation_seconds(tmp_path
     (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     assert accelerator_check.epoch_seconds(str(tmp_path)) == (0.25, 0.02)
     assert accelerator_check.epoch_seconds(str(tmp_path / "missing")) is None
-    timed = {"on": (0.25, 0.02), "off": (0.2, 0.02)}
+    timed = {"deterministic ops on": (0.25, 0.02), "deterministic ops off": (0.2, 0.02)}
     lines = accelerator_check.summary([], {}, "gpu:H200 x1", timed)
     assert lines[-3].endswith("ops on: training 0.250 s, evaluating the test split 0.020 s")
     assert lines[-1] == "  cost of exactness: training x1.25"
+
+
+def test_paths_steps_set_fast_paths_beside_the_sweep_and_the_larger_eval_batch():
+    timed = {
+        "deterministic ops on": (0.25, 0.040),
+        "max, fast path": (0.20, 0.03),
+        "tdgs, fast path": (0.45, 0.05),
+        "max, fast model": (0.50, 0.03),
+        "max, eval batch 1000": (0.26, 0.008),
+    }
+    lines = accelerator_check.summary([], {"max": 0.25, "tdgs": 0.30}, "gpu:H200 x1", timed)
+    at = next(i for i, line in enumerate(lines) if "fast path (--pooler-kwargs" in line)
+    assert [line.split() for line in lines[at + 1 : at + 3]] == [
+        ["max", "0.250", "->", "0.200", "(x0.80)"],
+        ["tdgs", "0.300", "->", "0.450", "(x1.50)"],
+    ]
+    assert lines[at + 3].endswith("convolutions too): 0.500")
+    assert lines[-1] == (
+        "MNIST max, epoch 2, evaluating the test split at eval batch 1000: 0.008 s "
+        "(at the training batch: 0.040 s)"
+    )
+    # Without the sweep there is nothing to set a fast path against; without the steps, no lines.
+    lines = accelerator_check.summary([], {}, "gpu:H200 x1", {"tdgs, fast path": (0.45, 0.05)})
+    assert lines[-1].split() == ["tdgs", "?", "->", "0.450", "(no", "sweep", "figure)"]
+    assert accelerator_check.summary([], {}, "cpu", {}) == ["accelerator check on cpu", ""]
 
 
 def test_a_step_gets_its_own_environment_on_top_of_the_process(tmp_path, monkeypatch):

@@ -1,26 +1,36 @@
 """``python -m train.bench --check``: what to run on a machine with a GPU or TPU, in one command.
 
-Steps, each a subprocess with a time limit, then one summary:
+Steps, each a subprocess with a time limit, in this order (the most telling first, so a check cut
+short by ``--check-seconds`` loses the bench, which was measured on a GPU before), then one summary:
 
-1. the test suite (``python -m pytest -q -n N``; each worker's JAX allocates GPU memory as it goes,
-   not 75% of it up front, so the workers share the device);
-2. ``python -m train.bench`` (per-call and in-loop figures; ``bench.json`` in the output dir);
-3. the MNIST sweep of every pooler, one seed, 2 epochs (``--check-data-dir`` must hold MNIST), whose
-   report gives seconds per epoch without compilation (epoch 2);
-4. seed groups: the MNIST sweep of max and tdgs, 3 seeds, 2 epochs, once with each seed its own
-   program and once with the seeds of a pooler in one (``--seeds-together off``/``on``): their
-   wall times, start-up included, say whether ``--seeds-together auto`` (on for GPU/TPU, not
-   measured there yet) is the right default;
-5. determinism: ``train.main`` on MNIST with max pooling, 2 epochs, with the deterministic XLA:GPU
+1. tests: the test suite (``python -m pytest -q -n N``; each worker's JAX allocates GPU memory as
+   it goes, not 75% of it up front, so the workers share the device);
+2. determinism: ``train.main`` on MNIST with max pooling, 2 epochs, with the deterministic XLA:GPU
    ops it runs with (:mod:`train.core.xla_gpu`, what makes a resume exact) and without them
    (``XLA_FLAGS=--xla_gpu_deterministic_ops=false``): epoch 2's training and evaluation seconds
-   of each give the cost of exactness and the time to evaluate the 10,000 test images.
+   of each give the cost of exactness and the time to evaluate the 10,000 test images;
+3. sweep: the MNIST sweep of every pooler, one seed, 2 epochs (``--check-data-dir`` must hold
+   MNIST), whose report gives seconds per epoch without compilation (epoch 2);
+4. paths: what ``implementation='auto'`` could take off the CPU, where it was measured.  The
+   poolers with a fast path (:data:`FAST_PATH_POOLERS`), each trained as in the sweep (MNIST, 2
+   epochs) but with ``--pooler-kwargs '{"implementation": "fast"}'`` (the convolutions stay
+   ``'auto'``); max with the whole model fast (``--config.implementation=fast``: the fast
+   convolutions of :mod:`train.core.conv` too); and max evaluated at eval batch
+   :data:`EVAL_BATCH` instead of the training batch.  Their epoch-2 seconds beside the sweep's
+   (``'auto'``) say where a fast path wins on this device and whether a larger evaluation batch
+   is needed for the evaluation target;
+5. seeds: the MNIST sweep of max and tdgs, 3 seeds, 2 epochs, once with each seed its own program
+   and once with the seeds of a pooler in one (``--seeds-together off``/``on``): their wall
+   times, start-up included, say whether ``--seeds-together auto`` (on for GPU/TPU, not measured
+   there yet) is the right default;
+6. bench: ``python -m train.bench`` (per-call and in-loop figures; ``bench.json`` in the output
+   dir).
 
-``--check-steps`` picks some of them (``tests``, ``bench``, ``sweep``, ``seeds``,
-``determinism``) and ``--check-seconds`` bounds the whole check: each step then gets at most the
-time left, and a step with under :data:`MIN_STEP_SECONDS` left is skipped (a machine lent for a
-fixed time still gets its summary).  A step past its limit is stopped with every process it started (pytest's workers
-too), so nothing keeps the device after the check.
+``--check-steps`` picks some of them by the names above, and ``--check-seconds`` bounds the whole
+check: each step then gets at most the time left, and a step with under :data:`MIN_STEP_SECONDS`
+left is skipped (a machine lent for a fixed time still gets its summary).  A step past its limit is
+stopped with every process it started (pytest's workers too), so nothing keeps the device after the
+check.
 
 Everything goes to ``--check-dir`` (default ``runs/accelerator-check``): each step's log
 (:func:`log_name`), the bench JSON, the run directories and ``summary.txt``.  It must be new or
@@ -55,6 +65,7 @@ class Step:
     note: str = ""
     skipped: bool = False
     env: dict[str, str] = dataclasses.field(default_factory=dict)  # added to the environment
+    run_dir: str = ""  # where a train.main step's run goes (its metrics.jsonl)
 
     @property
     def status(self) -> str:
@@ -67,8 +78,19 @@ class Step:
 
 SEED_GROUP_STEPS = ("seeds apart", "seeds together")
 DETERMINISM_STEPS = ("deterministic ops on", "deterministic ops off")
-GROUPS = ("tests", "bench", "sweep", "seeds", "determinism")  # what --check-steps can name
+GROUPS = ("tests", "determinism", "sweep", "paths", "seeds", "bench")  # --check-steps, in order
+# The poolers whose implementation='fast' is a path of its own (the others run the reference).
+FAST_PATH_POOLERS = ("max", "mixed", "gated", "tree", "stochastic", "tdgs")
+FAST_MODEL_STEP = "max, fast model"
+EVAL_BATCH = 1000  # the paths step's larger evaluation batch (MNIST's test split: 10 batches)
+EVAL_BATCH_STEP = f"max, eval batch {EVAL_BATCH}"
+_MNIST_CONFIG = os.path.join(os.path.dirname(__file__), "..", "..", "configs", "mnist.py")
 MIN_STEP_SECONDS = 30  # under --check-seconds, a step with less time left is skipped
+
+
+def fast_path_step(pooler: str) -> str:
+    """The name of the paths step that trains ``pooler`` on its fast path."""
+    return f"{pooler}, fast path"
 
 
 def parse_groups(text: str) -> tuple[str, ...]:
@@ -96,24 +118,36 @@ def plan(out: str, data_dir: str | None, workers: int) -> list[Step]:
         ]  # fmt: skip
         return command + (["--data-dir", data_dir] if data_dir else [])
 
-    def train(workdir: str) -> list[str]:
+    def training(
+        name: str, workdir: str, group: str, *args: str, pooler: str = "max", **kwargs
+    ) -> Step:
+        """``train.main`` on MNIST for 2 epochs into ``out/workdir``: a step whose run's epoch-2
+        seconds the summary reads."""
+        run_dir = os.path.join(out, workdir)
         command = [
-            python, "-m", "train.main", "--dataset", "mnist", "--pooler", "max", "--epochs", "2",
-            "--workdir", os.path.join(out, workdir), "--quiet",
+            python, "-m", "train.main", "--dataset", "mnist", "--pooler", pooler, "--epochs", "2",
+            "--workdir", run_dir, "--quiet", *args,
         ]  # fmt: skip
-        return command + (["--data-dir", data_dir] if data_dir else [])
+        command += ["--data-dir", data_dir] if data_dir else []
+        return Step(name, command, group=group, run_dir=run_dir, **kwargs)
+
+    fast_pooler = ("--pooler-kwargs", json.dumps({"implementation": "fast"}))
+    config = ("--config", os.path.normpath(_MNIST_CONFIG))
 
     groups = ("--poolers", "max,tdgs", "--seeds", "3", "--seeds-together")
     # The user's XLA flags kept, deterministic ops turned off (train.cli leaves a choice alone).
     user_flags = os.environ.get("XLA_FLAGS", "")
     nondeterministic = {"XLA_FLAGS": f"{user_flags} --xla_gpu_deterministic_ops=false".strip()}
+    # Most telling first: a check cut short by --check-seconds loses the bench, measured before.
     return [
         Step("tests", [python, "-m", "pytest", "-q", "-n", str(workers)], 1800, "tests"),
-        Step(
-            "bench",
-            [python, "-m", "train.bench", "--json", os.path.join(out, "bench.json")],
-            900,
-            "bench",
+        training(DETERMINISM_STEPS[0], "deterministic-on", "determinism", limit_s=600),
+        training(
+            DETERMINISM_STEPS[1],
+            "deterministic-off",
+            "determinism",
+            limit_s=600,
+            env=nondeterministic,
         ),
         Step(
             "mnist sweep (2 epochs)",
@@ -121,15 +155,33 @@ def plan(out: str, data_dir: str | None, workers: int) -> list[Step]:
             1200,
             "sweep",
         ),
+        *(
+            training(fast_path_step(p), f"fast-{p}", "paths", *fast_pooler, pooler=p, limit_s=300)
+            for p in FAST_PATH_POOLERS
+        ),
+        training(
+            FAST_MODEL_STEP,
+            "fast-model",
+            "paths",
+            *config,
+            "--config.implementation=fast",
+            limit_s=300,
+        ),
+        training(
+            EVAL_BATCH_STEP,
+            "eval-batch",
+            "paths",
+            *config,
+            f"--config.eval_batch_size={EVAL_BATCH}",
+            limit_s=300,
+        ),
         Step(SEED_GROUP_STEPS[0], sweep("seeds-apart", *groups, "off"), 900, "seeds"),
         Step(SEED_GROUP_STEPS[1], sweep("seeds-together", *groups, "on"), 900, "seeds"),
-        Step(DETERMINISM_STEPS[0], train("deterministic-on"), 600, "determinism"),
         Step(
-            DETERMINISM_STEPS[1],
-            train("deterministic-off"),
-            600,
-            "determinism",
-            env=nondeterministic,
+            "bench",
+            [python, "-m", "train.bench", "--json", os.path.join(out, "bench.json")],
+            900,
+            "bench",
         ),
     ]
 
@@ -215,10 +267,12 @@ def summary(
     steps: Sequence[Step],
     per_epoch: dict[str, float],
     device: str,
-    determinism: dict[str, tuple[float, float]] | None = None,
+    timed: dict[str, tuple[float, float]] | None = None,
 ) -> list[str]:
-    """The summary's lines.  ``determinism``: ``on``/``off`` -> epoch 2's (train, eval) seconds
-    of :data:`DETERMINISM_STEPS` (those that ran)."""
+    """The summary's lines.  ``per_epoch``: the sweep's training seconds per epoch by pooler;
+    ``timed``: step name -> epoch 2's (train, eval) seconds of the ``train.main`` steps that
+    passed (:data:`DETERMINISM_STEPS`, the paths steps)."""
+    timed = timed or {}
     lines = [f"accelerator check on {device}", ""]
     lines += [f"{s.name:<24}{s.status:<28}{s.seconds:>8.0f} s   {s.note}" for s in steps]
     if per_epoch:
@@ -238,16 +292,53 @@ def summary(
             f"{apart.seconds:.1f} s apart, {together.seconds:.1f} s together "
             f"(x{together.seconds / apart.seconds:.2f})",
         ]
+    determinism = {
+        mode: timed[n]
+        for mode, n in zip(("on", "off"), DETERMINISM_STEPS, strict=True)
+        if n in timed
+    }
     if determinism:
         lines.append("")
-    for mode, (train_s, eval_s) in (determinism or {}).items():
+    for mode, (train_s, eval_s) in determinism.items():
         lines.append(
             f"MNIST max, epoch 2, deterministic XLA:GPU ops {mode}: training {train_s:.3f} s, "
             f"evaluating the test split {eval_s:.3f} s"
         )
-    timed = determinism or {}
-    if "on" in timed and "off" in timed:
-        lines.append(f"  cost of exactness: training x{timed['on'][0] / timed['off'][0]:.2f}")
+    if "on" in determinism and "off" in determinism:
+        ratio = determinism["on"][0] / determinism["off"][0]
+        lines.append(f"  cost of exactness: training x{ratio:.2f}")
+    return lines + _paths_summary(per_epoch, timed)
+
+
+def _paths_summary(per_epoch: dict[str, float], timed: dict[str, tuple[float, float]]) -> list[str]:
+    """The paths steps' lines (none when none of them passed)."""
+    fast = {p: timed[fast_path_step(p)][0] for p in FAST_PATH_POOLERS if fast_path_step(p) in timed}
+    lines = []
+    if fast or FAST_MODEL_STEP in timed:
+        lines += [
+            "",
+            "MNIST, epoch 2, training seconds: the sweep's (implementation 'auto') and the pooler's "
+            'fast path (--pooler-kwargs \'{"implementation": "fast"}\')',
+        ]
+        for pooler, secs in fast.items():
+            auto = per_epoch.get(pooler)
+            if auto:
+                lines.append(f"  {pooler:<11}{auto:8.3f} ->{secs:8.3f}  (x{secs / auto:.2f})")
+            else:
+                lines.append(f"  {pooler:<11}{'?':>8} ->{secs:8.3f}  (no sweep figure)")
+    if FAST_MODEL_STEP in timed:
+        lines.append(
+            f"  max, the whole model fast (--config.implementation=fast, convolutions too): "
+            f"{timed[FAST_MODEL_STEP][0]:.3f}"
+        )
+    if EVAL_BATCH_STEP in timed:
+        at_64 = timed.get(DETERMINISM_STEPS[0])
+        beside = f" (at the training batch: {at_64[1]:.3f} s)" if at_64 else ""
+        lines += [
+            "",
+            f"MNIST max, epoch 2, evaluating the test split at eval batch {EVAL_BATCH}: "
+            f"{timed[EVAL_BATCH_STEP][1]:.3f} s{beside}",
+        ]
     return lines
 
 
@@ -280,14 +371,13 @@ def run(
     device = bench.get(
         "device", "an unnamed device (the bench step, which names it, did not finish)"
     )
-    determinism = {
-        mode: seconds
-        for mode, step in zip(("on", "off"), DETERMINISM_STEPS, strict=True)
-        if any(s.name == step and s.returncode == 0 for s in steps)
-        and (seconds := epoch_seconds(os.path.join(out, f"deterministic-{mode}"))) is not None
+    timed = {
+        s.name: seconds
+        for s in steps
+        if s.run_dir and s.returncode == 0 and (seconds := epoch_seconds(s.run_dir)) is not None
     }
     per_epoch = sweep_seconds_per_epoch(os.path.join(out, "sweep"))
-    lines = summary(steps, per_epoch, device, determinism)
+    lines = summary(steps, per_epoch, device, timed)
     with open(os.path.join(out, "summary.txt"), "w") as f:
         f.write("\n".join(lines) + "\n")
     print("\n".join(lines))
