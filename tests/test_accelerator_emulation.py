@@ -4,6 +4,8 @@ would change every later test)."""
 
 from __future__ import annotations
 
+import json
+
 import accelerator_emulation
 import jax.numpy as jnp
 import numpy as np
@@ -85,3 +87,51 @@ def test_installed_it_rounds_default_precision_matmuls_and_takes_the_reference_p
     # reverse mode: the kernel's gradient, a convolution of the input with the cotangent (ones),
     # is rounded too
     assert grad_default > 1e-3 and grad_vs_rounded < 1e-4
+
+
+TRANSCENDENTALS = """
+import json, sys
+import jax, jax.numpy as jnp, numpy as np
+sys.path.insert(0, "tests")
+import accelerator_emulation
+x = jax.random.normal(jax.random.key(0), (20000,)) * 4
+fns = {
+    "exp": jnp.exp, "log": lambda v: jnp.log(jnp.abs(v)), "tanh": jnp.tanh,
+    "pow": lambda v: jnp.abs(v) ** 2.5, "sigmoid": jax.nn.sigmoid,
+}
+before = {name: np.asarray(jax.jit(f)(x)) for name, f in fns.items()}
+accelerator_emulation.install("gpu")
+fresh = {  # new functions: new programs, lowered with the emulation
+    "exp": lambda v: jnp.exp(v), "log": lambda v: jnp.log(jnp.abs(v)), "tanh": lambda v: jnp.tanh(v),
+    "pow": lambda v: jnp.abs(v) ** 2.5, "sigmoid": lambda v: jax.nn.sigmoid(v),
+}
+out = {}
+for name, f in fresh.items():
+    ulps = np.asarray(jax.jit(f)(x)).view(np.int32).astype(np.int64) - before[name].view(np.int32)
+    out[name] = [int(ulps.min()), int(ulps.max()), float((ulps != 0).mean())]
+# the same input gives the same output in another program, and exact results stay exact
+inside = jax.jit(lambda v: (jnp.exp(v) * 2.0, jnp.exp(v[::-1])))(x)
+alone = jax.jit(lambda v: jnp.exp(v))(x)
+out["same"] = bool((inside[0] / 2 == alone).all() and (inside[1] == alone[::-1]).all())
+exact = jax.jit(lambda: (jnp.exp(0.0), jnp.log(1.0), jnp.tanh(0.0), jnp.float32(3.0) ** 1.0))()
+out["exact"] = [float(v) for v in exact]
+big = jax.jit(lambda v: (jnp.tanh(v * 10), jnp.exp(v * 1e-7)))(x)
+out["tanh_max"] = float(jnp.abs(big[0]).max())
+out["exp_side"] = not bool((((big[1] > 1) & (x < 0)) | ((big[1] < 1) & (x > 0))).any())
+print(json.dumps(out))
+"""
+
+
+def test_installed_it_moves_transcendental_results_by_a_few_ulp():
+    out = json.loads(run_on_cpu_devices(TRANSCENDENTALS, devices=1))
+    for name in ("exp", "log", "tanh", "pow"):
+        lo, hi, share = out[name]
+        assert (lo, hi) == (-2, 2) and share > 0.7, (name, out[name])  # 4 of 5 hashes move
+    # sigmoid = 1 / (1 + exp(-x)) moves with exp: by its 2 ulp where sigmoid(x) ~ exp(x) (x << 0),
+    # and a rounding of the sum and the division on top
+    lo, hi, share = out["sigmoid"]
+    assert max(-lo, hi) <= 4 and share > 0.3, out["sigmoid"]
+    assert out["same"]
+    # exp(0) = 1, log(1) = 0, tanh(0) = 0, 3 ** 1 = 3; tanh within [-1, 1]; exp(v) not past 1 from v's side
+    assert out["exact"] == [1.0, 0.0, 0.0, 3.0]
+    assert out["tanh_max"] == 1.0 and out["exp_side"]
