@@ -22,6 +22,9 @@ from train import cli
 # deterministic GPU ops, without which equalities between two ways of running the same program
 # (chunk splits, resume) do not hold bitwise on a GPU.
 cli.set_xla_options()
+# The xdist workers, and the CLI processes the tests start, share one GPU: each takes memory as it
+# needs it, not JAX's default of 75% of the device at start-up, which leaves the next process none.
+os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 
 if os.environ.get("JAXPOOL_TEST_AS"):  # the suite as a GPU/TPU computes (accelerator_emulation.py)
     from accelerator_emulation import install as _install_accelerator_emulation
