@@ -30,13 +30,13 @@ def test_plan_bounds_every_step_and_passes_the_data_dir(tmp_path):
         f"{p}, fast path" for p in ("max", "mixed", "gated", "tree", "stochastic", "tdgs")
     ]
     assert [s.name for s in steps] == [
-        "tests", "deterministic ops on", "deterministic ops off", "mnist sweep (2 epochs)",
+        "device", "tests", "deterministic ops on", "deterministic ops off",
+        "mnist sweep (2 epochs)",
         *fast_paths, "max, fast model", "max, eval batch 1000",
         "seeds apart", "seeds together", "bench",
     ]  # fmt: skip
-    assert [s.group for s in steps] == sorted(
-        (s.group for s in steps), key=accelerator_check.GROUPS.index
-    )  # the steps in the order of --check-steps' names
+    groups = [s.group for s in steps[1:]]  # after the device, in the order of --check-steps' names
+    assert groups == sorted(groups, key=accelerator_check.GROUPS.index)
     by_name = {s.name: s for s in steps}
     on, off = by_name["deterministic ops on"], by_name["deterministic ops off"]
     at = on.command.index("--workdir") + 1  # the same training, in two directories
@@ -45,7 +45,7 @@ def test_plan_bounds_every_step_and_passes_the_data_dir(tmp_path):
     assert "XLA_FLAGS" not in on.env
     assert off.env["XLA_FLAGS"].endswith("--xla_gpu_deterministic_ops=false")
     assert all(s.limit_s > 0 for s in steps)
-    assert steps[0].command[-2:] == ["-n", "3"]
+    assert by_name["tests"].command[-2:] == ["-n", "3"]
     sweeps = [by_name[n] for n in ("mnist sweep (2 epochs)", "seeds apart", "seeds together")]
     for sweep in sweeps:
         assert sweep.command[-2:] == ["--data-dir", "/data/tfds"]
@@ -138,6 +138,7 @@ def test_the_whole_check_keeps_to_its_time_and_still_writes_its_summary(tmp_path
             return [sys.executable, "-c", code]
 
         return [
+            accelerator_check.Step("device", python("print('gpu:Fake x1')"), 60, "device"),
             accelerator_check.Step("tests", python("import time; time.sleep(60)"), 600, "tests"),
             accelerator_check.Step("bench", python("print('bench ran')"), 600, "bench"),
             accelerator_check.Step("sweep", python("print('sweep ran')"), 600, "sweep"),
@@ -145,12 +146,13 @@ def test_the_whole_check_keeps_to_its_time_and_still_writes_its_summary(tmp_path
 
     monkeypatch.setattr(accelerator_check, "plan", fake_plan)
     monkeypatch.setattr(accelerator_check, "MIN_STEP_SECONDS", 2)
-    code = accelerator_check.run(str(tmp_path), None, 1, ("tests", "bench"), total_seconds=3)
+    code = accelerator_check.run(str(tmp_path), None, 1, ("tests", "bench"), total_seconds=6)
     assert code == 1
     lines = (tmp_path / "summary.txt").read_text().splitlines()
-    assert [line.split()[0] for line in lines[2:]] == ["tests", "bench"]  # sweep not asked for
-    assert "timed out after" in lines[2]
-    assert "skipped (time spent)" in lines[3]
+    assert lines[0] == "accelerator check on gpu:Fake x1"  # the device step runs whatever is asked
+    assert [line.split()[0] for line in lines[2:]] == ["device", "tests", "bench"]  # no sweep
+    assert "timed out after" in lines[3]
+    assert "skipped (time spent)" in lines[4]
     assert (tmp_path / "tests.log").exists() and not (tmp_path / "bench.log").exists()
 
 

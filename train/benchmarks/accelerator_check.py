@@ -1,7 +1,8 @@
 """``python -m train.bench --check``: what to run on a machine with a GPU or TPU, in one command.
 
 Steps, each a subprocess with a time limit, in this order (the most telling first, so a check cut
-short by ``--check-seconds`` loses the bench, which was measured on a GPU before), then one summary:
+short by ``--check-seconds`` loses the bench, which was measured on a GPU before), then one summary
+that names the device (a first step, always run, asks JAX):
 
 1. tests: the test suite (``python -m pytest -q -n N``; each worker's JAX allocates GPU memory as
    it goes, not 75% of it up front, so the workers share the device);
@@ -86,6 +87,7 @@ EVAL_BATCH = 1000  # the paths step's larger evaluation batch (MNIST's test spli
 EVAL_BATCH_STEP = f"max, eval batch {EVAL_BATCH}"
 _MNIST_CONFIG = os.path.join(os.path.dirname(__file__), "..", "..", "configs", "mnist.py")
 MIN_STEP_SECONDS = 30  # under --check-seconds, a step with less time left is skipped
+DEVICE_STEP = "device"  # run whatever --check-steps says; its last line names the device
 
 
 def fast_path_step(pooler: str) -> str:
@@ -139,7 +141,9 @@ def plan(out: str, data_dir: str | None, workers: int) -> list[Step]:
     user_flags = os.environ.get("XLA_FLAGS", "")
     nondeterministic = {"XLA_FLAGS": f"{user_flags} --xla_gpu_deterministic_ops=false".strip()}
     # Most telling first: a check cut short by --check-seconds loses the bench, measured before.
+    name_device = "from train.benchmarks import measure; print(measure.device_description())"
     return [
+        Step(DEVICE_STEP, [python, "-c", name_device], 120, DEVICE_STEP),
         Step("tests", [python, "-m", "pytest", "-q", "-n", str(workers)], 1800, "tests"),
         training(DETERMINISM_STEPS[0], "deterministic-on", "determinism", limit_s=600),
         training(
@@ -255,14 +259,6 @@ def epoch_seconds(workdir: str, epoch: int = 2) -> tuple[float, float] | None:
     return None if row is None else (float(row["train_seconds"]), float(row["eval_seconds"]))
 
 
-def read_json(path: str) -> dict | None:
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except (OSError, json.JSONDecodeError):
-        return None
-
-
 def summary(
     steps: Sequence[Step],
     per_epoch: dict[str, float],
@@ -354,7 +350,7 @@ def run(
     # This process never starts JAX: it would hold the device the steps need.
     check_out_dir(out)
     os.makedirs(out, exist_ok=True)
-    steps = [step for step in plan(out, data_dir, workers) if step.group in groups]
+    steps = [s for s in plan(out, data_dir, workers) if s.group in (DEVICE_STEP, *groups)]
     deadline = None if total_seconds is None else time.monotonic() + total_seconds
     for step in steps:
         if deadline is not None:
@@ -367,10 +363,8 @@ def run(
         print(f"== {step.name}: {' '.join(step.command)} (limit {step.limit_s} s)", flush=True)
         run_step(step, os.path.join(out, log_name(step.name)))
         print(f"   {step.status} in {step.seconds:.0f} s: {step.note}", flush=True)
-    bench = read_json(os.path.join(out, "bench.json")) or {}
-    device = bench.get(
-        "device", "an unnamed device (the bench step, which names it, did not finish)"
-    )
+    named = next((s for s in steps if s.name == DEVICE_STEP and s.returncode == 0), None)
+    device = named.note if named else "an unnamed device (JAX did not say which)"
     timed = {
         s.name: seconds
         for s in steps

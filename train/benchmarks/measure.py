@@ -302,6 +302,12 @@ def check_cnn_input(poolers: Sequence[str], image: Sequence[int]) -> None:
             raise ValueError(f"--cnn-input {size}: too small for the CNN with {name}: {e}") from e
 
 
+def device_description() -> str:
+    """``platform:device kind xN`` of what JAX runs on, e.g. ``gpu:NVIDIA H200 x1``."""
+    device = jax.devices()[0]
+    return f"{device.platform}:{device.device_kind} x{jax.device_count()}"
+
+
 def run(
     poolers: Sequence[str],
     repeats: int,
@@ -318,7 +324,7 @@ def run(
     in_loop = device.platform != "cpu" if in_loop is None else in_loop
     results: dict = {
         "lib": f"jax {jax.__version__}",
-        "device": f"{device.platform}:{device.device_kind} x{jax.device_count()}",
+        "device": device_description(),
         "malloc": malloc,
         "repeats": repeats,
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
