@@ -60,9 +60,8 @@ def test_plan_bounds_every_step_and_passes_the_data_dir(tmp_path):
         command = step.command
         assert command[command.index("--workdir") + 1] == step.run_dir
         assert command[command.index("--epochs") + 1] == "2" and "mnist" in command
-    by_name = {s.name: s.command for s in runs}
     for name, pooler in zip(fast_paths, accelerator_check.FAST_PATH_POOLERS, strict=True):
-        command = by_name[name]
+        command = by_name[name].command
         assert command[command.index("--pooler") + 1] == pooler
         assert json.loads(command[command.index("--pooler-kwargs") + 1]) == {
             "implementation": "fast"
@@ -71,7 +70,7 @@ def test_plan_bounds_every_step_and_passes_the_data_dir(tmp_path):
         ("max, fast model", "--config.implementation=fast"),
         ("max, eval batch 1000", "--config.eval_batch_size=1000"),
     ):
-        command = by_name[name]
+        command = by_name[name].command
         assert override in command
         assert os.path.isfile(command[command.index("--config") + 1])
 
