@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxpool import _windows
+from jaxpool import _window_ops, _windows
 from jaxpool._windows import Window
 
 _F32 = jnp.float32
@@ -67,7 +67,8 @@ def max_blur_pool(
     per channel, with ``b`` the normalised binomial filter of ``filter_size`` taps
     (:func:`binomial_filter`; the official default 4 is ``[1, 3, 3, 1] / 8``).  As the official
     ``BlurPool`` the max is VALID (``H - k + 1`` rows) and the blur pads ``(size - 1) // 2`` before
-    and ``ceil((size - 1) / 2)`` after by reflection; ``filter_size=1`` only subsamples.  The
+    and ``ceil((size - 1) / 2)`` after by reflection; ``filter_size=1`` only subsamples.  The max's
+    derivative goes to the first maximal element of a window (row-major), as in ``max_pool``.  The
     output has ``(H - k + 1 + size - 1 - size) // s + 1`` rows: ``H // 2`` for the defaults.  The
     blur is separable and runs as two weighted sums of strided slices.  No parameters, not random.
 
@@ -94,8 +95,14 @@ def max_blur_pool(
     h, w = batched.shape[1:3]
     if kh > h or kw > w:
         raise ValueError(f"window_shape {(kh, kw)} is larger than the input's {(h, w)}")
-    dense = jax.lax.reduce_window(
-        batched.astype(_F32), -jnp.inf, jax.lax.max, (1, kh, kw, 1), (1, 1, 1, 1), "VALID"
+    # The dense max by selection, as max_pool's: its derivative goes to the first maximal element
+    # of each window, and contains no select-and-scatter (lax.reduce_window's max derivative),
+    # which XLA:GPU cannot compile under --xla_gpu_deterministic_ops.
+    dense = _window_ops.window_max(
+        _windows.window_elements(
+            batched.astype(_F32), _windows.window_spec((h, w), (kh, kw), 1, "VALID")
+        ),
+        None,
     )
     y = _blur_axis(dense, taps, sh, 1, pad_mode)
     y = _blur_axis(y, taps, sw, 2, pad_mode)

@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxpool import _windows
+from jaxpool import _window_ops, _windows
 
 SEQUENCES = ("random", "pseudo_random")
 FIXED_OFFSET = 0.5  # u of the deterministic (evaluation) sequence
@@ -75,21 +75,37 @@ def random_boundaries(
     return a.at[-1].set(total)  # exact in real arithmetic; pins it against float32 rounding
 
 
-def _pool_axis(x: jax.Array, boundaries: jax.Array, axis: int, overlapping: bool) -> jax.Array:
-    """Max over the regions ``[a_{i-1}, a_i - 1]`` (disjoint) or ``[a_{i-1}, a_i]`` (overlapping)."""
+def slot_indices(boundaries: jax.Array, overlapping: bool) -> list[jax.Array]:
+    """Where each region's slots read: slot ``k`` of region ``i`` is ``min(a_{i-1} + k, end_i)``
+    (``end_i = a_i - 1`` disjoint, ``a_i`` overlapping), ``k < 2`` (``3`` overlapping), so a
+    shorter region repeats its last element.
+
+    Each slot's indices strictly increase with ``i``: a region starts past the previous one's end,
+    or (overlapping) at it and is at least 2 long.  So each slot is a gather of sorted, unique
+    indices, which :func:`_pool_axis` tells XLA.
+    """
     starts, ends = boundaries[:-1], boundaries[1:] - (0 if overlapping else 1)
-    longest = 3 if overlapping else 2
-    offsets = jnp.arange(longest)
-    index = starts[:, None] + offsets[None, :]
-    # slots past a region's end repeat its first element: a max unchanged, gradient undivided
-    index = jnp.where(index <= ends[:, None], index, starts[:, None])
-    index = jnp.clip(index, 0, x.shape[axis] - 1)
-    gathered = jnp.take(x, index, axis=axis)  # axis -> (out, longest)
-    return jnp.max(gathered, axis=axis + 1)
+    return [jnp.minimum(starts + k, ends) for k in range(3 if overlapping else 2)]
+
+
+def _pool_axis(x: jax.Array, boundaries: jax.Array, axis: int, overlapping: bool) -> jax.Array:
+    """Max over the regions ``[a_{i-1}, a_i - 1]`` (disjoint) or ``[a_{i-1}, a_i]`` (overlapping).
+
+    One gather per slot (:func:`slot_indices`), marked sorted and unique: its derivative is then a
+    scatter-add that XLA:GPU keeps under deterministic ops, instead of rewriting it into a slower
+    program.  The derivative goes to the first maximal element, as in ``max_pool``.
+    """
+    hints = {"unique_indices": True, "indices_are_sorted": True}
+    slots = [
+        jnp.take(x, index, axis=axis, **hints) for index in slot_indices(boundaries, overlapping)
+    ]
+    return _window_ops.window_max(slots, None)
 
 
 def _pool(batched: jax.Array, rows: jax.Array, cols: jax.Array, overlapping: bool) -> jax.Array:
-    return _pool_axis(_pool_axis(batched, rows, 1, overlapping), cols, 2, overlapping)
+    # Columns first, then rows: of tied maxima the derivative reaches the first row holding one,
+    # and that row's first, i.e. the first in row-major order, as in max_pool.
+    return _pool_axis(_pool_axis(batched, cols, 2, overlapping), rows, 1, overlapping)
 
 
 def fractional_max_pool(
@@ -113,7 +129,8 @@ def fractional_max_pool(
       P_i = [a_{i-1}, a_i] \ (\text{overlapping}, a_{N_out} = N - 1),
 
     and ``y_{ij} = \max_{(h, w) \in P_i \times Q_j} x_{hw}`` per channel, with independent row and
-    column boundaries.  Training draws new boundaries per call from ``key`` (one set for the whole
+    column boundaries.  On ties the derivative goes to the first maximal element of a region
+    (row-major), as in ``max_pool``.  Training draws new boundaries per call from ``key`` (one set for the whole
     batch, or per example with ``per_example=True``): ``sequence='random'`` places the
     increments of 2 uniformly at random (the paper's "random"), ``'pseudo_random'`` uses
     ``a_i = floor(b (i + u)) - floor(b u)``, ``b = a_{N_out} / N_out``, ``u ~ U(0, 1)``.

@@ -1,6 +1,6 @@
 """A GPU's or a TPU's numerics and choices on the CPU, for running the suite as an accelerator
 computes: ``JAXPOOL_TEST_AS=gpu`` (or ``tpu``) ``python -m pytest ...`` (``tests/conftest.py``
-calls :func:`install`).  Three things differ there:
+calls :func:`install`).  Four things differ there:
 
 - **Matmul precision.**  At the default precision a GPU computes float32 matmuls and convolutions
   in TF32 (inputs rounded to a 10-bit mantissa, products summed in float32) and a TPU in one
@@ -21,6 +21,11 @@ calls :func:`install`).  Three things differ there:
   0``, ``tanh(0) = 0``, ...) and where the move would cross such a point or leave the function's
   range (``tanh`` beyond 1, ``exp`` of a positive number below 1): what any correct library keeps.
   Sigmoid, which JAX writes with ``exp``, moves with it.
+- **Deterministic ops (GPU).**  Under ``--xla_gpu_deterministic_ops`` (which the suite sets,
+  ``tests/conftest.py``) XLA:GPU refuses to compile select-and-scatter, the derivative of
+  ``lax.reduce_window``'s max (``flax.linen.max_pool``'s), for want of a deterministic
+  implementation; :func:`install` makes its lowering raise the same way when ``XLA_FLAGS`` asks
+  for them.
 
 It reproduces the rounding and the size of the errors, not an accelerator's algorithms (another
 summation order, Winograd, its own error in each ulp): a test that passes with it can still fail on
@@ -35,6 +40,8 @@ leaving the emulation silently off.
 from __future__ import annotations
 
 import functools
+import os
+import re
 
 import jax
 import jax.numpy as jnp
@@ -72,6 +79,29 @@ def install(accelerator: str) -> None:
     _windows.on_measured_backend = lambda: False
     _round_default_precision_matmuls(MANTISSA_BITS[accelerator])
     _move_transcendentals()
+    if accelerator == "gpu" and deterministic_gpu_ops(os.environ.get("XLA_FLAGS", "")):
+        _refuse_select_and_scatter()
+
+
+def deterministic_gpu_ops(xla_flags: str) -> bool:
+    """Whether ``xla_flags`` turns on XLA:GPU's deterministic ops (either flag, bare or true)."""
+    pattern = r"--xla_gpu_(exclude_non)?deterministic_ops(=(true|1))?(\s|$)"
+    return re.search(pattern, xla_flags) is not None
+
+
+def _refuse_select_and_scatter() -> None:
+    """Makes lowering select-and-scatter raise, as XLA:GPU's compiler does under deterministic ops."""
+    from jax._src.interpreters import mlir
+    from jax._src.lax import windowed_reductions
+
+    def rule(ctx, *args, **params):
+        raise NotImplementedError(
+            "select-and-scatter does not have a deterministic implementation, but run-to-run "
+            "determinism is required by --xla_gpu_deterministic_ops (XLA:GPU, as emulated by "
+            "JAXPOOL_TEST_AS=gpu)"
+        )
+
+    mlir.register_lowering(windowed_reductions.select_and_scatter_p, rule, platform="cpu")
 
 
 def _round_default_precision_matmuls(bits: int) -> None:

@@ -68,12 +68,12 @@ STOCHASTIC = tuple(name for name in jaxpool.available() if jaxpool.is_stochastic
 CONVEX = ("max", "avg", "mixed", "gated", "stochastic", "tdgs")
 
 
-def ref_windows(x: np.ndarray, window, strides, padding: str):
-    """Loop-based NumPy reference: dict (i, j) -> (N, n_real, C) real elements of each window.
+def ref_window_positions(h: int, w: int, window, strides, padding: str):
+    """Loop-based reference geometry: dict (i, j) -> the (row, col) of each real element of
+    window (i, j), row-major; and the output size (ho, wo).
 
     Written independently of jaxpool._windows (explicit index arithmetic, TF/flax SAME split).
     """
-    _n, h, w, _c = x.shape
     (kh, kw), (sh, sw) = window, strides
     if padding == "VALID":
         ho, wo, pt, pl = (h - kh) // sh + 1, (w - kw) // sw + 1, 0, 0
@@ -81,17 +81,20 @@ def ref_windows(x: np.ndarray, window, strides, padding: str):
         ho, wo = math.ceil(h / sh), math.ceil(w / sw)
         pt = max((ho - 1) * sh + kh - h, 0) // 2
         pl = max((wo - 1) * sw + kw - w, 0) // 2
-    out = {}
+    positions = {}
     for i in range(ho):
         for j in range(wo):
-            elems = []
-            for a in range(kh):
-                for b in range(kw):
-                    r, q = i * sh + a - pt, j * sw + b - pl
-                    if 0 <= r < h and 0 <= q < w:
-                        elems.append(x[:, r, q, :])
-            out[i, j] = np.stack(elems, axis=1)
-    return out, (ho, wo)
+            rows_cols = [(i * sh + a - pt, j * sw + b - pl) for a in range(kh) for b in range(kw)]
+            positions[i, j] = [(r, q) for r, q in rows_cols if 0 <= r < h and 0 <= q < w]
+    return positions, (ho, wo)
+
+
+def ref_windows(x: np.ndarray, window, strides, padding: str):
+    """Loop-based NumPy reference: dict (i, j) -> (N, n_real, C) real elements of each window
+    (:func:`ref_window_positions`); and the output size (ho, wo)."""
+    positions, size = ref_window_positions(x.shape[1], x.shape[2], window, strides, padding)
+    out = {ij: np.stack([x[:, r, q, :] for r, q in rc], axis=1) for ij, rc in positions.items()}
+    return out, size
 
 
 def init_and_apply(module, x, *, deterministic, key=0):

@@ -135,3 +135,48 @@ def test_installed_it_moves_transcendental_results_by_a_few_ulp():
     # exp(0) = 1, log(1) = 0, tanh(0) = 0, 3 ** 1 = 3; tanh within [-1, 1]; exp(v) not past 1 from v's side
     assert out["exact"] == [1.0, 0.0, 0.0, 3.0]
     assert out["tanh_max"] == 1.0 and out["exp_side"]
+
+
+def test_deterministic_gpu_ops_are_recognised_in_xla_flags():
+    on = (
+        "--xla_gpu_deterministic_ops=true",
+        "--a=1 --xla_gpu_deterministic_ops",
+        "--xla_gpu_exclude_nondeterministic_ops=1",
+    )
+    off = ("", "--xla_gpu_deterministic_ops=false", "--xla_gpu_deterministic_ops_x=true")
+    assert all(accelerator_emulation.deterministic_gpu_ops(flags) for flags in on)
+    assert not any(accelerator_emulation.deterministic_gpu_ops(flags) for flags in off)
+
+
+SELECT_AND_SCATTER = """
+import sys
+import flax.linen as nn
+import jax, jax.numpy as jnp
+sys.path.insert(0, "tests")
+import accelerator_emulation
+import jaxpool
+accelerator_emulation.install(sys.argv[1])
+x = jnp.ones((1, 8, 8, 2))
+for pool in (jaxpool.max_pool, jaxpool.max_blur_pool):  # no select-and-scatter: they compile
+    jax.grad(lambda v: pool(v).sum())(x)
+try:
+    jax.grad(lambda v: nn.max_pool(v, (2, 2), (2, 2)).sum())(x)
+    print("compiled")
+except NotImplementedError as e:
+    print("refused" if "--xla_gpu_deterministic_ops" in str(e) else str(e))
+"""
+
+
+@pytest.mark.parametrize(
+    ("accelerator", "flags", "want"),
+    [
+        ("gpu", "--xla_gpu_deterministic_ops=true", "refused"),
+        ("gpu", "", "compiled"),
+        ("tpu", "--xla_gpu_deterministic_ops=true", "compiled"),
+    ],
+)
+def test_installed_for_a_gpu_with_deterministic_ops_it_refuses_select_and_scatter(
+    accelerator, flags, want
+):
+    script = SELECT_AND_SCATTER.replace("sys.argv[1]", repr(accelerator))
+    assert run_on_cpu_devices(script, devices=1, flags=flags) == want

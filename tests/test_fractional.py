@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 
 import jax
@@ -58,6 +59,55 @@ def test_deterministic_matches_reference_values_and_gradients(hw, ratio, overlap
     expected = np.zeros_like(x)
     extra = 1 if overlapping else 0
     for n, i, j, c in np.ndindex(y.shape):
+        region = x[n, rows[i] : rows[i + 1] + extra, cols[j] : cols[j + 1] + extra, c]
+        r, q = np.unravel_index(region.argmax(), region.shape)
+        expected[n, rows[i] + r, cols[j] + q, c] += u[n, i, j, c]
+    np.testing.assert_allclose(grad, expected, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("overlapping", [False, True])
+def test_each_slot_reads_strictly_increasing_indices_inside_its_region(overlapping):
+    # The gathers are marked sorted and unique for XLA (wrong marks give undefined results on a
+    # GPU), so check it on many drawn boundaries of several sizes, both sequences.
+    from jaxpool import _fractional
+
+    for size, ratio in ((13, 1.4), (28, math.sqrt(2)), (9, 1.6), (6, 1.2)):
+        out = _fractional.output_size(size, ratio, overlapping, "height")
+        for sequence in ("random", "pseudo_random"):
+            draw = functools.partial(
+                _fractional.random_boundaries,
+                size=size, out=out, overlapping=overlapping, sequence=sequence,
+            )  # fmt: skip
+            boundaries = jax.vmap(draw)(jax.random.split(jax.random.key(size), 200))
+            slots = np.stack(
+                jax.vmap(lambda b: _fractional.slot_indices(b, overlapping))(boundaries)
+            )
+            assert (np.diff(slots, axis=-1) > 0).all()  # (slot, draw, region)
+            b = np.asarray(boundaries)
+            starts, ends = b[:, :-1], b[:, 1:] - (0 if overlapping else 1)
+            assert ((slots >= starts) & (slots <= ends)).all()
+            # together the slots cover each region
+            assert ((slots == starts).any(axis=0) & (slots == ends).any(axis=0)).all()
+            assert (ends - starts < len(slots)).all()
+
+
+@pytest.mark.parametrize("overlapping", [False, True])
+def test_on_ties_the_derivative_goes_to_the_first_maximal_element_of_each_region(overlapping):
+    # As max_pool's: values 0..2 make many ties; each output's weight lands on its region's first
+    # maximal element in row-major order (np.argmax's), shared elements of overlapping regions
+    # summing them.
+    h, w = 9, 7
+    rows = fixed(h, math.floor(h / 1.5), overlapping)
+    cols = fixed(w, math.floor(w / 1.5), overlapping)
+    x = np.random.default_rng(4).integers(0, 3, (2, h, w, 2)).astype(np.float32)
+    u = np.random.default_rng(3).normal(size=(2, len(rows) - 1, len(cols) - 1, 2))
+    pool = lambda v: jaxpool.fractional_max_pool(
+        v, 1.5, deterministic=True, overlapping=overlapping
+    )
+    grad = jax.grad(lambda v: (pool(v) * u).sum())(jnp.asarray(x))
+    expected = np.zeros_like(x, dtype=np.float64)
+    extra = 1 if overlapping else 0
+    for n, i, j, c in np.ndindex(u.shape):
         region = x[n, rows[i] : rows[i + 1] + extra, cols[j] : cols[j + 1] + extra, c]
         r, q = np.unravel_index(region.argmax(), region.shape)
         expected[n, rows[i] + r, cols[j] + q, c] += u[n, i, j, c]

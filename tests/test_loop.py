@@ -11,6 +11,7 @@ import subprocess
 import sys
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
@@ -415,6 +416,26 @@ def test_microbatch_size_must_divide_the_per_device_batch():
         run_config.validate_config(_config(batch_size=64, microbatch_size=24))
     with pytest.raises(run_config.ConfigError, match="microbatch_size must be an integer >= 0"):
         run_config.validate_config(_config(microbatch_size=-1))
+
+
+def test_cross_entropy_worked_by_hand_and_against_optax():
+    # logits (0, ln 3), label 1: log(1 + 3) - ln 3 = ln(4/3); (0, 0), label 0: ln 2.  Derivative:
+    # softmax - one-hot.
+    logits = jnp.array([[0.0, math.log(3.0)], [0.0, 0.0]])
+    labels = jnp.array([1, 0])
+    loss = steps.cross_entropy(logits, labels)
+    np.testing.assert_allclose(loss, [math.log(4 / 3), math.log(2)], rtol=1e-6)
+    grad = jax.grad(lambda z: steps.cross_entropy(z, labels).sum())(logits)
+    np.testing.assert_allclose(grad, [[0.25, -0.25], [-0.5, 0.5]], rtol=1e-6, atol=1e-7)
+    rng = np.random.default_rng(0)
+    z = jnp.asarray(rng.normal(scale=4.0, size=(32, 10)), jnp.float32)
+    y = jnp.asarray(rng.integers(0, 10, 32), jnp.int32)
+    theirs = optax.softmax_cross_entropy_with_integer_labels
+    np.testing.assert_allclose(steps.cross_entropy(z, y), theirs(z, y), rtol=1e-6, atol=1e-6)
+    ours_grad, optax_grad = (
+        jax.grad(lambda v, f=f: f(v, y).mean())(z) for f in (steps.cross_entropy, theirs)
+    )
+    np.testing.assert_allclose(ours_grad, optax_grad, rtol=1e-6, atol=1e-7)
 
 
 def _step_inputs(pooler):
