@@ -25,6 +25,18 @@ def ref_fractional(x, rows, cols, overlapping=False):
     return out
 
 
+def ref_fractional_gradient(x, u, rows, cols, overlapping=False):
+    """The input gradient of ``sum(u * y)``: each output's weight ``u`` on its region's first
+    maximal element in row-major order (``np.argmax``'s), summed where regions share elements."""
+    expected = np.zeros(x.shape)
+    extra = 1 if overlapping else 0
+    for n, i, j, c in np.ndindex(u.shape):
+        region = x[n, rows[i] : rows[i + 1] + extra, cols[j] : cols[j + 1] + extra, c]
+        r, q = np.unravel_index(region.argmax(), region.shape)
+        expected[n, rows[i] + r, cols[j] + q, c] += u[n, i, j, c]
+    return expected
+
+
 def fixed(size, out, overlapping=False):
     """a_i = floor(b (i + 1/2)) - floor(b / 2), b = total / out: the deterministic boundaries."""
     total = size - 1 if overlapping else size
@@ -56,12 +68,7 @@ def test_deterministic_matches_reference_values_and_gradients(hw, ratio, overlap
     # gradient: each output's weight lands on its region's argmax (no ties in normal samples)
     u = np.random.default_rng(1).normal(size=y.shape)
     grad = jax.grad(lambda v: (pool(v) * u).sum())(jnp.asarray(x, jnp.float32))
-    expected = np.zeros_like(x)
-    extra = 1 if overlapping else 0
-    for n, i, j, c in np.ndindex(y.shape):
-        region = x[n, rows[i] : rows[i + 1] + extra, cols[j] : cols[j + 1] + extra, c]
-        r, q = np.unravel_index(region.argmax(), region.shape)
-        expected[n, rows[i] + r, cols[j] + q, c] += u[n, i, j, c]
+    expected = ref_fractional_gradient(x, u, rows, cols, overlapping)
     np.testing.assert_allclose(grad, expected, rtol=1e-6, atol=1e-6)
 
 
@@ -105,12 +112,7 @@ def test_on_ties_the_derivative_goes_to_the_first_maximal_element_of_each_region
         v, 1.5, deterministic=True, overlapping=overlapping
     )
     grad = jax.grad(lambda v: (pool(v) * u).sum())(jnp.asarray(x))
-    expected = np.zeros_like(x, dtype=np.float64)
-    extra = 1 if overlapping else 0
-    for n, i, j, c in np.ndindex(u.shape):
-        region = x[n, rows[i] : rows[i + 1] + extra, cols[j] : cols[j + 1] + extra, c]
-        r, q = np.unravel_index(region.argmax(), region.shape)
-        expected[n, rows[i] + r, cols[j] + q, c] += u[n, i, j, c]
+    expected = ref_fractional_gradient(x, u, rows, cols, overlapping)
     np.testing.assert_allclose(grad, expected, rtol=1e-6, atol=1e-6)
 
 
