@@ -41,6 +41,9 @@ def _scatters(stablehlo: str) -> list[tuple[bool, str, str]]:
             arg_type = re.search(r"\^bb0\(%\w+: tensor<(\w+)>", lines[i + 1]).group(1)
             combiner = re.search(r"stablehlo\.(\w+)", lines[i + 2]).group(1)
             found.append(("unique_indices = true" in line, combiner, arg_type))
+    # Every scatter read: another printing of the op (a newer JAX) must fail here, not pass empty.
+    printed = len(re.findall(r'=\s*"?stablehlo\.scatter\b', stablehlo))
+    assert len(found) == printed, f"read {len(found)} of {printed} scatters: a new printed form?"
     return found
 
 
