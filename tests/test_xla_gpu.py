@@ -3,6 +3,7 @@ that every pooler's training step compiles under them as it is."""
 
 from __future__ import annotations
 
+import itertools
 import re
 
 import jax
@@ -56,22 +57,24 @@ def _kept_under_deterministic_ops(unique: bool, combiner: str, element_type: str
 
 @pytest.mark.parametrize("pooler", jaxpool.available())
 def test_every_pooler_trains_with_ops_that_deterministic_xla_gpu_compiles_as_they_are(pooler):
+    # The step of one run, and of a seed group (the sweep's seeds vmapped), on both paths.
     shape = (16, 16, 1)
-    batch = {
-        "image": jax.ShapeDtypeStruct((4, *shape), jnp.uint8),
-        "label": jax.ShapeDtypeStruct((4,), jnp.int32),
-    }
-    for implementation in ("reference", "fast"):
+    for implementation, seeds in itertools.product(("reference", "fast"), (None, 2)):
         config = digits.get_config()
         config.update(pooler=pooler, implementation=implementation)
         spec = run_config.describe(config, shape, 10, 1024)
-        state = jax.eval_shape(
-            lambda k, spec=spec: steps.create_train_state(spec, k), jax.random.key(0)
-        )
-        text = jax.jit(steps.train_step).lower(state, batch, jax.random.key(1)).as_text()
-        assert "stablehlo.select_and_scatter" not in text, implementation
+        lead = () if seeds is None else (seeds,)
+        keys = jax.random.split(jax.random.key(0), seeds) if seeds else jax.random.key(0)
+        state = jax.eval_shape(lambda k, spec=spec: steps.create_train_state(spec, k), keys)
+        batch = {
+            "image": jax.ShapeDtypeStruct((*lead, 4, *shape), jnp.uint8),
+            "label": jax.ShapeDtypeStruct((*lead, 4), jnp.int32),
+        }
+        step = steps.train_step if seeds is None else jax.vmap(steps.train_step)
+        text = jax.jit(step).lower(state, batch, keys).as_text()
+        assert "stablehlo.select_and_scatter" not in text, (implementation, seeds)
         for scatter in _scatters(text):
-            assert _kept_under_deterministic_ops(*scatter), (implementation, scatter)
+            assert _kept_under_deterministic_ops(*scatter), (implementation, seeds, scatter)
 
 
 def test_the_scatter_check_reads_what_it_is_meant_to():
