@@ -78,17 +78,21 @@ def test_each_slot_reads_strictly_increasing_indices_inside_its_region(overlappi
     # GPU), so check it on many drawn boundaries of several sizes, both sequences.
     from jaxpool import _fractional
 
+    @functools.partial(jax.jit, static_argnums=(1, 2, 3))
+    def draw(keys, size, out, sequence):  # boundaries (draw, out + 1), slots (slot, draw, out)
+        boundaries = jax.vmap(
+            lambda k: _fractional.random_boundaries(k, size, out, overlapping, sequence)
+        )(keys)
+        slots = jax.vmap(lambda b: jnp.stack(_fractional.slot_indices(b, overlapping)))(boundaries)
+        return boundaries, jnp.moveaxis(slots, 1, 0)
+
     for size, ratio in ((13, 1.4), (28, math.sqrt(2)), (9, 1.6), (6, 1.2)):
         out = _fractional.output_size(size, ratio, overlapping, "height")
         for sequence in ("random", "pseudo_random"):
-            draw = functools.partial(
-                _fractional.random_boundaries,
-                size=size, out=out, overlapping=overlapping, sequence=sequence,
-            )  # fmt: skip
-            boundaries = jax.vmap(draw)(jax.random.split(jax.random.key(size), 200))
-            slots = np.stack(
-                jax.vmap(lambda b: _fractional.slot_indices(b, overlapping))(boundaries)
+            boundaries, slots = draw(
+                jax.random.split(jax.random.key(size), 200), size, out, sequence
             )
+            slots = np.asarray(slots)
             assert (np.diff(slots, axis=-1) > 0).all()  # (slot, draw, region)
             b = np.asarray(boundaries)
             starts, ends = b[:, :-1], b[:, 1:] - (0 if overlapping else 1)
