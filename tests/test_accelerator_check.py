@@ -31,6 +31,7 @@ def test_plan_bounds_every_step_and_passes_the_data_dir(tmp_path):
     ]
     assert [s.name for s in steps] == [
         "device", "tests", "deterministic ops on", "deterministic ops off",
+        "nondeterministic ops excluded",
         "mnist sweep (2 epochs)",
         *fast_paths, "max, fast model", "max, eval batch 1000",
         "seeds apart", "seeds together", "bench",
@@ -38,12 +39,19 @@ def test_plan_bounds_every_step_and_passes_the_data_dir(tmp_path):
     groups = [s.group for s in steps[1:]]  # after the device, in the order of --check-steps' names
     assert groups == sorted(groups, key=accelerator_check.GROUPS.index)
     by_name = {s.name: s for s in steps}
-    on, off = by_name["deterministic ops on"], by_name["deterministic ops off"]
-    at = on.command.index("--workdir") + 1  # the same training, in two directories
-    assert on.command[:at] + on.command[at + 1 :] == off.command[:at] + off.command[at + 1 :]
-    assert on.command[at] != off.command[at] and on.command[-2:] == ["--data-dir", "/data/tfds"]
+    on, off, excluded = (by_name[n] for n in accelerator_check.DETERMINISM_STEPS)
+    at = on.command.index("--workdir") + 1  # the same training, in three directories
+    for other in (off, excluded):
+        assert (
+            on.command[:at] + on.command[at + 1 :] == other.command[:at] + other.command[at + 1 :]
+        )
+    assert len({on.command[at], off.command[at], excluded.command[at]}) == 3
+    assert on.command[-2:] == ["--data-dir", "/data/tfds"]
     assert "XLA_FLAGS" not in on.env
     assert off.env["XLA_FLAGS"].endswith("--xla_gpu_deterministic_ops=false")
+    assert excluded.env["XLA_FLAGS"].endswith(
+        "--xla_gpu_deterministic_ops=false --xla_gpu_exclude_nondeterministic_ops=true"
+    )
     assert all(s.limit_s > 0 for s in steps)
     assert by_name["tests"].command[-2:] == ["-n", "3"]
     sweeps = [by_name[n] for n in ("mnist sweep (2 epochs)", "seeds apart", "seeds together")]
@@ -54,7 +62,7 @@ def test_plan_bounds_every_step_and_passes_the_data_dir(tmp_path):
     assert ["--seeds-together", "on"] == sweeps[2].command[-4:-2]
     # Every train.main step: MNIST, 2 epochs, into its own run directory, which the summary reads.
     runs = [s for s in steps if s.run_dir]
-    assert [s.group for s in runs] == ["determinism"] * 2 + ["paths"] * 8
+    assert [s.group for s in runs] == ["determinism"] * 3 + ["paths"] * 8
     assert len({s.run_dir for s in runs}) == len(runs)
     for step in runs:
         command = step.command
@@ -173,6 +181,15 @@ def test_determinism_steps_give_epoch_2_training_and_evaluation_seconds(tmp_path
     lines = accelerator_check.summary([], {}, "gpu:H200 x1", timed)
     assert lines[-3].endswith("ops on: training 0.250 s, evaluating the test split 0.020 s")
     assert lines[-1] == "  cost of exactness: training x1.25"
+    timed["nondeterministic ops excluded"] = (0.22, 0.02)
+    lines = accelerator_check.summary([], {}, "gpu:H200 x1", timed)
+    assert lines[-3].endswith(
+        "autotuning kept: training 0.220 s, evaluating the test split 0.020 s"
+    )
+    assert lines[-2:] == [
+        "  cost of exactness: training x1.25",
+        "  of it, the excluded ops alone: training x1.10",
+    ]
 
 
 def test_paths_steps_set_fast_paths_beside_the_sweep_and_the_larger_eval_batch():

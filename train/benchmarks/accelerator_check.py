@@ -7,9 +7,11 @@ that names the device (a first step, always run, asks JAX):
 1. tests: the test suite (``python -m pytest -q -n N``; each worker's JAX allocates GPU memory as
    it goes, not 75% of it up front, so the workers share the device);
 2. determinism: ``train.main`` on MNIST with max pooling, 2 epochs, with the deterministic XLA:GPU
-   ops it runs with (:mod:`train.core.xla_gpu`, what makes a resume exact) and without them
-   (``XLA_FLAGS=--xla_gpu_deterministic_ops=false``): epoch 2's training and evaluation seconds
-   of each give the cost of exactness and the time to evaluate the 10,000 test images;
+   ops it runs with (:mod:`train.core.xla_gpu`, what makes a resume exact), without them
+   (``XLA_FLAGS=--xla_gpu_deterministic_ops=false``), and with only the ops that could differ run
+   to run replaced (``--xla_gpu_exclude_nondeterministic_ops=true``: autotuning kept, which the
+   first turns off too): epoch 2's training and evaluation seconds of each give the cost of
+   exactness, how much of it autotuning is, and the time to evaluate the 10,000 test images;
 3. sweep: the MNIST sweep of every pooler, one seed, 2 epochs (``--check-data-dir`` must hold
    MNIST), whose report gives seconds per epoch without compilation (epoch 2);
 4. paths: what ``implementation='auto'`` could take off the CPU, where it was measured.  The
@@ -78,7 +80,18 @@ class Step:
 
 
 SEED_GROUP_STEPS = ("seeds apart", "seeds together")
-DETERMINISM_STEPS = ("deterministic ops on", "deterministic ops off")
+DETERMINISM_STEPS = (
+    "deterministic ops on",
+    "deterministic ops off",
+    "nondeterministic ops excluded",
+)
+# How the summary names each of them: on (exact, the default), off, and only the ops that could
+# differ run to run replaced, autotuning kept (which --xla_gpu_deterministic_ops also turns off).
+DETERMINISM_MODES = (
+    "deterministic XLA:GPU ops on",
+    "deterministic XLA:GPU ops off",
+    "nondeterministic ops excluded, autotuning kept",
+)
 GROUPS = ("tests", "determinism", "sweep", "paths", "seeds", "bench")  # --check-steps, in order
 # The poolers whose implementation='fast' is a path of its own (the others run the reference).
 FAST_PATH_POOLERS = ("max", "mixed", "gated", "tree", "stochastic", "tdgs")
@@ -140,6 +153,9 @@ def plan(out: str, data_dir: str | None, workers: int) -> list[Step]:
     # The user's XLA flags kept, deterministic ops turned off (train.cli leaves a choice alone).
     user_flags = os.environ.get("XLA_FLAGS", "")
     nondeterministic = {"XLA_FLAGS": f"{user_flags} --xla_gpu_deterministic_ops=false".strip()}
+    excluded = {
+        "XLA_FLAGS": f"{nondeterministic['XLA_FLAGS']} --xla_gpu_exclude_nondeterministic_ops=true"
+    }
     # Most telling first: a check cut short by --check-seconds loses the bench, measured before.
     name_device = "from train.benchmarks import measure; print(measure.device_description())"
     return [
@@ -152,6 +168,9 @@ def plan(out: str, data_dir: str | None, workers: int) -> list[Step]:
             "determinism",
             limit_s=600,
             env=nondeterministic,
+        ),
+        training(
+            DETERMINISM_STEPS[2], "deterministic-excluded", "determinism", limit_s=600, env=excluded
         ),
         Step(
             "mnist sweep (2 epochs)",
@@ -288,21 +307,19 @@ def summary(
             f"{apart.seconds:.1f} s apart, {together.seconds:.1f} s together "
             f"(x{together.seconds / apart.seconds:.2f})",
         ]
-    determinism = {
-        mode: timed[n]
-        for mode, n in zip(("on", "off"), DETERMINISM_STEPS, strict=True)
-        if n in timed
-    }
-    if determinism:
+    on, off, excluded = (timed.get(name) for name in DETERMINISM_STEPS)
+    if on or off or excluded:
         lines.append("")
-    for mode, (train_s, eval_s) in determinism.items():
-        lines.append(
-            f"MNIST max, epoch 2, deterministic XLA:GPU ops {mode}: training {train_s:.3f} s, "
-            f"evaluating the test split {eval_s:.3f} s"
-        )
-    if "on" in determinism and "off" in determinism:
-        ratio = determinism["on"][0] / determinism["off"][0]
-        lines.append(f"  cost of exactness: training x{ratio:.2f}")
+    for mode, figures in zip(DETERMINISM_MODES, (on, off, excluded), strict=True):
+        if figures:
+            lines.append(
+                f"MNIST max, epoch 2, {mode}: training {figures[0]:.3f} s, "
+                f"evaluating the test split {figures[1]:.3f} s"
+            )
+    if on and off:
+        lines.append(f"  cost of exactness: training x{on[0] / off[0]:.2f}")
+    if excluded and off:
+        lines.append(f"  of it, the excluded ops alone: training x{excluded[0] / off[0]:.2f}")
     return lines + _paths_summary(per_epoch, timed)
 
 
