@@ -71,11 +71,12 @@ def test_max_gradient_goes_to_the_first_tied_maximum(window, strides, padding):
     x, weights = _tied_max_inputs(window, strides, padding)
     ours = jax.grad(lambda v: jnp.sum(weights * F.max_pool(v, window, strides, padding)))(x)
     s = _pair_strides(window, strides)
-    positions, _ = ref_window_positions(7, 6, window, s, padding)
+    positions, _ = ref_window_positions(*x.shape[1:3], window, s, padding)
     xs, ws, expected = np.asarray(x), np.asarray(weights), np.zeros(x.shape)
     for (i, j), rows_cols in positions.items():
-        for n, c in np.ndindex(2, 3):
-            r, q = rows_cols[int(np.argmax([xs[n, r, q, c] for r, q in rows_cols]))]  # the first
+        for n, c in np.ndindex(x.shape[0], x.shape[3]):
+            values = [xs[n, row, col, c] for row, col in rows_cols]
+            r, q = rows_cols[int(np.argmax(values))]  # np.argmax: the first maximum
             expected[n, r, q, c] += ws[n, i, j, c]
     np.testing.assert_array_equal(ours, expected)
 
