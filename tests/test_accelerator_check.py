@@ -34,6 +34,7 @@ def test_plan_bounds_every_step_and_passes_the_data_dir(tmp_path):
         "nondeterministic ops excluded",
         "mnist sweep (2 epochs)",
         *fast_paths, "max, fast model", "max, eval batch 1000",
+        "max, command buffers off", "max, command buffers with loops",
         "seeds apart", "seeds together", "bench",
     ]  # fmt: skip
     groups = [s.group for s in steps[1:]]  # after the device, in the order of --check-steps' names
@@ -52,6 +53,9 @@ def test_plan_bounds_every_step_and_passes_the_data_dir(tmp_path):
     assert excluded.env["XLA_FLAGS"].endswith(
         "--xla_gpu_deterministic_ops=false --xla_gpu_exclude_nondeterministic_ops=true"
     )
+    off_graphs, loop_graphs = (by_name[n] for n in accelerator_check.GRAPH_STEPS)
+    assert off_graphs.env["XLA_FLAGS"].endswith(" --xla_gpu_enable_command_buffer=")
+    assert loop_graphs.env["XLA_FLAGS"].endswith("CONDITIONAL,WHILE")
     assert all(s.limit_s > 0 for s in steps)
     assert by_name["tests"].command[-2:] == ["-n", "3"]
     sweeps = [by_name[n] for n in ("mnist sweep (2 epochs)", "seeds apart", "seeds together")]
@@ -62,7 +66,7 @@ def test_plan_bounds_every_step_and_passes_the_data_dir(tmp_path):
     assert ["--seeds-together", "on"] == sweeps[2].command[-4:-2]
     # Every train.main step: MNIST, 2 epochs, into its own run directory, which the summary reads.
     runs = [s for s in steps if s.run_dir]
-    assert [s.group for s in runs] == ["determinism"] * 3 + ["paths"] * 8
+    assert [s.group for s in runs] == ["determinism"] * 3 + ["paths"] * 8 + ["graphs"] * 2
     assert len({s.run_dir for s in runs}) == len(runs)
     for step in runs:
         command = step.command
@@ -233,3 +237,24 @@ def test_an_earlier_checks_directory_is_refused(tmp_path):
         accelerator_check.check_out_dir(str(tmp_path))
     with pytest.raises(ValueError, match="already holds files"):
         accelerator_check.run(str(tmp_path), None, 1, ())
+
+
+def test_graphs_steps_set_command_buffers_beside_the_default_run():
+    timed = {
+        "deterministic ops on": (0.25, 0.04),
+        "max, command buffers off": (0.30, 0.05),
+        "max, command buffers with loops": (0.125, 0.02),
+    }
+    lines = accelerator_check.summary([], {"max": 0.26}, "gpu:H200 x1", timed)
+    at = lines.index(
+        "MNIST max, epoch 2, training seconds by XLA:GPU command buffers (CUDA graphs)"
+    )
+    assert [line.split() for line in lines[at + 1 : at + 4]] == [
+        ["default", "(deterministic", "ops", "on)", "0.250"],
+        ["command", "buffers", "off", "0.300", "(x1.20)"],
+        ["command", "buffers", "with", "loops", "0.125", "(x0.50)"],
+    ]
+    del timed["deterministic ops on"]  # then the sweep's max is the default
+    lines = accelerator_check.summary([], {"max": 0.25}, "gpu:H200 x1", timed)
+    assert lines[-3].split() == ["default", "(the", "sweep)", "0.250"]
+    assert not any("command buffers" in line for line in accelerator_check.summary([], {}, "x"))

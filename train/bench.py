@@ -41,7 +41,7 @@ _CHECK_WORKERS = flags.DEFINE_integer("check-workers", 4, "--check: pytest worke
 _CHECK_STEPS = flags.DEFINE_string(
     "check-steps",
     "all",
-    "--check: 'all' or some of tests,determinism,sweep,paths,seeds,bench (comma-separated).",
+    "--check: 'all' or some of tests,determinism,sweep,paths,graphs,seeds,bench (comma-separated).",
 )
 _CHECK_SECONDS = flags.DEFINE_integer(
     "check-seconds",

@@ -22,11 +22,16 @@ that names the device (a first step, always run, asks JAX):
    :data:`EVAL_BATCH` instead of the training batch.  Their epoch-2 seconds beside the sweep's
    (``'auto'``) say where a fast path wins on this device and whether a larger evaluation batch
    is needed for the evaluation target;
-5. seeds: the MNIST sweep of max and tdgs, 3 seeds, 2 epochs, once with each seed its own program
+5. graphs: max trained as in the sweep with XLA:GPU's command buffers (CUDA graphs) off
+   (``--xla_gpu_enable_command_buffer=``) and with them extended to loops and conditionals
+   (:data:`COMMAND_BUFFERS_WITH_LOOPS`): a step of this small CNN is a few dozen short kernels,
+   so launching them may cost more than running them, and each step is one iteration of the
+   chunk's ``fori_loop``;
+6. seeds: the MNIST sweep of max and tdgs, 3 seeds, 2 epochs, once with each seed its own program
    and once with the seeds of a pooler in one (``--seeds-together off``/``on``): their wall
    times, start-up included, say whether ``--seeds-together auto`` (on for GPU/TPU, not measured
    there yet) is the right default;
-6. bench: ``python -m train.bench`` (per-call and in-loop figures; ``bench.json`` in the output
+7. bench: ``python -m train.bench`` (per-call and in-loop figures; ``bench.json`` in the output
    dir).
 
 ``--check-steps`` picks some of them by the names above, and ``--check-seconds`` bounds the whole
@@ -92,7 +97,15 @@ DETERMINISM_MODES = (
     "deterministic XLA:GPU ops off",
     "nondeterministic ops excluded, autotuning kept",
 )
-GROUPS = ("tests", "determinism", "sweep", "paths", "seeds", "bench")  # --check-steps, in order
+# The graphs steps: name -> the XLA flag each adds to the user's XLA_FLAGS.
+COMMAND_BUFFERS_WITH_LOOPS = (
+    "--xla_gpu_enable_command_buffer=FUSION,CUBLAS,CUBLASLT,CUSTOM_CALL,CUDNN,CONDITIONAL,WHILE"
+)
+GRAPH_STEPS = {
+    "max, command buffers off": "--xla_gpu_enable_command_buffer=",
+    "max, command buffers with loops": COMMAND_BUFFERS_WITH_LOOPS,
+}
+GROUPS = ("tests", "determinism", "sweep", "paths", "graphs", "seeds", "bench")  # in order
 # The poolers whose implementation='fast' is a path of its own (the others run the reference).
 FAST_PATH_POOLERS = ("max", "mixed", "gated", "tree", "stochastic", "tdgs")
 FAST_MODEL_STEP = "max, fast model"
@@ -197,6 +210,16 @@ def plan(out: str, data_dir: str | None, workers: int) -> list[Step]:
             *config,
             f"--config.eval_batch_size={EVAL_BATCH}",
             limit_s=300,
+        ),
+        *(
+            training(
+                name,
+                f"graphs-{i}",
+                "graphs",
+                limit_s=300,
+                env={"XLA_FLAGS": f"{user_flags} {flag}".strip()},
+            )
+            for i, (name, flag) in enumerate(GRAPH_STEPS.items())
         ),
         Step(SEED_GROUP_STEPS[0], sweep("seeds-apart", *groups, "off"), 900, "seeds"),
         Step(SEED_GROUP_STEPS[1], sweep("seeds-together", *groups, "on"), 900, "seeds"),
@@ -320,7 +343,7 @@ def summary(
         lines.append(f"  cost of exactness: training x{on[0] / off[0]:.2f}")
     if excluded and off:
         lines.append(f"  of it, the excluded ops alone: training x{excluded[0] / off[0]:.2f}")
-    return lines + _paths_summary(per_epoch, timed)
+    return lines + _paths_summary(per_epoch, timed) + _graphs_summary(per_epoch, timed)
 
 
 def _paths_summary(per_epoch: dict[str, float], timed: dict[str, tuple[float, float]]) -> list[str]:
@@ -352,6 +375,27 @@ def _paths_summary(per_epoch: dict[str, float], timed: dict[str, tuple[float, fl
             f"MNIST max, epoch 2, evaluating the test split at eval batch {EVAL_BATCH}: "
             f"{timed[EVAL_BATCH_STEP][1]:.3f} s{beside}",
         ]
+    return lines
+
+
+def _graphs_summary(
+    per_epoch: dict[str, float], timed: dict[str, tuple[float, float]]
+) -> list[str]:
+    """The graphs steps' lines (none when none of them passed)."""
+    graphs = {name: timed[name][0] for name in GRAPH_STEPS if name in timed}
+    if not graphs:
+        return []
+    # The same train.main run with XLA's defaults is the first determinism step; else the sweep's.
+    if DETERMINISM_STEPS[0] in timed:
+        default, source = timed[DETERMINISM_STEPS[0]][0], DETERMINISM_STEPS[0]
+    else:
+        default, source = per_epoch.get("max"), "the sweep"
+    lines = ["", "MNIST max, epoch 2, training seconds by XLA:GPU command buffers (CUDA graphs)"]
+    label = f"default ({source})"
+    lines.append(f"  {label:<34}" + (f"{default:8.3f}" if default else f"{'?':>8}"))
+    for name, secs in graphs.items():
+        ratio = f"  (x{secs / default:.2f})" if default else ""
+        lines.append(f"  {name.removeprefix('max, '):<34}{secs:8.3f}{ratio}")
     return lines
 
 
