@@ -97,10 +97,11 @@ DETERMINISM_MODES = (
     "deterministic XLA:GPU ops off",
     "nondeterministic ops excluded, autotuning kept",
 )
-# The graphs steps: name -> the XLA flag each adds to the user's XLA_FLAGS.
+# XLA:GPU's default command types, and the chunk's loop and its conditionals too.
 COMMAND_BUFFERS_WITH_LOOPS = (
     "--xla_gpu_enable_command_buffer=FUSION,CUBLAS,CUBLASLT,CUSTOM_CALL,CUDNN,CONDITIONAL,WHILE"
 )
+# The graphs steps: name -> the XLA flag each adds to the user's XLA_FLAGS.
 GRAPH_STEPS = {
     "max, command buffers off": "--xla_gpu_enable_command_buffer=",
     "max, command buffers with loops": COMMAND_BUFFERS_WITH_LOOPS,
