@@ -55,7 +55,9 @@ def test_plan_bounds_every_step_and_passes_the_data_dir(tmp_path):
     )
     off_graphs, loop_graphs = (by_name[n] for n in accelerator_check.GRAPH_STEPS)
     assert off_graphs.env["XLA_FLAGS"].endswith(" --xla_gpu_enable_command_buffer=")
-    assert loop_graphs.env["XLA_FLAGS"].endswith("CONDITIONAL,WHILE")
+    assert loop_graphs.env["XLA_FLAGS"].endswith(
+        " --xla_gpu_enable_command_buffer=+WHILE,+CONDITIONAL"
+    )
     assert all(s.limit_s > 0 for s in steps)
     assert by_name["tests"].command[-2:] == ["-n", "3"]
     sweeps = [by_name[n] for n in ("mnist sweep (2 epochs)", "seeds apart", "seeds together")]

@@ -97,10 +97,9 @@ DETERMINISM_MODES = (
     "deterministic XLA:GPU ops off",
     "nondeterministic ops excluded, autotuning kept",
 )
-# XLA:GPU's default command types, and the chunk's loop and its conditionals too.
-COMMAND_BUFFERS_WITH_LOOPS = (
-    "--xla_gpu_enable_command_buffer=FUSION,CUBLAS,CUBLASLT,CUSTOM_CALL,CUDNN,CONDITIONAL,WHILE"
-)
+# XLA:GPU's default command types plus loops and conditionals ("+" adds to the defaults; jaxlib
+# 0.10.2's XLA parses it and refuses unknown names), so the chunk's fori_loop can be one graph.
+COMMAND_BUFFERS_WITH_LOOPS = "--xla_gpu_enable_command_buffer=+WHILE,+CONDITIONAL"
 # The graphs steps: name -> the XLA flag each adds to the user's XLA_FLAGS.
 GRAPH_STEPS = {
     "max, command buffers off": "--xla_gpu_enable_command_buffer=",
