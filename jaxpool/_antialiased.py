@@ -98,12 +98,8 @@ def max_blur_pool(
     # The dense max by selection, as max_pool's: its derivative goes to the first maximal element
     # of each window, and contains no select-and-scatter (lax.reduce_window's max derivative),
     # which XLA:GPU cannot compile under --xla_gpu_deterministic_ops.
-    dense = _window_ops.window_max(
-        _windows.window_elements(
-            batched.astype(_F32), _windows.window_spec((h, w), (kh, kw), 1, "VALID")
-        ),
-        None,
-    )
+    elements, _, _ = _windows.windows(batched.astype(_F32), (kh, kw), 1, "VALID")
+    dense = _window_ops.window_max(elements, None)
     y = _blur_axis(dense, taps, sh, 1, pad_mode)
     y = _blur_axis(y, taps, sw, 2, pad_mode)
     return _windows.to_output(y, x.dtype, unbatched)
