@@ -1,5 +1,5 @@
 """Tests of train/core/xla_gpu.py: when deterministic XLA:GPU ops are requested in XLA_FLAGS, and
-that every pooler's training step compiles under them as it is."""
+that every pooler's training and evaluation programs compile under them as they are."""
 
 from __future__ import annotations
 
@@ -8,11 +8,12 @@ import re
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 
 import jaxpool
 from configs import digits
-from train.core import run_config, steps, xla_gpu
+from train.core import device_loop, run_config, steps, xla_gpu
 
 
 def test_deterministic_gpu_ops_are_requested_unless_the_user_chose():
@@ -60,10 +61,23 @@ def _kept_under_deterministic_ops(unique: bool, combiner: str, element_type: str
     )
 
 
+def _kept_program(text: str) -> bool:
+    return "stablehlo.select_and_scatter" not in text and all(
+        _kept_under_deterministic_ops(*scatter) for scatter in _scatters(text)
+    )
+
+
 @pytest.mark.parametrize("pooler", jaxpool.available())
 def test_every_pooler_trains_with_ops_that_deterministic_xla_gpu_compiles_as_they_are(pooler):
-    # The step of one run, and of a seed group (the sweep's seeds vmapped), on both paths.
+    # The programs a GPU compiles: a training chunk (the steps' loop, batch gathers and writes)
+    # and the evaluation of a split, for one run (with micro-batches, which a user may set) and a
+    # seed group (the sweep's seeds vmapped), on both paths.
     shape = (16, 16, 1)
+    _, batch_sharding = device_loop.data_shardings()
+    images = jax.ShapeDtypeStruct((64, *shape), jnp.uint8)
+    labels = jax.ShapeDtypeStruct((64,), jnp.int32)
+    mask = jax.ShapeDtypeStruct((64,), jnp.float32)
+    mean = std = jax.ShapeDtypeStruct((1,), jnp.float32)
     for implementation, seeds in itertools.product(("reference", "fast"), (None, 2)):
         config = digits.get_config()
         config.update(pooler=pooler, implementation=implementation)
@@ -71,15 +85,20 @@ def test_every_pooler_trains_with_ops_that_deterministic_xla_gpu_compiles_as_the
         lead = () if seeds is None else (seeds,)
         keys = jax.random.split(jax.random.key(0), seeds) if seeds else jax.random.key(0)
         state = jax.eval_shape(lambda k, spec=spec: steps.create_train_state(spec, k), keys)
-        batch = {
-            "image": jax.ShapeDtypeStruct((*lead, 4, *shape), jnp.uint8),
-            "label": jax.ShapeDtypeStruct((*lead, 4), jnp.int32),
-        }
-        step = steps.train_step if seeds is None else jax.vmap(steps.train_step)
-        text = jax.jit(step).lower(state, batch, keys).as_text()
-        assert "stablehlo.select_and_scatter" not in text, (implementation, seeds)
-        for scatter in _scatters(text):
-            assert _kept_under_deterministic_ops(*scatter), (implementation, seeds, scatter)
+        order = jax.ShapeDtypeStruct((*lead, 64), jnp.int32)
+        chunk = device_loop.train_chunk if seeds is None else device_loop.train_chunk_seeds
+        evaluate = device_loop.evaluate_split if seeds is None else device_loop.evaluate_split_seeds
+        train_text = chunk.lower(
+            state, images, labels, order, np.int32(0), np.int32(2), keys, mean, std,
+            step_fn=steps.step_fn(2 if seeds is None else 1), batch_size=8, length=4,
+            batch_sharding=batch_sharding,
+        ).as_text()  # fmt: skip
+        eval_text = evaluate.lower(
+            state, images, labels, mask, mean, std, eval_fn=steps.eval_step, batch_size=16,
+            batch_sharding=batch_sharding,
+        ).as_text()  # fmt: skip
+        assert _kept_program(train_text), (implementation, seeds, "train")
+        assert _kept_program(eval_text), (implementation, seeds, "eval")
 
 
 def test_the_scatter_check_reads_what_it_is_meant_to():
