@@ -113,6 +113,13 @@ def test_summary_lists_steps_and_seconds_per_epoch_against_max(tmp_path):
     together = accelerator_check.Step("seeds together", ["s"], 10, returncode=0, seconds=12.0)
     lines = accelerator_check.summary([apart, together], {}, "gpu:H200 x1")
     assert lines[-1].endswith("30.0 s apart, 12.0 s together (x0.40)")
+    # Columns as wide as the longest name and status: the longest still stand apart.
+    long = accelerator_check.Step("nondeterministic ops excluded", ["m"], 10, returncode=0)
+    rows = accelerator_check.summary([step, long], {}, "gpu:H200 x1")[2:4]
+    assert [row.split()[:5] for row in rows] == [
+        ["tests", "passed", "12", "s", "ok"],
+        ["nondeterministic", "ops", "excluded", "passed", "0"],
+    ]
 
 
 def test_a_step_past_its_limit_is_stopped_with_the_processes_it_started(tmp_path):

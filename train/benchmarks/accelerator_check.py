@@ -312,7 +312,12 @@ def summary(
     passed (:data:`DETERMINISM_STEPS`, the paths steps)."""
     timed = timed or {}
     lines = [f"accelerator check on {device}", ""]
-    lines += [f"{s.name:<24}{s.status:<28}{s.seconds:>8.0f} s   {s.note}" for s in steps]
+    name_width = max((len(s.name) for s in steps), default=0) + 2
+    status_width = max((len(s.status) for s in steps), default=0) + 2
+    lines += [
+        f"{s.name:<{name_width}}{s.status:<{status_width}}{s.seconds:>6.0f} s   {s.note}"
+        for s in steps
+    ]
     if per_epoch:
         base = per_epoch.get("max")
         lines += ["", "MNIST, batch 64: training seconds per epoch (epoch 2, no compiling)"]
