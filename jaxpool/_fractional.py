@@ -130,8 +130,8 @@ def fractional_max_pool(
 
     and ``y_{ij} = \max_{(h, w) \in P_i \times Q_j} x_{hw}`` per channel, with independent row and
     column boundaries.  On ties the derivative goes to the first maximal element of a region
-    (row-major), as in ``max_pool``.  Training draws new boundaries per call from ``key`` (one set for the whole
-    batch, or per example with ``per_example=True``): ``sequence='random'`` places the
+    (row-major), as in ``max_pool``.  Training draws new boundaries per call from ``key`` (one set
+    for the whole batch, or per example with ``per_example=True``): ``sequence='random'`` places the
     increments of 2 uniformly at random (the paper's "random"), ``'pseudo_random'`` uses
     ``a_i = floor(b (i + u)) - floor(b u)``, ``b = a_{N_out} / N_out``, ``u ~ U(0, 1)``.
     Deterministic mode uses the fixed pseudo-random boundaries with ``u = 0.5``: the increments of

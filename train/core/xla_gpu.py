@@ -6,8 +6,8 @@ By default XLA:GPU may pick reductions that use atomics (the summation order var
 run) and autotune cuDNN convolution algorithms per compilation; ``--xla_gpu_deterministic_ops``
 turns both off.  Under it XLA:GPU refuses to compile select-and-scatter (the derivative of
 ``lax.reduce_window``'s max, google/flax#4233) and rewrites each scatter whose result could depend
-on the order of its updates into a slower program; no pooler's training step has either
-(``tests/test_xla_gpu.py``).
+on the order of its updates into a slower program; no pooler's training or evaluation program
+has either (``tests/test_xla_gpu.py``).
 
 :func:`request_deterministic_ops` adds it to ``XLA_FLAGS`` unless the user's ``XLA_FLAGS``
 already chooses (``--xla_gpu_deterministic_ops=false`` trades exactness for whatever speed the
