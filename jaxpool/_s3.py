@@ -165,10 +165,12 @@ def s3_pool(
         k_rows, k_cols = jax.random.split(k)
         rows = sample_indices(k_rows, h, strides[0], grid[0])
         cols = sample_indices(k_cols, w, strides[1], grid[1])
-        # Sorted and distinct by construction: told to XLA, the derivative's scatter-add is one
-        # that XLA:GPU keeps under deterministic ops, instead of rewriting it into a slower one.
-        hints = {"unique_indices": True, "indices_are_sorted": True}
-        return jnp.take(jnp.take(m, rows, axis=-3, **hints), cols, axis=-2, **hints)
+        # One gather of the row x column grid: on XLA:CPU 1.1-1.4x faster forward+backward than
+        # a gather of the rows and then one of the columns, which XLA lays out transposed.  The
+        # (row, col) pairs are distinct and sorted by construction: told to XLA, the derivative's
+        # scatter-add is one XLA:GPU keeps under deterministic ops instead of rewriting it.
+        grid_points = (..., rows[:, None], cols[None, :], slice(None))
+        return m.at[grid_points].get(unique_indices=True, indices_are_sorted=True)
 
     if per_example:
         keys = jax.random.split(key, n)
