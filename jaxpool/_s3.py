@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxpool import _window_ops, _windows
+from jaxpool import _fast_s3, _window_ops, _windows
 from jaxpool._windows import Window
 
 
@@ -115,8 +115,10 @@ def s3_pool(
       deterministic: the deterministic output (see ``test_mode``) instead of a sample.
       per_example: draw a separate row/column set for each example.
       test_mode: ``'expectation'`` or ``'official'``: what ``deterministic=True`` computes.
-      implementation: ``'auto'``, ``'reference'`` or ``'fast'``; all three run the reference
-        (there is no fast path; the rows and columns are drawn with ``jax.random``).
+      implementation: ``'auto'``, ``'reference'`` or ``'fast'``.  Training draws the same
+        rows and columns with ``jax.random`` whatever it says; ``'fast'`` computes the
+        ``'expectation'`` per grid block instead of with the dense ``A`` and ``B``
+        (:mod:`jaxpool._fast_s3`), which ``'auto'`` takes on CPU.
 
     Returns:
       ``(N, H // s, W // s, C)``, the dtype of ``x``.
@@ -148,8 +150,15 @@ def s3_pool(
     max_map = _window_ops.window_max(elements, None)  # (N, H-s+1, W-s+1, C)
     out_h, out_w = h // strides[0], w // strides[1]
     if deterministic and test_mode == "expectation":
-        rows = jnp.asarray(expectation_weights(h, strides[0], grid[0]), jnp.float32)
-        cols = jnp.asarray(expectation_weights(w, strides[1], grid[1]), jnp.float32)
+        weights = (
+            expectation_weights(h, strides[0], grid[0]),
+            expectation_weights(w, strides[1], grid[1]),
+        )
+        if _windows.use_fast(implementation, _fast_s3.EXPECTATION_WINS):
+            m32 = max_map.astype(jnp.float32)
+            y = _fast_s3.expectation(m32, weights, (h, w), strides, grid)
+            return _windows.to_output(y, x.dtype, unbatched)
+        rows, cols = (jnp.asarray(a, jnp.float32) for a in weights)
         y = jnp.einsum(
             "ir,nrcd,jc->nijd", rows, max_map.astype(jnp.float32), cols,
             precision=jax.lax.Precision.HIGHEST,

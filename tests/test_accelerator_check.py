@@ -90,7 +90,8 @@ def test_plan_bounds_every_step_and_passes_the_data_dir(tmp_path):
 
 
 def test_fast_path_poolers_are_those_with_a_path_of_their_own():
-    """s3 and avg take ``implementation`` but run the reference whatever it says."""
+    """avg takes ``implementation`` but runs the reference whatever it says; s3's fast path is its
+    evaluation alone (``deterministic=True``), not what the paths steps time."""
     import jaxpool
 
     with_switch = [n for n in jaxpool.available() if "implementation" in jaxpool.hyperparameters(n)]

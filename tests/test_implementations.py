@@ -131,6 +131,26 @@ def test_kernel_poolers_fast_path_matches_reference(pooler, shape, window, shari
     _assert_close(fast, reference, dtype)
 
 
+@pytest.mark.parametrize(
+    "shape, stride, grid, dtype",
+    [
+        ((2, 8, 8, 3), 2, 4, jnp.float32),  # whole grid blocks
+        ((2, 13, 7, 2), 2, 4, jnp.float32),  # a truncated last block on both axes
+        ((1, 11, 17, 1), (3, 2), (6, 4), jnp.float32),  # other strides and grids per axis
+        ((2, 9, 10, 2), 2, 2, jnp.bfloat16),  # grid = stride: one output per block
+        ((1, 5, 5, 1), 2, 8, jnp.float32),  # one block larger than the input
+    ],
+)
+def test_s3_expectation_fast_path_matches_reference(shape, stride, grid, dtype):
+    x = jax.random.normal(jax.random.key(0), shape, dtype)
+    pool = lambda v, i: F.s3_pool(v, stride, grid, deterministic=True, implementation=i)
+    cot = jax.random.normal(jax.random.key(1), pool(x, "reference").shape)
+    fast, reference = (
+        _value_grads_jvp(lambda v, i=i: pool(v, i), (x,), cot) for i in ("fast", "reference")
+    )
+    _assert_close(fast, reference, dtype)
+
+
 @pytest.mark.parametrize("param_shape", [(), (3,), (4, 5, 3)])
 def test_broadcast_param_matches_plain_broadcast(param_shape):
     shape = (2, 4, 5, 3)

@@ -106,7 +106,8 @@ GRAPH_STEPS = {
     "max, command buffers with loops": COMMAND_BUFFERS_WITH_LOOPS,
 }
 GROUPS = ("tests", "determinism", "sweep", "paths", "graphs", "seeds", "bench")  # in order
-# The poolers whose implementation='fast' is a path of its own (the others run the reference).
+# The poolers whose training takes a path of its own with implementation='fast' (s3's fast path is
+# its evaluation alone, which these steps' training figures do not measure; the others have none).
 FAST_PATH_POOLERS = ("max", "mixed", "gated", "tree", "stochastic", "tdgs")
 FAST_MODEL_STEP = "max, fast model"
 EVAL_BATCH = 1000  # the paths step's larger evaluation batch (MNIST's test split: 10 batches)
