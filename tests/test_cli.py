@@ -36,6 +36,7 @@ def test_flag_arguments_reads_the_command_line_as_absl_does():
         (["-learning-rate", "fast"], "--learning-rate must be a number; got 'fast'"),
         (["--nope"], "Unknown command line flag 'nope'"),
         (["--workdir"], "Missing value for flag --workdir"),
+        (["--quiet=maybe"], "flag --quiet=maybe: expected true or false"),
     ],
 )
 def test_parse_flags_usage_errors_are_one_line(flag_values, args, message):

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
 
 import pytest
 
@@ -53,3 +55,41 @@ def test_usage_errors_exit_2_with_one_line(s3_run, args, message, capsys):
     assert evaluate.main(argv) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and err.count("\n") == 1 and message in err
+
+
+@pytest.mark.parametrize(
+    ("config_json", "checkpoints", "message"),
+    [
+        ("[]", None, "is not a run directory"),
+        ('{"pooler_kwargs": [1]}', None, "is not a run directory"),
+        ("copy", "file", "holds no checkpoints"),
+        ("copy", None, "holds no checkpoints"),
+    ],
+)
+def test_a_malformed_run_directory_exits_2_with_one_line_and_is_left_as_it_was(
+    s3_run, tmp_path, config_json, checkpoints, message, capsys
+):
+    if config_json == "copy":
+        shutil.copy(os.path.join(s3_run[0], "config.json"), tmp_path / "config.json")
+    else:
+        (tmp_path / "config.json").write_text(config_json)
+    if checkpoints == "file":
+        (tmp_path / "checkpoints").write_text("")
+    before = sorted(os.listdir(tmp_path))
+    assert evaluate.main(["evaluate", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and message in err
+    assert sorted(os.listdir(tmp_path)) == before  # no empty checkpoints folder made
+
+
+@pytest.mark.parametrize(
+    ("batch", "eval_batch", "devices", "want"),
+    [(60, 0, 8, 64), (60, 100, 8, 104), (64, 0, 8, 64), (60, 0, 1, 60), (60, 7, 2, 8)],
+)
+def test_evaluation_needs_only_its_own_batch_to_divide_the_devices(
+    batch, eval_batch, devices, want
+):
+    config = digits.get_config()
+    config.update(batch_size=batch, eval_batch_size=eval_batch, microbatch_size=4)
+    evaluate._evaluation_batches(config, devices)
+    assert (config.batch_size, config.eval_batch_size, config.microbatch_size) == (want, want, 0)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import pathlib
@@ -161,6 +162,20 @@ def test_a_pooler_that_only_fits_larger_images_is_a_config_error():
         run_config.validate_model(_config(pooler="blur"), (8, 8, 1), 10)
 
 
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda d: (d / "config.json").write_text("garbage"), "cannot read its config.json"),
+        (lambda d: (d / "config.json").write_text("[]"), "cannot read its config.json"),
+        (lambda d: (d / "checkpoints").write_text(""), "its 'checkpoints' is not a directory"),
+    ],
+)
+def test_a_workdir_with_files_a_run_does_not_write_is_refused(tmp_path, make, message):
+    make(tmp_path)
+    with pytest.raises(run_config.ConfigError, match=message):
+        loop.train_and_evaluate(_config(), str(tmp_path))
+
+
 def test_fewer_epochs_than_a_workdir_holds_are_refused(tmp_path):
     (tmp_path / "checkpoints" / "66").mkdir(parents=True)  # 3 epochs of 22 steps
     with pytest.raises(run_config.ConfigError, match="trained for 3 epochs, more than the 2"):
@@ -234,7 +249,7 @@ def test_digits_demo_settings_reach_90_percent(tmp_path):
 
 
 @pytest.mark.slow
-def test_resume_gives_the_metrics_of_an_uninterrupted_run(tmp_path, monkeypatch):
+def test_resume_gives_the_metrics_of_an_uninterrupted_run(tmp_path, monkeypatch, caplog):
     # A stochastic pooler: resuming must also restore the data order and the pooling keys.
     # Chunks of 3 steps: 22 steps per epoch make a short last chunk, and resumes mid-chunk-plan.
     config = _config(pooler="stochastic", num_epochs=2, steps_per_chunk=3)
@@ -249,9 +264,27 @@ def test_resume_gives_the_metrics_of_an_uninterrupted_run(tmp_path, monkeypatch)
         str(stopped),
     )
     assert _summary(stopped)["status"] == "stopped" and len(_rows(stopped)) == 1
-    loop.train_and_evaluate(config, str(stopped))
+    with caplog.at_level(logging.WARNING, logger=loop.logger.name):
+        loop.train_and_evaluate(config, str(stopped))
     assert _without_timing(_rows(stopped)) == want
     assert _summary(stopped)["status"] == "done"
+    assert "micro-batches" not in caplog.text
+    # Resumed with another micro-batch count, the run goes on and says it is no longer exact.
+    changed = tmp_path / "changed"
+    loop.train_and_evaluate(
+        _config(pooler="stochastic", num_epochs=2, steps_per_chunk=3, stop_after_epochs=1),
+        str(changed),
+    )
+    with caplog.at_level(logging.WARNING, logger=loop.logger.name):
+        loop.train_and_evaluate(_config(pooler="stochastic", num_epochs=2, microbatch_size=8),
+                                str(changed))  # fmt: skip
+    n = jax.device_count()
+    automatic = run_config.microbatches_for(64 // n, 0, jax.devices()[0].platform)  # 1 on GPU
+    devices = f"{n} device{'s' if n != 1 else ''}"
+    assert (
+        f"resuming with {64 // n // 8} micro-batches per step on {devices}, where the run trained "
+        f"with {automatic} micro-batches per step on {devices}"
+    ) in caplog.text
 
     # SIGINT in the middle of epoch 2: the running chunk ends, a checkpoint of that exact step is
     # saved, then the rerun resumes there.

@@ -82,6 +82,16 @@ ERRORS = [
         "--config.num_epochs must be an integer; got 'abc'",
     ),
     (["--epochs", "2.5"], 1, "--epochs must be an integer; got '2.5'"),
+    (
+        ["--config", "configs/digits.py", "--config.pooler_kwargs=xyz"],
+        1,
+        "flag --config.pooler_kwargs=xyz: expected a Python dict literal",
+    ),
+    (
+        ["--config", "configs/digits.py", "--config.standardize=maybe"],
+        1,
+        "flag --config.standardize=maybe: expected true or false",
+    ),
     (["--dataset", "digits", "--batch-size", "12"], 8, "batch size 12 does not divide by the 8"),
     (["--dataset", "cifar10", "--data-dir", "{tmp}"], 1, "dataset 'cifar10' is not prepared in"),
 ]

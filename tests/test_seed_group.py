@@ -257,3 +257,36 @@ def test_a_sweep_with_seeds_together_records_and_reports_it(tmp_path, capsys):
         assert _rows(p.run_dir)[0]["seeds_in_program"] == 2
     with open(tmp_path / "report" / "report.md") as f:
         assert "2 of 2 runs trained with other seeds in one program" in f.read()
+
+
+def test_a_run_whose_workdir_is_refused_is_named_before_anything_is_trained(tmp_path):
+    dirs = [tmp_path / "s0", tmp_path / "s1"]
+    dirs[1].mkdir()
+    (dirs[1] / "config.json").write_text("{broken")
+    with pytest.raises(loop.RunRefused, match=r"cannot read its config\.json") as raised:
+        loop.train_seed_group([_config(seed=s) for s in (0, 1)], [str(d) for d in dirs])
+    assert raised.value.index == 1 and not dirs[0].exists()
+
+
+def test_a_sweep_group_trains_the_seeds_whose_run_directories_are_usable(tmp_path, capsys, caplog):
+    plans = [
+        plan_entry(e, make_config(e, epochs=1, batch_size=32), str(tmp_path))
+        for e in entries(["max"], ["digits"], 3)
+    ]
+    os.makedirs(plans[1].run_dir)
+    with open(os.path.join(plans[1].run_dir, "config.json"), "w") as f:
+        f.write("{broken")  # refused by the run's own checks
+    os.makedirs(os.path.dirname(plans[2].run_dir), exist_ok=True)
+    with open(plans[2].run_dir, "w") as f:
+        f.write("")  # the run directory's path is a file: nowhere to record the run
+    outcome = runner.sweep(plans, str(tmp_path), seeds_together=True)
+    assert [p.entry.seed for p in outcome["done"]] == [0]
+    assert sorted(p.entry.seed for p in outcome["failed"]) == [1, 2]
+    with open(os.path.join(plans[0].run_dir, "sweep_run.json")) as f:
+        assert json.load(f)["status"] == "done"
+    with open(os.path.join(plans[1].run_dir, "sweep_run.json")) as f:
+        record = json.load(f)
+    assert record["status"] == "failed" and record["error_type"] == "ConfigError"
+    out = capsys.readouterr().out
+    assert "failed digits/max/s2: cannot use" in out and "done digits/max/s0" in out
+    assert "Traceback" not in caplog.text

@@ -94,7 +94,20 @@ def parse_flags(flag_values: flags.FlagValues, argv: Sequence[str]) -> list[str]
     try:
         return flag_values(list(argv))
     except flags.Error as e:
-        raise UsageError(first_line(e)) from e
+        raise UsageError(_readable_flag_error(first_line(e))) from e
+
+
+def _readable_flag_error(text: str) -> str:
+    """absl's / ml_collections' message, with the Python internals two of them print (an
+    ``ast`` node, a tuple) replaced by what the value should be."""
+    head, sep, detail = text.partition(": ")
+    if not sep or not head.startswith("flag --"):
+        return text
+    if "as a ConfigDict" in detail:
+        return f"{head}: expected a Python dict literal, e.g. \"{{'key': 0.5}}\""
+    if "Non-boolean argument to boolean flag" in detail:
+        return f"{head}: expected true or false"
+    return text
 
 
 def epoch_line(row: Mapping[str, Any], num_epochs: int, *, brief: bool = False) -> str:

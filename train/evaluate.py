@@ -60,12 +60,19 @@ def evaluate_run(
     config_path = os.path.join(run_dir, "config.json")
     try:
         with open(config_path) as f:
-            config = ml_collections.ConfigDict(json.load(f))
-    except (OSError, json.JSONDecodeError) as e:
-        raise cli.UsageError(f"{run_dir} is not a run directory: cannot read {config_path}") from e
-    config.pooler_kwargs = {**run_config.pooler_kwargs(config), **(pooler_kwargs or {})}
+            saved = json.load(f)
+    except (OSError, ValueError) as e:  # ValueError: not JSON, or not UTF-8
+        saved = e
+    if not isinstance(saved, dict) or not isinstance(saved.get("pooler_kwargs", {}), dict):
+        raise cli.UsageError(f"{run_dir} is not a run directory: cannot read {config_path}")
+    config = ml_collections.ConfigDict(saved)
+    config.pooler_kwargs = {**saved.get("pooler_kwargs", {}), **(pooler_kwargs or {})}
     if data_dir is not None:
         config.data_dir = data_dir
+    _evaluation_batches(config, jax.device_count())
+    checkpoints = os.path.join(run_dir, "checkpoints")
+    if not os.path.isdir(checkpoints):  # checked first: opening them would create the folder
+        raise cli.UsageError(f"{run_dir} holds no checkpoints (no folder {checkpoints})")
     try:
         run_config.validate_config(config)
         data = input_pipeline.load(config.dataset, config.data_dir)
@@ -75,7 +82,7 @@ def evaluate_run(
 
     replicated, sharded = device_loop.data_shardings()
     state = steps.create_train_state(spec, jax.random.key(0), sharding=replicated)
-    ckpt = checkpointing.Checkpoints(os.path.join(run_dir, "checkpoints"))
+    ckpt = checkpointing.Checkpoints(checkpoints)
     target = {"step": state.step, "params": state.params, "opt_state": state.opt_state}
     try:
         restored = ckpt.restore_latest(target)
@@ -103,6 +110,18 @@ def evaluate_run(
         "test_loss": metrics["loss"],
         "test_accuracy": metrics["accuracy"],
     }
+
+
+def _evaluation_batches(config, devices: int) -> None:
+    """Makes ``config``'s batch sizes those of this evaluation: the training batch plays no part
+    in it, and need not divide this machine's device count (a run trained on one device may be
+    evaluated on eight); the evaluation batch is rounded up to a multiple of ``devices``.
+    Non-integer sizes are left for ``validate_config`` to report."""
+    batch = config.get("eval_batch_size") or config.get("batch_size")
+    if isinstance(batch, int) and not isinstance(batch, bool) and batch > 0:
+        batch = -(-batch // devices) * devices
+        config.batch_size = config.eval_batch_size = batch
+        config.microbatch_size = 0
 
 
 def run(argv: Sequence[str]) -> int:

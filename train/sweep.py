@@ -184,7 +184,7 @@ def run(argv: list[str]) -> int:
             seeds_together=_seeds_together(_SEEDS_TOGETHER.value),
         )
     except loop.Interrupted as e:
-        print(f"{e}; report written; rerun the same command to resume", file=sys.stderr)
+        print(f"{e} (report written)", file=sys.stderr)  # e says how to resume
         return 128 + e.signum
     except KeyboardInterrupt:
         print("interrupted; report written; rerun the same command to resume", file=sys.stderr)

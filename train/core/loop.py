@@ -84,6 +84,16 @@ class PositionMismatch(ValueError):
     unreadable); they can be trained one by one."""
 
 
+class RunRefused(ConfigError):
+    """One run of a seed group was refused by its own workdir's checks (nothing was trained);
+    the group's other runs can be trained without it."""
+
+    def __init__(self, index: int, error: ConfigError):
+        super().__init__(str(error))
+        self.index = index
+        self.error = error
+
+
 class Interrupted(Exception):
     """SIGINT/SIGTERM arrived; a checkpoint was saved and the run can be resumed."""
 
@@ -156,6 +166,7 @@ def train_seed_group(
 
     Raises:
       ValueError: configs that differ in more than their seeds.
+      RunRefused: in a group, a run whose workdir its checks refuse (nothing was trained).
       PositionMismatch: runs at different positions (nothing was trained).
       ConfigError, input_pipeline.DataError, Interrupted: as :func:`train_and_evaluate`.
     """
@@ -166,18 +177,28 @@ def train_seed_group(
     runs = [
         _RunDir(config, workdir, lead) for config, workdir in zip(configs, workdirs, strict=True)
     ]
-    for run in runs:
-        run.check_workdir()
+    _each_run(runs, _RunDir.check_workdir)
     if data is None:
         data = input_pipeline.load(configs[0].dataset, configs[0].data_dir)
     elif data.name != configs[0].dataset:
         raise ValueError(f"data holds {data.name!r}, the configs train on {configs[0].dataset!r}")
     for run in runs:
         run.describe(data)
-        run.check_trained()
-    for run in runs:
-        run.write_config()
+    _each_run(runs, _RunDir.check_trained)
+    _each_run(runs, _RunDir.write_config)
     return _epochs(runs, _setup(runs, data), on_epoch)
+
+
+def _each_run(runs: Sequence[_RunDir], check: Callable[[_RunDir], None]) -> None:
+    """``check`` on every run; in a group, a run's :class:`ConfigError` is a :class:`RunRefused`
+    naming it, so that the others can go on without it."""
+    for index, run in enumerate(runs):
+        try:
+            check(run)
+        except ConfigError as e:
+            if len(runs) == 1:
+                raise
+            raise RunRefused(index, e) from e
 
 
 def _check_group(configs: Sequence[ml_collections.ConfigDict], workdirs: Sequence[str]) -> None:
@@ -201,6 +222,15 @@ def _check_group(configs: Sequence[ml_collections.ConfigDict], workdirs: Sequenc
 # --------------------------------------------------------------------------- one run's directory
 
 
+_LAYOUT = "step_layout"  # the checkpoint metadata's key for _RunDir.layout()
+
+
+def _describe_layout(layout: dict[str, int]) -> str:
+    devices = layout["devices"]
+    plural = "s" if devices != 1 else ""
+    return f"{layout['microbatches']} micro-batches per step on {devices} device{plural}"
+
+
 class _RunDir:
     """One run of a group: its config, description, workdir files, checkpoints and position."""
 
@@ -220,13 +250,30 @@ class _RunDir:
     # -- before training
 
     def check_workdir(self) -> None:
-        """A workdir that is a file, or that holds another run with results, is refused."""
+        """A workdir that is a file, whose ``config.json`` or ``checkpoints`` is not what a run
+        writes there, or that holds another run with results, is refused."""
         if os.path.exists(self.workdir) and not os.path.isdir(self.workdir):
             raise ConfigError(f"workdir {self.workdir} exists and is not a directory")
+        checkpoints = os.path.join(self.workdir, "checkpoints")
+        if os.path.exists(checkpoints) and not os.path.isdir(checkpoints):
+            raise ConfigError(
+                f"workdir {self.workdir}: its 'checkpoints' is not a directory; use another "
+                "--workdir or remove it"
+            )
         if not os.path.exists(self.config_path):
             return
-        with open(self.config_path) as f:
-            changed = run_files.changed_run_fields(json.load(f), self.config)
+        try:
+            with open(self.config_path) as f:
+                saved = json.load(f)
+        except (OSError, ValueError) as e:  # ValueError: not JSON, or not UTF-8
+            saved = e
+        if not isinstance(saved, dict):
+            why = (saved.strerror or saved) if isinstance(saved, OSError) else "not a run's config"
+            raise ConfigError(
+                f"workdir {self.workdir}: cannot read its config.json ({why}); use another "
+                "--workdir or delete it"
+            )
+        changed = run_files.changed_run_fields(saved, self.config)
         if changed and run_files.has_results(self.workdir):
             raise ConfigError(
                 f"workdir {self.workdir} holds a run with different {', '.join(changed)}; use "
@@ -270,7 +317,17 @@ class _RunDir:
         )
         restored = self.ckpt.restore_latest(target)
         if restored is not None:
+            saved_layout = restored.meta.pop(_LAYOUT, None)
             self.meta.update(restored.meta)
+            if saved_layout is not None and saved_layout != self.layout():
+                logger.warning(
+                    "%s: resuming with %s, where the run trained with %s: from here on it will "
+                    "not equal an uninterrupted run (another summation order, and other pooling "
+                    "noise where micro-batches change); keep both to resume exactly",
+                    self.workdir,
+                    _describe_layout(self.layout()),
+                    _describe_layout(saved_layout),
+                )
             logger.info(
                 "%s: resumed from checkpoint at step %d (epoch %d of %d)",
                 self.workdir,
@@ -292,8 +349,13 @@ class _RunDir:
     def active(self) -> bool:
         return self.error is None
 
+    def layout(self) -> dict[str, int]:
+        """How a training step is computed here, which an exact resume must keep: saved with
+        each checkpoint (the automatic micro-batch count depends on the device)."""
+        return {"microbatches": self.spec.microbatches, "devices": jax.device_count()}
+
     def save(self, step: int, item: dict[str, Any], *, replace: bool = False) -> None:
-        self.ckpt.save(step, item, dict(self.meta), replace=replace)
+        self.ckpt.save(step, item, {**self.meta, _LAYOUT: self.layout()}, replace=replace)
 
     def record_epoch(self, row: dict[str, Any], params, report_inputs) -> None:
         self.history.append(row)

@@ -95,8 +95,24 @@ def run_group(
     """
     from train.core import input_pipeline, loop
 
-    records = [_start_record(plan, env, len(plans)) for plan in plans]
+    records: list[Any] = []
+    for plan in plans:
+        try:
+            records.append(_start_record(plan, env, len(plans)))
+        except OSError as e:  # e.g. the run directory's path is a file: nowhere to record it
+            logger.error("%s failed: cannot use %s: %s", plan.entry.name(), plan.run_dir, e)
+            records.append(_unrecorded(plan, e))
+    unusable = [i for i, record in enumerate(records) if record["status"] == "failed"]
+    if unusable:
+        started = [i for i in range(len(plans)) if i not in unusable]
+        if started:
+            rest = run_group([plans[i] for i in started], env, _subset(on_epoch, started), datasets)
+            for i, record in zip(started, rest, strict=True):
+                records[i] = record
+        return records
     t0 = time.perf_counter()
+    refused: loop.RunRefused | None = None
+    one_by_one = False
     try:
         config = plans[0].config
         data = None
@@ -120,12 +136,11 @@ def run_group(
                     on_epoch=on_epoch,
                     data=data,
                 )
+            except loop.RunRefused as e:  # that run fails; the others go on without it
+                refused = e
             except loop.PositionMismatch as e:
                 logger.warning("%s; training them one by one", e)
-                return [
-                    run_group([p], env, _one_of(on_epoch, i), datasets)[0]
-                    for i, p in enumerate(plans)
-                ]
+                one_by_one = True
     except (loop.Interrupted, KeyboardInterrupt):
         for plan, record in zip(plans, records, strict=True):
             record.update(status="interrupted", finished=_now())
@@ -133,6 +148,18 @@ def run_group(
         raise
     except Exception as e:  # a failure of the group is every run's; the sweep goes on
         outcomes = [e] * len(plans)
+    if one_by_one:
+        return [run_group([p], env, _one_of(on_epoch, i), datasets)[0] for i, p in enumerate(plans)]
+    if refused is not None:
+        index = refused.index
+        _record_failure(plans[index], records[index], refused.error)
+        records[index].update(finished=_now(), seconds=0.0)
+        _write_record(plans[index], records[index])
+        others = [i for i in range(len(plans)) if i != index]
+        rest = run_group([plans[i] for i in others], env, _subset(on_epoch, others), datasets)
+        for i, record in zip(others, rest, strict=True):
+            records[i] = record
+        return records
     seconds = round(time.perf_counter() - t0, 3)
     for plan, record, outcome in zip(plans, records, outcomes, strict=True):
         if isinstance(outcome, Exception):
@@ -148,6 +175,22 @@ def run_group(
 def _one_of(on_epoch, index: int):
     """``on_epoch`` of a group, for its run ``index`` trained alone."""
     return None if on_epoch is None else (lambda _, row: on_epoch(index, row))
+
+
+def _subset(on_epoch, indices: Sequence[int]):
+    """``on_epoch`` of a group, for the runs ``indices`` of it trained as a group of their own."""
+    return None if on_epoch is None else (lambda i, row: on_epoch(indices[i], row))
+
+
+def _unrecorded(plan: Plan, e: OSError) -> dict[str, Any]:
+    """The record of a run whose directory could not be made (it is not written anywhere)."""
+    return {
+        "label": plan.entry.label,
+        "seed": plan.entry.seed,
+        "status": "failed",
+        "error": f"cannot use {plan.run_dir}: {e.strerror or e}",
+        "error_type": type(e).__name__,
+    }
 
 
 def _start_record(plan: Plan, env: dict[str, Any], group_size: int) -> dict[str, Any]:
@@ -183,7 +226,10 @@ def _record_failure(plan: Plan, record: dict[str, Any], e: Exception) -> None:
 
     expected = (loop.NonFiniteLossError, run_config.ConfigError, input_pipeline.DataError)
     logger.error(
-        "%s failed: %s", plan.entry.name(), cli.first_line(e), exc_info=not isinstance(e, expected)
+        "%s failed: %s",
+        plan.entry.name(),
+        cli.first_line(e),
+        exc_info=None if isinstance(e, expected) else e,  # called after its except block ended
     )
     record.update(
         status="failed",
