@@ -432,3 +432,26 @@ def test_lp_powers_and_lip_logits_get_a_table_and_a_plot(tmp_path):
     png = os.path.join(result["dir"], "learned_scalars_digits.png")
     with open(png, "rb") as f:
         assert f.read(8) == PNG_SIGNATURE
+
+
+def test_runs_trained_partly_in_a_seed_group_are_counted_per_epoch(tmp_path):
+    # s0: 2 of 3 epochs in a group, its last command alone; s1: all in a group; s2: alone.
+    for seed, grouped in ((0, (2, 2, 1)), (1, (2, 2, 2)), (2, (1, 1, 1))):
+        path = make_run(tmp_path, "digits", "max", seed, [0.5, 0.6, 0.7])
+        with open(os.path.join(path, "metrics.jsonl")) as f:
+            rows = [json.loads(line) for line in f]
+        with open(os.path.join(path, "metrics.jsonl"), "w") as f:
+            for row, n in zip(rows, grouped, strict=True):
+                f.write(json.dumps({**row, "seeds_in_program": n}) + "\n")
+        info_path = os.path.join(path, run_records.RUN_FILE)
+        with open(info_path) as f:
+            info = json.load(f)
+        with open(info_path, "w") as f:
+            json.dump({**info, "seeds_in_program": grouped[-1]}, f)
+    tables.write(str(tmp_path))
+    with open(tmp_path / "report" / "report.md") as f:
+        report = f.read()
+    assert "2 of 3 runs trained with other seeds in one program (`--seeds-together`; 5 of the " in (
+        report
+    )
+    assert "runs' 9 epochs)" in report

@@ -256,7 +256,11 @@ def test_a_sweep_with_seeds_together_records_and_reports_it(tmp_path, capsys):
         assert (record["status"], record["seeds_in_program"]) == ("done", 2)
         assert _rows(p.run_dir)[0]["seeds_in_program"] == 2
     with open(tmp_path / "report" / "report.md") as f:
-        assert "2 of 2 runs trained with other seeds in one program" in f.read()
+        report = f.read()
+    assert (
+        "2 of 2 runs trained with other seeds in one program (`--seeds-together`; 2 of " in report
+    )
+    assert "the runs' 2 epochs)" in report
 
 
 def test_a_run_whose_workdir_is_refused_is_named_before_anything_is_trained(tmp_path):

@@ -369,11 +369,18 @@ def _provenance(runs: Sequence[Run], workdir: str) -> list[str]:
         }
     )
     lines.append(f"- Device: {', '.join(devices) if devices else 'unknown'}")
-    together = sum(1 for r in runs if r.info.get("seeds_in_program", 1) > 1)
+    # Per epoch (metrics.jsonl), as a run may have trained some epochs in a group and some alone:
+    # an epoch counts where it finished.
+    grouped = [sum(row.get("seeds_in_program", 1) > 1 for row in r.metrics) for r in runs]
+    together = sum(
+        1 for r, n in zip(runs, grouped, strict=True) if n or r.info.get("seeds_in_program", 1) > 1
+    )
     if together:
+        epochs = sum(len(r.metrics) for r in runs)
         lines.append(
             f"- {together} of {len(runs)} runs trained with other seeds in one program "
-            "(`--seeds-together`); their s/epoch is the group's time divided among its seeds"
+            f"(`--seeds-together`; {sum(grouped)} of the runs' {epochs} epochs); their s/epoch "
+            "is the group's time divided among its seeds"
         )
     lines += _time_lines(runs, sweep.get("commands", []))
     finished = sorted(r.info["finished"] for r in runs if r.info.get("finished"))
