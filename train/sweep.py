@@ -184,7 +184,8 @@ def run(argv: list[str]) -> int:
             seeds_together=_seeds_together(_SEEDS_TOGETHER.value),
         )
     except loop.Interrupted as e:
-        print(f"{e} (report written)", file=sys.stderr)  # e says how to resume
+        hint = "" if "rerun the same command" in str(e) else "; rerun the same command to resume"
+        print(f"{e}{hint} (report written)", file=sys.stderr)
         return 128 + e.signum
     except KeyboardInterrupt:
         print("interrupted; report written; rerun the same command to resume", file=sys.stderr)
