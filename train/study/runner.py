@@ -80,7 +80,8 @@ def run_group(
 ) -> list[dict[str, Any]]:
     """Trains (or resumes) a group of planned runs (:func:`group_plans`) and records each
     outcome in its ``sweep_run.json``: one plan as ``loop.train_and_evaluate``, several as
-    ``loop.train_seed_group`` (one program for their seeds).
+    ``loop.train_seed_group`` (one program for their seeds).  A run that cannot start (its run
+    directory cannot be made, or its own workdir checks refuse it) fails alone; the others train.
 
     ``on_epoch``: called with ``(index of the plan, its epoch's metrics)``.
     ``datasets``: datasets already read by this process, by ``(name, data_dir)``; the group's is
