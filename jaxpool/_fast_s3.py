@@ -67,12 +67,9 @@ def _expect_along(
     rest = m.shape[axis + 1 :]
     blocks = jnp.pad(m, pad).reshape((*m.shape[:axis], n_blocks, grid, *rest))
     out = 0
-    for o in range(grid):
+    for o in range(grid):  # row o of every block, (..., n_blocks, 1, ...), times its weights
         w = weights[:, :, o].reshape((n_blocks, per_block) + (1,) * len(rest))
-        block_row = jax.lax.index_in_dim(
-            blocks, o, axis + 1, keepdims=True
-        )  # (..., n_blocks, 1, ...)
-        out = out + w * block_row
+        out = out + w * jax.lax.index_in_dim(blocks, o, axis + 1, keepdims=True)
     out = out.reshape((*m.shape[:axis], n_blocks * per_block, *rest))
     return jax.lax.slice_in_dim(out, 0, size // stride, axis=axis)
 
