@@ -25,6 +25,25 @@ def test_epoch_order_is_a_permutation_fixed_by_seed_and_epoch():
     assert not np.array_equal(a, device_loop.epoch_order(device_loop.data_key(4), 1, 100))
 
 
+def test_keys_of_seeds_are_those_of_the_python_ints_alone_and_in_a_group():
+    # The jitted key functions take the seeds as uint32 arguments (one program for all seeds);
+    # the keys must equal those of jax.random.key(int), or resumed runs would change.
+    from train.core import loop
+
+    seeds = [0, 7, 2**31, 2**32 - 1]
+    sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    data = jax.random.key_data
+    grouped = loop._seed_keys(seeds, sharding), device_loop.data_key(seeds, sharding)
+    for i, seed in enumerate(seeds):
+        want = [*jax.random.split(jax.random.key(seed))]
+        want.append(jax.random.fold_in(jax.random.key(seed), device_loop._DATA_STREAM))
+        alone = [*loop._seed_keys(seed, sharding), device_loop.data_key(seed)]
+        in_group = [grouped[0][0][i], grouped[0][1][i], grouped[1][i]]
+        for got in (alone, in_group):
+            for a, b in zip(got, want, strict=True):
+                np.testing.assert_array_equal(data(a), data(b), err_msg=str(seed))
+
+
 def test_data_key_is_not_the_init_or_train_key():
     data = jax.random.key_data(device_loop.data_key(0))
     for key in jax.random.split(jax.random.key(0)):

@@ -61,14 +61,23 @@ def data_key(seed: int | Sequence[int], sharding: jax.sharding.Sharding | None =
     """The key of the data order: ``fold_in(key(seed), "data")``, independent of the init and
     train keys (``split(key(seed))``); placed on ``sharding`` (replicated) when given.  For a
     sequence of seeds (a seed group), their keys stacked along a leading axis."""
-    if isinstance(seed, int):
-        return jax.jit(
-            lambda: jax.random.fold_in(jax.random.key(seed), _DATA_STREAM), out_shardings=sharding
-        )()
-    return jax.jit(
-        lambda: jnp.stack([jax.random.fold_in(jax.random.key(s), _DATA_STREAM) for s in seed]),
-        out_shardings=sharding,
-    )()
+    return _jit_data_key(sharding)(seeds_array(seed))
+
+
+def seeds_array(seed: int | Sequence[int]) -> np.ndarray:
+    """``seed`` (below 2**32) as the uint32 argument of a jitted key function: one compiled
+    program per shape serves every seed, where a seed closed over as a constant compiles anew.
+    ``jax.random.key`` of a uint32 equals that of the same Python int."""
+    return np.asarray(seed, np.uint32)
+
+
+@functools.lru_cache(maxsize=8)
+def _jit_data_key(sharding: jax.sharding.Sharding | None):
+    def key(seed):
+        return jax.random.fold_in(jax.random.key(seed), _DATA_STREAM)
+
+    return jax.jit(lambda seeds: jax.vmap(key)(seeds) if seeds.ndim else key(seeds),
+                   out_shardings=sharding)  # fmt: skip
 
 
 @functools.lru_cache(maxsize=8)

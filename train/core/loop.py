@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import json
 import logging
 import os
@@ -622,16 +623,17 @@ def _seed_keys(
 ) -> tuple[jax.Array, jax.Array]:
     """(init key, train key) from ``seed``, replicated on ``sharding``'s mesh; for a seed group,
     each stacked over its seeds."""
-    if isinstance(seed, int):
-        return jax.jit(
-            lambda: tuple(jax.random.split(jax.random.key(seed))), out_shardings=sharding
-        )()
+    return _jit_seed_keys(sharding)(device_loop.seeds_array(seed))
 
-    def keys():
-        pairs = jnp.stack([jax.random.split(jax.random.key(s)) for s in seed])
-        return pairs[:, 0], pairs[:, 1]
 
-    return jax.jit(keys, out_shardings=sharding)()
+@functools.lru_cache(maxsize=8)
+def _jit_seed_keys(sharding: jax.sharding.Sharding):
+    def keys(seed):
+        pair = jax.random.split(jax.random.key(seed))
+        return pair[0], pair[1]
+
+    return jax.jit(lambda seeds: jax.vmap(keys)(seeds) if seeds.ndim else keys(seeds),
+                   out_shardings=sharding)  # fmt: skip
 
 
 def _run_chunk(
