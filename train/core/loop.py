@@ -407,7 +407,10 @@ class _SeedGroup:
         if not self.grouped:
             item = self.runs[0].restore(target)
             return state if item is None else state.replace(**item)
-        one = jax.tree_util.tree_map(lambda a: a[0], target)
+        # One seed's structure, abstract: indexing each leaf would dispatch a program per leaf.
+        one = jax.tree_util.tree_map(
+            lambda a: jax.ShapeDtypeStruct(a.shape[1:], a.dtype, sharding=self.replicated), target
+        )
         items = [run.restore(one) for run in self.runs]
         positions = {
             (run.meta["epoch"], None if i is None else int(i["step"]))
