@@ -36,7 +36,7 @@ def test_flag_arguments_reads_the_command_line_as_absl_does():
         (["-learning-rate", "fast"], "--learning-rate must be a number; got 'fast'"),
         (["--nope"], "Unknown command line flag 'nope'"),
         (["--workdir"], "Missing value for flag --workdir"),
-        (["--quiet=maybe"], "flag --quiet=maybe: expected true or false"),
+        (["--quiet=maybe"], "--quiet must be true or false; got 'maybe'"),
     ],
 )
 def test_parse_flags_usage_errors_are_one_line(flag_values, args, message):
@@ -78,3 +78,8 @@ def test_epoch_lines_of_train_main_and_of_a_sweep(capsys):
     assert capsys.readouterr().out == (
         "      epoch 3/10  train loss 0.1235  test acc 97.03%  2.1s\n"
     )
+
+
+def test_a_boolean_flag_without_a_value_leaves_the_next_argument_alone(flag_values):
+    assert cli.parse_flags(flag_values, ["prog", "--quiet", "maybe"]) == ["prog", "maybe"]
+    assert flag_values.quiet

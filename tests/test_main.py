@@ -85,12 +85,12 @@ ERRORS = [
     (
         ["--config", "configs/digits.py", "--config.pooler_kwargs=xyz"],
         1,
-        "flag --config.pooler_kwargs=xyz: expected a Python dict literal",
+        "--config.pooler_kwargs must be a Python dict literal such as \"{'tau': 0.5}\"; got 'xyz'",
     ),
     (
         ["--config", "configs/digits.py", "--config.standardize=maybe"],
         1,
-        "flag --config.standardize=maybe: expected true or false",
+        "--config.standardize must be true or false; got 'maybe'",
     ),
     (["--dataset", "digits", "--batch-size", "12"], 8, "batch size 12 does not divide by the 8"),
     (["--dataset", "cifar10", "--data-dir", "{tmp}"], 1, "dataset 'cifar10' is not prepared in"),

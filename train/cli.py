@@ -64,19 +64,28 @@ def flag_arguments(argv: Sequence[str]) -> list[tuple[str, str | None, str | Non
     return found
 
 
-def check_numbers(flag_values: flags.FlagValues, argv: Sequence[str]) -> None:
-    """Checks the values of the integer and float flags of ``flag_values`` in ``argv``.
+BOOLEAN = "true or false"  # what a boolean flag takes, in words
+
+
+def check_values(flag_values: flags.FlagValues, argv: Sequence[str]) -> None:
+    """Checks the values of the integer, float and boolean flags of ``flag_values`` in ``argv``
+    (absl's own message for a bad boolean is the repr of a tuple).
 
     Raises:
-      UsageError: ``--NAME must be an integer; got 'VALUE'`` (or ``a number``).
+      UsageError: ``--NAME must be an integer; got 'VALUE'`` (or ``a number``, ``true or
+        false``).
     """
     for name, value, following in flag_arguments(argv):
-        kind = _number_kind(flag_values[name]) if name in flag_values else None
-        value = following if value is None else value
+        flag = flag_values[name] if name in flag_values else None
+        if flag is not None and isinstance(flag.parser, flags.BooleanParser):
+            kind = BOOLEAN  # a boolean takes no following argument: only --NAME=VALUE
+        else:
+            kind = None if flag is None else _number_kind(flag)
+            value = following if value is None else value
         if kind is None or value is None:  # absl reports a missing value itself
             continue
-        try:
-            flag_values[name].parser.convert(value)
+        try:  # convert: the type alone (absl reports a bound with its own message)
+            (flag.parser.parse if kind == BOOLEAN else flag.parser.convert)(value)
         except (TypeError, ValueError):
             raise UsageError(f"--{name} must be {kind}; got {value!r}") from None
 
@@ -84,30 +93,17 @@ def check_numbers(flag_values: flags.FlagValues, argv: Sequence[str]) -> None:
 def parse_flags(flag_values: flags.FlagValues, argv: Sequence[str]) -> list[str]:
     """Parses ``argv`` into ``flag_values`` and returns the other arguments (``argv[0]`` first).
 
-    Numeric values are checked first (:func:`check_numbers`); absl's own errors (an unknown
+    Numeric and boolean values are checked first (:func:`check_values`); absl's own errors (an unknown
     flag, a missing value) are one line already and become the usage error as they are.
 
     Raises:
       UsageError: a bad flag or value.
     """
-    check_numbers(flag_values, argv)
+    check_values(flag_values, argv)
     try:
         return flag_values(list(argv))
     except flags.Error as e:
-        raise UsageError(_readable_flag_error(first_line(e))) from e
-
-
-def _readable_flag_error(text: str) -> str:
-    """absl's / ml_collections' message, with the Python internals two of them print (an
-    ``ast`` node, a tuple) replaced by what the value should be."""
-    head, sep, detail = text.partition(": ")
-    if not sep or not head.startswith("flag --"):
-        return text
-    if "as a ConfigDict" in detail:
-        return f"{head}: expected a Python dict literal, e.g. \"{{'key': 0.5}}\""
-    if "Non-boolean argument to boolean flag" in detail:
-        return f"{head}: expected true or false"
-    return text
+        raise UsageError(first_line(e)) from e
 
 
 def epoch_line(row: Mapping[str, Any], num_epochs: int, *, brief: bool = False) -> str:

@@ -18,6 +18,7 @@ hand-made cluster also set ``JAX_NUM_PROCESSES`` and ``JAX_PROCESS_ID`` on each 
 
 from __future__ import annotations
 
+import ast
 import difflib
 import importlib
 import importlib.machinery
@@ -181,9 +182,30 @@ def load_config_file(path: str) -> ml_collections.ConfigDict:
     return config
 
 
-def _check_override(config: ml_collections.ConfigDict, flag: str, value: str | None) -> None:
+def _is_boolean(text: str) -> bool:
+    try:
+        flags.BooleanParser().parse(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _literal(text: str):
+    """``text`` as a Python literal (how ml_collections reads a dict override), or None."""
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+        return None
+
+
+def _check_override(
+    config: ml_collections.ConfigDict, flag: str, explicit: str | None, following: str | None
+) -> None:
     """``--config.<dotted.field>`` names a field of ``config``, with an integer or a number where
-    the field holds one."""
+    the field holds one, true or false for a boolean (given as ``--config.FIELD=VALUE``), and a
+    dict literal for a dict field.  ``explicit``: the ``=VALUE``; ``following``: the next
+    argument, the value of a non-boolean field given without ``=``."""
+    value = following if explicit is None else explicit
     node, walked = config, []
     for part in flag.removeprefix("config.").split("."):
         fields = list(node.keys()) if isinstance(node, ml_collections.ConfigDict) else []
@@ -196,7 +218,17 @@ def _check_override(config: ml_collections.ConfigDict, flag: str, value: str | N
             )
         walked.append(part)
         node = node[part]
-    if value is None or isinstance(node, bool) or not isinstance(node, int | float):
+    if isinstance(node, bool):  # --config.FIELD alone sets it; a value must be a boolean
+        if explicit is not None and not _is_boolean(explicit):
+            raise cli.UsageError(f"--{flag} must be {cli.BOOLEAN}; got {explicit!r}")
+        return
+    if isinstance(node, ml_collections.ConfigDict):  # e.g. pooler_kwargs: a dict literal
+        if value is not None and not isinstance(_literal(value), dict):
+            raise cli.UsageError(
+                f"--{flag} must be a Python dict literal such as \"{{'tau': 0.5}}\"; got {value!r}"
+            )
+        return
+    if value is None or not isinstance(node, int | float):
         return  # ml_collections parses the other types
     kind, convert = ("an integer", int) if isinstance(node, int) else ("a number", float)
     try:
@@ -225,7 +257,7 @@ def check_config_flags(argv: list[str]) -> None:
         return
     config = load_config_file(path)
     for flag, value, following in overrides:
-        _check_override(config, flag, following if value is None else value)
+        _check_override(config, flag, value, following)
 
 
 def run(argv: list[str]) -> int:
