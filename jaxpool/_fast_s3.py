@@ -90,7 +90,6 @@ def expectation(
     Autodiff of the per-block form would add zero-padded copies, one per weight, which XLA:CPU
     ran 3-12x slower than the reference's derivative.
     """
-    rows_w, cols_w = (jnp.asarray(a, jnp.float32) for a in weights)
 
     @jax.custom_jvp
     def expect(m: jax.Array) -> jax.Array:
@@ -100,6 +99,9 @@ def expectation(
     @expect.defjvp
     def expect_jvp(primals, tangents):
         (m,), (t,) = primals, tangents
+        # Made here, not closed over from outside: under an enclosing jit they would be tracers
+        # of that trace, which the rule must not capture.
+        rows_w, cols_w = (jnp.asarray(a, jnp.float32) for a in weights)
         dense = jnp.einsum("ir,nrcd,jc->nijd", rows_w, t, cols_w, precision=_HIGHEST)
         return expect(m), dense
 

@@ -12,7 +12,7 @@ What NNX needs in addition, as keyword arguments of the constructor:
   (``TDGSPool(per='position')``, ``GatedPool``/``TreePool(per='region_channel')``);
 - ``rngs=nnx.Rngs(...)``: for initialising parameters (stream ``params``) and, for the stochastic
   layers, their noise (stream ``rng_collection``, ``'pooling'`` by default; ``default`` where the
-  Rngs has no such stream).
+  Rngs has no such stream; with neither, training calls need ``rngs=``).
 
 ``deterministic`` works as in ``nnx.Dropout``: an attribute set by the constructor,
 ``model.eval()`` (True) and ``model.train()`` (False), overridden by the call's ``deterministic``;
@@ -92,10 +92,13 @@ class Pooler(nnx.Module):
                 )
             setattr(self, name, nnx.Param(spec.init(rngs.params(), spec.shape, jnp.float32)))
         self.param_names = tuple(specs)
+        stream = None
         if self.linen.stochastic and rngs is not None:
-            self.rngs = rngs[config.rng_collection].fork()
-        else:
-            self.rngs = nnx.data(None)
+            try:
+                stream = rngs[config.rng_collection]
+            except KeyError:  # e.g. nnx.Rngs(params=0): noise then comes with the call
+                stream = None
+        self.rngs = nnx.data(None) if stream is None else stream.fork()
 
     def config(self) -> modules.Pooler:
         """The unbound Linen layer with this layer's hyperparameters."""

@@ -149,6 +149,10 @@ def test_s3_expectation_fast_path_matches_reference(shape, stride, grid, dtype):
         _value_grads_jvp(lambda v, i=i: pool(v, i), (x,), cot) for i in ("fast", "reference")
     )
     _assert_close(fast, reference, dtype)
+    # Differentiated through an inner jit too: its derivative rule must not capture the tracers
+    # of an enclosing trace.
+    inner = _value_grads_jvp(jax.jit(lambda v: pool(v, "fast")), (x,), cot)
+    _assert_close(inner, reference, dtype)
 
 
 @pytest.mark.parametrize("param_shape", [(), (3,), (4, 5, 3)])

@@ -92,10 +92,15 @@ def test_deterministic_follows_eval_train_and_the_call(name):
     np.testing.assert_array_equal(layer(x, deterministic=True), expected)  # the call wins
     key = jax.random.key(3)
     np.testing.assert_array_equal(layer(x, rngs=key), layer(x, rngs=key))
-    if not layer.param_names:  # without rngs anywhere, training has no noise to draw
-        quiet = jaxpool.create(name, api="nnx")
+    # Without a noise stream (no rngs, or only a params stream), training needs the call's key.
+    quiet = jaxpool.create(name, api="nnx", in_features=C, input_size=HW, rngs=nnx.Rngs(params=0))
+    np.testing.assert_array_equal(quiet(x, deterministic=True), expected)
+    np.testing.assert_array_equal(quiet(x, deterministic=False, rngs=key), layer(x, rngs=key))
+    with pytest.raises(ValueError, match=r"needs noise: give rngs=nnx.Rngs\(pooling=seed\)"):
+        quiet(x, deterministic=False)
+    if not layer.param_names:
         with pytest.raises(ValueError, match=r"needs noise: give rngs=nnx.Rngs\(pooling=seed\)"):
-            quiet(x, deterministic=False)
+            jaxpool.create(name, api="nnx")(x, deterministic=False)
 
 
 def test_split_and_merge_round_trip():
