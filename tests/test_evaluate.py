@@ -93,3 +93,16 @@ def test_evaluation_needs_only_its_own_batch_to_divide_the_devices(
     config.update(batch_size=batch, eval_batch_size=eval_batch, microbatch_size=4)
     evaluate._evaluation_batches(config, devices)
     assert (config.batch_size, config.eval_batch_size, config.microbatch_size) == (want, want, 0)
+
+
+def test_pooler_kwargs_that_change_the_parameters_are_refused_before_reading_checkpoints():
+    from train.core import run_config
+
+    def spec(kwargs):
+        config = digits.get_config()
+        config.update(pooler="mixed", pooler_kwargs=kwargs)
+        return run_config.describe(config, (8, 8, 1), 10, 100)
+
+    evaluate._check_same_parameters(spec({}), spec({}), {"per": "channel"})  # the default: same
+    with pytest.raises(evaluate.cli.UsageError, match=r"change the model's parameters \(pool1/"):
+        evaluate._check_same_parameters(spec({"per": "layer"}), spec({}), {"per": "layer"})

@@ -28,7 +28,7 @@ _CHECK = flags.DEFINE_bool(
     "check",
     False,
     "Accelerator check instead of the bench alone: the test suite, the bench and a 2-epoch MNIST "
-    "sweep of every pooler, each time-limited, then a summary (train/accelerator_check.py).",
+    "sweep of every pooler, each time-limited, then a summary (train/benchmarks/accelerator_check.py).",
 )
 _CHECK_DIR = flags.DEFINE_string(
     "check-dir", "runs/accelerator-check", "--check: where logs, JSON and the sweep go."

@@ -77,6 +77,13 @@ def evaluate_run(
         run_config.validate_config(config)
         data = input_pipeline.load(config.dataset, config.data_dir)
         spec = run_config.describe(config, data.image_shape, data.num_classes, len(data.train))
+        if pooler_kwargs:
+            trained = ml_collections.ConfigDict(config.to_dict())
+            trained.pooler_kwargs = saved.get("pooler_kwargs", {})
+            trained_spec = run_config.describe(
+                trained, data.image_shape, data.num_classes, len(data.train)
+            )
+            _check_same_parameters(spec, trained_spec, pooler_kwargs)
     except (run_config.ConfigError, input_pipeline.DataError) as e:
         raise cli.UsageError(str(e)) from e
 
@@ -110,6 +117,30 @@ def evaluate_run(
         "test_loss": metrics["loss"],
         "test_accuracy": metrics["accuracy"],
     }
+
+
+def _check_same_parameters(spec, trained_spec, pooler_kwargs: dict[str, Any]) -> None:
+    """``pooler_kwargs`` must leave the model's parameters (names and shapes) as trained:
+    checked on their shapes alone, before any checkpoint is read."""
+    import jax
+
+    from train.core import steps
+
+    def shapes(s):
+        state = jax.eval_shape(lambda: steps.create_train_state(s, jax.random.key(0)))
+        flat = jax.tree_util.tree_flatten_with_path(state.params)[0]
+        return {
+            "/".join(str(getattr(k, "key", k)) for k in path): leaf.shape for path, leaf in flat
+        }
+
+    new, old = shapes(spec), shapes(trained_spec)
+    if new != old:
+        changed = sorted(k for k in new.keys() | old.keys() if new.get(k) != old.get(k))
+        raise cli.UsageError(
+            f"--pooler-kwargs {json.dumps(pooler_kwargs)} change the model's parameters "
+            f"({', '.join(changed[:3])}{', ...' if len(changed) > 3 else ''}) from those the run "
+            "trained; only settings that keep them can evaluate its checkpoint"
+        )
 
 
 def _evaluation_batches(config, devices: int) -> None:
