@@ -71,13 +71,16 @@ def seeds_array(seed: int | Sequence[int]) -> np.ndarray:
     return np.asarray(seed, np.uint32)
 
 
+def jit_per_seed(fn: Callable, sharding: jax.sharding.Sharding | None) -> Callable:
+    """``fn`` of one seed, jitted for a :func:`seeds_array`: one seed, or ``(S,)`` seeds (vmapped,
+    every output stacked over them)."""
+    return jax.jit(lambda seeds: jax.vmap(fn)(seeds) if seeds.ndim else fn(seeds),
+                   out_shardings=sharding)  # fmt: skip
+
+
 @functools.lru_cache(maxsize=8)
 def _jit_data_key(sharding: jax.sharding.Sharding | None):
-    def key(seed):
-        return jax.random.fold_in(jax.random.key(seed), _DATA_STREAM)
-
-    return jax.jit(lambda seeds: jax.vmap(key)(seeds) if seeds.ndim else key(seeds),
-                   out_shardings=sharding)  # fmt: skip
+    return jit_per_seed(lambda s: jax.random.fold_in(jax.random.key(s), _DATA_STREAM), sharding)
 
 
 @functools.lru_cache(maxsize=8)

@@ -635,8 +635,7 @@ def _jit_seed_keys(sharding: jax.sharding.Sharding):
         pair = jax.random.split(jax.random.key(seed))
         return pair[0], pair[1]
 
-    return jax.jit(lambda seeds: jax.vmap(keys)(seeds) if seeds.ndim else keys(seeds),
-                   out_shardings=sharding)  # fmt: skip
+    return device_loop.jit_per_seed(keys, sharding)
 
 
 def _run_chunk(

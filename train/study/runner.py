@@ -103,14 +103,9 @@ def run_group(
         except OSError as e:  # e.g. the run directory's path is a file: nowhere to record it
             logger.error("%s failed: cannot use %s: %s", plan.entry.name(), plan.run_dir, e)
             records.append(_unrecorded(plan, e))
-    unusable = [i for i, record in enumerate(records) if record["status"] == "failed"]
-    if unusable:
-        started = [i for i in range(len(plans)) if i not in unusable]
-        if started:
-            rest = run_group([plans[i] for i in started], env, _subset(on_epoch, started), datasets)
-            for i, record in zip(started, rest, strict=True):
-                records[i] = record
-        return records
+    failed = {i for i, record in enumerate(records) if record["status"] == "failed"}
+    if failed:
+        return _without(failed, plans, records, env, on_epoch, datasets)
     t0 = time.perf_counter()
     refused: loop.RunRefused | None = None
     one_by_one = False
@@ -156,11 +151,7 @@ def run_group(
         _record_failure(plans[index], records[index], refused.error)
         records[index].update(finished=_now(), seconds=0.0)
         _write_record(plans[index], records[index])
-        others = [i for i in range(len(plans)) if i != index]
-        rest = run_group([plans[i] for i in others], env, _subset(on_epoch, others), datasets)
-        for i, record in zip(others, rest, strict=True):
-            records[i] = record
-        return records
+        return _without({index}, plans, records, env, on_epoch, datasets)
     seconds = round(time.perf_counter() - t0, 3)
     for plan, record, outcome in zip(plans, records, outcomes, strict=True):
         if isinstance(outcome, Exception):
@@ -178,9 +169,16 @@ def _one_of(on_epoch, index: int):
     return None if on_epoch is None else (lambda _, row: on_epoch(index, row))
 
 
-def _subset(on_epoch, indices: Sequence[int]):
-    """``on_epoch`` of a group, for the runs ``indices`` of it trained as a group of their own."""
-    return None if on_epoch is None else (lambda i, row: on_epoch(indices[i], row))
+def _without(failed: set[int], plans, records, env, on_epoch, datasets) -> list[dict[str, Any]]:
+    """``records``, the failed runs' as they are and the others' from training those as a group
+    of their own (:func:`run_group`)."""
+    others = [i for i in range(len(plans)) if i not in failed]
+    report = None if on_epoch is None else (lambda i, row: on_epoch(others[i], row))
+    if others:
+        rest = run_group([plans[i] for i in others], env, report, datasets)
+        for i, record in zip(others, rest, strict=True):
+            records[i] = record
+    return records
 
 
 def _unrecorded(plan: Plan, e: OSError) -> dict[str, Any]:
