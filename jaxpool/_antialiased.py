@@ -22,7 +22,11 @@ PAD_MODES = ("reflect", "edge", "constant")
 def binomial_filter(size: int) -> np.ndarray:
     """The normalised 1-D binomial filter of ``size`` taps: row ``size - 1`` of Pascal's triangle
     over its sum (``[1, 3, 3, 1] / 8`` for 4).  The 2-D blur is its outer product with itself."""
-    if size not in FILTER_SIZES:
+    if (
+        not isinstance(size, (int, np.integer))
+        or isinstance(size, bool)
+        or size not in FILTER_SIZES
+    ):
         raise ValueError(f"filter_size must be an int from 1 to 7; got {size!r}")
     taps = np.array([math.comb(size - 1, k) for k in range(size)], np.float64)
     return taps / taps.sum()

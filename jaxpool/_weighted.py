@@ -14,6 +14,7 @@ part in a weighted mean, whichever padding is used.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import NoReturn
 
 import jax
 import jax.numpy as jnp
@@ -31,7 +32,9 @@ def window_geometry(
 ) -> _windows.WindowSpec:
     """The window spec for ``'VALID'``/``'SAME'`` or explicit symmetric padding (see module doc)."""
     if isinstance(padding, str):
-        return _windows.window_spec(in_size, window_shape, strides, padding)
+        if padding.upper() in ("VALID", "SAME"):
+            return _windows.window_spec(in_size, window_shape, strides, padding)
+        _bad_padding(padding)
     window = _windows.normalize_pair(window_shape, "window_shape")
     if isinstance(padding, (int, np.integer)) and not isinstance(padding, bool):
         pads = (int(padding), int(padding))
@@ -42,10 +45,7 @@ def window_geometry(
     ):
         pads = (int(padding[0]), int(padding[1]))
     else:
-        raise ValueError(
-            "padding must be 'VALID', 'SAME', an int or a pair of ints (pixels on both sides of "
-            f"height and width); got {padding!r}"
-        )
+        _bad_padding(padding)
     for p, k, axis in zip(pads, window, ("height", "width"), strict=True):
         if not 0 <= p <= k // 2:
             raise ValueError(
@@ -56,6 +56,13 @@ def window_geometry(
         in_size, window, strides, "VALID", pads=((pads[0], pads[0]), (pads[1], pads[1]))
     )
     return spec
+
+
+def _bad_padding(padding: object) -> NoReturn:
+    raise ValueError(
+        "padding must be 'VALID', 'SAME', an int or a pair of ints (pixels on both sides of "
+        f"height and width); got {padding!r}"
+    )
 
 
 def stacked_windows(

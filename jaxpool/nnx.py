@@ -5,7 +5,9 @@ initial distributions, and the same pure functions underneath: each NNX layer ho
 hyperparameters and asks its Linen twin (an unbound ``flax.linen`` module built from them) for the
 parameter declarations and the output, so no shape or formula is written twice.
 
-What NNX needs in addition, as keyword arguments of the constructor:
+The constructor takes the Linen layer's hyperparameters, by keyword or in the Linen field order
+(``MaxPool(3)`` pools 3x3 as ``jaxpool.MaxPool(3)`` does), and what NNX needs in addition, as
+keyword-only arguments:
 
 - ``in_features``: the input's channel count, where a parameter's shape depends on it;
 - ``input_size=(H, W)``: the spatial size, where a parameter is per output position
@@ -15,7 +17,8 @@ What NNX needs in addition, as keyword arguments of the constructor:
   Rngs has no such stream; with neither, training calls need ``rngs=``).
 
 ``deterministic`` works as in ``nnx.Dropout``: an attribute set by the constructor,
-``model.eval()`` (True) and ``model.train()`` (False), overridden by the call's ``deterministic``;
+``model.eval()`` (True) and ``model.train()`` (False) or ``nnx.view(model, deterministic=...)``,
+overridden by the call's ``deterministic``;
 a stochastic layer with neither raises.  The call's ``rngs`` (a key, an ``nnx.Rngs`` or an
 ``RngStream``) overrides the constructor's.
 
@@ -37,6 +40,7 @@ from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from jaxpool import _windows, modules
@@ -57,26 +61,25 @@ class Pooler(nnx.Module):
 
     def __init__(
         self,
+        *args: Any,
         in_features: int | None = None,
-        *,
         input_size: tuple[int, int] | None = None,
         rngs: nnx.Rngs | None = None,
         **hyperparameters: Any,
     ):
         allowed = hyperparameter_names(self.linen)
-        unknown = sorted(set(hyperparameters) - set(allowed))
-        if unknown:
-            raise ValueError(
-                f"{type(self).__name__} has no argument(s) {', '.join(unknown)}; allowed: "
-                f"in_features, input_size, rngs, {', '.join(allowed)}"
-            )
+        hyperparameters = self._merge_positional(args, hyperparameters, allowed)
         config = self.linen(**hyperparameters)
         for name in allowed:
             setattr(self, name, getattr(config, name))
-        if in_features is not None and (
-            not isinstance(in_features, int) or isinstance(in_features, bool) or in_features < 1
-        ):
-            raise ValueError(f"in_features must be a positive int; got {in_features!r}")
+        if in_features is not None:
+            if (
+                not isinstance(in_features, (int, np.integer))
+                or isinstance(in_features, bool)
+                or in_features < 1
+            ):
+                raise ValueError(f"in_features must be a positive int; got {in_features!r}")
+            in_features = int(in_features)
         size = None if input_size is None else _windows.normalize_pair(input_size, "input_size")
         specs = config.parameters(size, in_features)
         if specs and rngs is None:
@@ -99,6 +102,37 @@ class Pooler(nnx.Module):
             except KeyError:  # e.g. nnx.Rngs(params=0): noise then comes with the call
                 stream = None
         self.rngs = nnx.data(None) if stream is None else stream.fork()
+
+    @classmethod
+    def _merge_positional(
+        cls, args: tuple[Any, ...], hyperparameters: dict[str, Any], allowed: tuple[str, ...]
+    ) -> dict[str, Any]:
+        """The keyword hyperparameters with the positional ones named in Linen field order;
+        ``ValueError`` for too many positional arguments, a name given twice or an unknown one."""
+        name = cls.__name__
+        if len(args) > len(allowed):
+            raise ValueError(
+                f"{name} takes at most {len(allowed)} positional arguments, its hyperparameters in "
+                f"order ({', '.join(allowed)}); got {len(args)} (in_features, input_size and rngs "
+                "are keyword-only)"
+            )
+        positional = dict(zip(allowed, args, strict=False))
+        twice = sorted(set(positional) & set(hyperparameters))
+        if twice:
+            raise ValueError(f"{name} got {', '.join(twice)} both by position and by keyword")
+        unknown = sorted(set(hyperparameters) - set(allowed))
+        if unknown:
+            raise ValueError(
+                f"{name} has no argument(s) {', '.join(unknown)}; allowed: "
+                f"in_features, input_size, rngs, {', '.join(allowed)}"
+            )
+        return {**positional, **hyperparameters}
+
+    def set_view(self, deterministic: bool | None = None) -> None:
+        """Used by ``nnx.view(model, deterministic=...)``, as ``nnx.Dropout.set_view``: True for
+        inference, False for training (only the stochastic layers' output depends on it)."""
+        if deterministic is not None:
+            self.deterministic = deterministic
 
     def config(self) -> modules.Pooler:
         """The unbound Linen layer with this layer's hyperparameters."""

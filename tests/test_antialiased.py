@@ -111,6 +111,8 @@ def test_one_pixel_shift_changes_the_output_less_than_max_pooling():
     ("kwargs", "match"),
     [
         ({"filter_size": 8}, r"filter_size must be an int from 1 to 7; got 8"),
+        ({"filter_size": 4.0}, r"filter_size must be an int from 1 to 7; got 4.0"),
+        ({"filter_size": True}, r"filter_size must be an int from 1 to 7; got True"),
         ({"pad_mode": "wrap"}, r"pad_mode must be one of \('reflect', 'edge', 'constant'\)"),
         ({"window_shape": 5}, r"window_shape \(5, 5\) is larger than the input's \(4, 4\)"),
         ({"strides": 0}, r"strides must be positive"),

@@ -103,6 +103,41 @@ def test_deterministic_follows_eval_train_and_the_call(name):
             jaxpool.create(name, api="nnx")(x, deterministic=False)
 
 
+def test_nnx_view_switches_the_mode_as_for_dropout():
+    class Net(nnx.Module):
+        def __init__(self, rngs):
+            self.dropout = nnx.Dropout(0.5, rngs=rngs)
+            self.pool = pnnx.StochasticPool(rngs=rngs)
+            self.max = pnnx.MaxPool()
+
+    net = Net(nnx.Rngs(0))
+    net.train()
+    x = jax.random.uniform(jax.random.key(0), (2, *HW, C))
+    evaluating = nnx.view(net, deterministic=True)
+    assert evaluating.dropout.deterministic and evaluating.pool.deterministic
+    np.testing.assert_array_equal(evaluating.pool(x), net.pool(x, deterministic=True))
+    assert nnx.view(evaluating, deterministic=False).pool.deterministic is False
+    # A model of jaxpool layers alone takes the view too (flax raises where no layer does).
+    assert nnx.view(pnnx.MaxPool(), deterministic=True).deterministic is True
+
+
+def test_positional_hyperparameters_follow_the_linen_field_order():
+    x = jax.random.normal(jax.random.key(0), (1, 6, 6, 2))
+    np.testing.assert_array_equal(pnnx.MaxPool(3)(x), jaxpool.MaxPool(3).apply({}, x))
+    np.testing.assert_array_equal(
+        pnnx.AvgPool((3, 2), (1, 2), "SAME")(x),
+        jaxpool.AvgPool((3, 2), (1, 2), "SAME").apply({}, x),
+    )
+    assert pnnx.MixedPool(3, in_features=np.int64(2), rngs=nnx.Rngs(0)).alpha.shape == (2,)
+    too_many = len(pnnx.hyperparameter_names(jaxpool.MaxPool)) + 1
+    with pytest.raises(ValueError, match=r"MaxPool takes at most \d+ positional arguments, its "):
+        pnnx.MaxPool(*[2] * too_many)
+    with pytest.raises(
+        ValueError, match=r"MaxPool got window_shape both by position and by keyword"
+    ):
+        pnnx.MaxPool(3, window_shape=2)
+
+
 def test_split_and_merge_round_trip():
     layer = pnnx.TDGSPool(in_features=C, input_size=HW, rngs=nnx.Rngs(0))
     x = jax.random.normal(jax.random.key(0), (2, *HW, C))

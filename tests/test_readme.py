@@ -80,10 +80,11 @@ call sets `deterministic`.
 ## NNX layers (`jaxpool.nnx`)
 
 `flax.nnx` Modules with the Linen layers' names, hyperparameters and parameters. Constructed as
-`Layer(in_features=None, *, input_size=None, rngs=None, **hyperparameters)` (`in_features` where
-a parameter has a channel axis, `input_size=(H, W)` where it is per output position), called as
-`layer(x, *, deterministic=None, rngs=None)`; `model.eval()` / `model.train()` set
-`deterministic`. `import jaxpool.nnx` (`import jaxpool` does not import `flax.nnx`).
+`Layer(*hyperparameters, in_features=None, input_size=None, rngs=None)` (the Linen layer's
+hyperparameters, by keyword or in its field order; `in_features` where a parameter has a channel
+axis, `input_size=(H, W)` where it is per output position), called as
+`layer(x, *, deterministic=None, rngs=None)`; `model.eval()` / `model.train()` and
+`nnx.view(model, deterministic=...)` set `deterministic`. `import jaxpool.nnx` (`import jaxpool` does not import `flax.nnx`).
 @@nnx
 ## Building blocks
 
@@ -206,7 +207,7 @@ def api_reference() -> str:
     for cls in nnx_layers:
         fields = _fields(cls.linen)
         head = (
-            f"jaxpool.nnx.{cls.__name__}(in_features=None, *, input_size=None, rngs=None, {fields})"
+            f"jaxpool.nnx.{cls.__name__}({fields}, *, in_features=None, input_size=None, rngs=None)"
         )
         blocks["nnx"].append(_entry(head, cls))
     extra = [n for n in _public(jaxpool.nnx) if getattr(jaxpool.nnx, n) not in nnx_layers]

@@ -208,7 +208,12 @@ def test_lip_with_equal_logits_is_average_pooling():
     ("call", "match"),
     [
         (lambda x: jaxpool.soft_pool(x, 3, 2, 2), r"between 0 and half the window \(1"),
-        (lambda x: jaxpool.soft_pool(x, 2, None, "FULL"), r"padding must be 'VALID' or 'SAME'"),
+        (
+            lambda x: jaxpool.soft_pool(x, 2, None, "FULL"),
+            r"padding must be 'VALID', 'SAME', an int or a pair of ints .*got 'FULL'",
+        ),
+        (lambda x: jaxpool.lp_pool(x, 3.0, padding="full"), r"'SAME', an int or a pair of ints"),
+        (lambda x: jaxpool.lip_pool(x, x, padding="FULL"), r"'SAME', an int or a pair of ints"),
         (lambda x: jaxpool.soft_pool(x, 2, None, (1, 1, 1)), r"an int or a pair of ints"),
         (lambda x: jaxpool.lp_pool(x, jnp.ones(3)), r"p must have shape \(\) or \(C,\) = \(2,\)"),
         (lambda x: jaxpool.lp_pool(x, 3.0, eps=0.0), r"eps must be positive"),
