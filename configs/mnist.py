@@ -2,7 +2,7 @@ r"""MNIST (TFDS ``mnist``, 28x28x1, 10 classes) with the reference settings.
 
 Run::
 
-  python -m train.main --config configs/mnist.py --data-dir ../shared/tfds --config.pooler=tdgs
+  python -m train.main --config configs/mnist.py --data-dir DIR --config.pooler=tdgs
 """
 
 import ml_collections

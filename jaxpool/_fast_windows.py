@@ -7,7 +7,7 @@ reverse mode; they are written so that the transposed (backward) pass is one bro
 over the view, where autodiff of the reference sums K zero-padded copies (one per window
 element), which XLA:CPU runs with a branch per element.  Values and derivatives equal the
 reference's up to float rounding, the max's derivative going to the first maximal element
-(``tests/test_fast_paths.py``).
+(``tests/test_implementations.py``).
 
 ``implementation='auto'`` takes these paths on the CPU backend where the table below shows them
 faster.  Forward + backward (``jax.grad`` of a weighted sum, jitted), median of repeated runs,
@@ -192,7 +192,7 @@ def _view_dot_jvp(primals, tangents):
     ``(N, Ho, Wo, C)`` cotangent broadcast inside the reduction instead of first writing an
     x-sized broadcast copy (3x slower for tree pooling)."""
     kernel_view, view = primals
-    t_kernel6, t_x6 = tangents
-    by_input = jnp.sum(kernel_view * t_x6, axis=(2, 4))
-    by_kernel = jax.lax.optimization_barrier(jnp.sum(t_kernel6 * view, axis=(2, 4)))
+    kernel_tangent, view_tangent = tangents
+    by_input = jnp.sum(kernel_view * view_tangent, axis=(2, 4))
+    by_kernel = jax.lax.optimization_barrier(jnp.sum(kernel_tangent * view, axis=(2, 4)))
     return view_dot(kernel_view, view), by_input + by_kernel

@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxpool import _windows
+from jaxpool import _window_ops, _windows
 from jaxpool._windows import Window
 
 _F32 = jnp.float32
@@ -36,15 +36,8 @@ def window_geometry(
             return _windows.window_spec(in_size, window_shape, strides, padding)
         _bad_padding(padding)
     window = _windows.normalize_pair(window_shape, "window_shape")
-    if isinstance(padding, (int, np.integer)) and not isinstance(padding, bool):
-        pads = (int(padding), int(padding))
-    elif (
-        isinstance(padding, (tuple, list))
-        and len(padding) == 2
-        and all(isinstance(p, (int, np.integer)) and not isinstance(p, bool) for p in padding)
-    ):
-        pads = (int(padding[0]), int(padding[1]))
-    else:
+    pads = _windows.int_pair(padding)
+    if pads is None:
         _bad_padding(padding)
     for p, k, axis in zip(pads, window, ("height", "width"), strict=True):
         if not 0 <= p <= k // 2:
@@ -126,16 +119,6 @@ def soft_pool(
     return _windows.to_output(softmax_weighted_mean(values, values, valid), x.dtype, unbatched)
 
 
-def _check_per_channel(value: jax.Array, name: str, channels: int) -> jax.Array:
-    value = jnp.asarray(value)
-    if value.shape not in ((), (channels,)):
-        raise ValueError(
-            f"{name} must have shape () or (C,) = ({channels},) for an input with C={channels}; "
-            f"got {value.shape}"
-        )
-    return value.astype(_F32)
-
-
 def lp_pool(
     x: jax.Array,
     p: jax.Array,
@@ -173,7 +156,7 @@ def lp_pool(
     batched, unbatched = _windows.check_input(x)
     if not eps > 0:
         raise ValueError(f"eps must be positive; got {eps!r}")
-    p = _check_per_channel(p, "p", batched.shape[-1])
+    p = _window_ops.per_layer_or_channel(p, "p", batched.shape[-1])
     spec = window_geometry(batched.shape[1:3], window_shape, strides, padding)
     values, valid = stacked_windows(batched, spec)
     clamped = jnp.maximum(values, eps)
@@ -246,8 +229,8 @@ def lip_logits(
             f"kernel must have shape (kh, kw, C, C) = (kh, kw, {channels}, {channels}) for an input "
             f"with C={channels}; got {kernel.shape}"
         )
-    scale = _check_per_channel(norm_scale, "norm_scale", channels)
-    bias = _check_per_channel(norm_bias, "norm_bias", channels)
+    scale = _window_ops.per_layer_or_channel(norm_scale, "norm_scale", channels)
+    bias = _window_ops.per_layer_or_channel(norm_bias, "norm_bias", channels)
     z = conv_same(batched.astype(_F32), kernel.astype(_F32))
     mean = jnp.mean(z, axis=(1, 2), keepdims=True)
     var = jnp.mean(jnp.square(z - mean), axis=(1, 2), keepdims=True)
@@ -286,11 +269,11 @@ def lip_pool(
       Gao, Wang, Wu. LIP: Local Importance-based Pooling. ICCV 2019 (arXiv:1908.04156).
     """
     batched, unbatched = _windows.check_input(x)
-    logits4, _ = _windows.check_input(logits, "logits")
-    if logits4.shape != batched.shape:
+    batched_logits, _ = _windows.check_input(logits, "logits")
+    if batched_logits.shape != batched.shape:
         raise ValueError(f"logits must have the shape of x, {x.shape}; got {logits.shape}")
     spec = window_geometry(batched.shape[1:3], window_shape, strides, padding)
     values, valid = stacked_windows(batched, spec)
-    weights_logits, _ = stacked_windows(logits4, spec)
+    weights_logits, _ = stacked_windows(batched_logits, spec)
     y = softmax_weighted_mean(values, weights_logits, valid)
     return _windows.to_output(y, x.dtype, unbatched)

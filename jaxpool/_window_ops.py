@@ -82,6 +82,18 @@ def window_dot(weights: WindowElements, elements: WindowElements) -> jax.Array:
     return window_sum([w * e for w, e in zip(weights, elements, strict=True)])
 
 
+def per_layer_or_channel(value: jax.Array, name: str, channels: int) -> jax.Array:
+    """A parameter of shape ``()`` (one per layer) or ``(C,)`` (one per channel) as float32; any other
+    shape is a ``ValueError`` naming ``name``."""
+    value = jnp.asarray(value)
+    if value.shape not in ((), (channels,)):
+        raise ValueError(
+            f"{name} must have shape () or (C,) = ({channels},) for an input with C={channels}; "
+            f"got {value.shape}"
+        )
+    return value.astype(_F32)
+
+
 def kernel_weights(
     kernel: jax.Array, spec: _windows.WindowSpec, channels: int, name: str
 ) -> WindowElements:

@@ -25,17 +25,24 @@ Pair = tuple[int, int]
 Window = int | Sequence[int]  # a window or stride argument: one int for both axes, or a pair
 
 
+def int_pair(value: object) -> Pair | None:
+    """``value`` as ``(a, a)`` for an int or ``(a, b)`` for a pair of ints (NumPy integers count,
+    bools do not); None for anything else."""
+
+    def is_int(v: object) -> bool:
+        return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+
+    if is_int(value):
+        return (int(value), int(value))
+    if isinstance(value, (tuple, list)) and len(value) == 2 and all(is_int(v) for v in value):
+        return (int(value[0]), int(value[1]))
+    return None
+
+
 def normalize_pair(value: int | Sequence[int], name: str) -> Pair:
     """Returns ``value`` as a pair of positive ints; ``name`` is used in the error message."""
-    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
-        pair = (int(value), int(value))
-    elif (
-        isinstance(value, (tuple, list))
-        and len(value) == 2
-        and all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in value)
-    ):
-        pair = (int(value[0]), int(value[1]))
-    else:
+    pair = int_pair(value)
+    if pair is None:
         raise ValueError(
             f"{name} must be a positive int or a pair of positive ints (height, width); got {value!r}"
         )

@@ -170,22 +170,17 @@ def mixed_pool(
       Gated, and Tree. AISTATS 2016 (arXiv:1509.08985).
     """
     batched, unbatched = _windows.check_input(x)
-    alpha = jnp.asarray(alpha)
     channels = batched.shape[-1]
-    if alpha.shape not in ((), (channels,)):
-        raise ValueError(
-            f"alpha must have shape () or (C,) = ({channels},) for an input with C={channels}; "
-            f"got {alpha.shape}"
-        )
+    alpha = _window_ops.per_layer_or_channel(alpha, "alpha", channels)
     spec = _windows.window_spec(batched.shape[1:3], window_shape, strides, padding)
     out_shape = (batched.shape[0], *spec.out_size, channels)
     if (
         _windows.use_fast(implementation, _fast_windows.MIXED_WINS)
         and (view := _windows.window_view(batched.astype(_F32), spec)) is not None
     ):
-        logit = _fast_windows.broadcast_param(alpha.astype(_F32), out_shape)
+        logit = _fast_windows.broadcast_param(alpha, out_shape)
         return _windows.to_output(_fast_windows.view_gate_mix(view, logit), x.dtype, unbatched)
-    s = jnp.broadcast_to(jax.nn.sigmoid(alpha.astype(_F32)), out_shape)
+    s = jnp.broadcast_to(jax.nn.sigmoid(alpha), out_shape)
     y = _max_mean_mix(s, _windows.window_elements(batched, spec), spec)
     return _windows.to_output(y, x.dtype, unbatched)
 

@@ -317,8 +317,8 @@ _RNG_NOTE = """
 class StochasticPool(_WindowedPool):
     """Stochastic pooling (Zeiler & Fergus, ICLR 2013); see :func:`jaxpool.functional.stochastic_pool`.
 
-    Training samples one element per window with ``p = max(R, 0) / sum max(R, 0)`` (``mode='l1'``)
-    or ``softmax(R)`` (``mode='softmax'``); deterministic mode outputs ``sum p R``.
+    Training samples one element per window; deterministic mode outputs the probability-weighted
+    mean (formulas in the function's docstring).
 
     Attributes:
       mode: ``'l1'`` (default, the paper) or ``'softmax'``.
@@ -384,9 +384,9 @@ def uniform_around(center: float, half_width: float = 0.5) -> nn.initializers.In
 class TDGSPool(_WindowedPool):
     """Temperature-driven Gumbel-softmax pooling; see :func:`jaxpool.functional.tdgs_pool`.
 
-    Training outputs one element per window, a hard straight-through Gumbel-softmax sample of
-    ``softmax(R / t)``, ``t = relu(temperature) + eps``; deterministic mode outputs the expectation
-    ``sum softmax(R / t) R``.
+    Training outputs one element per window, a hard straight-through Gumbel-softmax sample at a
+    learned temperature; deterministic mode outputs its expectation (formulas in the function's
+    docstring).
 
     Attributes:
       per: ``'position'`` (default): ``temperature`` of shape ``(Ho, Wo, C)`` inferred at init (a
@@ -433,7 +433,7 @@ class TDGSPool(_WindowedPool):
 
 # ----------------------------------------------------------------------------- after the study
 class SoftPool(_WindowedPool):
-    """SoftPool (Stergiou et al., ICCV 2021), ``y = sum softmax(R) R``; see
+    """SoftPool (Stergiou et al., ICCV 2021), a softmax-weighted mean; see
     :func:`jaxpool.functional.soft_pool`.  No parameters, not stochastic.
 
     Attributes:
@@ -447,8 +447,8 @@ class SoftPool(_WindowedPool):
 
 
 class LPPool(_WindowedPool):
-    """Learnable power-mean (LP / GeM) pooling, ``y = (mean max(R, eps)^p)^(1/p)``; see
-    :func:`jaxpool.functional.lp_pool`.  Not stochastic.
+    """Learnable power-mean (LP / GeM) pooling; see :func:`jaxpool.functional.lp_pool`.  Not
+    stochastic.
 
     Attributes:
       per: ``'layer'`` (default): a scalar ``p``; ``'channel'``: ``p`` of shape ``(C,)``.
@@ -477,8 +477,8 @@ class LIPPool(_WindowedPool):
     ICCV 2019); see :func:`jaxpool.functional.lip_pool` and :func:`jaxpool.functional.lip_logits`.
     Not stochastic.
 
-    ``y = sum exp(logit) R / sum exp(logit)`` with ``logit = 12 sigmoid(IN(conv(x)))``.  As the
-    official ``init_layer``, the convolution starts at zero, so LIP starts as average pooling.
+    As the official ``init_layer``, the logit convolution starts at zero, so LIP starts as average
+    pooling.
 
     Attributes:
       window_shape, strides, padding: the official 3, 2 and 1 (explicit pixels) by default.

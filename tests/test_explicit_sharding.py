@@ -1,8 +1,9 @@
 """Every pooler under explicit sharding (``jax.make_mesh``, JAX's default axis type): the batch
 sharded over 8 virtual CPU devices gives the values and gradients of an unsharded run.
 
-s3 with ``per_example=True`` failed here before its keys were split like the batch.  A
-subprocess, because the device count of a JAX process is fixed at start-up.
+s3 with ``per_example=True`` needs its keys split like the batch (unsplit keys against the
+batch-sharded input fail under explicit sharding).  A subprocess, because the device count of a
+JAX process is fixed at start-up.
 """
 
 from __future__ import annotations

@@ -282,6 +282,22 @@ def test_auto_takes_a_fast_path_only_where_measured_and_never_for_reference():
     assert _windows.use_fast("auto", True) == _windows.on_measured_backend()
 
 
+def test_auto_takes_trees_fast_path_from_its_measured_size_on():
+    def fast_path_taken(shape):
+        channels = shape[-1]
+        leaves, gate = jnp.zeros((2, 2, 2, channels)), jnp.zeros((2, 2, channels))
+        with mock.patch.object(_fast_windows, "kernel_dot", wraps=_fast_windows.kernel_dot) as spy:
+            jax.eval_shape(  # traces only: nothing of this size is allocated
+                lambda x: F.tree_pool(x, leaves, gate), jax.ShapeDtypeStruct(shape, jnp.float32)
+            )
+        return spy.call_count > 0
+
+    assert _fast_windows.TREE_MIN_ELEMENTS == 256 * 32 * 32 * 16
+    assert fast_path_taken((256, 32, 32, 16)) == _windows.on_measured_backend()
+    assert not fast_path_taken((255, 32, 32, 16))
+    assert not fast_path_taken((64, 16, 16, 32))
+
+
 # ----------------------------------------------------------------------------- forward mode
 # Training modes whose derivative is a straight-through estimate, not the derivative of the
 # value (TDGS: the value is the drawn element, the derivative that of the soft sample's mean), so

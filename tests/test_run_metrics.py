@@ -47,11 +47,6 @@ def test_epoch_row_means_and_rates():
         "epoch_seconds": 2.5,
         "images_per_second": 6.0,
     }
-    # A checkpoint from before the flag: its epoch is taken as not compiling.
-    del meta["includes_startup"]
-    assert not run_metrics.epoch_row(0, 3, meta, {"loss": 0.4, "accuracy": 0.9}, 0.5)[
-        "includes_startup"
-    ]
 
 
 @pytest.mark.parametrize("history_len", [0, 3])

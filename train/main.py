@@ -3,12 +3,13 @@ r"""Command line: train the standard CNN with one pooler.
 Examples::
 
   python -m train.main --dataset digits --pooler max            # offline demo, about 10 s
-  python -m train.main --pooler tdgs --data-dir ../shared/tfds  # MNIST, the reference setup
+  python -m train.main --pooler tdgs --data-dir DIR             # MNIST, the reference setup
   python -m train.main --config configs/cifar10.py --config.pooler=mixed --config.num_epochs=3
 
 Without ``--config`` the config is ``configs/<dataset>.py`` for the chosen ``--dataset`` (default
 ``mnist``). The shortcut flags win over the config file. Invalid values, missing data or a batch
 size that does not divide by the device count end with exit code 2 and one line on stderr.
+``DIR``: a TFDS data dir holding the dataset (default: TFDS's, ``~/tensorflow_datasets``).
 
 Multi-host: when the environment describes a multi-process job (``JAX_COORDINATOR_ADDRESS``, or a
 SLURM / Open MPI launch with more than one task, or a multi-worker Cloud TPU slice),

@@ -3,13 +3,14 @@ r"""The study: every pooler × dataset × seed as a normal training run, then th
 Examples::
 
   python -m train.sweep --poolers all --datasets mnist,cifar10,cifar100 --seeds 3 --epochs 10 \
-      --workdir runs/sweep --data-dir ../shared/tfds
+      --workdir runs/sweep --data-dir DIR
   python -m train.sweep --poolers max,tdgs --datasets digits --seeds 2 --epochs 1 --dry-run
   python -m train.sweep --poolers max --datasets mnist --tdgs-init-temperatures 0.25,0.5,1,2,4
 
 Each run is ``loop.train_and_evaluate`` with ``configs/<dataset>.py`` and these overrides:
 ``pooler``, ``pooler_kwargs``, ``seed`` (0 .. ``--seeds``-1) and, when given, ``num_epochs``,
-``batch_size``, ``learning_rate``, ``data_dir``. Its workdir is
+``batch_size``, ``learning_rate``, ``data_dir`` (``DIR`` above: a TFDS data dir holding the
+datasets). Its workdir is
 ``<workdir>/runs/<dataset>/<pooler label>/s<seed>`` (labels: :func:`train.study.run_records.pooler_label`,
 e.g. ``tdgs@T=0.5`` for ``--tdgs-init-temperatures``), and holds ``train.core.loop``'s files plus
 ``sweep_run.json`` (status, error, timings, device kind, library versions).

@@ -1,7 +1,7 @@
 """``python -m train.bench --check``: what to run on a machine with a GPU or TPU, in one command.
 
 Steps, each a subprocess with a time limit, in this order (the most telling first, so a check cut
-short by ``--check-seconds`` loses the bench, which was measured on a GPU before), then one summary
+short by ``--check-seconds`` loses the bench, whose GPU figures exist already), then one summary
 that names the device (a first step, always run, asks JAX):
 
 1. tests: the test suite (``python -m pytest -q -n N``; each worker's JAX allocates GPU memory as

@@ -232,8 +232,8 @@ def cnn_steps(name: str, batch: int, image: Sequence[int] = CNN_IMAGE):
     key = jax.random.key(1)
     # The step as train.main runs it: micro-batched as it would be on this device, the state
     # donated and updated in place (train.main's chunks donate theirs, as torch's optimizer
-    # steps in place).  Without donation each call allocated a new state: measured on a 2-core
-    # CPU, MNIST-sized input, batch 64, that per-call step ran at 0.83x (max pool) and 0.98x
+    # steps in place).  Donation matters to the figure: on a 2-core CPU, MNIST-sized input,
+    # batch 64, a step that allocates a new state per call ran at 0.83x (max pool) and 0.98x
     # (TDGS) of the donated one.
     microbatches = spec.microbatches
     start = time.perf_counter()

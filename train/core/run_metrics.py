@@ -58,7 +58,7 @@ def epoch_row(
         "train_seconds": train_seconds,
         # The first epoch a train_and_evaluate call trains (a new run or a resumed one) may
         # also compile the step, or load it from the cache.
-        "includes_startup": bool(meta.get("includes_startup", False)),
+        "includes_startup": bool(meta["includes_startup"]),
         "eval_seconds": eval_seconds,
         "epoch_seconds": train_seconds + eval_seconds,
         "images_per_second": meta["count"] / max(train_seconds, 1e-9),

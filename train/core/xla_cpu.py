@@ -21,7 +21,7 @@ On a CPU with AVX-512, :func:`prefer_wide_vectors` also asks XLA to emit its own
 poolers, the noise of the stochastic poolers) with 512-bit vectors instead of its default 256
 (:data:`VECTOR_FLAG`), under the same jaxlib and user-choice rules. Measured on a 2-core AVX-512
 x86 CPU, same process, each pooler's jitted step compiled both ways: XLA's threefry bits and
-Gumbel noise about 2x faster (jaxpool's jnp threefry, which later replaced XLA's: 1.8x), pool
+Gumbel noise about 2x faster (jaxpool's own jnp threefry, used in their place: 1.8x), pool
 forward+backward at (64, 16, 16, 32) 1.7x faster for stochastic and 1.55x for TDGS pooling
 (1.1-1.2x for mixed, gated, tree, s3; max and avg equal), and the standard CNN's train step 0-8%
 faster with the deterministic poolers and 17-21% with TDGS.
