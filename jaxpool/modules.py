@@ -98,6 +98,12 @@ class Pooler(nn.Module):
         }
         deterministic = self.merge_mode(deterministic)
         if not deterministic and rng is None:
+            if not self.has_rng(self.rng_collection):
+                raise ValueError(
+                    f"{type(self).__name__} is stochastic and deterministic=False needs noise: "
+                    f"pass rngs={{'{self.rng_collection}': key}} to apply/init (or rng=key to the "
+                    "call), or deterministic=True for inference"
+                )
             rng = self.make_rng(self.rng_collection)
         return self.pool(x, params, None if deterministic else rng, deterministic)
 
