@@ -247,6 +247,46 @@ def test_an_earlier_checks_directory_is_refused(tmp_path):
         accelerator_check.check_out_dir(str(tmp_path))
     with pytest.raises(ValueError, match="already holds files"):
         accelerator_check.run(str(tmp_path), None, 1, ())
+    a_file = tmp_path / "summary.txt"
+    with pytest.raises(ValueError, match=r"is a file; give a new or empty directory"):
+        accelerator_check.check_out_dir(str(a_file))
+    with pytest.raises(ValueError, match=rf"{a_file} is not a writable directory"):
+        accelerator_check.check_out_dir(str(a_file / "deeper" / "check"))
+    with pytest.raises(ValueError, match=r"expected a directory path, got an empty one"):
+        accelerator_check.check_out_dir("")
+
+
+def test_data_dir_and_time_limit_are_checked_before_any_step(tmp_path):
+    accelerator_check.check_data_dir(None, accelerator_check.GROUPS)  # TFDS's default: TFDS's
+    accelerator_check.check_data_dir(str(tmp_path / "missing"), ("tests", "bench"))  # not read
+    with pytest.raises(ValueError, match=r"--check-data-dir .*missing is not a directory"):
+        accelerator_check.check_data_dir(str(tmp_path / "missing"), ("sweep",))
+    with pytest.raises(ValueError, match=r"holds no TFDS mnist"):
+        accelerator_check.check_data_dir(str(tmp_path), ("determinism",))
+    (tmp_path / "mnist").mkdir()
+    accelerator_check.check_data_dir(str(tmp_path), accelerator_check.DATA_GROUPS)
+    accelerator_check.check_seconds(None)
+    accelerator_check.check_seconds(accelerator_check.MIN_STEP_SECONDS)
+    with pytest.raises(ValueError, match=r"--check-seconds must be at least 30 .*; got 29"):
+        accelerator_check.check_seconds(29)
+    with pytest.raises(ValueError, match=r"holds no TFDS mnist"):  # before the directory is made
+        accelerator_check.run(str(tmp_path / "out"), str(tmp_path / "mnist"), 1, ("sweep",))
+    assert not (tmp_path / "out").exists()
+
+
+def test_xla_gpu_figures_are_marked_as_noise_off_a_gpu():
+    timed = {
+        "deterministic ops on": (0.25, 0.02),
+        "deterministic ops off": (0.2, 0.02),
+        "max, command buffers off": (0.30, 0.05),
+    }
+    for device in ("gpu:NVIDIA H200 x1", "cuda:NVIDIA H100 x1"):
+        assert accelerator_check.NO_GPU_NOTE not in accelerator_check.summary([], {}, device, timed)
+    lines = accelerator_check.summary([], {}, "cpu:cpu x1", timed)
+    assert lines.count(accelerator_check.NO_GPU_NOTE) == 2  # determinism and graphs
+    assert lines.index(accelerator_check.NO_GPU_NOTE) < lines.index(
+        "  cost of exactness: training x1.25"
+    )
 
 
 def test_graphs_steps_set_command_buffers_beside_the_default_run():

@@ -162,6 +162,8 @@ def test_cli_bad_flags_exit_2_with_one_line(tmp_path):
     old_check = tmp_path / "old-check"
     old_check.mkdir()
     (old_check / "summary.txt").write_text("an earlier check")
+    a_file = tmp_path / "a-file"
+    a_file.write_text("")
     allowed = "allowed: all or a comma-separated subset of " + ", ".join(jaxpool.available())
     cases = [
         (["--poolers", "median"], f"error: --poolers: unknown pooler(s) median; {allowed}"),
@@ -170,15 +172,24 @@ def test_cli_bad_flags_exit_2_with_one_line(tmp_path):
         (["--bogus"], "error: Unknown command line flag 'bogus'"),
         (["--poolers", "blur", "--cnn-input", "12,12,1"], "error: --cnn-input 12,12,1: too small"),
         (["--check", "--check-steps", "tests,gpu"], "error: --check-steps: expected 'all' or some"),
-        (["--check", "--check-seconds", "0"], "error: --check-seconds must be >= 1; got 0"),
+        (["--check", "--check-seconds", "20"], "error: --check-seconds must be at least 30"),
         (["--check", "--check-dir", str(old_check)], f"error: --check-dir {old_check} already"),
+        (["--check", "--check-dir", str(a_file / "sub")], "is not a writable directory"),
+        (
+            ["--check", "--check-dir", str(tmp_path / "new"), "--check-data-dir", str(old_check)],
+            f"error: --check-data-dir {old_check} holds no TFDS mnist",
+        ),
+        (["--check", "--poolers", "max", "--repeats", "3"], "error: --poolers, --repeats: the"),
+        (["--check-steps", "tests"], "error: --check-steps: options of --check only"),
     ]
     # Started together: each pays Python and JAX start-up, nothing is measured.  On the CPU, so
     # that no accelerator's start-up log joins the one line expected on stderr.
     env = dict(os.environ, JAX_PLATFORMS="cpu")
     procs = []
     for args, message in cases:
-        json_path = [] if "--json" in args else ["--json", str(tmp_path / "b")]
+        # --json keeps a bench that wrongly started from writing anywhere but tmp_path (with
+        # --check it is itself refused).
+        json_path = [] if "--json" in args or "--check" in args else ["--json", str(tmp_path / "b")]
         cmd = [sys.executable, "-m", "train.bench", *args, *json_path]
         proc = subprocess.Popen(
             cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env

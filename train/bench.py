@@ -46,8 +46,8 @@ _CHECK_STEPS = flags.DEFINE_string(
 _CHECK_SECONDS = flags.DEFINE_integer(
     "check-seconds",
     None,
-    "--check: time limit of the whole check in seconds; steps get at most what is left and are "
-    "skipped with under 30 s left (default: each step's own limit).",
+    "--check: time limit of the whole check in seconds, at least 30; steps get at most what is "
+    "left and are skipped with under 30 s left (default: each step's own limit).",
 )
 _IN_LOOP = flags.DEFINE_enum(
     "in-loop",
@@ -87,6 +87,22 @@ def parse_cnn_input(text: str) -> tuple[int, int, int]:
     return dims
 
 
+# Flags of one mode that the other would silently ignore.
+BENCH_FLAGS = ("poolers", "repeats", "json", "skip-cnn", "in-loop", "cnn-input")
+CHECK_FLAGS = ("check-dir", "check-data-dir", "check-workers", "check-steps", "check-seconds")
+
+
+def _refuse_flags(argv: Sequence[str], names: Sequence[str], why: str) -> None:
+    """ValueError naming the flags of ``names`` given in ``argv`` (``--noNAME`` too)."""
+    given = []
+    for name, _, _ in cli.flag_arguments(argv):
+        name = name.removeprefix("no") if name.removeprefix("no") in names else name
+        if name in names and f"--{name}" not in given:
+            given.append(f"--{name}")
+    if given:
+        raise ValueError(f"{', '.join(given)}: {why}")
+
+
 def _run_cli(argv: Sequence[str]) -> int:
     if cli.wants_help(argv):
         cli.print_help(__doc__, flags.FLAGS, module=__name__)
@@ -99,11 +115,17 @@ def _run_cli(argv: Sequence[str]) -> int:
 
         if _CHECK_WORKERS.value < 1:
             raise cli.UsageError(f"--check-workers must be >= 1; got {_CHECK_WORKERS.value}")
-        if _CHECK_SECONDS.value is not None and _CHECK_SECONDS.value < 1:
-            raise cli.UsageError(f"--check-seconds must be >= 1; got {_CHECK_SECONDS.value}")
         try:
+            _refuse_flags(
+                argv,
+                BENCH_FLAGS,
+                "the bench's own, not used by --check (its bench step runs with the defaults); "
+                "drop them or run the bench without --check",
+            )
+            accelerator_check.check_seconds(_CHECK_SECONDS.value)
             groups = accelerator_check.parse_groups(_CHECK_STEPS.value)
             accelerator_check.check_out_dir(_CHECK_DIR.value)
+            accelerator_check.check_data_dir(_CHECK_DATA_DIR.value, groups)
         except ValueError as e:
             raise cli.UsageError(str(e)) from e
         return accelerator_check.run(
@@ -114,6 +136,7 @@ def _run_cli(argv: Sequence[str]) -> int:
             _CHECK_SECONDS.value,
         )
     try:
+        _refuse_flags(argv, CHECK_FLAGS, "options of --check only; add --check or drop them")
         poolers = cli.parse_poolers(_POOLERS.value)
         if _REPEATS.value < 1:
             raise ValueError(f"--repeats must be >= 1; got {_REPEATS.value}")

@@ -34,9 +34,11 @@ that names the device (a first step, always run, asks JAX):
 7. bench: ``python -m train.bench`` (per-call and in-loop figures; ``bench.json`` in the output
    dir).
 
-``--check-steps`` picks some of them by the names above, and ``--check-seconds`` bounds the whole
-check: each step then gets at most the time left, and a step with under :data:`MIN_STEP_SECONDS`
-left is skipped (a machine lent for a fixed time still gets its summary).  A step past its limit is
+``--check-steps`` picks some of them by the names above, and ``--check-seconds`` (at least
+:data:`MIN_STEP_SECONDS`) bounds the whole check: each step then gets at most the time left, and a
+step with under :data:`MIN_STEP_SECONDS` left is skipped (a machine lent for a fixed time still gets
+its summary).  The output directory, the data dir and the time limit are checked before any step,
+and the bench's own flags are refused with ``--check`` (its bench step runs with the defaults).  A step past its limit is
 stopped with every process it started (pytest's workers too), so nothing keeps the device after the
 check.
 
@@ -234,11 +236,50 @@ def plan(out: str, data_dir: str | None, workers: int) -> list[Step]:
 
 
 def check_out_dir(out: str) -> None:
-    """``--check-dir`` must be new or empty (module docstring); raises ValueError otherwise."""
-    if os.path.exists(out) and (not os.path.isdir(out) or os.listdir(out)):
+    """``--check-dir`` must be a new or empty directory that can be created (module docstring);
+    raises ValueError otherwise."""
+    if not out:
+        raise ValueError("--check-dir: expected a directory path, got an empty one")
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise ValueError(f"--check-dir {out} is a file; give a new or empty directory")
+    if os.path.isdir(out) and os.listdir(out):
         raise ValueError(
             f"--check-dir {out} already holds files (an earlier check?): its runs would resume, "
             "finished, and time nothing; remove it or give another directory"
+        )
+    parent = os.path.dirname(os.path.abspath(out))
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent) or not os.access(parent, os.W_OK):
+        raise ValueError(f"cannot create --check-dir {out}: {parent} is not a writable directory")
+
+
+# The steps that train on MNIST from --check-data-dir.
+DATA_GROUPS = ("determinism", "sweep", "paths", "graphs", "seeds")
+
+
+def check_data_dir(data_dir: str | None, groups: Sequence[str]) -> None:
+    """``--check-data-dir``, where a selected step trains: a directory holding TFDS's ``mnist``
+    (checked before the steps, so that a typo does not cost the test suite's minutes first).
+    None (TFDS's default directory) is left to TFDS."""
+    if data_dir is None or not set(groups) & set(DATA_GROUPS):
+        return
+    if not os.path.isdir(data_dir):
+        raise ValueError(f"--check-data-dir {data_dir} is not a directory")
+    if not os.path.isdir(os.path.join(data_dir, "mnist")):
+        raise ValueError(
+            f"--check-data-dir {data_dir} holds no TFDS mnist (no {os.path.join(data_dir, 'mnist')}"
+            "); give the TFDS data dir that holds MNIST"
+        )
+
+
+def check_seconds(total_seconds: int | None) -> None:
+    """``--check-seconds``: None or at least :data:`MIN_STEP_SECONDS` (a step with less time left
+    is skipped, so less would run nothing)."""
+    if total_seconds is not None and total_seconds < MIN_STEP_SECONDS:
+        raise ValueError(
+            f"--check-seconds must be at least {MIN_STEP_SECONDS} (a step with less time left is "
+            f"skipped); got {total_seconds}"
         )
 
 
@@ -339,6 +380,8 @@ def summary(
     on, off, excluded = (timed.get(name) for name in DETERMINISM_STEPS)
     if on or off or excluded:
         lines.append("")
+        if not on_gpu(device):
+            lines.append(NO_GPU_NOTE)
     for mode, figures in zip(DETERMINISM_MODES, (on, off, excluded), strict=True):
         if figures:
             lines.append(
@@ -349,7 +392,7 @@ def summary(
         lines.append(f"  cost of exactness: training x{on[0] / off[0]:.2f}")
     if excluded and off:
         lines.append(f"  of it, the excluded ops alone: training x{excluded[0] / off[0]:.2f}")
-    return lines + _paths_summary(per_epoch, timed) + _graphs_summary(per_epoch, timed)
+    return lines + _paths_summary(per_epoch, timed) + _graphs_summary(per_epoch, timed, device)
 
 
 def _paths_summary(per_epoch: dict[str, float], timed: dict[str, tuple[float, float]]) -> list[str]:
@@ -384,8 +427,17 @@ def _paths_summary(per_epoch: dict[str, float], timed: dict[str, tuple[float, fl
     return lines
 
 
+def on_gpu(device: str) -> bool:
+    """Whether the device step's ``platform:kind xN`` names a GPU, where the XLA:GPU options of
+    the determinism and graphs steps apply."""
+    return device.split(":", 1)[0].lower() in ("gpu", "cuda", "rocm")
+
+
+NO_GPU_NOTE = "  (not a GPU: the XLA:GPU options change nothing here; the ratios below are noise)"
+
+
 def _graphs_summary(
-    per_epoch: dict[str, float], timed: dict[str, tuple[float, float]]
+    per_epoch: dict[str, float], timed: dict[str, tuple[float, float]], device: str
 ) -> list[str]:
     """The graphs steps' lines (none when none of them passed)."""
     graphs = {name: timed[name][0] for name in GRAPH_STEPS if name in timed}
@@ -397,6 +449,8 @@ def _graphs_summary(
     else:
         default, source = per_epoch.get("max"), "the sweep"
     lines = ["", "MNIST max, epoch 2, training seconds by XLA:GPU command buffers (CUDA graphs)"]
+    if not on_gpu(device):
+        lines.append(NO_GPU_NOTE)
     label = f"default ({source})"
     lines.append(f"  {label:<34}" + (f"{default:8.3f}" if default else f"{'?':>8}"))
     for name, secs in graphs.items():
@@ -416,6 +470,8 @@ def run(
     writes and prints the summary; returns 0 when all of them passed."""
     # This process never starts JAX: it would hold the device the steps need.
     check_out_dir(out)
+    check_data_dir(data_dir, groups)
+    check_seconds(total_seconds)
     os.makedirs(out, exist_ok=True)
     steps = [s for s in plan(out, data_dir, workers) if s.group in (DEVICE_STEP, *groups)]
     deadline = None if total_seconds is None else time.monotonic() + total_seconds
