@@ -38,9 +38,9 @@ that names the device (a first step, always run, asks JAX):
 :data:`MIN_STEP_SECONDS`) bounds the whole check: each step then gets at most the time left, and a
 step with under :data:`MIN_STEP_SECONDS` left is skipped (a machine lent for a fixed time still gets
 its summary).  The output directory, the data dir and the time limit are checked before any step,
-and the bench's own flags are refused with ``--check`` (its bench step runs with the defaults).  A step past its limit is
-stopped with every process it started (pytest's workers too), so nothing keeps the device after the
-check.
+and the bench's own flags are refused with ``--check`` (its bench step runs with the defaults).  A
+step past its limit is stopped with every process it started (pytest's workers too), so nothing
+keeps the device after the check.
 
 Everything goes to ``--check-dir`` (default ``runs/accelerator-check``): each step's log
 (:func:`log_name`), the bench JSON, the run directories and ``summary.txt``.  It must be new or
