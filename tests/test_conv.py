@@ -90,14 +90,26 @@ def test_forward_mode_equals_lax_conv(x_shape, kernel, features):
     assert hvp.shape == w.shape
 
 
+def _nested_jaxprs(value) -> list:
+    """The jaxprs in an equation's parameter (a jaxpr, a closed jaxpr or a sequence of them)."""
+    if hasattr(value, "eqns"):
+        return [value]
+    if hasattr(value, "jaxpr") and hasattr(value.jaxpr, "eqns"):
+        return [value.jaxpr]
+    if isinstance(value, (tuple, list)):
+        return [j for v in value for j in _nested_jaxprs(v)]
+    return []
+
+
 def _convolutions(jaxpr) -> list:
     """Every conv_general_dilated equation in ``jaxpr`` and the jaxprs nested in it."""
     found = []
     for eqn in jaxpr.eqns:
         if eqn.primitive.name == "conv_general_dilated":
             found.append(eqn)
-        for sub in jax.extend.core.jaxprs_in_params(eqn.params):
-            found.extend(_convolutions(sub))
+        for param in eqn.params.values():
+            for sub in _nested_jaxprs(param):
+                found.extend(_convolutions(sub))
     return found
 
 

@@ -163,13 +163,15 @@ def test_one_device_eight_devices_and_two_processes_agree(tmp_path):
 
 
 PARTITION_SCRIPT = """
-import re
+import math, re
 import jax, jax.numpy as jnp, numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 import jaxpool
 
 mesh = Mesh(np.array(jax.devices()), ("data",))
-x = jax.device_put(jnp.ones((16, 8, 8, 4)), NamedSharding(mesh, P("data")))
+# 16x16 maps: each device's pooled output (2, 8, 8, 4) outsizes every pooler's parameters, so an
+# all-reduce smaller than that is not one of activations.
+x = jax.device_put(jnp.ones((16, 16, 16, 4)), NamedSharding(mesh, P("data")))
 for name in jaxpool.available():
     module = jaxpool.create(name)
     keys = {"params": jax.random.key(1), "pooling": jax.random.key(2)}
@@ -184,8 +186,18 @@ for name in jaxpool.available():
     hlo = grad.lower(params, x, jax.random.key(0)).compile().as_text()
     moves = re.findall(r" (all-gather|all-to-all|collective-permute)(?:-start)?\\(", hlo)
     assert not moves, (name, moves)
-    reduces = len(re.findall(r" all-reduce(?:-start)?\\(", hlo))
-    assert reduces == (1 if params else 0), (name, reduces)  # the parameter gradient only
+    # Only parameter gradients are summed: no all-reduce without parameters, and with them none
+    # as large as one device's activations (however XLA splits or combines the gradients).
+    reduced = [
+        sum(math.prod(int(d) for d in dims.split(",") if d) for dims in shapes)
+        for line in hlo.splitlines()
+        if re.search(r" all-reduce(?:-start)?\\(", line)
+        for shapes in [re.findall(r"f32\\[([\\d,]*)\\]", re.split(r" all-reduce", line)[0])]
+    ]
+    size = sum(p.size for p in jax.tree_util.tree_leaves(params))
+    activations = 2 * 8 * 8 * 4  # one device's pooled output
+    assert size < activations, (name, size)
+    assert (reduced and max(reduced) < activations) if size else not reduced, (name, reduced)
 print("ok")
 """
 
