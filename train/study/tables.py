@@ -370,8 +370,9 @@ def _provenance(runs: Sequence[Run], workdir: str) -> list[str]:
     )
     lines.append(f"- Device: {', '.join(devices) if devices else 'unknown'}")
     # Per epoch (metrics.jsonl), as a run may have trained some epochs in a group and some alone:
-    # an epoch counts where it finished.
-    grouped = [sum(row["seeds_in_program"] > 1 for row in r.metrics) for r in runs]
+    # an epoch counts where it finished.  The run directories behind the published results
+    # (docs/results) predate the key: each of their seeds trained alone.
+    grouped = [sum(row.get("seeds_in_program", 1) > 1 for row in r.metrics) for r in runs]
     together = sum(
         1 for r, n in zip(runs, grouped, strict=True) if n or r.info.get("seeds_in_program", 1) > 1
     )
