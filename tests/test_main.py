@@ -58,6 +58,11 @@ ERRORS = [
         1,
         "cannot load --config {tmp}/broken.py: SyntaxError: ",
     ),
+    (  # the file and its get_config() run once (the count in "loads" is checked below)
+        ["--config", "{tmp}/counted.py", "--config.pooler=median"],
+        1,
+        "unknown pooler 'median'",
+    ),
     (["--config.num_epochs=2"], 1, "--config.num_epochs overrides a field of a --config file"),
     (["--dataset", "digits", "--learning-rate", "-1"], 1, "learning rate must be a positive"),
     (["--no-such-flag"], 1, "Unknown command line flag 'no-such-flag'"),
@@ -131,6 +136,12 @@ def test_each_error_exits_2_with_one_line(tmp_path):
         "from configs import digits\n\n\ndef get_config():\n"
         "    config = digits.get_config()\n    del config['batch_size']\n    return config\n"
     )
+    (tmp_path / "counted.py").write_text(  # notes each load of the file and of its config
+        f"from configs import digits\n\nLOADS = {str(tmp_path / 'loads')!r}\n"
+        "with open(LOADS, 'a') as f:\n    f.write('file\\n')\n\n\n"
+        "def get_config():\n    with open(LOADS, 'a') as f:\n        f.write('get_config\\n')\n"
+        "    return digits.get_config()\n"
+    )
     # Started together: each one pays Python and JAX start-up, not training.
     procs = []
     for args, devices, message in ERRORS:
@@ -146,10 +157,13 @@ def test_each_error_exits_2_with_one_line(tmp_path):
         assert lines[0].startswith("error: "), (args, lines)
         assert all(f in lines[0] for f in fragments), (args, lines)
         assert "Traceback" not in stderr
+    assert (tmp_path / "loads").read_text().split() == ["file", "get_config"]
     assert sorted(p.name for p in tmp_path.iterdir()) == [  # no run directory was started
         "afile",
         "broken.py",
+        "counted.py",
         "lacks_batch_size.py",
+        "loads",
         "no_get_config.py",
         "returns_int.py",
         "typo.py",

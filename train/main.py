@@ -37,6 +37,31 @@ from train import cli
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Config file (configs/X.py); override fields with --config.field=value."
 )
+
+
+class _ConfigFileParser(flags.ArgumentParser):
+    """absl's parser of ``--config``: the config :func:`check_config_flags` loaded before absl
+    parses, so the file and its ``get_config()`` run once per command (a ``get_config()`` that
+    reads the clock or a counter would otherwise be checked in one state and trained in another).
+    ml_collections then applies the ``--config.<field>`` overrides to it.
+    """
+
+    def __init__(self):
+        self.loaded: dict[str, ml_collections.ConfigDict] = {}
+
+    def parse(self, argument: str) -> ml_collections.ConfigDict:
+        config = self.loaded.pop(argument, None)
+        if config is None:
+            config = load_config_file(argument)
+        config.lock()  # overrides may set fields, not add them (ml_collections' default)
+        return config
+
+    def flag_type(self) -> str:
+        return "config object"
+
+
+_CONFIG_PARSER = _ConfigFileParser()
+flags.FLAGS[_CONFIG.name].parser = _CONFIG_PARSER
 _POOLER = flags.DEFINE_string("pooler", None, "Pooler name from jaxpool.available().")
 _DATASET = flags.DEFINE_string("dataset", None, "mnist | cifar10 | cifar100 | digits.")
 _EPOCHS = flags.DEFINE_integer("epochs", None, "Number of epochs.")
@@ -240,7 +265,8 @@ def _check_override(
 
 def check_config_flags(argv: list[str]) -> None:
     """Checks ``--config`` and the ``--config.<field>`` overrides before absl parses them: loads
-    the file (:func:`load_config_file`) and checks that every override names one of its fields.
+    the file (:func:`load_config_file`), checks that every override names one of its fields, and
+    keeps the config for absl's parse of ``--config``.
 
     Raises:
       cli.UsageError: in one line, the file's problem or the unknown field (with the closest
@@ -259,6 +285,7 @@ def check_config_flags(argv: list[str]) -> None:
     config = load_config_file(path)
     for flag, value, following in overrides:
         _check_override(config, flag, value, following)
+    _CONFIG_PARSER.loaded[path] = config
 
 
 def run(argv: list[str]) -> int:
