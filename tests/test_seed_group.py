@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -143,6 +144,21 @@ def test_a_seed_whose_loss_is_not_finite_fails_alone(tmp_path, data, monkeypatch
     assert outcomes[0]["epoch"] == 1
     assert _summary(dirs[0])["status"] == "done"
     assert _summary(dirs[1])["status"] == "failed" and _rows(dirs[1]) == []
+
+
+def test_a_seed_of_a_group_gets_host_values_of_the_types_a_separate_run_gets():
+    # 0-d arrays, not NumPy scalars: orbax-checkpoint before 0.11.26 cannot save those (pyproject allows 0.11.17).
+    one = {"step": jnp.asarray(3, jnp.int32), "params": {"w": jnp.ones((2,), jnp.float32)}}
+    group = jax.tree_util.tree_map(lambda a: jnp.stack([a, a + 1]), one)
+    alone = jax.device_get(one)
+    for i in range(2):
+        got = loop._index(jax.device_get(group), i)
+        assert jax.tree_util.tree_structure(got) == jax.tree_util.tree_structure(alone)
+        for g, a in zip(
+            jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(alone), strict=True
+        ):
+            assert (type(g), g.dtype, g.shape) == (type(a), a.dtype, a.shape)
+        assert int(got["step"]) == 3 + i
 
 
 def test_a_group_needs_distinct_seeds_and_otherwise_equal_configs(tmp_path):

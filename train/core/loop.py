@@ -709,8 +709,9 @@ def _step(state: steps.TrainState) -> int:
 
 
 def _index(tree, i: int):
-    """Seed ``i``'s slice of a group's tree."""
-    return jax.tree_util.tree_map(lambda a: a[i], tree)
+    """Seed ``i``'s slice of a group's tree: arrays, 0-d for scalars (as a separate run's host
+    values), not NumPy scalars."""
+    return jax.tree_util.tree_map(lambda a: np.asarray(a[i]), tree)
 
 
 def _ckpt_target(state: steps.TrainState) -> dict[str, Any]:
