@@ -147,7 +147,8 @@ def test_a_seed_whose_loss_is_not_finite_fails_alone(tmp_path, data, monkeypatch
 
 
 def test_a_seed_of_a_group_gets_host_values_of_the_types_a_separate_run_gets():
-    # 0-d arrays, not NumPy scalars: orbax-checkpoint before 0.11.26 cannot save those (pyproject allows 0.11.17).
+    # 0-d arrays, not NumPy scalars: orbax-checkpoint before 0.11.26 cannot save those, and
+    # pyproject allows 0.11.17.
     one = {"step": jnp.asarray(3, jnp.int32), "params": {"w": jnp.ones((2,), jnp.float32)}}
     group = jax.tree_util.tree_map(lambda a: jnp.stack([a, a + 1]), one)
     alone = jax.device_get(one)
