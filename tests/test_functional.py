@@ -568,12 +568,14 @@ for name in jaxpool.available():
             geometry = {k: v for k, v in geometry.items() if k != "padding"}
         module = jaxpool.create(name, **geometry)
         keys = {"params": jax.random.key(1), "pooling": jax.random.key(2)}
-        variables = module.init(keys, x, deterministic=False)
+        # Traced, not run: dtypes (and the errors of mixed float widths) are fixed by tracing.
+        variables = jax.eval_shape(lambda: module.init(keys, x, deterministic=False))
         for deterministic in (True, False):
             def loss(v, x):
                 y = module.apply(v, x, deterministic=deterministic, rngs={"pooling": keys["pooling"]})
                 return y.sum(), y
-            grads, y = jax.grad(loss, argnums=(0, 1), has_aux=True)(variables, x)
+            grad = jax.grad(loss, argnums=(0, 1), has_aux=True)
+            grads, y = jax.eval_shape(grad, variables, x)
             leaves = jax.tree_util.tree_leaves((y, grads))
             dtypes[f"{name}-{len(geometry)}-{deterministic}"] = sorted({str(a.dtype) for a in leaves})
 print(json.dumps(dtypes))

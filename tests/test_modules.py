@@ -78,13 +78,16 @@ def _cases(name):
 def test_shapes_batched_and_unbatched(pooler_name):
     for kwargs, hw, (ho, wo) in _cases(pooler_name):
         module = jaxpool.create(pooler_name, **kwargs)
+        # Compiled whole: op by op, a stochastic pooler's many small operations each compile.
+        init = jax.jit(module.init, static_argnames="deterministic")
+        apply = jax.jit(module.apply, static_argnames="deterministic")
         x = jax.random.normal(jax.random.key(0), (2, *hw, 3))
+        keys = {"params": jax.random.key(2), "pooling": jax.random.key(3)}
+        variables = init(keys, x, deterministic=True)
         for det in (True, False):
-            variables, y = init_and_apply(module, x, deterministic=det)
+            y = apply(variables, x, deterministic=det, rngs={"pooling": jax.random.key(4)})
             chex.assert_shape(y, (2, ho, wo, 3))
-            y1 = module.apply(
-                variables, x[0], deterministic=det, rngs={"pooling": jax.random.key(1)}
-            )
+            y1 = apply(variables, x[0], deterministic=det, rngs={"pooling": jax.random.key(1)})
             chex.assert_shape(y1, (ho, wo, 3))
             if det:  # unbatched == batched row
                 np.testing.assert_allclose(y1, y[0], rtol=1e-6, atol=1e-6)
