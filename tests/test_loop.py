@@ -521,18 +521,19 @@ def test_microbatches_draw_their_own_pooling_keys():
     state, batch = _step_inputs("stochastic")
     got, _ = jax.jit(steps.step_fn(2))(state, batch, jax.random.key(1))
     key = jax.random.fold_in(jax.random.key(1), 0)
+
+    @jax.jit  # one program for both micro-batches (op by op, each operation compiles)
+    def grad(params, x, y, key):
+        def loss(p):
+            logits = state.apply_fn({"params": p}, x, deterministic=False, rngs={"pooling": key})
+            return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+
+        return jax.grad(loss)(params)
+
     grads = []
     for j in range(2):
         x = batch["image"][j::2].astype(np.float32) / 255.0
-        y = batch["label"][j::2]
-
-        def loss(p, x=x, y=y, j=j):
-            logits = state.apply_fn(
-                {"params": p}, x, deterministic=False, rngs={"pooling": jax.random.fold_in(key, j)}
-            )
-            return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
-
-        grads.append(jax.grad(loss)(state.params))
+        grads.append(grad(state.params, x, batch["label"][j::2], jax.random.fold_in(key, j)))
     mean = jax.tree_util.tree_map(lambda a, b: (a + b) / 2, *grads)
     _gradients_close(got, state.apply_gradients(grads=mean))
     whole_batch, _ = jax.jit(steps.train_step)(state, batch, jax.random.key(1))

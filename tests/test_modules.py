@@ -227,8 +227,12 @@ def test_stochastic_layers_use_pooling_rng_stream(name):
 
 # ----------------------------------------------------------------------------- parameters
 def _param_shapes(name, x, **kwargs):
-    variables, _ = init_and_apply(jaxpool.create(name, **kwargs), x, deterministic=True)
-    return jax.tree_util.tree_map(jnp.shape, variables.get("params", {}))
+    """Traced, not run: shapes are fixed by tracing, and the layer applies to its parameters."""
+    module = jaxpool.create(name, **kwargs)
+    keys = {"params": jax.random.key(0), "pooling": jax.random.key(1)}
+    variables = jax.eval_shape(lambda: module.init(keys, x, deterministic=True))
+    jax.eval_shape(lambda v: module.apply(v, x, deterministic=True), variables)
+    return jax.tree_util.tree_map(lambda a: a.shape, variables.get("params", {}))
 
 
 def test_parameter_names_and_layouts():

@@ -197,7 +197,8 @@ def test_vmap_over_keys_gives_each_key_its_own_draw(fn):
     # Compiled, against the compiled single draws: XLA may contract the logarithm's multiply-adds
     # into FMAs inside a fused loop (eager runs one operation at a time), so compiled and eager
     # Gumbels may differ in the last bit; the uniforms are exact either way.
-    loop_jit = np.stack([jax.jit(lambda k: fn(k, (3, 4)))(k) for k in keys])
+    draw = jax.jit(lambda k: fn(k, (3, 4)))  # one program for every key
+    loop_jit = np.stack([draw(k) for k in keys])
     np.testing.assert_allclose(loop_jit, loop, rtol=2e-7, atol=2e-7)
     np.testing.assert_array_equal(jax.jit(jax.vmap(lambda k: fn(k, (3, 4))))(keys), loop_jit)
     nested = jax.vmap(jax.vmap(lambda k: fn(k, (3, 4))))(keys.reshape(2, 3))
