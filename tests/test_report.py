@@ -221,6 +221,39 @@ def test_a_done_run_missing_metrics_lines_is_not_counted(tmp_path):
     assert run.error == "metrics.jsonl holds 2 of its 3 epochs"
 
 
+def test_planned_runs_never_started_are_counted_and_listed(tmp_path):
+    """A sweep stopped before its third seed: the table says 2/3, not 2/2, and lists the third."""
+    workdir = str(tmp_path)
+    make_run(tmp_path, "digits", "max", 0, [0.90, 0.91])
+    make_run(tmp_path, "digits", "max", 1, [0.92, 0.93])
+
+    def planned(seed, epochs):
+        path = run_records.run_dir(workdir, "digits", "max", seed)
+        fields = {"dataset": "digits", "pooler": "max", "pooler_kwargs": {}, "seed": seed}
+        return run_records.planned_run(workdir, path, **fields, num_epochs=epochs)
+
+    commands = [
+        {"command": "first", "time": "t1", "runs": [planned(s, 2) for s in range(3)]},
+        {"command": "second", "time": "t2", "runs": [planned(2, 3)]},  # the newest plan counts
+    ]
+    with open(os.path.join(workdir, run_records.SWEEP_FILE), "w") as f:
+        json.dump({"commands": commands}, f)
+    runs = run_records.collect(workdir)
+    assert [(r.seed, r.status, r.num_epochs) for r in runs] == [
+        (0, "done", 2),
+        (1, "done", 2),
+        (2, "not started", 3),
+    ]
+    (row,) = tables.table(runs)
+    assert (row.n_done, row.n_total) == (2, 3)
+    md = tables.markdown(runs, workdir, {})
+    assert "| max | 2/3 |" in md and "3 runs, 2 done" in md and "3 seeds" in md
+    assert f"| {os.path.join('runs', 'digits', 'max', 's2')} | not started | 0/3 |  |" in md
+    # Once the run exists, its directory is what counts.
+    make_run(tmp_path, "digits", "max", 2, [0.94, 0.95])
+    assert [r.status for r in run_records.collect(workdir)] == ["done"] * 3
+
+
 def test_table_numbers_and_best_marking(workdir):
     rows = {r.label: r for r in tables.table(run_records.collect(workdir))}
     mean, std = rows["mixed"].accuracy

@@ -336,6 +336,26 @@ def test_interrupt_stops_the_sweep_and_rerun_resumes(done_sweep, tmp_path, monke
     assert [r["status"] for r in read_csv(workdir)] == ["done"] * 4
 
 
+def test_runs_a_stopped_sweep_never_reached_are_reported(tmp_path, monkeypatch, capsys):
+    """Stopped in its first run: the report lists both seeds, the second as not started."""
+
+    def interrupted(config, run_dir, **kwargs):
+        raise loop.Interrupted(15, f"interrupted by signal 15 in {run_dir}")
+
+    monkeypatch.setattr(loop, "train_and_evaluate", interrupted)
+    workdir = tmp_path / "w"
+    assert run_sweep(workdir, "--poolers", "max", "--seeds", "2", "--epochs", "3") == 128 + 15
+    rows = read_csv(workdir)
+    assert [(r["seed"], r["status"], r["num_epochs"]) for r in rows] == [
+        ("0", "incomplete", "3"),  # started, no summary
+        ("1", "not started", "3"),
+    ]
+    assert rows[1]["run_dir"] == os.path.join("runs", "digits", "max", "s1")
+    assert "| max | 0/2 |" in (workdir / "report" / "report.md").read_text()
+    assert not (workdir / "runs" / "digits" / "max" / "s1").exists()
+    capsys.readouterr()
+
+
 @pytest.mark.slow
 def test_each_dataset_is_read_once_per_sweep(tmp_path, monkeypatch):
     loads = []

@@ -1,5 +1,5 @@
-r"""``python -m train.report WORKDIR``: rebuilds a sweep's report from its run directories alone
-(no training); what it writes is described in :mod:`train.study.tables`."""
+r"""``python -m train.report WORKDIR``: rebuilds a sweep's report from its run directories and
+``sweep.json`` (no training); what it writes is described in :mod:`train.study.tables`."""
 
 from __future__ import annotations
 

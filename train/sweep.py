@@ -29,7 +29,8 @@ Rerunning the same command is cheap and safe:
 
 A failed run (non-finite loss or any exception) is recorded with its error and the sweep goes on.
 At the end ``<workdir>/report/`` is rewritten from all run directories (see :mod:`train.report`)
-and ``<workdir>/sweep.json`` keeps every command that ran in the workdir. Exit codes: 0 all runs
+and ``<workdir>/sweep.json`` keeps every command that ran in the workdir with the runs it planned
+(the report lists those it never started as ``not started``). Exit codes: 0 all runs
 done, 1 some run failed, 2 bad flags (one line on stderr), 128+N stopped by signal N (rerun to
 resume). Runs execute one after another in this process (compiled steps are reused across seeds).
 """
@@ -95,7 +96,6 @@ _SEEDS_TOGETHER = flags.DEFINE_enum(
 
 EXIT_FAILED = cli.EXIT_FAILED
 EXIT_USAGE = cli.EXIT_USAGE
-SWEEP_FILE = "sweep.json"
 
 logger = logging.getLogger(__name__)
 
@@ -172,7 +172,7 @@ def run(argv: list[str]) -> int:
         return 0
     t0 = time.perf_counter()
     try:
-        index = record_command(workdir, "python -m train.sweep " + shlex.join(argv[1:]))
+        index = record_command(workdir, "python -m train.sweep " + shlex.join(argv[1:]), plans)
     except OSError as e:  # e.g. a path through a file, or no permission
         raise cli.UsageError(f"cannot write to --workdir {workdir}: {e.strerror or e}") from e
     try:

@@ -33,6 +33,9 @@ TDGS_DEFAULT_INIT_TEMPERATURE = 1.0
 # Short names of pooler keyword arguments in labels.
 KWARG_ALIASES = {"init_temperature": "T"}
 RUN_FILE = "sweep_run.json"  # written by train.sweep into every run directory
+# <workdir>/sweep.json: every sweep command that ran in the workdir and the runs it planned.
+SWEEP_FILE = "sweep.json"
+NOT_STARTED = "not started"
 
 
 def pooler_label(pooler: str, kwargs: dict[str, Any] | None) -> str:
@@ -70,8 +73,9 @@ class Run:
       path: the run directory.
       dataset, pooler, pooler_kwargs, seed, num_epochs: from the run's config.
       status: ``done``, ``failed``, ``stopped``, ``interrupted``, ``incomplete`` (started, no
-        summary), ``running``, or ``damaged`` (done, but ``metrics.jsonl`` lacks epochs: left
-        out of the table, listed with the runs not done).
+        summary), ``running``, ``damaged`` (done, but ``metrics.jsonl`` lacks epochs: left
+        out of the table, listed with the runs not done), or ``not started`` (planned by a sweep
+        command, e.g. one stopped before reaching it, and no run in its directory).
       error: the error message of a failed run, else ``""``.
       metrics: the ``metrics.jsonl`` rows.
       summary: ``summary.json`` (or ``{}``).
@@ -181,12 +185,59 @@ def _sort_key(run: Run) -> tuple:
     return (d, run.dataset, p, run.pooler, len(kwargs), kwargs, run.seed)
 
 
+def planned_run(
+    workdir: str,
+    run_dir: str,
+    *,
+    dataset: str,
+    pooler: str,
+    pooler_kwargs: dict[str, Any],
+    seed: int,
+    num_epochs: int,
+) -> dict[str, Any]:
+    """What ``sweep.json`` keeps of one run a sweep command planned: enough to list it as not
+    started when its directory never got a run."""
+    return {
+        "run_dir": os.path.relpath(run_dir, workdir),
+        "dataset": dataset,
+        "pooler": pooler,
+        "pooler_kwargs": dict(pooler_kwargs),
+        "seed": int(seed),
+        "num_epochs": int(num_epochs),
+    }
+
+
+def _not_started(workdir: str, planned: dict[str, Any]) -> Run:
+    return Run(
+        path=os.path.join(workdir, planned["run_dir"]),
+        dataset=planned["dataset"],
+        pooler=planned["pooler"],
+        pooler_kwargs=dict(planned["pooler_kwargs"]),
+        seed=int(planned["seed"]),
+        num_epochs=int(planned["num_epochs"]),
+        status=NOT_STARTED,
+        error="",
+        metrics=[],
+        summary={},
+        pooler_params={},
+        info={},
+    )
+
+
 def collect(workdir: str) -> list[Run]:
-    """Every run under ``<workdir>/runs/<dataset>/<label>/s<seed>``, in report order."""
+    """Every run under ``<workdir>/runs/<dataset>/<label>/s<seed>``, and every run a sweep
+    command in ``sweep.json`` planned whose directory holds none (status ``not started``; the
+    newest command's plan of it), in report order."""
     runs = []
     for path in sorted(glob.glob(os.path.join(workdir, "runs", "*", "*", "s*"))):
         if os.path.isdir(path):
             run = load_run(path)
             if run is not None:
                 runs.append(run)
+    found = {os.path.normpath(r.path) for r in runs}
+    planned: dict[str, dict[str, Any]] = {}
+    for command in (read_json(os.path.join(workdir, SWEEP_FILE)) or {}).get("commands", []):
+        for entry in command.get("runs", []):
+            planned[os.path.normpath(os.path.join(workdir, entry["run_dir"]))] = entry
+    runs += [_not_started(workdir, p) for path, p in planned.items() if path not in found]
     return sorted(runs, key=_sort_key)

@@ -20,8 +20,6 @@ from train.core import run_files
 from train.study import run_records, tables
 from train.study.plan import Plan
 
-SWEEP_FILE = "sweep.json"
-
 logger = logging.getLogger(__name__)
 
 
@@ -248,11 +246,24 @@ def _group_printer(group: Sequence[Plan]) -> Callable[[int, dict[str, Any]], Non
     return on_epoch
 
 
-def record_command(workdir: str, command: str) -> int:
-    """Appends ``command`` to ``<workdir>/sweep.json`` (the report quotes it); returns its index."""
-    path = os.path.join(workdir, SWEEP_FILE)
+def record_command(workdir: str, command: str, plans: Sequence[Plan] = ()) -> int:
+    """Appends ``command`` and the runs it plans to ``<workdir>/sweep.json`` (the report quotes
+    the command and lists planned runs it never started); returns its index."""
+    path = os.path.join(workdir, run_records.SWEEP_FILE)
     data = run_records.read_json(path) or {"commands": []}
-    data["commands"].append({"command": command, "time": _now()})
+    runs = [
+        run_records.planned_run(
+            workdir,
+            p.run_dir,
+            dataset=p.entry.dataset,
+            pooler=p.entry.pooler,
+            pooler_kwargs=p.entry.kwargs,
+            seed=p.entry.seed,
+            num_epochs=p.config.num_epochs,
+        )
+        for p in plans
+    ]
+    data["commands"].append({"command": command, "time": _now(), "runs": runs})
     os.makedirs(workdir, exist_ok=True)
     run_files.write_json(path, data)
     return len(data["commands"]) - 1
@@ -260,7 +271,7 @@ def record_command(workdir: str, command: str) -> int:
 
 def record_command_time(workdir: str, index: int, seconds: float) -> None:
     """Adds the wall time of the command recorded at ``index`` (one that ran to its end)."""
-    path = os.path.join(workdir, SWEEP_FILE)
+    path = os.path.join(workdir, run_records.SWEEP_FILE)
     data = run_records.read_json(path) or {"commands": []}
     if index < len(data["commands"]):
         data["commands"][index]["seconds"] = round(seconds, 1)

@@ -1,4 +1,4 @@
-r"""The study report, rebuilt from a sweep's run directories alone (no training).
+r"""The study report, rebuilt from a sweep's run directories and ``sweep.json`` (no training).
 
 Run::
 
@@ -9,7 +9,9 @@ A sweep workdir (see :mod:`train.sweep`) holds one directory per run,
 (``config.json``, ``metrics.jsonl``, ``summary.json``, ``pooler_params.json``, ``checkpoints/``)
 and the sweep's ``sweep_run.json`` (status, error, device kind, library versions). The pooler label is
 the registry name, followed by ``@key=value,...`` when the run has pooler keyword arguments
-(``init_temperature`` is written ``T``: ``tdgs@T=0.5``).
+(``init_temperature`` is written ``T``: ``tdgs@T=0.5``). ``<workdir>/sweep.json`` holds the sweep
+commands, their wall times and the runs each planned (a planned run with no directory is reported
+as not started).
 
 Written to ``<workdir>/report/``:
 
@@ -45,7 +47,7 @@ import numpy as np
 
 from train.study import plots as report_plots
 from train.study import stats
-from train.study.run_records import Run, collect, read_json
+from train.study.run_records import SWEEP_FILE, Run, collect, read_json
 
 BASELINE = "max"
 # Fewer seeds give t-intervals too wide to read (n = 2: ±12.7 standard errors): none is printed.
@@ -340,7 +342,7 @@ def table_markdown(rows: Sequence[Row]) -> list[str]:
 
 
 def _provenance(runs: Sequence[Run], workdir: str) -> list[str]:
-    sweep = read_json(os.path.join(workdir, "sweep.json")) or {}
+    sweep = read_json(os.path.join(workdir, SWEEP_FILE)) or {}
     commands = [c["command"] for c in sweep.get("commands", [])]
     lines = ["## How these numbers were made", ""]
     if commands:
