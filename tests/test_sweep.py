@@ -353,7 +353,7 @@ def test_runs_a_stopped_sweep_never_reached_are_reported(tmp_path, monkeypatch, 
     assert rows[1]["run_dir"] == os.path.join("runs", "digits", "max", "s1")
     assert "| max | 0/2 |" in (workdir / "report" / "report.md").read_text()
     assert not (workdir / "runs" / "digits" / "max" / "s1").exists()
-    capsys.readouterr()
+    assert "rerun the same command to resume" in capsys.readouterr().err
 
 
 @pytest.mark.slow
