@@ -347,7 +347,7 @@ def test_runs_a_stopped_sweep_never_reached_are_reported(tmp_path, monkeypatch, 
     assert run_sweep(workdir, "--poolers", "max", "--seeds", "2", "--epochs", "3") == 128 + 15
     rows = read_csv(workdir)
     assert [(r["seed"], r["status"], r["num_epochs"]) for r in rows] == [
-        ("0", "incomplete", "3"),  # started, no summary
+        ("0", "interrupted", "3"),  # before training wrote a summary: the sweep's record says
         ("1", "not started", "3"),
     ]
     assert rows[1]["run_dir"] == os.path.join("runs", "digits", "max", "s1")

@@ -153,7 +153,11 @@ def load_run(path: str) -> Run | None:
     status = info.get("status") or ""
     error = info.get("error") or ""
     if status != "failed":
-        status = summary.get("status") or ("running" if status == "running" else "incomplete")
+        # No summary: the sweep's record says whether the run is running or was interrupted
+        # before training wrote one (e.g. while the dataset was read).
+        status = summary.get("status") or (
+            status if status in ("running", "interrupted") else "incomplete"
+        )
         if status == "failed" and not error:
             error = "non-finite training loss"
     if status == "done" and completed is not None and len(metrics) != completed:  # torn file
