@@ -246,7 +246,7 @@ def _group_printer(group: Sequence[Plan]) -> Callable[[int, dict[str, Any]], Non
     return on_epoch
 
 
-def record_command(workdir: str, command: str, plans: Sequence[Plan] = ()) -> int:
+def record_command(workdir: str, command: str, plans: Sequence[Plan]) -> int:
     """Appends ``command`` and the runs it plans to ``<workdir>/sweep.json`` (the report quotes
     the command and lists planned runs it never started); returns its index."""
     path = os.path.join(workdir, run_records.SWEEP_FILE)
