@@ -42,6 +42,31 @@ def test_commands_present():
     assert "python -m train.main" in _block("main-command")
 
 
+def _heading_anchor(heading: str) -> str:
+    """The anchor GitHub gives a Markdown heading: lower case, punctuation dropped, spaces to '-'."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def test_relative_links_resolve():
+    """Every relative link in README.md and docs/ names a file that exists and, with '#', a heading
+    in it (a moved or renamed page or section breaks the test, not the reader)."""
+    pages = [README, *sorted((ROOT / "docs").rglob("*.md"))]
+    broken = []
+    for page in pages:
+        for target in re.findall(r"\]\(([^)\s]+)\)", page.read_text()):
+            if re.match(r"[a-z]+:", target):  # https:, mailto:
+                continue
+            path, _, anchor = target.partition("#")
+            linked = (page.parent / path) if path else page
+            if not linked.exists():
+                broken.append(f"{page.relative_to(ROOT)}: {target} (no such file)")
+            elif anchor and linked.suffix == ".md":
+                headings = re.findall(r"^#+ (.*)$", linked.read_text(), re.M)
+                if anchor not in map(_heading_anchor, headings):
+                    broken.append(f"{page.relative_to(ROOT)}: {target} (no such heading)")
+    assert len(pages) > 3 and not broken, broken
+
+
 # ----------------------------------------------------------------------------- docs/api.md
 _INTERNAL_FIELDS = {"parent", "name"}
 
