@@ -7,6 +7,8 @@ docstring).  Each function's body is its reference implementation; the fast path
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -75,6 +77,13 @@ def stochastic_pool(
         weights = probs
     else:
         mass = [jnp.maximum(v, 0.0) for v in values]
+        # p is the same for any scaling of a window's mass.  Dividing it by the power of two at or
+        # below its largest element (exact; at least the smallest normal float32) keeps its sum
+        # in [2**-23, 2K]: the derivative of w / total, which squares total, then stays finite
+        # for tiny or huge mass (1e-20 would underflow to 0 and 1e20 overflow: NaN gradients).
+        _, exponent = jnp.frexp(jax.lax.stop_gradient(functools.reduce(jnp.maximum, mass)))
+        scale = jnp.ldexp(jnp.ones((), _F32), jnp.maximum(exponent - 1, -126))
+        mass = [a / scale for a in mass]
         total = _window_ops.window_sum(mass)
         has_mass = total > 0
         valid = (

@@ -210,9 +210,11 @@ def window_view(x: jax.Array, spec: WindowSpec) -> jax.Array | None:
     shape = (n, ho, kh, wo, kw, c)
     if sharded is None:
         return x.reshape(shape)
-    # explicit sharding (jax.make_mesh) needs the split's output sharding spelled out
+    # explicit sharding (jax.make_mesh) needs the split's output sharding spelled out, on the
+    # input's own mesh: a bare PartitionSpec would need a `jax.set_mesh` context around the call
     out = jax.sharding.PartitionSpec(sharded[0], None, None, None, None, sharded[3])
-    return jax.lax.reshape(x, shape, out_sharding=out)
+    mesh = jax.typeof(x).sharding.mesh
+    return jax.lax.reshape(x, shape, out_sharding=jax.sharding.NamedSharding(mesh, out))
 
 
 def view_elements(view: jax.Array) -> list[jax.Array]:

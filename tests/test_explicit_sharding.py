@@ -1,5 +1,6 @@
 """Every pooler under explicit sharding (``jax.make_mesh``, JAX's default axis type): the batch
-sharded over 8 virtual CPU devices gives the values and gradients of an unsharded run.
+sharded over 8 virtual CPU devices gives the values and gradients of an unsharded run, inside a
+``jax.set_mesh`` context, and the values outside one.
 
 s3 with ``per_example=True`` needs its keys split like the batch (unsplit keys against the
 batch-sharded input fail under explicit sharding).  A subprocess, because the device count of a
@@ -59,6 +60,23 @@ for name in jaxpool.available():
                 "max_error": max(jax.tree_util.tree_leaves(errors)),
                 "spec": spec,
             }
+# Outside a `jax.set_mesh` context, an array that carries its mesh (a NamedSharding): the forward
+# pass (JAX itself needs the context for a gradient's scalar cotangent, flax's pools included).
+xs = jax.device_put(x, jax.sharding.NamedSharding(mesh, P("data")))
+for name in jaxpool.available():
+    module = jaxpool.create(name)
+    params = module.init({"params": jax.random.key(1)}, x, deterministic=True).get("params", {})
+    for deterministic in (True, False):
+        apply = jax.jit(
+            lambda p, v: module.apply(
+                {"params": p}, v, deterministic=deterministic, rngs={"pooling": jax.random.key(3)}
+            )
+        )
+        got, want = apply(params, xs), apply(params, x)
+        out[f"{name}-outside-set_mesh-{'det' if deterministic else 'train'}"] = {
+            "max_error": float(np.max(np.abs(np.asarray(got) - np.asarray(want)))),
+            "spec": str(jax.typeof(got).sharding.spec),
+        }
 print(json.dumps(out))
 """
 
@@ -67,8 +85,9 @@ print(json.dumps(out))
 def test_every_pooler_matches_unsharded_under_explicit_sharding():
     # XLA's cheapest backend optimisation: 104 small programs, where compiling is the cost.
     results = json.loads(run_on_cpu_devices(SCRIPT, flags="--xla_backend_optimization_level=0"))
-    # every pooler, both modes, two geometries (s3 and fractional: two options)
-    assert len(results) == 2 * 2 * 13
+    # every pooler, both modes, two geometries (s3 and fractional: two options), and outside a mesh
+    # context in its default geometry
+    assert len(results) == 2 * 2 * 13 + 2 * 13
     for label, result in results.items():
         assert result["max_error"] < 1e-4, (label, result)
         assert result["spec"].startswith("P('data'"), (label, result)

@@ -112,6 +112,19 @@ def test_stochastic_l1_uses_positive_part():
     assert set(np.unique(samples).tolist()) == {1.0, 2.0}
 
 
+@pytest.mark.parametrize("scale", [1e-30, 1e-20, 1.0, 1e20, 1e30])
+def test_stochastic_deterministic_derivatives_hold_for_tiny_and_huge_mass(scale):
+    # window [s, s/2, -1, -2]: a = [s, s/2, 0, 0], y = sum a^2 / sum a = 5s/6 and
+    # dy/dx_j = (2 a_j sum a - sum a^2) / (sum a)^2 = [7/9, 1/9, 0, 0] whatever s; (sum a)^2 under-
+    # or overflows float32 for the outer scales
+    x = jnp.array([[scale, scale / 2], [-1.0, -2.0]], jnp.float32)[..., None]
+    f = lambda v: F.stochastic_pool(v, deterministic=True)[0, 0, 0]
+    np.testing.assert_allclose(f(x), 5 * scale / 6, rtol=1e-6)
+    expected = [[7 / 9, 1 / 9], [0.0, 0.0]]
+    np.testing.assert_allclose(jax.grad(f)(x)[..., 0], expected, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(jax.jvp(f, (x,), (jnp.ones_like(x),))[1], 8 / 9, rtol=1e-5)
+
+
 @pytest.mark.parametrize("mode", ["l1", "softmax"])
 def test_stochastic_zero_and_negative_windows(mode):
     zeros = jnp.zeros((2, 2, 1))
