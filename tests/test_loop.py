@@ -284,10 +284,11 @@ def test_resume_gives_the_metrics_of_an_uninterrupted_run(tmp_path, monkeypatch,
             _config(pooler="stochastic", num_epochs=2, microbatch_size=per_device // other),
             str(changed),
         )
-    devices = f"{n} device{'s' if n != 1 else ''}"
+    devices = f"{n} {jax.default_backend()} device{'s' if n != 1 else ''}"
     assert (
-        f"resuming with {other} micro-batches per step on {devices}, where the run trained "
-        f"with {automatic} micro-batches per step on {devices}"
+        f"resuming with {other} micro-batches per step on {devices}, implementation='auto', where "
+        f"the run trained with {automatic} micro-batches per step on {devices}, "
+        "implementation='auto'"
     ) in caplog.text
 
     # SIGINT in the middle of epoch 2: the running chunk ends, a checkpoint of that exact step is
@@ -314,6 +315,20 @@ def test_resume_gives_the_metrics_of_an_uninterrupted_run(tmp_path, monkeypatch,
                     (pathlib.Path(root) / name).write_bytes(b"")
         loop.train_and_evaluate(config, str(workdir))
         assert _without_timing(_rows(workdir)) == want, corrupt_latest
+
+
+@pytest.mark.slow
+def test_resuming_with_another_pooler_implementation_warns(tmp_path, caplog):
+    # 'fast' and 'reference' draw other pooling noise from one key: the run goes on (the same model,
+    # the same distributions) but says it no longer equals an uninterrupted one.
+    run = dict(pooler="stochastic", num_epochs=2)
+    loop.train_and_evaluate(
+        _config(**run, implementation="reference", stop_after_epochs=1), str(tmp_path)
+    )
+    with caplog.at_level(logging.WARNING, logger=loop.logger.name):
+        loop.train_and_evaluate(_config(**run, implementation="fast"), str(tmp_path))
+    assert "implementation='fast', where the run trained with " in caplog.text
+    assert "implementation='reference': from here on it will not equal" in caplog.text
 
 
 @pytest.mark.slow

@@ -226,10 +226,13 @@ def _check_group(configs: Sequence[ml_collections.ConfigDict], workdirs: Sequenc
 _LAYOUT = "step_layout"  # the checkpoint metadata's key for _RunDir.layout()
 
 
-def _describe_layout(layout: dict[str, int]) -> str:
+def _describe_layout(layout: dict[str, Any]) -> str:
     devices = layout["devices"]
     plural = "s" if devices != 1 else ""
-    return f"{layout['microbatches']} micro-batches per step on {devices} device{plural}"
+    return (
+        f"{layout['microbatches']} micro-batches per step on {devices} {layout['platform']} "
+        f"device{plural}, implementation={layout['implementation']!r}"
+    )
 
 
 class _RunDir:
@@ -320,14 +323,17 @@ class _RunDir:
         if restored is not None:
             saved_layout = restored.meta.pop(_LAYOUT, None)
             self.meta.update(restored.meta)
-            if saved_layout is not None and saved_layout != self.layout():
+            layout = self.layout()
+            # a key the saved layout lacks (a checkpoint from before it was recorded) is unknown
+            if saved_layout is not None and {**layout, **saved_layout} != layout:
                 logger.warning(
                     "%s: resuming with %s, where the run trained with %s: from here on it will "
-                    "not equal an uninterrupted run (another summation order, and other pooling "
-                    "noise where micro-batches change); keep both to resume exactly",
+                    "not equal an uninterrupted run (other float rounding, and other pooling noise "
+                    "where micro-batches or the pooler implementation change); keep all of them "
+                    "to resume exactly",
                     self.workdir,
-                    _describe_layout(self.layout()),
-                    _describe_layout(saved_layout),
+                    _describe_layout(layout),
+                    _describe_layout({**layout, **saved_layout}),
                 )
             logger.info(
                 "%s: resumed from checkpoint at step %d (epoch %d of %d)",
@@ -350,10 +356,17 @@ class _RunDir:
     def active(self) -> bool:
         return self.error is None
 
-    def layout(self) -> dict[str, int]:
+    def layout(self) -> dict[str, Any]:
         """How a training step is computed here, which an exact resume must keep: saved with
-        each checkpoint (the automatic micro-batch count depends on the device)."""
-        return {"microbatches": self.spec.microbatches, "devices": jax.device_count()}
+        each checkpoint.  The automatic micro-batch count depends on the device; the platform
+        sets the float rounding and, under ``implementation='auto'``, which pooler paths (and so
+        which random numbers) a step takes."""
+        return {
+            "microbatches": self.spec.microbatches,
+            "devices": jax.device_count(),
+            "platform": jax.default_backend(),
+            "implementation": self.spec.implementation,
+        }
 
     def save(self, step: int, item: dict[str, Any], *, replace: bool = False) -> None:
         self.ckpt.save(step, item, {**self.meta, _LAYOUT: self.layout()}, replace=replace)
