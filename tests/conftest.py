@@ -6,6 +6,7 @@ import contextlib
 import math
 import os
 import pathlib
+import signal
 import subprocess
 import sys
 from unittest import mock
@@ -32,6 +33,17 @@ if os.environ.get("JAXPOOL_TEST_AS"):  # the suite as a GPU/TPU computes (accele
     _install_accelerator_emulation(os.environ["JAXPOOL_TEST_AS"])
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+class _CtrlCWhenFinalised:
+    def __del__(self):
+        signal.raise_signal(signal.SIGINT)
+
+
+def drop_a_ctrl_c() -> None:
+    """SIGINT whose KeyboardInterrupt Python drops: raised in a finaliser, as in JAX's gc
+    callback (Python prints it as "ignored" and goes on)."""
+    _CtrlCWhenFinalised()  # no reference kept: finalised here
 
 
 def run_on_cpu_devices(script: str, devices: int = 8, flags: str = "", timeout: int = 300) -> str:

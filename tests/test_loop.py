@@ -16,10 +16,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from conftest import mock_tfds
+from conftest import drop_a_ctrl_c, mock_tfds
 
 from configs import default, digits
-from train.core import checkpointing, loop, models, run_config, steps
+from train.core import checkpointing, interrupts, loop, models, run_config, run_files, steps
 
 SHARED_TFDS = pathlib.Path(__file__).resolve().parents[1].parent / "shared" / "tfds"
 TIMING_KEYS = {
@@ -315,6 +315,17 @@ def test_resume_gives_the_metrics_of_an_uninterrupted_run(tmp_path, monkeypatch,
                     (pathlib.Path(root) / name).write_bytes(b"")
         loop.train_and_evaluate(config, str(workdir))
         assert _without_timing(_rows(workdir)) == want, corrupt_latest
+
+
+def test_a_ctrl_c_dropped_before_training_stops_it_before_its_first_step(tmp_path):
+    config = _config(pooler="avg", num_epochs=1)
+    with interrupts.recorded():
+        drop_a_ctrl_c()  # e.g. in JAX's gc callback while the data loads
+        with pytest.raises(loop.Interrupted, match="signal 2 before training from global step 0;"):
+            loop.train_and_evaluate(config, str(tmp_path))
+        assert interrupts.received() == []  # training took it
+    assert _summary(tmp_path)["status"] == "interrupted"
+    assert run_files.checkpoint_steps(tmp_path) == []
 
 
 @pytest.mark.slow

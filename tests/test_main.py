@@ -209,6 +209,19 @@ def test_ctrl_c_outside_training_exits_130_without_a_traceback(capsys):
     assert capsys.readouterr().err == "interrupted\n"
 
 
+def test_a_ctrl_c_python_dropped_ends_the_command_as_interrupted(capsys):
+    from conftest import drop_a_ctrl_c
+
+    from train import cli
+
+    def run(argv):
+        drop_a_ctrl_c()  # e.g. in JAX's gc callback while the step compiles
+        return 0
+
+    assert cli.run_main(run, ["train.main"]) == 130
+    assert capsys.readouterr().err == "interrupted\n"
+
+
 def test_multi_process_environment_detection():
     from train import main
 

@@ -16,6 +16,7 @@ import matplotlib.image
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
+from conftest import drop_a_ctrl_c
 from PIL import Image
 
 from train import report, sweep
@@ -354,6 +355,19 @@ def test_runs_a_stopped_sweep_never_reached_are_reported(tmp_path, monkeypatch, 
     assert "| max | 0/2 |" in (workdir / "report" / "report.md").read_text()
     assert not (workdir / "runs" / "digits" / "max" / "s1").exists()
     assert "rerun the same command to resume" in capsys.readouterr().err
+
+
+def test_a_ctrl_c_a_library_turned_into_another_error_stops_the_sweep(tmp_path, monkeypatch):
+    """Not recorded as the run's failure, and the sweep does not go on to its next run."""
+
+    def interrupted(config, run_dir, **kwargs):
+        drop_a_ctrl_c()
+        raise RuntimeError("a library's error that stands for the KeyboardInterrupt it caught")
+
+    monkeypatch.setattr(loop, "train_and_evaluate", interrupted)
+    workdir = tmp_path / "w"
+    assert run_sweep(workdir, "--poolers", "max", "--seeds", "2", "--epochs", "1") == 130
+    assert [r["status"] for r in read_csv(workdir)] == ["interrupted", "not started"]
 
 
 @pytest.mark.slow

@@ -193,7 +193,9 @@ def set_xla_options(cpu_tuning: bool = True) -> None:
 
 
 def run_main(run: Callable[[Sequence[str]], int], argv: Sequence[str] | None = None) -> int:
-    """Runs ``run(argv)``; a :class:`UsageError` becomes ``error: ...`` on stderr and exit code 2.
+    """Runs ``run(argv)``; a :class:`UsageError` becomes ``error: ...`` on stderr and exit code 2,
+    Ctrl-C outside training ``interrupted`` and exit code 130 (also one that Python dropped in a
+    callback: :mod:`train.core.interrupts`).
 
     Before it, :func:`set_xla_options` (a fresh CLI process has not started JAX yet); the flag
     ``--no-xla-cpu-tuning``, accepted by every entry point, leaves XLA:CPU at its defaults.
@@ -206,11 +208,18 @@ def run_main(run: Callable[[Sequence[str]], int], argv: Sequence[str] | None = N
     logging.getLogger("train").setLevel(logging.INFO)
     # TFDS and orbax log through absl; their warnings are noise for a CLI (errors still show).
     logging.getLogger("absl").setLevel(logging.ERROR)
+    from train.core import interrupts
+
     try:
-        return run(argv)
+        with interrupts.recorded():
+            status = run(argv)
     except UsageError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:  # Ctrl-C outside training (which saves and exits by itself)
         print("interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    if status == 0 and interrupts.take():  # a Ctrl-C that Python dropped, after training took none
+        print("interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    return status

@@ -63,6 +63,7 @@ from train.core import (
     checkpointing,
     device_loop,
     input_pipeline,
+    interrupts,
     models,
     run_config,
     run_files,
@@ -505,6 +506,13 @@ def _epochs(runs: Sequence[_RunDir], setup: _Setup, on_epoch) -> list:
                 run.close(status, item["params"])
 
     with _catch_signals() as received:
+        if received:  # a Ctrl-C during the setup that Python dropped (train.core.interrupts)
+            close_all("interrupted")
+            raise Interrupted(
+                received[0],
+                f"interrupted by signal {received[0]} before training from global step "
+                f"{_step(state)}; rerun the same command to resume",
+            )
         while any(r.active for r in runs) and _epoch(runs) < spec.num_epochs:
             epoch = _epoch(runs)  # 0-based index of the epoch being run
             if epoch >= spec.stop_after_epochs:
@@ -742,8 +750,9 @@ def _stack(items: Sequence[dict[str, Any]], sharding: jax.sharding.Sharding) -> 
 
 @contextlib.contextmanager
 def _catch_signals():
-    """Records SIGINT/SIGTERM in a list instead of dying, while the block runs."""
-    received: list[int] = []
+    """Records SIGINT/SIGTERM in a list instead of dying, while the block runs.  The list starts
+    with the Ctrl-C a command recorded before and Python dropped (:mod:`train.core.interrupts`)."""
+    received: list[int] = interrupts.take()
     if threading.current_thread() is not threading.main_thread():
         yield received
         return

@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from train import cli
-from train.core import run_files
+from train.core import interrupts, run_files
 from train.study import run_records, tables
 from train.study.plan import Plan
 
@@ -136,11 +136,12 @@ def run_group(
                 logger.warning("%s; training them one by one", e)
                 one_by_one = True
     except (loop.Interrupted, KeyboardInterrupt):
-        for plan, record in zip(plans, records, strict=True):
-            record.update(status="interrupted", finished=_now())
-            _write_record(plan, record)
+        _record_interrupted(plans, records)
         raise
     except Exception as e:  # a failure of the group is every run's; the sweep goes on
+        if interrupts.received():  # a Ctrl-C that a library turned into another error
+            _record_interrupted(plans, records)
+            raise KeyboardInterrupt from e
         outcomes = [e] * len(plans)
     if one_by_one:
         return [run_group([p], env, _one_of(on_epoch, i), datasets)[0] for i, p in enumerate(plans)]
@@ -214,6 +215,12 @@ def _start_record(plan: Plan, env: dict[str, Any], group_size: int) -> dict[str,
 
 def _write_record(plan: Plan, record: dict[str, Any]) -> None:
     run_files.write_json(os.path.join(plan.run_dir, run_records.RUN_FILE), record)
+
+
+def _record_interrupted(plans: Sequence[Plan], records: Sequence[dict[str, Any]]) -> None:
+    for plan, record in zip(plans, records, strict=True):
+        record.update(status="interrupted", finished=_now())
+        _write_record(plan, record)
 
 
 def _record_failure(plan: Plan, record: dict[str, Any], e: Exception) -> None:

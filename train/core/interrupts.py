@@ -1,0 +1,60 @@
+"""Ctrl-C (SIGINT) that no moment of a command can lose.
+
+Python turns SIGINT into a ``KeyboardInterrupt`` raised wherever the main thread is; when that is
+a garbage-collection or finaliser callback (JAX runs some while it compiles and loads), Python
+prints the exception as "ignored" and drops it, and the command would go on as if the key was never
+pressed.  While a command runs (:func:`recorded`), its handler also records the signal.  Training
+takes the record when it starts (:func:`take`) and stops before its first step; a command that
+ends with the record still there exits as interrupted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import sys
+import threading
+from collections.abc import Iterator
+
+_received: list[int] = []
+
+
+def _record_and_raise(signum, frame) -> None:
+    del frame
+    _received.append(signum)
+    raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def recorded() -> Iterator[None]:
+    """While the block runs, SIGINT raises ``KeyboardInterrupt``, as by default, and is recorded;
+    Python does not print the ones it drops.  Outside the main thread nothing changes."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    _received.clear()
+    previous = signal.signal(signal.SIGINT, _record_and_raise)
+    hook = sys.unraisablehook
+
+    def drop_recorded_interrupts(unraisable) -> None:
+        if not (isinstance(unraisable.exc_value, KeyboardInterrupt) and _received):
+            hook(unraisable)
+
+    sys.unraisablehook = drop_recorded_interrupts
+    try:
+        yield
+    finally:
+        sys.unraisablehook = hook
+        signal.signal(signal.SIGINT, signal.default_int_handler if previous is None else previous)
+
+
+def received() -> list[int]:
+    """The signals recorded and not yet taken, oldest first."""
+    return list(_received)
+
+
+def take() -> list[int]:
+    """The signals recorded and not yet taken, oldest first; forgets them."""
+    taken = list(_received)
+    _received.clear()
+    return taken
