@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 
 import pytest
 
@@ -35,15 +36,18 @@ def test_entries_order_and_labels():
 
 
 def test_parsers_reject_what_they_do_not_know():
-    assert plan.parse_temperatures("0.5,1,0.5") == [0.5, 1.0]
+    assert plan.parse_temperatures("0.5, 1,2") == [0.5, 1.0, 2.0]
     assert plan.parse_temperatures(None) == []
-    for parse, text in [
-        (plan.parse_datasets, "imagenet"),
-        (plan.parse_temperatures, "1,nan"),
-        (plan.parse_temperatures, "0"),
-        (plan.parse_temperatures, ","),
+    assert plan.parse_datasets("digits, mnist") == ["digits", "mnist"]
+    for parse, text, message in [
+        (plan.parse_datasets, "imagenet", "unknown dataset(s) imagenet"),
+        (plan.parse_datasets, "digits,mnist,digits", "--datasets: digits listed twice"),
+        (plan.parse_temperatures, "1,nan", "got 'nan'"),
+        (plan.parse_temperatures, "0", "got '0'"),
+        (plan.parse_temperatures, ",", "is empty"),
+        (plan.parse_temperatures, "0.5,1,0.50", "--tdgs-init-temperatures: 0.50 listed twice"),
     ]:
-        with pytest.raises(cli.UsageError):
+        with pytest.raises(cli.UsageError, match=re.escape(message)):
             parse(text)
 
 

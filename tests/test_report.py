@@ -254,6 +254,18 @@ def test_planned_runs_never_started_are_counted_and_listed(tmp_path):
     assert [r.status for r in run_records.collect(workdir)] == ["done"] * 3
 
 
+@pytest.mark.parametrize("text", ['{"commands": [{"comm', "[]", "{}"])
+def test_an_unreadable_sweep_record_is_said_in_the_report_and_left_as_it_is(tmp_path, text):
+    make_run(tmp_path, "digits", "max", 0, [0.90, 0.91])
+    record = tmp_path / run_records.SWEEP_FILE
+    record.write_text(text)
+    assert [r.status for r in run_records.collect(str(tmp_path))] == ["done"]
+    assert report.main(["report", str(tmp_path)]) == 0
+    md = (tmp_path / "report" / "report.md").read_text()
+    assert f"The sweep's record could not be read: {record}" in md
+    assert record.read_text() == text
+
+
 def test_table_numbers_and_best_marking(workdir):
     rows = {r.label: r for r in tables.table(run_records.collect(workdir))}
     mean, std = rows["mixed"].accuracy
@@ -372,8 +384,11 @@ def test_cli_usage_errors(argv, capsys):
 def test_cli_missing_or_empty_workdir(tmp_path, capsys):
     assert report.main(["report", str(tmp_path / "nope")]) == 2
     assert report.main(["report", str(tmp_path)]) == 2
+    (tmp_path / "a-file").write_text("")
+    assert report.main(["report", str(tmp_path / "a-file")]) == 2
     err = capsys.readouterr().err.splitlines()
     assert "does not exist" in err[0] and "no run directories" in err[1]
+    assert err[2].endswith("a-file is not a directory")
 
 
 def test_pairs_only_seeds_both_finished(tmp_path):

@@ -357,6 +357,19 @@ def test_runs_a_stopped_sweep_never_reached_are_reported(tmp_path, monkeypatch, 
     assert "rerun the same command to resume" in capsys.readouterr().err
 
 
+def test_an_unreadable_sweep_record_is_refused_and_kept(tmp_path, capsys):
+    workdir = tmp_path / "w"
+    workdir.mkdir()
+    (workdir / run_records.SWEEP_FILE).write_text('{"commands": [{"command": "python -m tr')
+    assert run_sweep(workdir, "--poolers", "max", "--seeds", "1", "--epochs", "1") == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "sweep.json cannot be read" in err and "move it away" in err
+    assert (
+        workdir / run_records.SWEEP_FILE
+    ).read_text() == '{"commands": [{"command": "python -m tr'
+    assert not (workdir / "runs").exists()
+
+
 def test_a_ctrl_c_a_library_turned_into_another_error_stops_the_sweep(tmp_path, monkeypatch):
     """Not recorded as the run's failure, and the sweep does not go on to its next run."""
 

@@ -23,7 +23,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     workdir = args[0]
     if not os.path.isdir(workdir):
-        print(f"error: workdir {workdir} does not exist", file=sys.stderr)
+        why = "is not a directory" if os.path.exists(workdir) else "does not exist"
+        print(f"error: workdir {workdir} {why}", file=sys.stderr)
         return 2
     if not collect(workdir):
         print(f"error: no run directories under {os.path.join(workdir, 'runs')}", file=sys.stderr)

@@ -46,7 +46,7 @@ import time
 from absl import flags
 
 from train import cli
-from train.study import plan
+from train.study import plan, run_records
 from train.study.runner import record_command, sweep
 
 # Own FlagValues: train.main's flags (--epochs, --workdir, ...) live in absl's global FLAGS, and both
@@ -175,6 +175,8 @@ def run(argv: list[str]) -> int:
         index = record_command(workdir, "python -m train.sweep " + shlex.join(argv[1:]), plans)
     except OSError as e:  # e.g. a path through a file, or no permission
         raise cli.UsageError(f"cannot write to --workdir {workdir}: {e.strerror or e}") from e
+    except run_records.SweepRecordError as e:
+        raise cli.UsageError(str(e)) from e
     try:
         run_config.enable_compilation_cache()
         outcome = sweep(

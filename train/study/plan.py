@@ -78,6 +78,14 @@ def _split(text: str) -> list[str]:
     return [t.strip() for t in text.split(",") if t.strip()]
 
 
+def _refuse_repeats(items: Sequence[str], values: Sequence[Any], flag: str) -> None:
+    """A value given twice is refused, as ``--poolers`` refuses a name given twice."""
+    pairs = enumerate(zip(items, values, strict=True))
+    repeated = [item for i, (item, value) in pairs if value in values[:i]]
+    if repeated:
+        raise cli.UsageError(f"{flag}: {', '.join(repeated)} listed twice")
+
+
 def parse_datasets(text: str) -> list[str]:
     from train.core import input_pipeline
 
@@ -88,7 +96,8 @@ def parse_datasets(text: str) -> list[str]:
             f"unknown dataset(s) {', '.join(unknown) or repr(text)} in --datasets; choose from: "
             f"{', '.join(input_pipeline.DATASETS)}"
         )
-    return list(dict.fromkeys(names))
+    _refuse_repeats(names, names, "--datasets")
+    return names
 
 
 def parse_temperatures(text: str | None) -> list[float]:
@@ -107,7 +116,8 @@ def parse_temperatures(text: str | None) -> list[float]:
         values.append(value)
     if not values:
         raise cli.UsageError("--tdgs-init-temperatures is empty")
-    return list(dict.fromkeys(values))
+    _refuse_repeats(_split(text), values, "--tdgs-init-temperatures")
+    return values
 
 
 def entries(

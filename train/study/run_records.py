@@ -56,6 +56,35 @@ def run_dir(workdir: str, dataset: str, label: str, seed: int) -> str:
     return os.path.join(workdir, "runs", dataset, safe, f"s{seed}")
 
 
+class SweepRecordError(ValueError):
+    """``<workdir>/sweep.json`` exists but cannot be read as a sweep's record."""
+
+
+def read_sweep_record(workdir: str) -> dict[str, Any]:
+    """``<workdir>/sweep.json``: ``{"commands": [...]}``, with no commands where there is none.
+
+    Raises:
+      SweepRecordError: the file exists but is not JSON with a ``commands`` list (cut short, or
+        edited by hand); the message names the file and what to do.
+    """
+    path = os.path.join(workdir, SWEEP_FILE)
+    if not os.path.exists(path):
+        return {"commands": []}
+    try:
+        with open(path) as f:
+            data = json.load(f)
+    except (OSError, ValueError) as e:  # ValueError: not JSON, or not UTF-8
+        raise SweepRecordError(
+            f"{path} cannot be read ({getattr(e, 'strerror', None) or e}); repair it or move it "
+            "away (it holds the commands the report quotes)"
+        ) from e
+    if not isinstance(data, dict) or not isinstance(data.get("commands"), list):
+        raise SweepRecordError(
+            f"{path} is not a sweep record (no 'commands' list); repair it or move it away"
+        )
+    return data
+
+
 def read_json(path: str) -> Any:
     """The JSON in ``path``, or None when it is missing or unreadable."""
     try:
@@ -240,7 +269,11 @@ def collect(workdir: str) -> list[Run]:
                 runs.append(run)
     found = {os.path.normpath(r.path) for r in runs}
     planned: dict[str, dict[str, Any]] = {}
-    for command in (read_json(os.path.join(workdir, SWEEP_FILE)) or {}).get("commands", []):
+    try:
+        commands = read_sweep_record(workdir)["commands"]
+    except SweepRecordError:  # the report says so (train.study.tables)
+        commands = []
+    for command in commands:
         for entry in command.get("runs", []):
             planned[os.path.normpath(os.path.join(workdir, entry["run_dir"]))] = entry
     runs += [_not_started(workdir, p) for path, p in planned.items() if path not in found]

@@ -255,9 +255,13 @@ def _group_printer(group: Sequence[Plan]) -> Callable[[int, dict[str, Any]], Non
 
 def record_command(workdir: str, command: str, plans: Sequence[Plan]) -> int:
     """Appends ``command`` and the runs it plans to ``<workdir>/sweep.json`` (the report quotes
-    the command and lists planned runs it never started); returns its index."""
+    the command and lists planned runs it never started); returns its index.
+
+    Raises:
+      run_records.SweepRecordError: an unreadable ``sweep.json``, which is left as it is.
+    """
     path = os.path.join(workdir, run_records.SWEEP_FILE)
-    data = run_records.read_json(path) or {"commands": []}
+    data = run_records.read_sweep_record(workdir)
     runs = [
         run_records.planned_run(
             workdir,

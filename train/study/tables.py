@@ -38,6 +38,7 @@ import dataclasses
 import datetime
 import glob
 import json
+import logging
 import math
 import os
 from collections.abc import Sequence
@@ -47,7 +48,14 @@ import numpy as np
 
 from train.study import plots as report_plots
 from train.study import stats
-from train.study.run_records import SWEEP_FILE, Run, collect, read_json
+from train.study.run_records import (
+    Run,
+    SweepRecordError,
+    collect,
+    read_sweep_record,
+)
+
+logger = logging.getLogger(__name__)
 
 BASELINE = "max"
 # Fewer seeds give t-intervals too wide to read (n = 2: ±12.7 standard errors): none is printed.
@@ -342,9 +350,14 @@ def table_markdown(rows: Sequence[Row]) -> list[str]:
 
 
 def _provenance(runs: Sequence[Run], workdir: str) -> list[str]:
-    sweep = read_json(os.path.join(workdir, SWEEP_FILE)) or {}
-    commands = [c["command"] for c in sweep.get("commands", [])]
     lines = ["## How these numbers were made", ""]
+    try:
+        sweep = read_sweep_record(workdir)
+    except SweepRecordError as e:
+        logger.warning("%s", e)
+        lines += [f"The sweep's record could not be read: {e}.", ""]
+        sweep = {"commands": []}
+    commands = [c["command"] for c in sweep["commands"]]
     if commands:
         lines.append("Sweep commands run in this workdir, oldest first:")
         lines.append("")
