@@ -247,7 +247,9 @@ def test_planned_runs_never_started_are_counted_and_listed(tmp_path):
     (row,) = tables.table(runs)
     assert (row.n_done, row.n_total) == (2, 3)
     md = tables.markdown(runs, workdir, {})
-    assert "| max | 2/3 |" in md and "3 runs, 2 done" in md and "3 seeds" in md
+    assert "3 runs, 2 done" in md and "3 seeds" in md
+    # per epoch budget (the third run's newest plan has 3 epochs)
+    assert "| max | 2/2 |" in md.split("### 3 epochs")[0] and "| max | 0/1 |" in md
     assert f"| {os.path.join('runs', 'digits', 'max', 's2')} | not started | 0/3 |  |" in md
     # Once the run exists, its directory is what counts.
     make_run(tmp_path, "digits", "max", 2, [0.94, 0.95])
@@ -264,6 +266,22 @@ def test_an_unreadable_sweep_record_is_said_in_the_report_and_left_as_it_is(tmp_
     md = (tmp_path / "report" / "report.md").read_text()
     assert f"The sweep's record could not be read: {record}" in md
     assert record.read_text() == text
+
+
+def test_runs_of_other_epoch_budgets_get_their_own_table(tmp_path):
+    """A sweep extended to 2 epochs for seeds 0-1 after a 1-epoch sweep of seeds 0-2: seed 2 is not
+    averaged with, or compared against, runs of the other budget."""
+    for seed in (0, 1):
+        make_run(tmp_path, "digits", "max", seed, [0.50, 0.80])
+        make_run(tmp_path, "digits", "avg", seed, [0.40, 0.70])
+    make_run(tmp_path, "digits", "max", 2, [0.55])
+    make_run(tmp_path, "digits", "avg", 2, [0.35])
+    md = tables.markdown(run_records.collect(str(tmp_path)), str(tmp_path), {})
+    one, two = md.split("### 1 epoch per run")[1].split("### 2 epochs per run")
+    assert "| max | 1/1 | 55.00 |" in one and "| avg | 1/1 | 35.00 |" in one
+    assert "| -20.00 (n = 1: no interval) |" in one
+    assert "| max | 2/2 | 80.00 ± 0.00 |" in two and "| avg | 2/2 | 70.00 ± 0.00 |" in two
+    assert "| -10.00 (n = 2: no interval) |" in two
 
 
 def test_table_numbers_and_best_marking(workdir):

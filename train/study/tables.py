@@ -18,7 +18,8 @@ Written to ``<workdir>/report/``:
 - ``results.csv``: one row per run (:data:`CSV_FIELDS`), sorted by dataset, pooler, seed. Accuracies
   are fractions in [0, 1], numbers are written at full precision; the file depends on the run
   directories only, so rebuilding it gives the same bytes.
-- ``report.md``: per dataset one row per pooler label: final test accuracy mean ± std over seeds
+- ``report.md``: per dataset (and epoch budget, where its runs have several: runs of other
+  budgets are not averaged or compared) one row per pooler label: final test accuracy mean ± std over seeds
   and its 95% t-interval, the paired difference to max pooling with its 95% t-interval (none
   for fewer than 3 seeds or runs that have not converged, see :func:`converged`), the rise over
   the last two epochs, seconds per epoch relative to max, extra parameters; the commands with
@@ -496,8 +497,11 @@ def markdown(runs: Sequence[Run], workdir: str, plots: dict[str, list[str]]) -> 
             f"epoch{'s' * (epochs != [1])} per run."
         )
         lines.append("")
-        lines += table_markdown(table(subset))
-        lines.append("")
+        for budget in epochs:  # runs of other budgets are not compared (e.g. an extended sweep)
+            if len(epochs) > 1:
+                lines += [f"### {budget} epoch{'s' * (budget != 1)} per run", ""]
+            lines += table_markdown(table([r for r in subset if r.num_epochs == budget]))
+            lines.append("")
         lines += learned_scalar_markdown([r for r in subset if r.done])
         for name in plots.get(dataset, []):
             lines += [f"![{name}]({name})", ""]
