@@ -43,9 +43,18 @@ def _blur_axis(x: jax.Array, taps: np.ndarray, stride: int, axis: int, pad_mode:
             f"the blurred axis; the max-pooled input has {x.shape[axis]} (use a larger input, a "
             "smaller filter_size, or pad_mode='edge')"
         )
-    widths = [(0, 0)] * x.ndim
-    widths[axis] = (before, after)
-    padded = jnp.pad(x, widths, mode=pad_mode)
+    if pad_mode == "edge":
+        # the first and last positions repeated; jnp.pad(mode='edge') also slices the other axes,
+        # which fails on a batch-sharded array under explicit sharding
+        n = x.shape[axis]
+        first = jax.lax.slice_in_dim(x, 0, 1, axis=axis)
+        last = jax.lax.slice_in_dim(x, n - 1, n, axis=axis)
+        parts = [jnp.repeat(first, before, axis), x, jnp.repeat(last, after, axis)]
+        padded = jnp.concatenate(parts, axis=axis)
+    else:
+        widths = [(0, 0)] * x.ndim
+        widths[axis] = (before, after)
+        padded = jnp.pad(x, widths, mode=pad_mode)
     out = (padded.shape[axis] - size) // stride + 1
     total = None
     for t, weight in enumerate(taps):

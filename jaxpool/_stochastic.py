@@ -11,7 +11,6 @@ import functools
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from jaxpool import _fast_rng, _fast_tdgs, _window_ops, _windows
 from jaxpool._windows import Window
@@ -107,21 +106,6 @@ def stochastic_pool(
     return _windows.to_output(_window_ops.select(index, values), x.dtype, unbatched)
 
 
-def _check_tau(tau) -> None:
-    """``tau > 0`` for a concrete ``tau`` (Python or NumPy number, concrete array); a traced one
-    cannot be checked."""
-    if isinstance(tau, jax.core.Tracer):
-        return
-    if isinstance(tau, str) or np.ndim(tau) != 0:
-        raise ValueError(f"tau must be a number > 0 (a scalar); got {tau!r}")
-    try:
-        positive = bool(np.asarray(tau, np.float64) > 0)
-    except (TypeError, ValueError) as e:
-        raise ValueError(f"tau must be a number > 0; got {tau!r}") from e
-    if not positive:
-        raise ValueError(f"tau must be > 0; got {tau!r}")
-
-
 def gumbel_softmax(
     key: jax.Array,
     logits: jax.Array,
@@ -155,9 +139,10 @@ def gumbel_softmax(
     Returns:
       An array shaped like ``logits`` that sums to 1 along ``axis``.
     """
-    _check_tau(tau)
+    _windows.check_positive(tau, "tau")
     if key is None:
         raise ValueError("gumbel_softmax needs a PRNG key: pass jax.random.key(seed) as `key`")
+    _windows.check_key(key, "gumbel_softmax")
     logits = jnp.asarray(logits)
     if not jnp.issubdtype(logits.dtype, jnp.floating):
         raise ValueError(
@@ -236,9 +221,8 @@ def tdgs_pool(
       Reparameterization with Gumbel-Softmax. ICLR 2017 (arXiv:1611.01144); Maddison, Mnih, Teh.
       The Concrete Distribution. ICLR 2017 (arXiv:1611.00712).
     """
-    if not eps > 0:
-        raise ValueError(f"eps must be > 0 (it keeps the temperature positive); got {eps!r}")
-    _check_tau(tau)
+    _windows.check_positive(eps, "eps", " (it keeps the temperature positive)")
+    _windows.check_positive(tau, "tau")
     if not deterministic:
         key = _windows.require_key(key, "tdgs_pool")
     batched, unbatched = _windows.check_input(x)

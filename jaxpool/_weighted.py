@@ -154,8 +154,7 @@ def lp_pool(
       Human Annotation. TPAMI 2018 (arXiv:1711.02512).
     """
     batched, unbatched = _windows.check_input(x)
-    if not eps > 0:
-        raise ValueError(f"eps must be positive; got {eps!r}")
+    _windows.check_positive(eps, "eps")
     p = _window_ops.per_layer_or_channel(p, "p", batched.shape[-1])
     spec = window_geometry(batched.shape[1:3], window_shape, strides, padding)
     values, valid = stacked_windows(batched, spec)

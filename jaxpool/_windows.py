@@ -282,13 +282,43 @@ def windows(
 
 
 def require_key(key: jax.Array | None, fn: str) -> jax.Array:
-    """A stochastic op without a key raises instead of inventing one."""
+    """A stochastic op without a key raises instead of inventing one; so does one given something
+    that is not a key."""
     if key is None:
         raise ValueError(
             f"{fn} is stochastic when deterministic=False and needs an explicit PRNG key: pass "
             "key=jax.random.key(seed), or deterministic=True for the deterministic output"
         )
+    return check_key(key, fn)
+
+
+def check_key(key, fn: str) -> jax.Array:
+    """``key`` if it is a PRNG key: a typed key (``jax.random.key``) or a legacy uint32 key
+    (``jax.random.PRNGKey``); else a ``ValueError``."""
+    dtype = getattr(key, "dtype", None)
+    if dtype is None or not (
+        jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key) or dtype == np.uint32
+    ):
+        raise ValueError(
+            f"{fn}: key must be a PRNG key, jax.random.key(seed) (or a legacy "
+            f"jax.random.PRNGKey(seed)); got {type(key).__name__} {key!r:.80}"
+        )
     return key
+
+
+def check_positive(value, name: str, why: str = "") -> None:
+    """``value > 0`` for a concrete scalar (Python or NumPy number, concrete array), else a
+    ``ValueError`` naming ``name``; a traced value cannot be checked and passes."""
+    if isinstance(value, jax.core.Tracer):
+        return
+    if isinstance(value, str) or np.ndim(value) != 0:
+        raise ValueError(f"{name} must be a number > 0 (a scalar){why}; got {value!r}")
+    try:
+        positive = bool(np.asarray(value, np.float64) > 0)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{name} must be a number > 0{why}; got {value!r}") from e
+    if not positive:
+        raise ValueError(f"{name} must be > 0{why}; got {value!r}")
 
 
 IMPLEMENTATIONS = ("auto", "reference", "fast")

@@ -23,7 +23,8 @@ import jaxpool
 
 GEOMETRIES = [{}, {"window_shape": 3, "strides": 2, "padding": "SAME"}]
 PER_EXAMPLE = [{}, {"per_example": True}]  # one sample per example: keys split like the batch
-OPTIONS = {"s3": PER_EXAMPLE, "fractional": PER_EXAMPLE, "blur": [{}, {"window_shape": 3, "strides": 2}]}
+BLUR = [{}, {"window_shape": 3, "strides": 2}, {"pad_mode": "edge"}]
+OPTIONS = {"s3": PER_EXAMPLE, "fractional": PER_EXAMPLE, "blur": BLUR}
 x = jax.random.normal(jax.random.key(0), (16, 8, 8, 4))
 mesh = jax.make_mesh((8,), ("data",))
 out = {}
@@ -85,9 +86,9 @@ print(json.dumps(out))
 def test_every_pooler_matches_unsharded_under_explicit_sharding():
     # XLA's cheapest backend optimisation: 104 small programs, where compiling is the cost.
     results = json.loads(run_on_cpu_devices(SCRIPT, flags="--xla_backend_optimization_level=0"))
-    # every pooler, both modes, two geometries (s3 and fractional: two options), and outside a mesh
-    # context in its default geometry
-    assert len(results) == 2 * 2 * 13 + 2 * 13
+    # every pooler, both modes, two geometries (s3 and fractional: two options; blur three), and
+    # outside a mesh context in its default geometry
+    assert len(results) == 2 * (2 * 13 + 1) + 2 * 13
     for label, result in results.items():
         assert result["max_error"] < 1e-4, (label, result)
         assert result["spec"].startswith("P('data'"), (label, result)

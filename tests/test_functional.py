@@ -125,6 +125,21 @@ def test_stochastic_deterministic_derivatives_hold_for_tiny_and_huge_mass(scale)
     np.testing.assert_allclose(jax.jvp(f, (x,), (jnp.ones_like(x),))[1], 8 / 9, rtol=1e-5)
 
 
+def test_traced_positive_scalars_are_accepted_and_legacy_keys_too():
+    # tau and eps may be traced (a value jit cannot check); concrete ones are checked (above)
+    x = jax.random.normal(jax.random.key(0), (1, 4, 4, 2))
+    tdgs = jax.jit(lambda x, tau, eps: F.tdgs_pool(x, 1.0, key=jax.random.key(1), tau=tau, eps=eps))
+    np.testing.assert_array_equal(
+        tdgs(x, 0.5, 0.1), F.tdgs_pool(x, 1.0, key=jax.random.key(1), tau=0.5, eps=0.1)
+    )
+    lp = jax.jit(lambda x, eps: F.lp_pool(x, 3.0, eps=eps))
+    np.testing.assert_allclose(lp(x, 1e-3), F.lp_pool(x, 3.0, eps=1e-3), rtol=1e-6)
+    legacy = jax.random.PRNGKey(3)  # raw uint32 keys are still keys
+    np.testing.assert_array_equal(
+        F.stochastic_pool(x, key=legacy), F.stochastic_pool(x, key=jax.random.wrap_key_data(legacy))
+    )
+
+
 @pytest.mark.parametrize("mode", ["l1", "softmax"])
 def test_stochastic_zero_and_negative_windows(mode):
     zeros = jnp.zeros((2, 2, 1))
@@ -687,6 +702,11 @@ def test_low_precision_dtypes_preserved(dtype):
         (lambda: F.gumbel_softmax(jax.random.key(0), jnp.ones(3), tau="2"), r"a number > 0"),
         (lambda: F.gumbel_softmax(jax.random.key(0), jnp.ones(3), tau=[1.0, 0.5]), r"scalar"),
         (lambda: F.gumbel_softmax(None, jnp.ones(3)), r"gumbel_softmax needs a PRNG key"),
+        (lambda: F.gumbel_softmax(0, jnp.ones(3)), r"gumbel_softmax: key must be a PRNG key"),
+        (lambda: F.stochastic_pool(jnp.ones((4, 4, 1)), key=0), r"stochastic_pool: key must be"),
+        (lambda: F.tdgs_pool(jnp.ones((4, 4, 1)), 1.0, key=1.5), r"tdgs_pool: key must be"),
+        (lambda: F.s3_pool(jnp.ones((4, 4, 1)), key="k"), r"s3_pool: key must be a PRNG key"),
+        (lambda: F.fractional_max_pool(jnp.ones((4, 4, 1)), key=[0, 1]), r"fractional.*key must"),
         *(
             (
                 functools.partial(call, implementation="cudnn"),

@@ -216,7 +216,7 @@ def test_lip_with_equal_logits_is_average_pooling():
         (lambda x: jaxpool.lip_pool(x, x, padding="FULL"), r"'SAME', an int or a pair of ints"),
         (lambda x: jaxpool.soft_pool(x, 2, None, (1, 1, 1)), r"an int or a pair of ints"),
         (lambda x: jaxpool.lp_pool(x, jnp.ones(3)), r"p must have shape \(\) or \(C,\) = \(2,\)"),
-        (lambda x: jaxpool.lp_pool(x, 3.0, eps=0.0), r"eps must be positive"),
+        (lambda x: jaxpool.lp_pool(x, 3.0, eps=0.0), r"eps must be > 0"),
         (lambda x: jaxpool.lip_pool(x, x[..., :1]), r"logits must have the shape of x"),
         (
             lambda x: jaxpool.lip_logits(x, jnp.zeros((3, 3, 2, 3)), jnp.ones(2), jnp.zeros(2)),
