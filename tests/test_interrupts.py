@@ -19,14 +19,19 @@ def test_a_dropped_ctrl_c_is_recorded_and_not_reported(monkeypatch):
             raise RuntimeError("a finaliser's own error")
 
     before = signal.getsignal(signal.SIGINT), sys.unraisablehook
-    with interrupts.recorded():
+    with interrupts.recorded() as left:
         drop_a_ctrl_c()
         assert interrupts.received() == [signal.SIGINT]
         FailsWhenFinalised()  # other errors Python drops are still reported
     assert [type(e) for e in reported] == [RuntimeError]
     assert (signal.getsignal(signal.SIGINT), sys.unraisablehook) == before  # both restored
-    assert interrupts.take() == [signal.SIGINT]
-    assert interrupts.take() == []
+    assert left == [signal.SIGINT] and interrupts.received() == []  # no record outlives the block
+
+    with interrupts.recorded() as left:
+        drop_a_ctrl_c()
+        assert interrupts.take() == [signal.SIGINT]  # as training takes it
+        assert interrupts.take() == []
+    assert left == []
 
     drop_a_ctrl_c()  # outside: Python's own handling (reported and dropped), nothing recorded
     assert [type(e) for e in reported] == [RuntimeError, KeyboardInterrupt]

@@ -211,7 +211,7 @@ def run_main(run: Callable[[Sequence[str]], int], argv: Sequence[str] | None = N
     from train.core import interrupts
 
     try:
-        with interrupts.recorded():
+        with interrupts.recorded() as dropped:
             status = run(argv)
     except UsageError as e:
         print(f"error: {e}", file=sys.stderr)
@@ -219,7 +219,7 @@ def run_main(run: Callable[[Sequence[str]], int], argv: Sequence[str] | None = N
     except KeyboardInterrupt:  # Ctrl-C outside training (which saves and exits by itself)
         print("interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
-    if status == 0 and interrupts.take():  # a Ctrl-C that Python dropped, after training took none
+    if status == 0 and dropped:  # a Ctrl-C that Python dropped and no training took
         print("interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
     return status

@@ -5,7 +5,7 @@ a garbage-collection or finaliser callback (JAX runs some while it compiles and 
 prints the exception as "ignored" and drops it, and the command would go on as if the key was never
 pressed.  While a command runs (:func:`recorded`), its handler also records the signal.  Training
 takes the record when it starts (:func:`take`) and stops before its first step; a command that
-ends with the record still there exits as interrupted.
+ends with a record nothing took exits as interrupted.
 """
 
 from __future__ import annotations
@@ -26,11 +26,14 @@ def _record_and_raise(signum, frame) -> None:
 
 
 @contextlib.contextmanager
-def recorded() -> Iterator[None]:
+def recorded() -> Iterator[list[int]]:
     """While the block runs, SIGINT raises ``KeyboardInterrupt``, as by default, and is recorded;
-    Python does not print the ones it drops.  Outside the main thread nothing changes."""
+    Python does not print the ones it drops.  Yields a list that, when the block ends, holds the
+    signals recorded and not taken; the record is then empty.  Outside the main thread nothing
+    changes (and the list stays empty)."""
+    left: list[int] = []
     if threading.current_thread() is not threading.main_thread():
-        yield
+        yield left
         return
     _received.clear()
     previous = signal.signal(signal.SIGINT, _record_and_raise)
@@ -42,8 +45,9 @@ def recorded() -> Iterator[None]:
 
     sys.unraisablehook = drop_recorded_interrupts
     try:
-        yield
+        yield left
     finally:
+        left += take()
         sys.unraisablehook = hook
         signal.signal(signal.SIGINT, signal.default_int_handler if previous is None else previous)
 
