@@ -146,7 +146,8 @@ def fractional_max_pool(
       deterministic: use the fixed boundaries.
       sequence: ``'random'`` (default) or ``'pseudo_random'``.
       overlapping: regions share their boundary element (sizes 2–3) instead of being disjoint.
-      per_example: draw boundaries per example instead of per call.
+      per_example: draw boundaries per example instead of per call (on a batch sharded
+        explicitly, only inside ``jax.set_mesh``: a ``ValueError`` otherwise).
 
     Returns:
       ``(N, floor(H / ratio), floor(W / ratio), C)``, the dtype of ``x``.
@@ -158,7 +159,7 @@ def fractional_max_pool(
     ratio_h, ratio_w = _check_ratio(ratio)
     if sequence not in SEQUENCES:
         raise ValueError(f"sequence must be one of {SEQUENCES}; got {sequence!r}")
-    n, h, w, _ = batched.shape
+    _, h, w, _ = batched.shape
     out_h = output_size(h, ratio_h, overlapping, "height")
     out_w = output_size(w, ratio_w, overlapping, "width")
     if deterministic:
@@ -175,11 +176,7 @@ def fractional_max_pool(
         )
 
     if per_example:
-        keys = jax.random.split(key, n)
-        batch_axis = (_windows.explicit_spec(batched) or (None,))[0]
-        if batch_axis is not None:  # explicit sharding: vmap needs the keys split like the batch
-            keys = jax.sharding.reshard(keys, jax.sharding.PartitionSpec(batch_axis))
-        rows, cols = jax.vmap(draw)(keys)
+        rows, cols = jax.vmap(draw)(_windows.keys_per_example(key, batched, "fractional_max_pool"))
         y = jax.vmap(lambda xi, r, c: _pool(xi[None], r, c, overlapping)[0])(batched, rows, cols)
     else:
         y = _pool(batched, *draw(key), overlapping)

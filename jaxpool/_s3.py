@@ -113,7 +113,8 @@ def s3_pool(
       grid_size: int or pair ``g``, a multiple of ``stride``.
       key: PRNG key; required unless ``deterministic``.
       deterministic: the deterministic output (see ``test_mode``) instead of a sample.
-      per_example: draw a separate row/column set for each example.
+      per_example: draw a separate row/column set for each example (on a batch sharded
+        explicitly, only inside ``jax.set_mesh``: a ``ValueError`` otherwise).
       test_mode: ``'expectation'`` or ``'official'``: what ``deterministic=True`` computes.
       implementation: ``'auto'``, ``'reference'`` or ``'fast'``.  Training draws the same
         rows and columns with ``jax.random`` whatever it says; ``'fast'`` computes the
@@ -141,7 +142,7 @@ def s3_pool(
     if not deterministic:
         key = _windows.require_key(key, "s3_pool")
     batched, unbatched = _windows.check_input(x)
-    n, h, w, _ = batched.shape
+    _, h, w, _ = batched.shape
     if h < strides[0] or w < strides[1]:
         raise ValueError(
             f"s3_pool needs H >= stride and W >= stride; got input {x.shape}, stride={stride!r}"
@@ -182,11 +183,7 @@ def s3_pool(
         return m.at[grid_points].get(unique_indices=True, indices_are_sorted=True)
 
     if per_example:
-        keys = jax.random.split(key, n)
-        batch_axis = (_windows.explicit_spec(max_map) or (None,))[0]
-        if batch_axis is not None:  # explicit sharding: vmap needs the keys split like the batch
-            keys = jax.sharding.reshard(keys, jax.sharding.PartitionSpec(batch_axis))
-        y = jax.vmap(sample)(keys, max_map)
+        y = jax.vmap(sample)(_windows.keys_per_example(key, max_map, "s3_pool"), max_map)
     else:
         y = sample(key, max_map)
     return _windows.to_output(y, x.dtype, unbatched)

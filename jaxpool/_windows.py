@@ -193,6 +193,22 @@ def explicit_spec(x: jax.Array) -> tuple | None:
     return (*spec, *([None] * (x.ndim - len(spec))))
 
 
+def keys_per_example(key: jax.Array, x: jax.Array, fn: str) -> jax.Array:
+    """One key per example of the batched ``x``, split from ``key``; under explicit sharding
+    sharded like ``x``'s batch (a ``vmap`` over both needs it), which JAX does only with the mesh
+    as context: without one, a ``ValueError`` that says so."""
+    keys = jax.random.split(key, x.shape[0])
+    batch_axis = (explicit_spec(x) or (None,))[0]
+    if batch_axis is None:
+        return keys
+    if jax.sharding.get_abstract_mesh().empty:
+        raise ValueError(
+            f"{fn}: per_example=True on a batch sharded explicitly over mesh axis "
+            f"{batch_axis!r} needs that mesh as context: call it inside `with jax.set_mesh(mesh):`"
+        )
+    return jax.sharding.reshard(keys, jax.sharding.PartitionSpec(batch_axis))
+
+
 def window_view(x: jax.Array, spec: WindowSpec) -> jax.Array | None:
     """``x`` as ``(N, Ho, kh, Wo, kw, C)`` windows (a free reshape) where the fast path applies.
 

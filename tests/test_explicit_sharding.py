@@ -2,9 +2,9 @@
 sharded over 8 virtual CPU devices gives the values and gradients of an unsharded run, inside a
 ``jax.set_mesh`` context, and the values outside one.
 
-s3 with ``per_example=True`` needs its keys split like the batch (unsplit keys against the
-batch-sharded input fail under explicit sharding).  A subprocess, because the device count of a
-JAX process is fixed at start-up.
+s3 and fractional with ``per_example=True`` split their keys like the batch, which JAX does only
+with the mesh as context: outside one they refuse with a ``ValueError`` that says so.  A
+subprocess, because the device count of a JAX process is fixed at start-up.
 """
 
 from __future__ import annotations
@@ -78,17 +78,31 @@ for name in jaxpool.available():
             "max_error": float(np.max(np.abs(np.asarray(got) - np.asarray(want)))),
             "spec": str(jax.typeof(got).sharding.spec),
         }
-print(json.dumps(out))
+# Per-example draws need the batch's keys sharded like it, which JAX does only under the mesh
+refused = {}
+for name in ("s3", "fractional"):
+    try:
+        jaxpool.create(name, per_example=True).apply(
+            {}, xs, deterministic=False, rngs={"pooling": jax.random.key(3)}
+        )
+    except ValueError as e:
+        refused[name] = str(e)
+print(json.dumps({"results": out, "refused": refused}))
 """
 
 
 @pytest.mark.skipif(not hasattr(jax, "set_mesh"), reason="explicit sharding needs jax.set_mesh")
 def test_every_pooler_matches_unsharded_under_explicit_sharding():
     # XLA's cheapest backend optimisation: 104 small programs, where compiling is the cost.
-    results = json.loads(run_on_cpu_devices(SCRIPT, flags="--xla_backend_optimization_level=0"))
+    output = json.loads(run_on_cpu_devices(SCRIPT, flags="--xla_backend_optimization_level=0"))
+    results = output["results"]
     # every pooler, both modes, two geometries (s3 and fractional: two options; blur three), and
     # outside a mesh context in its default geometry
     assert len(results) == 2 * (2 * 13 + 1) + 2 * 13
     for label, result in results.items():
         assert result["max_error"] < 1e-4, (label, result)
         assert result["spec"].startswith("P('data'"), (label, result)
+    assert sorted(output["refused"]) == ["fractional", "s3"]
+    for message in output["refused"].values():
+        assert "per_example=True on a batch sharded explicitly over mesh axis 'data'" in message
+        assert "inside `with jax.set_mesh(mesh):`" in message
