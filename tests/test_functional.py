@@ -487,7 +487,8 @@ KEYED = {  # (x, temperature, key) -> sample; x and temperature are differentiab
 def test_vmap_over_keys_equals_a_loop_of_unbatched_calls(name):
     fn = functools.partial(KEYED[name], VMAP_X, VMAP_TEMPERATURE)
     keys = jax.random.split(jax.random.key(11), 4)
-    loop = np.stack([fn(k) for k in keys])
+    one_key = jax.jit(fn)  # one program for the loop: op by op, each operation compiles
+    loop = np.stack([one_key(k) for k in keys])
     assert len({row.tobytes() for row in loop}) > 1  # the keys do make different samples
     np.testing.assert_array_equal(jax.vmap(fn)(keys), loop)
     np.testing.assert_array_equal(jax.jit(jax.vmap(fn))(keys), loop)
@@ -501,12 +502,14 @@ def test_vmap_of_grad_over_keys_equals_a_loop(name):
 
     grad = jax.grad(loss, argnums=(0, 1))
     keys = jax.random.split(jax.random.key(12), 3)
-    loop = [grad(VMAP_X, VMAP_TEMPERATURE, k) for k in keys]
+    one_key = jax.jit(grad)  # one program for the loop: op by op, each operation compiles
+    loop = [one_key(VMAP_X, VMAP_TEMPERATURE, k) for k in keys]
     batched = jax.jit(jax.vmap(grad, in_axes=(None, None, 0)))(VMAP_X, VMAP_TEMPERATURE, keys)
     for i, row in enumerate(loop):
         for got, want in zip(batched, row, strict=True):
             assert np.isfinite(want).all()
-            # jit vs eager may fuse the float32 arithmetic differently: rounding-level tolerance.
+            # a vmapped and an unbatched program may round float32 differently: a rounding-level
+            # tolerance
             np.testing.assert_allclose(got[i], want, rtol=1e-5, atol=1e-6)
     # And the reverse nesting: the gradient of a loss summed over a vmap over keys.
     total = jax.grad(lambda x: jax.vmap(lambda k: loss(x, VMAP_TEMPERATURE, k))(keys).sum())(VMAP_X)

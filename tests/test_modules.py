@@ -78,28 +78,38 @@ def _cases(name):
 def test_shapes_batched_and_unbatched(pooler_name):
     for kwargs, hw, (ho, wo) in _cases(pooler_name):
         module = jaxpool.create(pooler_name, **kwargs)
-        # Compiled whole: op by op, a stochastic pooler's many small operations each compile.
-        init = jax.jit(module.init, static_argnames="deterministic")
-        apply = jax.jit(module.apply, static_argnames="deterministic")
-        x = jax.random.normal(jax.random.key(0), (2, *hw, 3))
-        keys = {"params": jax.random.key(2), "pooling": jax.random.key(3)}
-        variables = init(keys, x, deterministic=True)
+
+        # Compiled whole, in one program: op by op, a stochastic pooler's many small operations
+        # each compile, and each program compiles at a cost of its own.
+        @jax.jit
+        def outputs(x, module=module):
+            keys = {"params": jax.random.key(2), "pooling": jax.random.key(3)}
+            variables = module.init(keys, x, deterministic=True)
+            return {
+                (det, batched): module.apply(
+                    variables, v, deterministic=det, rngs={"pooling": jax.random.key(4)}
+                )
+                for det in (True, False)
+                for batched, v in ((True, x), (False, x[0]))
+            }
+
+        y = outputs(jax.random.normal(jax.random.key(0), (2, *hw, 3)))
         for det in (True, False):
-            y = apply(variables, x, deterministic=det, rngs={"pooling": jax.random.key(4)})
-            chex.assert_shape(y, (2, ho, wo, 3))
-            y1 = apply(variables, x[0], deterministic=det, rngs={"pooling": jax.random.key(1)})
-            chex.assert_shape(y1, (ho, wo, 3))
-            if det:  # unbatched == batched row
-                np.testing.assert_allclose(y1, y[0], rtol=1e-6, atol=1e-6)
+            chex.assert_shape(y[det, True], (2, ho, wo, 3))
+            chex.assert_shape(y[det, False], (ho, wo, 3))
+        # deterministic: unbatched == batched row
+        np.testing.assert_allclose(y[True, False], y[True, True][0], rtol=1e-6, atol=1e-6)
 
 
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16, jnp.float16])
 def test_dtype_preserved(pooler_name, dtype):
     x = jax.random.normal(jax.random.key(0), (2, 4, 4, 3)).astype(dtype)
     module = jaxpool.create(pooler_name)
-    for det in (True, False):
-        _, y = init_and_apply(module, x, deterministic=det)
-        assert y.dtype == dtype
+    # both modes in one compiled program: op by op, each of a pooler's operations compiles
+    outputs = jax.jit(
+        lambda x: [init_and_apply(module, x, deterministic=d)[1] for d in (True, False)]
+    )
+    assert [y.dtype for y in outputs(x)] == [dtype, dtype]
 
 
 def test_jit_equals_eager_and_no_retrace(pooler_name):
@@ -148,14 +158,19 @@ def test_gradients_finite_and_reach_every_parameter(pooler_name):
 
 def test_vmap_over_unbatched_inputs(pooler_name):
     module = jaxpool.create(pooler_name)
-    x = jax.random.normal(jax.random.key(0), (3, 6, 6, 2))
-    variables, batched = init_and_apply(module, x, deterministic=True)
-    per_example = jax.vmap(lambda v: module.apply(variables, v, deterministic=True))(x)
+
+    @jax.jit  # one program: op by op, each of a pooler's operations compiles
+    def outputs(x):
+        variables, batched = init_and_apply(module, x, deterministic=True)
+        per_example = jax.vmap(lambda v: module.apply(variables, v, deterministic=True))(x)
+        keys = jax.random.split(jax.random.key(1), 3)
+        sampled = jax.vmap(
+            lambda v, k: module.apply(variables, v, deterministic=False, rngs={"pooling": k})
+        )(x, keys)
+        return batched, per_example, sampled
+
+    batched, per_example, sampled = outputs(jax.random.normal(jax.random.key(0), (3, 6, 6, 2)))
     np.testing.assert_allclose(per_example, batched, rtol=1e-6, atol=1e-6)
-    keys = jax.random.split(jax.random.key(1), 3)
-    sampled = jax.vmap(
-        lambda v, k: module.apply(variables, v, deterministic=False, rngs={"pooling": k})
-    )(x, keys)
     chex.assert_shape(sampled, batched.shape)
 
 
