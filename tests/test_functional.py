@@ -274,7 +274,10 @@ def _window_bounds(x, window, strides, padding):
 def _convex_outputs(x, window, strides, padding, key):
     c = x.shape[-1]
     kh, kw = window
-    ho, wo = _window_bounds(x, window, _pair_strides(window, strides), padding)[1].shape[1:3]
+    shape_only = np.zeros(x.shape, np.float32)  # x may be traced; the bounds' shape is static
+    ho, wo = _window_bounds(shape_only, window, _pair_strides(window, strides), padding)[1].shape[
+        1:3
+    ]
     k1, k2, k3 = jax.random.split(key, 3)
     geo = (window, strides, padding)
     return {
@@ -312,11 +315,14 @@ def test_outputs_within_window_and_hard_samples_exact(seed, window, strides, pad
     x = jnp.round(jax.random.normal(key, (2, 7, 5, 2)) * 2) / 2
     strides_pair = _pair_strides(window, strides)
     wins, lo, hi = _window_bounds(x, window, strides_pair, padding)
-    for name, y in _convex_outputs(x, window, strides, padding, key).items():
+    # compiled whole (the geometry static): op by op, each pooler's operations compile
+    convex_outputs = jax.jit(_convex_outputs, static_argnums=(1, 2, 3))
+    hard_outputs = jax.jit(_hard_outputs, static_argnums=(1, 2, 3))
+    for name, y in convex_outputs(x, window, strides, padding, key).items():
         y = np.asarray(y)
         assert y.shape == lo.shape, name
         assert (y >= lo - 1e-5).all() and (y <= hi + 1e-5).all(), name
-    for name, y in _hard_outputs(x, window, strides, padding, key).items():
+    for name, y in hard_outputs(x, window, strides, padding, key).items():
         y = np.asarray(y)
         for (i, j), w in wins.items():
             # Exactly one of the real (non-padding) elements of its own window.
