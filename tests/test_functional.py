@@ -274,10 +274,9 @@ def _window_bounds(x, window, strides, padding):
 def _convex_outputs(x, window, strides, padding, key):
     c = x.shape[-1]
     kh, kw = window
-    shape_only = np.zeros(x.shape, np.float32)  # x may be traced; the bounds' shape is static
-    ho, wo = _window_bounds(shape_only, window, _pair_strides(window, strides), padding)[1].shape[
-        1:3
-    ]
+    shape_only = np.zeros(x.shape, np.float32)  # x may be traced; only the bounds' shape is used
+    _, lo, _ = _window_bounds(shape_only, window, _pair_strides(window, strides), padding)
+    ho, wo = lo.shape[1:3]
     k1, k2, k3 = jax.random.split(key, 3)
     geo = (window, strides, padding)
     return {

@@ -360,13 +360,12 @@ def test_runs_a_stopped_sweep_never_reached_are_reported(tmp_path, monkeypatch, 
 def test_an_unreadable_sweep_record_is_refused_and_kept(tmp_path, capsys):
     workdir = tmp_path / "w"
     workdir.mkdir()
-    (workdir / run_records.SWEEP_FILE).write_text('{"commands": [{"command": "python -m tr')
+    cut_short = '{"commands": [{"command": "python -m tr'
+    (workdir / run_records.SWEEP_FILE).write_text(cut_short)
     assert run_sweep(workdir, "--poolers", "max", "--seeds", "1", "--epochs", "1") == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "sweep.json cannot be read" in err and "move it away" in err
-    assert (
-        workdir / run_records.SWEEP_FILE
-    ).read_text() == '{"commands": [{"command": "python -m tr'
+    assert (workdir / run_records.SWEEP_FILE).read_text() == cut_short
     assert not (workdir / "runs").exists()
 
 
