@@ -282,11 +282,13 @@ def record_command(workdir: str, command: str, plans: Sequence[Plan]) -> int:
 
 def record_command_time(workdir: str, index: int, seconds: float) -> None:
     """Adds the wall time of the command recorded at ``index`` (one that ran to its end)."""
-    path = os.path.join(workdir, run_records.SWEEP_FILE)
-    data = run_records.read_json(path) or {"commands": []}
+    try:
+        data = run_records.read_sweep_record(workdir)
+    except run_records.SweepRecordError:  # damaged since the command was recorded: left as it is
+        return
     if index < len(data["commands"]):
         data["commands"][index]["seconds"] = round(seconds, 1)
-        run_files.write_json(path, data)
+        run_files.write_json(os.path.join(workdir, run_records.SWEEP_FILE), data)
 
 
 def sweep(
