@@ -1,5 +1,6 @@
-"""The layout of train/: the study's modules import no JAX, and no module imports itself back
-through others (imports inside functions included)."""
+"""The layout of train/: the study's modules import no JAX, the commands load their heavy packages
+only after parsing their flags, and no module imports itself back through others (imports inside
+functions included)."""
 
 from __future__ import annotations
 
@@ -24,6 +25,24 @@ def test_the_study_and_the_report_import_no_jax():
     code = (
         f"import sys, {', '.join(STUDY_MODULES)}; "
         "print(sorted(m for m in sys.modules if m.split('.')[0] in ('jax', 'jaxlib', 'flax')))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
+    )
+    assert out.stdout.strip() == "[]", out.stdout
+
+
+ENTRY_POINTS = ("train.main", "train.sweep", "train.report", "train.bench", "train.evaluate")
+HEAVY_PACKAGES = ("jax", "jaxlib", "flax", "optax", "orbax", "scipy", "matplotlib", "tensorflow",
+                  "tensorflow_datasets")  # fmt: skip
+
+
+def test_the_commands_import_no_heavy_package_before_parsing_their_flags():
+    """Each takes 0.2-1 s to import: ``--help`` and a usage error come at once, and a Ctrl-C in the
+    first moments of a command reaches its handler instead of an import's traceback."""
+    code = (
+        f"import sys, {', '.join(ENTRY_POINTS)}; "
+        f"print(sorted({{m.split('.')[0] for m in sys.modules}} & set({HEAVY_PACKAGES!r})))"
     )
     out = subprocess.run(
         [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True

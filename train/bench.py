@@ -18,7 +18,6 @@ from collections.abc import Sequence
 from absl import flags
 
 from train import cli
-from train.benchmarks import measure
 
 _POOLERS = flags.DEFINE_string("poolers", "all", "Comma-separated poolers, or 'all'.")
 _REPEATS = flags.DEFINE_integer("repeats", 7, "Timed repeats per figure (the median is kept).")
@@ -135,6 +134,8 @@ def _run_cli(argv: Sequence[str]) -> int:
             groups,
             _CHECK_SECONDS.value,
         )
+    from train.benchmarks import measure  # imports JAX: only once the flags are known
+
     try:
         _refuse_flags(argv, CHECK_FLAGS, "options of --check only; add --check or drop them")
         poolers = cli.parse_poolers(_POOLERS.value)
