@@ -51,6 +51,16 @@ def test_parsers_reject_what_they_do_not_know():
             parse(text)
 
 
+def metrics_row(epoch, test_accuracy=0.9):
+    return {
+        "epoch": epoch,
+        "test_accuracy": test_accuracy,
+        "train_seconds": 1.0,
+        "images_per_second": 100.0,
+        "includes_startup": epoch == 1,
+    }
+
+
 @pytest.fixture
 def planned(tmp_path):
     """``plan_it(**files)``: writes a run directory for digits/max/s0, then plans it."""
@@ -58,8 +68,13 @@ def planned(tmp_path):
     config = plan.make_config(entry, epochs=2)
     path = run_records.run_dir(str(tmp_path), "digits", "max", 0)
 
-    def plan_it(config_json=None, summary=None, record=None, checkpoints=(), retry_failed=False):
+    def plan_it(
+        config_json=None, summary=None, record=None, checkpoints=(), retry_failed=False, epochs=None
+    ):
         os.makedirs(os.path.join(path, "checkpoints"), exist_ok=True)
+        if epochs is not None:  # metrics.jsonl with that many finished epochs
+            with open(os.path.join(path, "metrics.jsonl"), "w") as f:
+                f.writelines(json.dumps(metrics_row(e)) + "\n" for e in range(1, epochs + 1))
         if config_json is not None:
             run_files.write_json(os.path.join(path, "config.json"), config_json)
         if summary is not None:
@@ -90,9 +105,14 @@ def test_plan_of_each_kind_of_run_directory(planned):
         "final checkpoint missing; from checkpoint step 20",
     )
     # With its final checkpoint it is skipped.
-    result = plan_it(config_json, done, checkpoints=[40])
+    result = plan_it(config_json, done, checkpoints=[40], epochs=2)
     assert (result.action, result.runs) == ("done", False)
     assert "test accuracy 90.00%" in result.detail
+    # Its metrics.jsonl cut short: damaged, left alone (and the sweep exits 1).
+    result = plan_it(config_json, done, epochs=1)
+    assert (result.action, result.runs) == ("damaged", False)
+    assert "metrics.jsonl holds 1 of its 2 epochs; delete the directory" in result.detail
+    assert plan_it(config_json, done, epochs=2).action == "done"
     # Orbax's unfinished temporary directories are not checkpoints.
     os.makedirs(os.path.join(path, "checkpoints", "60.orbax-checkpoint-tmp-1"))
     assert run_files.checkpoint_steps(path) == [20, 40]
@@ -110,8 +130,28 @@ def test_plan_of_each_kind_of_run_directory(planned):
     assert "trained for 3 epochs, more than --epochs 2; ask for 3 or more" in result.detail
 
 
-def test_plan_of_failed_and_conflicting_runs(planned):
+def test_a_finished_run_without_checkpoints_keeps_its_results(planned):
+    """Checkpoints deleted to save space: the run stays done, is never trained over by a
+    smaller --epochs, and a cut metrics.jsonl is damaged, not started over."""
     plan_it, config_json, path = planned
+    done = {"status": "done", "num_epochs": 2, "epochs_completed": 2, "final": {"step": 40}}
+    result = plan_it(config_json, done, epochs=2)
+    assert (result.action, result.detail) == (
+        "done",
+        "2 epochs, test accuracy 90.00%; checkpoints deleted",
+    )
+    assert plan_it(config_json, done, epochs=1).action == "damaged"
+    three = dict(done, num_epochs=3, epochs_completed=3)
+    result = plan_it(config_json, three, epochs=3)
+    assert (result.action, result.runs) == ("conflict", False)
+    assert "trained for 3 epochs, more than --epochs 2" in result.detail
+    # A summary without metrics or checkpoints holds nothing to keep: trained again.
+    os.remove(os.path.join(path, "metrics.jsonl"))
+    assert plan_it(config_json, done).action == "new"
+
+
+def test_plan_of_failed_and_conflicting_runs(planned):
+    plan_it, config_json, _ = planned
     nan = {"status": "failed", "error_type": "NonFiniteLossError", "error": "loss is nan"}
     result = plan_it(config_json, record=nan)
     assert (result.action, result.runs) == ("failed", False)
@@ -126,9 +166,7 @@ def test_plan_of_failed_and_conflicting_runs(planned):
     assert (result.action, result.runs) == ("new", True)
     assert result.detail == "starts over with other learning_rate, seed: no checkpoint"
     # Finished epochs without checkpoints (deleted to save space) are results to keep.
-    with open(os.path.join(path, "metrics.jsonl"), "w") as f:
-        f.write(json.dumps({"epoch": 1, "test_accuracy": 0.5}) + "\n")
-    assert plan_it(other).action == "conflict"
+    assert plan_it(other, epochs=1).action == "conflict"
     result = plan_it(other, checkpoints=[20])
     assert (result.action, result.runs) == ("conflict", False)
     assert "learning_rate, seed" in result.detail

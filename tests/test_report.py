@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
+import math
 import os
+import pathlib
 import subprocess
 import sys
 
@@ -18,6 +21,7 @@ from train import report
 from train.study import plots as report_plots
 from train.study import run_records, stats, tables
 
+ROOT = pathlib.Path(__file__).resolve().parents[1]
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
@@ -34,6 +38,7 @@ def make_run(
     param_count=1000,
     pooler_params=None,
     train_seconds=1.0,
+    learning_rate=1e-3,
 ):
     """Writes the files train.core.loop and train.sweep would leave for one run."""
     kwargs = kwargs or {}
@@ -48,7 +53,8 @@ def make_run(
         "seed": seed,
         "num_epochs": len(accuracies),
         "batch_size": 64,
-        "learning_rate": 1e-3,
+        "learning_rate": learning_rate,
+        "standardize": False,
     }
     rows = [
         {
@@ -230,7 +236,7 @@ def test_planned_runs_never_started_are_counted_and_listed(tmp_path):
     def planned(seed, epochs):
         path = run_records.run_dir(workdir, "digits", "max", seed)
         fields = {"dataset": "digits", "pooler": "max", "pooler_kwargs": {}, "seed": seed}
-        return run_records.planned_run(workdir, path, **fields, num_epochs=epochs)
+        return run_records.planned_run(workdir, path, **fields, setup={"num_epochs": epochs})
 
     commands = [
         {"command": "first", "time": "t1", "runs": [planned(s, 2) for s in range(3)]},
@@ -521,3 +527,162 @@ def test_runs_trained_partly_in_a_seed_group_are_counted_per_epoch(tmp_path):
         report
     )
     assert "runs' 9 epochs)" in report
+
+
+def test_runs_of_other_learning_rates_get_their_own_table_and_plots(tmp_path, monkeypatch):
+    """max at learning rate 0.01 and avg at 0.001 are not one experiment: no Δ between them, and
+    the plots show one setup, saying which."""
+    for seed in range(3):
+        make_run(tmp_path, "digits", "max", seed, _plateau(0.3), learning_rate=0.01)
+        make_run(tmp_path, "digits", "avg", seed, _plateau(0.9))
+    make_run(tmp_path, "digits", "max", 3, _plateau(0.9))
+    runs = run_records.collect(str(tmp_path))
+    md = tables.markdown(runs, str(tmp_path), {})
+    low, high = md.split("### 4 epochs, learning rate 0.001 per run")[1].split(
+        "### 4 epochs, learning rate 0.01 per run"
+    )
+    assert "| avg | 3/3 | 90.00 ± 0.00 |" in low and "| max | 1/1 | 90.00 |" in low
+    assert "| [90.00, 90.00] | – |" in low  # no Δ: max at 0.001 shares no seed with avg
+    assert "| max | 3/3 | 30.00 ± 0.00 |" in high and "avg" not in high
+    rows = list(csv.DictReader(io.StringIO(_csv_text(runs, tmp_path))))
+    assert {(r["pooler"], r["learning_rate"]) for r in rows} == {("max", "0.01"), ("avg", "0.001"),
+                                                                 ("max", "0.001")}  # fmt: skip
+    drawn = {}
+    monkeypatch.setattr(
+        report_plots, "plot_curves", lambda runs, *a: drawn.setdefault("curves", (runs, a[-2]))
+    )
+    monkeypatch.setattr(report_plots, "plot_curve_panels", lambda *a: None)
+    report_plots.draw_all(runs, str(tmp_path), tables.BASELINE)
+    shown, title = drawn["curves"]
+    assert {(r.label, r.setup["learning_rate"]) for r in shown} == {("avg", 0.001), ("max", 0.001)}
+    assert title.endswith("[runs of 4 epochs, learning rate 0.001 only]")
+
+
+def _csv_text(runs, workdir):
+    path = os.path.join(workdir, "results.csv")
+    tables.write_csv(runs, str(workdir), path)
+    with open(path) as f:
+        return f.read()
+
+
+def test_tied_best_labels_are_all_marked_and_one_epoch_marks_none(tmp_path):
+    for seed, base in enumerate([0.90, 0.92, 0.94]):
+        make_run(tmp_path, "digits", "max", seed, _plateau(base))
+        for pooler in ("avg", "tree"):
+            make_run(tmp_path, "digits", pooler, seed, _plateau(base + 0.05))
+    rows = {r.label: r for r in tables.table(run_records.collect(str(tmp_path)))}
+    assert rows["avg"].best and rows["tree"].best and not rows["max"].best
+    # One epoch: convergence cannot be judged, so no pooler is called the best.
+    one = tmp_path / "one"
+    for seed, base in enumerate([0.90, 0.92, 0.94]):
+        make_run(one, "digits", "max", seed, [base])
+        make_run(one, "digits", "avg", seed, [base + 0.05])
+    rows = {r.label: r for r in tables.table(run_records.collect(str(one)))}
+    assert rows["avg"].converged is None and not rows["avg"].best
+
+
+def test_a_nan_final_accuracy_prints_no_numbers(tmp_path):
+    for seed in range(3):
+        make_run(tmp_path, "digits", "max", seed, [0.9, 0.9, 0.9])
+        make_run(tmp_path, "digits", "avg", seed, [0.9, 0.9, math.nan if seed == 0 else 0.9])
+    runs = run_records.collect(str(tmp_path))
+    md = tables.markdown(runs, str(tmp_path), {})
+    avg = next(line for line in md.splitlines() if line.startswith("| avg |"))
+    assert "nan" not in avg and avg.split(" | ")[2:5] == ["–", "–", "–"]
+    # The best epoch of the NaN seed is the first of its numbers, not the NaN.
+    row = next(r for r in csv.DictReader(io.StringIO(_csv_text(runs, tmp_path)))
+               if r["pooler"] == "avg" and r["seed"] == "0")  # fmt: skip
+    assert (row["best_test_accuracy"], row["best_epoch"]) == ("0.9", "1")
+
+
+@pytest.mark.parametrize(
+    "path, content",
+    [
+        ("summary.json", b"\xff\xfe{"),
+        ("config.json", b"[1, 2]"),
+        ("metrics.jsonl", b"[1, 2]\n"),
+        ("metrics.jsonl", b'{"epoch": 1}\n'),
+        ("metrics.jsonl", b'{"epoch": 1, "test_accuracy": "x"}\n\xff\n'),
+        ("metrics.jsonl", None),  # a directory
+        (run_records.RUN_FILE, b'"x"'),
+        (run_records.SWEEP_FILE, b'{"commands": [{"command": "c"}]}'),
+        (run_records.SWEEP_FILE, b'{"commands": [{"command": "c", "time": "t", "runs": [{}]}]}'),
+    ],
+)
+def test_damaged_files_give_a_report_not_a_traceback(tmp_path, path, content):
+    run = make_run(tmp_path, "digits", "max", 0, [0.9, 0.91])
+    make_run(tmp_path, "digits", "avg", 0, [0.9, 0.92])
+    target = os.path.join(str(tmp_path) if path == run_records.SWEEP_FILE else run, path)
+    if os.path.exists(target):
+        os.remove(target)
+    if content is None:
+        os.makedirs(target)
+    else:
+        with open(target, "wb") as f:
+            f.write(content)
+    assert report.main(["report", str(tmp_path)]) == 0
+    md = (tmp_path / "report" / "report.md").read_text()
+    assert "| avg | 1/1 | 92.00 |" in md  # the intact run is reported as it is
+
+
+def test_a_report_path_that_is_a_file_is_refused_before_anything_runs(tmp_path, capsys):
+    make_run(tmp_path, "digits", "max", 0, [0.9])
+    (tmp_path / "report").write_text("not a folder")
+    assert report.main(["report", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert (
+        err
+        == f"error: {tmp_path / 'report'} exists and is not a directory; move it away (the report goes there)\n"
+    )
+
+
+def test_wall_time_counts_overlapping_commands_once():
+    def command(start, seconds):
+        return {"command": "c", "time": f"2026-01-01 00:{start:02d}:00 UTC", "seconds": seconds}
+
+    # 0-10 min and 5-15 min side by side, then 20-21 min: 16 min elapsed, 21 min summed.
+    lines = tables._time_lines([], [command(0, 600), command(5, 600), command(20, 60)])
+    assert lines == [
+        "- Wall time of the sweep commands: 16 min 00 s elapsed (21 min 00 s summed: they "
+        "overlapped) (3 of 3 commands timed; an interrupted one is not)"
+    ]
+    assert tables._time_lines([], [command(0, 60), command(5, 60)])[0].startswith(
+        "- Wall time of the sweep commands: 2 min 00 s (2 of 2"
+    )
+
+
+def test_a_sweep_record_of_another_run_does_not_relabel_the_run_trained_there(tmp_path):
+    """sweep_run.json written by a run refused in this directory (other settings) belongs to that
+    attempt: the report reads the directory's own config.json and summary."""
+    path = make_run(tmp_path, "digits", "max", 0, [0.9, 0.91])
+    with open(os.path.join(path, run_records.RUN_FILE)) as f:
+        info = json.load(f)
+    info["config"] = dict(info["config"], learning_rate=0.5)
+    info.update(status="failed", error="ConfigError: the workdir holds another run")
+    with open(os.path.join(path, run_records.RUN_FILE), "w") as f:
+        json.dump(info, f)
+    (run,) = run_records.collect(str(tmp_path))
+    assert (run.status, run.error, run.setup["learning_rate"]) == ("done", "", 1e-3)
+
+
+def test_labels_of_different_temperatures_never_collide():
+    labels = {run_records.pooler_label("tdgs", {"init_temperature": t})
+              for t in (0.1234567, 0.1234568, 1.0, 1.0 + 1e-12, 0.5)}  # fmt: skip
+    assert len(labels) == 5
+    assert run_records.pooler_label("tdgs", {"init_temperature": 0.5}) == "tdgs@T=0.5"
+    assert run_records.pooler_label("tdgs", {"init_temperature": 2.0}) == "tdgs@T=2"
+
+
+def test_two_sweeps_recording_commands_at_once_lose_none(tmp_path):
+    script = (
+        "import sys; from train.study import runner\n"
+        "for i in range(40): runner.record_command(sys.argv[1], f'{sys.argv[2]} {i}', [])\n"
+    )
+    procs = [
+        subprocess.Popen([sys.executable, "-c", script, str(tmp_path), name], cwd=ROOT)
+        for name in ("a", "b")
+    ]
+    assert [p.wait(timeout=120) for p in procs] == [0, 0]
+    commands = [c["command"] for c in run_records.read_sweep_record(str(tmp_path))["commands"]]
+    assert sorted(commands) == sorted(f"{n} {i}" for n in "ab" for i in range(40))
+    assert not [n for n in os.listdir(tmp_path) if n.endswith(".tmp")]

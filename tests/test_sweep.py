@@ -102,6 +102,13 @@ def test_a_workdir_that_is_a_file_exits_2(dry_run, capsys, tmp_path):
     assert sweep.main(argv) == 2
     err = capsys.readouterr().err
     assert err == f"error: --workdir {tmp_path / 'afile'} exists and is not a directory\n"
+    # Its report folder a file: refused before training, not after it.
+    (tmp_path / "w").mkdir()
+    (tmp_path / "w" / "report").write_text("")
+    argv = ["sweep", "--workdir", str(tmp_path / "w"), "--poolers", "max", *dry_run]
+    assert sweep.main(argv) == 2
+    assert "report exists and is not a directory; move it away" in capsys.readouterr().err
+    assert os.listdir(tmp_path / "w") == ["report"]
 
 
 def test_dry_run_on_empty_workdir_writes_nothing(tmp_path, capsys):

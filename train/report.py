@@ -7,7 +7,7 @@ import os
 import sys
 
 from train.study.run_records import collect
-from train.study.tables import write
+from train.study.tables import check_report_dir, write
 
 USAGE = "usage: python -m train.report WORKDIR  (a train.sweep workdir)"
 
@@ -25,6 +25,11 @@ def main(argv: list[str] | None = None) -> int:
     if not os.path.isdir(workdir):
         why = "is not a directory" if os.path.exists(workdir) else "does not exist"
         print(f"error: workdir {workdir} {why}", file=sys.stderr)
+        return 2
+    try:
+        check_report_dir(workdir)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
         return 2
     if not collect(workdir):
         print(f"error: no run directories under {os.path.join(workdir, 'runs')}", file=sys.stderr)

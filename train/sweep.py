@@ -18,14 +18,16 @@ e.g. ``tdgs@T=0.5`` for ``--tdgs-init-temperatures``), and holds ``train.core.lo
 Rerunning the same command is cheap and safe:
 
 - a run whose ``summary.json`` says ``done`` for the same configuration and whose final checkpoint
-  exists is skipped;
+  exists is skipped, and so is one without any checkpoint (deleted to save space: its results are
+  kept); one whose ``metrics.jsonl`` lacks some of its epochs is reported as ``damaged`` and left
+  alone (delete its directory to train it again);
 - any other run with a checkpoint resumes from it (``train.core.loop`` restores the newest one), so an
   interrupted sweep, or a run whose final checkpoint was deleted, continues where it stopped;
 - a run that failed on a non-finite loss is deterministic and is skipped unless
   ``--retry-failed``; a run that failed with any other error is tried again;
 - a run directory holding other run-defining settings (learning rate, batch size, ...) is a
-  conflict, skipped and reported, if it holds a checkpoint (without one it starts over), and so
-  is a run trained for more epochs than ``--epochs``.
+  conflict, skipped and reported, if it holds a checkpoint or a finished epoch (without either it
+  starts over), and so is a run trained for more epochs than ``--epochs``.
 
 A failed run (non-finite loss or any exception) is recorded with its error and the sweep goes on.
 At the end ``<workdir>/report/`` is rewritten from all run directories (see :mod:`train.report`)
@@ -46,7 +48,7 @@ import time
 from absl import flags
 
 from train import cli
-from train.study import plan, run_records
+from train.study import plan, run_records, tables
 from train.study.runner import record_command, sweep
 
 # Own FlagValues: train.main's flags (--epochs, --workdir, ...) live in absl's global FLAGS, and both
@@ -124,6 +126,10 @@ def build_plans(argv: list[str]) -> tuple[list[plan.Plan], str]:
     workdir = _WORKDIR.value
     if os.path.exists(workdir) and not os.path.isdir(workdir):
         raise cli.UsageError(f"--workdir {workdir} exists and is not a directory")
+    try:
+        tables.check_report_dir(workdir)  # before hours of training, not after
+    except ValueError as e:
+        raise cli.UsageError(str(e)) from e
     plans = []
     for entry in plan.entries(poolers, datasets, _SEEDS.value, temperatures):
         config = plan.make_config(

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
+import tempfile
 from typing import Any
 
 import ml_collections
@@ -28,29 +30,65 @@ def write_json(path: str, obj: Any) -> None:
 
 def write_text(path: str, text: str) -> None:
     """Writes ``text`` to ``path`` through a temporary file and a rename: a crash or a signal
-    leaves the old file or the new one, never a truncated one."""
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    leaves the old file or the new one, never a truncated one.  The temporary file's name is
+    unique, so two processes writing one file (two sweeps in one workdir) never share it."""
+    folder, name = os.path.split(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=folder)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+# The keys of a metrics.jsonl row that readers rely on, and what their values must be.
+METRIC_KEYS = {
+    "epoch": lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1,
+    "test_accuracy": _number,
+    "train_seconds": _number,
+    "images_per_second": _number,
+    "includes_startup": lambda v: isinstance(v, bool),
+}
 
 
 def read_metrics(path: str, upto_epoch: int) -> list[dict[str, Any]]:
-    """Lines of ``metrics.jsonl`` for epochs <= ``upto_epoch`` (later ones are from a lost run)."""
-    if not os.path.exists(path):
-        return []
+    """Lines of ``metrics.jsonl`` for epochs <= ``upto_epoch`` (later ones are from a lost run).
+
+    A line that is not a JSON object with :data:`METRIC_KEYS` (a torn last line from a crash, a
+    damaged file) is left out; an unreadable file reads as empty.
+    """
     rows = []
-    with open(path) as f:
-        for line in f:
-            line = line.strip()
-            if not line:
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # a torn last line from a crash
-            if row.get("epoch", 0) <= upto_epoch:
-                rows.append(row)
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            lines = f.readlines()
+    except OSError:  # missing, a directory, no permission
+        return []
+    for line in lines:
+        line = line.strip()
+        if not line:
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue
+        if not isinstance(row, dict) or not all(ok(row.get(k)) for k, ok in METRIC_KEYS.items()):
+            continue
+        if row["epoch"] <= upto_epoch:
+            rows.append(row)
     return rows
 
 
@@ -72,8 +110,10 @@ def has_results(run_dir: str | os.PathLike) -> bool:
     return bool(checkpoint_steps(run_dir) or read_metrics(metrics, math.inf))
 
 
-def changed_run_fields(old: dict[str, Any], config: ml_collections.ConfigDict) -> list[str]:
-    """The :data:`RUN_FIELDS` whose value in ``config`` differs from ``old``, a run's saved
-    ``config.json``."""
-    new = json.loads(config.to_json_best_effort())
+def changed_run_fields(
+    old: dict[str, Any], config: ml_collections.ConfigDict | dict[str, Any]
+) -> list[str]:
+    """The :data:`RUN_FIELDS` whose value in ``config`` (a config, or one read back from JSON)
+    differs from ``old``, a run's saved ``config.json``."""
+    new = config if isinstance(config, dict) else json.loads(config.to_json_best_effort())
     return [k for k in RUN_FIELDS if old.get(k) != new.get(k)]

@@ -58,6 +58,8 @@ class Plan:
       action: ``done`` (skip), ``failed`` (skip; non-finite loss before), ``conflict`` (the
         directory holds a run with other run-defining fields and a checkpoint or a finished
         epoch; skipped and counted as failed; one with neither is started over as ``new``),
+        ``damaged`` (finished, but its ``metrics.jsonl`` lacks epochs; skipped and counted as
+        failed),
         ``resume`` (from a checkpoint), ``new`` (from scratch), ``retry`` (failed before with an
         error that may be transient).
       detail: a human-readable reason.
@@ -190,23 +192,34 @@ def plan_entry(entry: Entry, config, workdir: str, *, retry_failed: bool = False
     if diff:  # nothing to keep there: start over with these settings, as train.main does
         return plan("new", f"starts over with other {', '.join(diff)}: no checkpoint")
     summary = run_records.read_json(os.path.join(path, "summary.json")) or {}
-    trained = summary.get("epochs_completed") or 0
-    if steps and trained > config.num_epochs:  # as train.main refuses it
+    completed = summary.get("epochs_completed")
+    completed = completed if isinstance(completed, int) else 0
+    metrics = run_files.read_metrics(os.path.join(path, "metrics.jsonl"), math.inf)
+    trained = max(completed, len(metrics))
+    if trained > config.num_epochs and run_files.has_results(path):  # as train.main refuses it
         return plan(
             "conflict",
             f"{path} holds a run trained for {trained} epochs, more than --epochs "
             f"{config.num_epochs}; ask for {trained} or more, or use another --workdir",
         )
     info = run_records.read_json(os.path.join(path, run_records.RUN_FILE)) or {}
-    final_step = (summary.get("final") or {}).get("step")
+    final = summary.get("final") if isinstance(summary.get("final"), dict) else {}
     if (
         old_config
         and summary.get("status") == "done"
         and summary.get("num_epochs") == config.num_epochs
-        and final_step in steps
+        # Without checkpoints (deleted to save space) its metrics are what is left to keep.
+        and (final.get("step") in steps if steps else bool(metrics))
     ):
-        acc = summary["final"]["test_accuracy"]
-        return plan("done", f"{summary['epochs_completed']} epochs, test accuracy {acc:.2%}")
+        if len(metrics) != completed:
+            return plan(
+                "damaged",
+                f"{path} finished, but its metrics.jsonl holds {len(metrics)} of its {completed} "
+                "epochs; delete the directory to train the run again",
+            )
+        acc = metrics[-1]["test_accuracy"]
+        kept = "" if steps else "; checkpoints deleted"
+        return plan("done", f"{completed} epochs, test accuracy {acc:.2%}{kept}")
     if info.get("status") == "failed":
         if info.get("error_type") == "NonFiniteLossError" and not retry_failed:
             return plan("failed", f"{info.get('error', '')} (--retry-failed to rerun)")

@@ -13,7 +13,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from train.study import stats
-from train.study.run_records import TDGS_DEFAULT_INIT_TEMPERATURE, Run
+from train.study.run_records import (
+    TDGS_DEFAULT_INIT_TEMPERATURE,
+    Run,
+    describe_setup,
+    setup_groups,
+    varying_fields,
+)
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -366,12 +372,24 @@ def plot_init_temperature(runs: Sequence[Run], path: str, baseline: str) -> None
 
 def draw_all(runs: Sequence[Run], out: str, baseline: str) -> dict[str, list[str]]:
     """Draws every plot that has data into ``out``; returns dataset -> file names ("" for
-    cross-dataset plots)."""
+    cross-dataset plots).
+
+    Where a dataset's runs have several setups (:data:`run_records.SETUP_FIELDS`), its plots show
+    the setup with the most finished runs, and their titles say which: runs of other setups are
+    not averaged together.
+    """
     plots: dict[str, list[str]] = {}
+    shown: list[Run] = []
     for dataset in dict.fromkeys(r.dataset for r in runs):
-        done = [r for r in runs if r.dataset == dataset and r.done]
-        if not done:
+        groups = setup_groups([r for r in runs if r.dataset == dataset and r.done])
+        if not groups:
             continue
+        setup, done = max(reversed(groups), key=lambda g: len(g[1]))  # ties: the longer budget
+        shown += done
+        scope = ""
+        if len(groups) > 1:
+            varying = varying_fields([g[0] for g in groups])
+            scope = f" [runs of {describe_setup(setup, varying)} only]"
         after = f"after {max(len(r.metrics) for r in done)} epoch(s)"
         mixed = [r for r in done if r.pooler == "mixed" and r.pooler_params]
         tdgs = [r for r in done if r.pooler == "tdgs" and r.pooler_params]
@@ -432,10 +450,10 @@ def draw_all(runs: Sequence[Run], out: str, baseline: str) -> dict[str, list[str
                 )
             )
         for name, fn, args, title in jobs:
-            fn(*args, title, os.path.join(out, name))
+            fn(*args, title + scope, os.path.join(out, name))
         plots[dataset] = [name for name, *_ in jobs]
-    if init_temperature_runs(runs):
+    if init_temperature_runs(shown):
         name = "tdgs_init_temperature.png"
-        plot_init_temperature(runs, os.path.join(out, name), baseline)
+        plot_init_temperature(shown, os.path.join(out, name), baseline)
         plots[""] = [name]
     return plots

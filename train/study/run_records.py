@@ -14,6 +14,7 @@ import json
 import math
 import os
 import re
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -36,18 +37,31 @@ RUN_FILE = "sweep_run.json"  # written by train.sweep into every run directory
 # <workdir>/sweep.json: every sweep command that ran in the workdir and the runs it planned.
 SWEEP_FILE = "sweep.json"
 NOT_STARTED = "not started"
+# What makes the runs of one dataset one experiment, besides the pooler and the seed: runs that
+# differ in any of these are never averaged or compared with each other (their own table).
+SETUP_FIELDS = ("num_epochs", "learning_rate", "batch_size", "standardize")
 
 
 def pooler_label(pooler: str, kwargs: dict[str, Any] | None) -> str:
-    """``"tdgs"``, or ``"tdgs@T=0.5"`` for ``init_temperature=0.5`` (keys sorted)."""
+    """``"tdgs"``, or ``"tdgs@T=0.5"`` for ``init_temperature=0.5`` (keys sorted).
+
+    A float is written short (``:g``: ``T=1``, ``T=0.25``) where that reads back as the same
+    number, else in full (``T=0.1234567``): two different values never share a label, so never a
+    run directory.
+    """
     if not kwargs:
         return pooler
     parts = []
     for key in sorted(kwargs):
         value = kwargs[key]
-        text = f"{value:g}" if isinstance(value, float) else json.dumps(value)
+        text = _float_text(value) if isinstance(value, float) else json.dumps(value)
         parts.append(f"{KWARG_ALIASES.get(key, key)}={text.strip(chr(34))}")
     return f"{pooler}@{','.join(parts)}"
+
+
+def _float_text(value: float) -> str:
+    short = f"{value:g}"
+    return short if float(short) == value else repr(value)
 
 
 def run_dir(workdir: str, dataset: str, label: str, seed: int) -> str:
@@ -82,16 +96,54 @@ def read_sweep_record(workdir: str) -> dict[str, Any]:
         raise SweepRecordError(
             f"{path} is not a sweep record (no 'commands' list); repair it or move it away"
         )
+    for i, command in enumerate(data["commands"]):
+        problem = _command_problem(command)
+        if problem:
+            raise SweepRecordError(
+                f"{path} is not a sweep record: command {i + 1} {problem}; repair it or move it away"
+            )
     return data
 
 
-def read_json(path: str) -> Any:
-    """The JSON in ``path``, or None when it is missing or unreadable."""
+_COMMAND_KEYS = {"command": str, "time": str}
+_PLANNED_KEYS = {
+    "run_dir": str, "dataset": str, "pooler": str, "pooler_kwargs": dict, "seed": int,
+    "num_epochs": int,
+}  # fmt: skip
+
+
+def _command_problem(command: Any) -> str:
+    """What is wrong with one entry of ``sweep.json``'s ``commands``, or ``""``."""
+    if not isinstance(command, dict):
+        return "is not an object"
+    for key, kind in _COMMAND_KEYS.items():
+        if not isinstance(command.get(key), kind):
+            return f"has no {kind.__name__} '{key}'"
+    seconds = command.get("seconds")
+    if seconds is not None and not (isinstance(seconds, int | float) and seconds >= 0):
+        return f"has a wall time that is not a number of seconds ({seconds!r})"
+    if not isinstance(command.get("runs", []), list):
+        return "has a 'runs' that is not a list"
+    for run in command.get("runs", []):
+        if not isinstance(run, dict):
+            return "plans a run that is not an object"
+        for key, kind in _PLANNED_KEYS.items():
+            if not isinstance(run.get(key), kind) or isinstance(run.get(key), bool):
+                return f"plans a run without a {kind.__name__} '{key}'"
+        if not isinstance(run.get("setup", {}), dict):
+            return "plans a run whose 'setup' is not an object"
+    return ""
+
+
+def read_json(path: str) -> dict[str, Any] | None:
+    """The JSON object in ``path``, or None when it is missing, unreadable (not UTF-8, not JSON)
+    or not an object: a run directory's files are read tolerantly, a damaged one reads as absent."""
     try:
-        with open(path) as f:
-            return json.load(f)
-    except (OSError, json.JSONDecodeError):
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except (OSError, ValueError):  # ValueError: not JSON, or not UTF-8
         return None
+    return data if isinstance(data, dict) else None
 
 
 @dataclasses.dataclass
@@ -110,6 +162,8 @@ class Run:
       summary: ``summary.json`` (or ``{}``).
       pooler_params: ``pooler_params.json`` (or ``{}``).
       info: ``sweep_run.json`` (or ``{}``).
+      setup: the run's :data:`SETUP_FIELDS` values (those known: a run planned by an older sweep
+        and never started has its epochs only).
     """
 
     path: str
@@ -124,6 +178,7 @@ class Run:
     summary: dict[str, Any]
     pooler_params: dict[str, Any]
     info: dict[str, Any]
+    setup: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     @property
     def label(self) -> str:
@@ -171,8 +226,12 @@ class Run:
 def load_run(path: str) -> Run | None:
     """Reads one run directory; None when it holds neither a config nor a sweep record."""
     info = read_json(os.path.join(path, RUN_FILE)) or {}
-    config = info.get("config") or read_json(os.path.join(path, "config.json"))
-    if not config:
+    trained = read_json(os.path.join(path, "config.json"))
+    if trained and isinstance(info.get("config"), dict):
+        if run_files.changed_run_fields(trained, info["config"]):
+            info = {}  # the sweep's record of another run (one refused there): not this run's
+    config = trained or info.get("config")
+    if not _valid_config(config):
         return None
     summary = read_json(os.path.join(path, "summary.json")) or {}
     completed = summary.get("epochs_completed")
@@ -205,7 +264,22 @@ def load_run(path: str) -> Run | None:
         summary=summary,
         pooler_params=read_json(os.path.join(path, "pooler_params.json")) or {},
         info=info,
+        setup={k: config[k] for k in SETUP_FIELDS if k in config},
     )
+
+
+def _valid_config(config: Any) -> bool:
+    """Whether ``config`` has the fields a report needs, with values of the right types."""
+    if not isinstance(config, dict):
+        return False
+    checks = {
+        "dataset": lambda v: isinstance(v, str),
+        "pooler": lambda v: isinstance(v, str),
+        "pooler_kwargs": lambda v: v is None or isinstance(v, dict),
+        "seed": lambda v: isinstance(v, int) and not isinstance(v, bool),
+        "num_epochs": lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1,
+    }
+    return all(check(config.get(k)) for k, check in checks.items())
 
 
 def _sort_key(run: Run) -> tuple:
@@ -226,17 +300,18 @@ def planned_run(
     pooler: str,
     pooler_kwargs: dict[str, Any],
     seed: int,
-    num_epochs: int,
+    setup: dict[str, Any],
 ) -> dict[str, Any]:
     """What ``sweep.json`` keeps of one run a sweep command planned: enough to list it as not
-    started when its directory never got a run."""
+    started, in the table of its setup (:data:`SETUP_FIELDS`), when its directory never got a run."""
     return {
         "run_dir": os.path.relpath(run_dir, workdir),
         "dataset": dataset,
         "pooler": pooler,
         "pooler_kwargs": dict(pooler_kwargs),
         "seed": int(seed),
-        "num_epochs": int(num_epochs),
+        "num_epochs": int(setup["num_epochs"]),
+        "setup": {k: setup[k] for k in SETUP_FIELDS if k in setup},
     }
 
 
@@ -254,7 +329,46 @@ def _not_started(workdir: str, planned: dict[str, Any]) -> Run:
         summary={},
         pooler_params={},
         info={},
+        setup={**planned.get("setup", {}), "num_epochs": int(planned["num_epochs"])},
     )
+
+
+def _order(value: Any) -> tuple:
+    return (0, value, "") if isinstance(value, int | float) else (1, 0, str(value))
+
+
+def setup_groups(runs: list[Run]) -> list[tuple[dict[str, Any], list[Run]]]:
+    """``runs`` (of one dataset) split by setup (:data:`SETUP_FIELDS`), each group in the runs'
+    order, groups by epochs and then the other fields.  A run whose setup is partly unknown (see
+    :attr:`Run.setup`) joins the first group it agrees with, else forms its own."""
+    groups: list[tuple[dict[str, Any], list[Run]]] = []
+    complete = [r for r in runs if len(r.setup) == len(SETUP_FIELDS)]
+    for run in complete + [r for r in runs if len(r.setup) < len(SETUP_FIELDS)]:
+        for setup, members in groups:
+            if all(setup.get(k) == v for k, v in run.setup.items()):
+                members.append(run)
+                break
+        else:
+            groups.append((dict(run.setup), [run]))
+    position = {id(r): i for i, r in enumerate(runs)}
+    for _, members in groups:
+        members.sort(key=lambda r: position[id(r)])
+    return sorted(groups, key=lambda g: tuple(_order(g[0].get(k)) for k in SETUP_FIELDS))
+
+
+def describe_setup(setup: dict[str, Any], fields: Sequence[str]) -> str:
+    """``"10 epochs, learning rate 0.01, batch size 32"``: the epochs and the other ``fields``."""
+    epochs = setup.get("num_epochs")
+    parts = [f"{epochs} epoch{'s' * (epochs != 1)}" if epochs is not None else "epochs unknown"]
+    for field in fields:
+        if field != "num_epochs":
+            parts.append(f"{field.replace('_', ' ')} {setup.get(field, 'unknown')}")
+    return ", ".join(parts)
+
+
+def varying_fields(setups: Sequence[dict[str, Any]]) -> list[str]:
+    """The :data:`SETUP_FIELDS` whose value is not the same in all ``setups``."""
+    return [k for k in SETUP_FIELDS if len({json.dumps(s.get(k)) for s in setups}) > 1]
 
 
 def collect(workdir: str) -> list[Run]:

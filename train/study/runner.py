@@ -6,14 +6,20 @@ The training core (and so JAX) is imported only when a run starts.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 import logging
 import math
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
+
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks; one sweep per workdir at a time there
+    fcntl = None
 
 from train import cli
 from train.core import interrupts, run_files
@@ -261,7 +267,6 @@ def record_command(workdir: str, command: str, plans: Sequence[Plan]) -> int:
       run_records.SweepRecordError: an unreadable ``sweep.json``, which is left as it is.
     """
     path = os.path.join(workdir, run_records.SWEEP_FILE)
-    data = run_records.read_sweep_record(workdir)
     runs = [
         run_records.planned_run(
             workdir,
@@ -270,25 +275,43 @@ def record_command(workdir: str, command: str, plans: Sequence[Plan]) -> int:
             pooler=p.entry.pooler,
             pooler_kwargs=p.entry.kwargs,
             seed=p.entry.seed,
-            num_epochs=p.config.num_epochs,
+            setup={k: p.config[k] for k in run_records.SETUP_FIELDS},
         )
         for p in plans
     ]
-    data["commands"].append({"command": command, "time": _now(), "runs": runs})
     os.makedirs(workdir, exist_ok=True)
-    run_files.write_json(path, data)
+    with _locked(workdir):
+        data = run_records.read_sweep_record(workdir)
+        data["commands"].append({"command": command, "time": _now(), "runs": runs})
+        run_files.write_json(path, data)
     return len(data["commands"]) - 1
 
 
 def record_command_time(workdir: str, index: int, seconds: float) -> None:
     """Adds the wall time of the command recorded at ``index`` (one that ran to its end)."""
-    try:
-        data = run_records.read_sweep_record(workdir)
-    except run_records.SweepRecordError:  # damaged since the command was recorded: left as it is
+    with _locked(workdir):
+        try:
+            data = run_records.read_sweep_record(workdir)
+        except run_records.SweepRecordError:  # damaged since the command was recorded: left as is
+            return
+        if index < len(data["commands"]):
+            data["commands"][index]["seconds"] = round(seconds, 1)
+            run_files.write_json(os.path.join(workdir, run_records.SWEEP_FILE), data)
+
+
+@contextlib.contextmanager
+def _locked(workdir: str) -> Iterator[None]:
+    """Holds ``<workdir>/sweep.json.lock`` (an advisory lock): two sweeps in one workdir, e.g.
+    side by side with a core each, read and rewrite ``sweep.json`` one after the other."""
+    if fcntl is None:
+        yield
         return
-    if index < len(data["commands"]):
-        data["commands"][index]["seconds"] = round(seconds, 1)
-        run_files.write_json(os.path.join(workdir, run_records.SWEEP_FILE), data)
+    with open(os.path.join(workdir, run_records.SWEEP_FILE + ".lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def sweep(

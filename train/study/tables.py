@@ -18,8 +18,9 @@ Written to ``<workdir>/report/``:
 - ``results.csv``: one row per run (:data:`CSV_FIELDS`), sorted by dataset, pooler, seed. Accuracies
   are fractions in [0, 1], numbers are written at full precision; the file depends on the run
   directories only, so rebuilding it gives the same bytes.
-- ``report.md``: per dataset (and epoch budget, where its runs have several: runs of other
-  budgets are not averaged or compared) one row per pooler label: final test accuracy mean ± std over seeds
+- ``report.md``: per dataset (and setup, where its runs have several: epochs, learning rate,
+  batch size, standardization; runs of other setups are not averaged or compared) one row per
+  pooler label: final test accuracy mean ± std over seeds
   and its 95% t-interval, the paired difference to max pooling with its 95% t-interval (none
   for fewer than 3 seeds or runs that have not converged, see :func:`converged`), the rise over
   the last two epochs, seconds per epoch relative to max, extra parameters; the commands with
@@ -53,7 +54,10 @@ from train.study.run_records import (
     Run,
     SweepRecordError,
     collect,
+    describe_setup,
     read_sweep_record,
+    setup_groups,
+    varying_fields,
 )
 
 logger = logging.getLogger(__name__)
@@ -69,6 +73,9 @@ CSV_FIELDS = (
     "seed",
     "epochs",
     "num_epochs",
+    "learning_rate",
+    "batch_size",
+    "standardize",
     "final_test_accuracy",
     "best_test_accuracy",
     "best_epoch",
@@ -91,6 +98,7 @@ def csv_row(run: Run, workdir: str) -> dict[str, Any]:
     """One ``results.csv`` row (numbers as Python floats/ints; missing values empty)."""
     final = run.final
     summary = run.summary
+    best = best_epoch(run.metrics)
 
     def num(value):
         return "" if value is None or (isinstance(value, float) and math.isnan(value)) else value
@@ -103,11 +111,12 @@ def csv_row(run: Run, workdir: str) -> dict[str, Any]:
         "seed": run.seed,
         "epochs": len(run.metrics),
         "num_epochs": run.num_epochs,
+        "learning_rate": num(run.setup.get("learning_rate")),
+        "batch_size": num(run.setup.get("batch_size")),
+        "standardize": num(run.setup.get("standardize")),
         "final_test_accuracy": num(final.get("test_accuracy")),
-        "best_test_accuracy": num(max((r["test_accuracy"] for r in run.metrics), default=None)),
-        "best_epoch": num(
-            max(run.metrics, key=lambda r: r["test_accuracy"])["epoch"] if run.metrics else None
-        ),
+        "best_test_accuracy": num(best["test_accuracy"] if best else None),
+        "best_epoch": num(best["epoch"] if best else None),
         "final_test_loss": num(final.get("test_loss")),
         "final_train_loss": num(final.get("train_loss")),
         "train_seconds_per_epoch": num(run.seconds_per_epoch),
@@ -118,6 +127,13 @@ def csv_row(run: Run, workdir: str) -> dict[str, Any]:
         "error": run.error,
         "run_dir": os.path.relpath(run.path, workdir),
     }
+
+
+def best_epoch(metrics: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
+    """The epoch row with the highest test accuracy (the first of equal ones; a NaN accuracy is
+    never the best), or None when no epoch has a number."""
+    rows = [r for r in metrics if not math.isnan(r["test_accuracy"])]
+    return max(rows, key=lambda r: r["test_accuracy"]) if rows else None
 
 
 def write_csv(runs: Sequence[Run], workdir: str, path: str) -> None:
@@ -175,13 +191,14 @@ class Row:
     @property
     def interval_readable(self) -> bool:
         """Whether :attr:`diff` answers "which pooler is better": enough pairs for an interval
-        and both sides converged (an interval of runs still improving holds for this budget
-        only; the table prints it marked "not converged")."""
+        and both sides judged converged (an interval of runs still improving holds for this
+        budget only; the table prints it marked "not converged"; one epoch cannot be judged)."""
         return (
             self.diff is not None
             and self.diff.n >= MIN_SEEDS_FOR_INTERVAL
-            and self.converged is not False
-            and self.baseline_converged is not False
+            and not math.isnan(self.diff.low)
+            and self.converged is True
+            and self.baseline_converged is True
         )
 
 
@@ -229,8 +246,9 @@ def table(runs: Sequence[Run]) -> list[Row]:
     for label, group in labels.items():
         done = [r for r in group if r.done]
         acc = [r.final["test_accuracy"] for r in done]
-        best_acc = [max(m["test_accuracy"] for m in r.metrics) for r in done]
-        best_epochs = [max(r.metrics, key=lambda m: m["test_accuracy"])["epoch"] for r in done]
+        best = [b for b in map(best_epoch, (r.metrics for r in done)) if b]
+        best_acc = [b["test_accuracy"] for b in best]
+        best_epochs = [b["epoch"] for b in best]
         diff = None
         if label != BASELINE:
             pairs = [
@@ -269,12 +287,15 @@ def table(runs: Sequence[Run]) -> list[Row]:
         )
     scored = [r for r in rows if r.n_done and not math.isnan(r.accuracy[0])]
     if scored:
-        top = max(scored, key=lambda r: r.accuracy[0])
-        if top.label == BASELINE:
-            others = [r for r in rows if r.label != BASELINE]
-            top.best = bool(others) and all(r.interval_readable and r.diff.high < 0 for r in others)
-        else:
-            top.best = top.interval_readable and top.diff.low > 0
+        high = max(r.accuracy[0] for r in scored)
+        for top in (r for r in scored if r.accuracy[0] == high):  # labels tied at the top
+            if top.label == BASELINE:
+                others = [r for r in rows if r.label != BASELINE]
+                top.best = bool(others) and all(
+                    r.interval_readable and r.diff.high < 0 for r in others
+                )
+            else:
+                top.best = top.interval_readable and top.diff.low > 0
     return rows
 
 
@@ -291,13 +312,15 @@ def _interval_text(interval: stats.Interval | None, signed: bool) -> str:
         return "–"
     if interval.n < MIN_SEEDS_FOR_INTERVAL:
         return f"n = {interval.n}: no interval"
+    if math.isnan(interval.low) or math.isnan(interval.high):
+        return "–"
     fmt = "+.2f" if signed else ".2f"
     return f"[{100 * interval.low:{fmt}}, {100 * interval.high:{fmt}}]"
 
 
 def _diff_text(row: Row) -> str:
     diff = row.diff
-    if diff is None:
+    if diff is None or math.isnan(diff.mean):
         return "–"
     mean = f"{100 * diff.mean:+.2f}"
     if diff.n < MIN_SEEDS_FOR_INTERVAL:
@@ -417,13 +440,37 @@ def _duration(seconds: float) -> str:
     return f"{minutes} min {secs:02d} s" if minutes else f"{secs} s"
 
 
+def _elapsed(commands: Sequence[dict[str, Any]]) -> float | None:
+    """Seconds during which at least one of ``commands`` ran (each from its start ``time`` for its
+    ``seconds``), or None when a start time cannot be read."""
+    spans = []
+    for c in commands:
+        try:
+            start = datetime.datetime.strptime(c["time"], "%Y-%m-%d %H:%M:%S UTC").timestamp()
+        except ValueError:
+            return None
+        spans.append((start, start + c["seconds"]))
+    total, end = 0.0, -math.inf
+    for start, stop in sorted(spans):
+        if stop > end:
+            total += stop - max(start, end)
+            end = stop
+    return total
+
+
 def _time_lines(runs: Sequence[Run], commands: Sequence[dict[str, Any]]) -> list[str]:
     """Total time of the sweep and the part of it spent compiling."""
     lines = []
-    timed = [c["seconds"] for c in commands if "seconds" in c]
+    timed = [c for c in commands if "seconds" in c]
     if timed:
+        summed = sum(c["seconds"] for c in timed)
+        elapsed = _elapsed(timed)
+        if elapsed is None or round(elapsed) >= round(summed):
+            total = _duration(summed)
+        else:  # commands that ran side by side count once
+            total = f"{_duration(elapsed)} elapsed ({_duration(summed)} summed: they overlapped)"
         lines.append(
-            f"- Wall time of the sweep commands: {_duration(sum(timed))} "
+            f"- Wall time of the sweep commands: {total} "
             f"({len(timed)} of {len(commands)} commands timed; an interrupted one is not)"
         )
     done = [r for r in runs if r.done]
@@ -497,10 +544,14 @@ def markdown(runs: Sequence[Run], workdir: str, plots: dict[str, list[str]]) -> 
             f"epoch{'s' * (epochs != [1])} per run."
         )
         lines.append("")
-        for budget in epochs:  # runs of other budgets are not compared (e.g. an extended sweep)
-            if len(epochs) > 1:
-                lines += [f"### {budget} epoch{'s' * (budget != 1)} per run", ""]
-            lines += table_markdown(table([r for r in subset if r.num_epochs == budget]))
+        # Runs of other setups (epochs, learning rate, ...) are not averaged or compared with
+        # each other, e.g. after an extended sweep or a sweep with another --learning-rate.
+        groups = setup_groups(subset)
+        varying = varying_fields([setup for setup, _ in groups])
+        for setup, members in groups:
+            if len(groups) > 1:
+                lines += [f"### {describe_setup(setup, varying)} per run", ""]
+            lines += table_markdown(table(members))
             lines.append("")
         lines += learned_scalar_markdown([r for r in subset if r.done])
         for name in plots.get(dataset, []):
@@ -522,6 +573,17 @@ def markdown(runs: Sequence[Run], workdir: str, plots: dict[str, list[str]]) -> 
 
 
 # --------------------------------------------------------------------------- entry points
+
+
+def check_report_dir(workdir: str) -> None:
+    """ValueError when ``<workdir>/report`` exists and is not a writable directory."""
+    out = os.path.join(workdir, "report")
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise ValueError(
+            f"{out} exists and is not a directory; move it away (the report goes there)"
+        )
+    if os.path.isdir(out) and not os.access(out, os.W_OK | os.X_OK):
+        raise ValueError(f"{out} is not writable (the report goes there)")
 
 
 def write(workdir: str) -> dict[str, Any]:
