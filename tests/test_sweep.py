@@ -16,12 +16,12 @@ import matplotlib.image
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
-from conftest import drop_a_ctrl_c
+from conftest import ROOT, drop_a_ctrl_c
 from PIL import Image
 
 from train import report, sweep
 from train.core import input_pipeline, loop, run_files
-from train.study import run_records, stats
+from train.study import run_records, runner, stats
 
 # Every end-to-end sweep uses the same shapes (digits, batch 64) so compiled steps are shared.
 TINY = ["--datasets", "digits", "--batch-size", "64", "--quiet"]
@@ -162,6 +162,15 @@ def test_sweep_writes_report_with_valid_plots(done_sweep):
     for name in ("jax", "flax", "optax", "jaxpool"):
         assert f"{name} " in md
     assert f"Device: {jax.devices()[0].device_kind} × {jax.device_count()}" in md
+    commit = runner.code_commit()  # None where the tests run outside a git checkout
+    if (ROOT / ".git").exists():
+        assert (
+            commit.split()[0]
+            == subprocess.run(
+                ["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True
+            ).stdout.strip()
+        )
+        assert f"- Code: git commit {commit}\n" in md
     assert "Wall time of the sweep commands:" in md and "of which compiling ≈" in md
 
 

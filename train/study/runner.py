@@ -12,6 +12,7 @@ import json
 import logging
 import math
 import os
+import subprocess
 import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
@@ -37,14 +38,15 @@ def _now() -> str:
 
 
 def environment() -> dict[str, Any]:
-    """Device kind, device count and library versions, recorded with every run."""
+    """Device kind, device count, library versions and the code's git commit (where the code is
+    a git checkout), recorded with every run."""
     import flax
     import jax
     import optax
 
     import jaxpool
 
-    return {
+    env = {
         "device_kind": jax.devices()[0].device_kind,
         "num_devices": jax.device_count(),
         "versions": {
@@ -54,6 +56,31 @@ def environment() -> dict[str, Any]:
             "jaxpool": jaxpool.__version__,
         },
     }
+    commit = code_commit()
+    if commit:
+        env["commit"] = commit
+    return env
+
+
+def code_commit() -> str | None:
+    """The git commit of the checkout this code runs from, with `` (modified)`` where tracked
+    files have uncommitted changes, or None outside a git checkout (e.g. installed from a wheel)."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(cli.__file__)))
+
+    def git(*args: str) -> str | None:
+        try:
+            out = subprocess.run(
+                ["git", "-C", root, *args], capture_output=True, text=True, timeout=10
+            )
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return out.stdout.strip() if out.returncode == 0 else None
+
+    commit = git("rev-parse", "HEAD")
+    if not commit:
+        return None
+    modified = git("status", "--porcelain", "--untracked-files=no")
+    return f"{commit} (modified)" if modified else commit
 
 
 def group_plans(plans: Sequence[Plan], together: bool) -> list[list[Plan]]:

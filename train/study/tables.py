@@ -400,6 +400,9 @@ def _provenance(runs: Sequence[Run], workdir: str) -> list[str]:
     )
     for v in versions:
         lines.append("- Versions: " + ", ".join(f"{k} {x}" for k, x in json.loads(v).items()))
+    commits = sorted({r.info["commit"] for r in runs if isinstance(r.info.get("commit"), str)})
+    if commits:
+        lines.append(f"- Code: git commit {', '.join(commits)}")
     devices = sorted(
         {
             f"{r.info['device_kind']} × {r.info.get('num_devices', 1)}"
