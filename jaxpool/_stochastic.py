@@ -221,7 +221,7 @@ def tdgs_pool(
       Reparameterization with Gumbel-Softmax. ICLR 2017 (arXiv:1611.01144); Maddison, Mnih, Teh.
       The Concrete Distribution. ICLR 2017 (arXiv:1611.00712).
     """
-    _windows.check_positive(eps, "eps", " (it keeps the temperature positive)")
+    _windows.check_positive(eps, "eps", " (it keeps the temperature positive)", normal=True)
     _windows.check_positive(tau, "tau")
     if not deterministic:
         key = _windows.require_key(key, "tdgs_pool")

@@ -77,13 +77,28 @@ def softmax_weighted_mean(
 ) -> jax.Array:
     r"""``sum_i softmax(logits)_i values_i`` over axis 3 (the window), real elements only.
 
-    The window's largest logit is subtracted before ``exp`` (same value, no overflow).
+    The window's largest logit is subtracted before ``exp`` (same value, no overflow), and the
+    weights are normalised before they multiply the values, so no partial sum exceeds the largest
+    ``|value|``.  Infinite logits take their limits: a ``+inf`` logit takes all the weight (shared
+    with the window's other ``+inf`` logits); a window whose logits are all ``-inf`` is a plain mean;
+    an element of zero weight adds nothing, even an infinite value.  A NaN propagates.
     """
     if valid is not None:
         logits = jnp.where(valid, logits, -jnp.inf)
     top = jax.lax.stop_gradient(jnp.max(logits, axis=3, keepdims=True))
-    weights = jnp.exp(logits - top)
-    return jnp.sum(weights * values, axis=3) / jnp.sum(weights, axis=3)
+    finite = jnp.isfinite(top)
+    # An infinite top (+inf, or -inf in every element): 1 where the logit is the top, else 0.
+    shifted = jnp.where(
+        finite, logits - jnp.where(finite, top, 0.0), jnp.where(logits == top, 0.0, -jnp.inf)
+    )
+    weights = jnp.exp(shifted)
+    if valid is not None:
+        weights = jnp.where(valid, weights, 0.0)
+    weights = weights / jnp.sum(weights, axis=3, keepdims=True)
+    # 0 * inf is NaN: an element without weight is left out, its value replaced before the product
+    # (a replacement after it would still give NaN derivatives).
+    values = jnp.where(weights > 0, values, 0.0)
+    return jnp.sum(weights * values, axis=3)
 
 
 def soft_pool(
@@ -101,7 +116,8 @@ def soft_pool(
     overflow (the official CPU and CUDA code exponentiate directly).  No parameters, not random.
 
     Args:
-      x: ``(N, H, W, C)`` or ``(H, W, C)``, any float dtype (the math runs in float32).
+      x: ``(N, H, W, C)`` or ``(H, W, C)``, any float dtype (the math runs in float32, as in
+        every pooler).
       window_shape: int or ``(kh, kw)``; 2.
       strides: int, pair, or None for strides equal to the window.
       padding: ``'VALID'``, ``'SAME'``, or explicit pixels (see the module docstring).
@@ -154,7 +170,7 @@ def lp_pool(
       Human Annotation. TPAMI 2018 (arXiv:1711.02512).
     """
     batched, unbatched = _windows.check_input(x)
-    _windows.check_positive(eps, "eps")
+    _windows.check_positive(eps, "eps", normal=True)
     p = _window_ops.per_layer_or_channel(p, "p", batched.shape[-1])
     spec = window_geometry(batched.shape[1:3], window_shape, strides, padding)
     values, valid = stacked_windows(batched, spec)
@@ -167,7 +183,10 @@ def lp_pool(
         top = jnp.max(jnp.where(valid, clamped, 0.0), axis=3, keepdims=True)
     # m is any positive constant of the identity y = m (mean (c/m)^p)^(1/p): no gradient through it
     top = jax.lax.stop_gradient(top)
-    powered = (clamped / top) ** p
+    # XLA may divide by m as a product with 1/m, which flushes to 0 for m above ~1/tiny (8.5e37 in
+    # float32): a large m is scaled down by 2^64 on both sides first (exact).
+    scale = jnp.where(top > 2.0**64, 2.0**-64, 1.0).astype(top.dtype)
+    powered = ((clamped * scale) / (top * scale)) ** p
     if valid is not None:
         powered = jnp.where(valid, powered, 0.0)
     mean = jnp.sum(powered, axis=3) / count
@@ -221,6 +240,7 @@ def lip_logits(
       float32 logits, the shape of ``x``, in ``(0, coefficient)``.
     """
     batched, unbatched = _windows.check_input(x)
+    _windows.check_positive(epsilon, "epsilon", " (the variance floor)", normal=True)
     channels = batched.shape[-1]
     kernel = jnp.asarray(kernel)
     if kernel.ndim != 4 or kernel.shape[2:] != (channels, channels):

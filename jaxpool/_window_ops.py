@@ -35,11 +35,14 @@ def f32(elements: WindowElements) -> WindowElements:
 
 
 def first_argmax(scores: WindowElements) -> jax.Array:
-    """int32 index of the largest score per window, the first one (row-major) on ties."""
+    """int32 index of the largest score per window, the first one (row-major) on ties.  A NaN is
+    larger than any number (the first NaN of a window wins), so a max built on this index
+    propagates NaN as ``jnp.max`` and ``lax.reduce_window`` do."""
     best, index = scores[0], jnp.zeros(scores[0].shape, jnp.int32)
     for k in range(1, len(scores)):
-        better = scores[k] > best
-        best, index = jnp.where(better, scores[k], best), jnp.where(better, k, index)
+        score = scores[k]
+        better = (score > best) | ((score != score) & (best == best))  # x != x: x is NaN
+        best, index = jnp.where(better, score, best), jnp.where(better, k, index)
     return index
 
 

@@ -322,19 +322,30 @@ def check_key(key, fn: str) -> jax.Array:
     return key
 
 
-def check_positive(value, name: str, why: str = "") -> None:
-    """``value > 0`` for a concrete scalar (Python or NumPy number, concrete array), else a
-    ``ValueError`` naming ``name``; a traced value cannot be checked and passes."""
+# The smallest normal float32: a smaller positive number is flushed to 0 by most backends.
+SMALLEST_NORMAL = float(np.finfo(np.float32).tiny)
+
+
+def check_positive(value, name: str, why: str = "", *, normal: bool = False) -> None:
+    """``value`` a finite number ``> 0`` (with ``normal``: at least :data:`SMALLEST_NORMAL`, for an
+    epsilon that keeps a divisor away from 0) for a concrete scalar (Python or NumPy number,
+    concrete array), else a ``ValueError`` naming ``name``; a traced value cannot be checked and
+    passes."""
     if isinstance(value, jax.core.Tracer):
         return
     if isinstance(value, str) or np.ndim(value) != 0:
         raise ValueError(f"{name} must be a number > 0 (a scalar){why}; got {value!r}")
     try:
-        positive = bool(np.asarray(value, np.float64) > 0)
+        number = float(np.asarray(value, np.float64))
     except (TypeError, ValueError) as e:
         raise ValueError(f"{name} must be a number > 0{why}; got {value!r}") from e
-    if not positive:
-        raise ValueError(f"{name} must be > 0{why}; got {value!r}")
+    if not (number > 0 and math.isfinite(number)):
+        raise ValueError(f"{name} must be finite and > 0{why}; got {value!r}")
+    if normal and number < SMALLEST_NORMAL:
+        raise ValueError(
+            f"{name} must be at least {SMALLEST_NORMAL:.4g}{why}: a smaller number (below the "
+            f"smallest normal float32) is flushed to 0; got {value!r}"
+        )
 
 
 IMPLEMENTATIONS = ("auto", "reference", "fast")

@@ -1,7 +1,9 @@
 r"""Pure pooling functions (NHWC), the math behind :mod:`jaxpool.modules`.
 
 Every function takes ``x`` of shape ``(N, H, W, C)`` or unbatched ``(H, W, C)`` and any floating
-dtype, and returns the same dtype; probability and softmax math runs in float32.  ``strides=None``
+dtype, and returns the same dtype; the arithmetic runs in float32 (float16 and bfloat16 gain range
+and precision; float64 gets float32 precision, except max pooling, which selects exactly).
+``strides=None``
 means strides equal to the window (as in PyTorch; note that ``flax.linen.max_pool`` defaults to
 stride 1).  ``padding`` is ``'VALID'`` (a window larger than the input is an error) or ``'SAME'``
 (output ``ceil(H / stride)``, as flax); padded positions are never the max, never counted in an

@@ -95,6 +95,31 @@ def test_max_gradient_equals_flax(window, strides, padding):
     np.testing.assert_array_equal(ours, theirs)
 
 
+def test_a_nan_anywhere_in_a_window_makes_its_max_nan():
+    """As ``jnp.max`` and flax's max_pool: example i has its NaN at position i of a 4x4 input; every
+    max-based pooler's output is NaN exactly where its window (region) holds that position."""
+    x = np.zeros((16, 4, 4, 1), np.float32)
+    x.reshape(16, 16)[np.arange(16), np.arange(16)] = np.nan
+    expected = np.isnan(x.reshape(16, 2, 2, 2, 2).max(axis=(2, 4)))  # 2x2 windows, stride 2
+
+    @jax.jit
+    def pooled(v):
+        return {
+            "reference": F.max_pool(v, 2, implementation="reference"),
+            "fast": F.max_pool(v, 2, implementation="fast"),
+            "blur": F.max_blur_pool(v, filter_size=1),  # the dense max at even positions
+            "fractional": F.fractional_max_pool(v, 1.5, deterministic=True),
+        }
+
+    out = jax.tree.map(np.asarray, pooled(jnp.asarray(x)))
+    for name in ("reference", "fast", "blur"):
+        np.testing.assert_array_equal(np.isnan(out[name][..., 0]), expected, err_msg=name)
+    frac = np.isnan(out["fractional"][..., 0]).reshape(16, -1)
+    # Its regions cover the first 3 rows and columns whatever the sequence: those NaNs show.
+    covered = [i for i in range(16) if i // 4 < 3 and i % 4 < 3]
+    assert frac[covered].any(axis=1).all(), frac
+
+
 def test_stochastic_deterministic_is_sum_sq_over_sum():
     y = F.stochastic_pool(GRID_1_16, deterministic=True)[..., 0]
     windows = np.array([[1, 2, 5, 6], [3, 4, 7, 8], [9, 10, 13, 14], [11, 12, 15, 16]], float)
@@ -684,7 +709,11 @@ def test_low_precision_dtypes_preserved(dtype):
         ),
         (
             lambda: F.tdgs_pool(jnp.ones((1, 4, 4, 1)), jnp.ones(()), deterministic=True, eps=0.0),
-            r"eps must be > 0",
+            r"eps must be finite and > 0",
+        ),
+        (
+            lambda: F.tdgs_pool(jnp.ones((1, 4, 4, 1)), 1.0, deterministic=True, eps=1e-40),
+            r"eps must be at least 1.175e-38 \(it keeps the temperature positive\): a smaller",
         ),
         (lambda: F.s3_pool(jnp.ones((1, 4, 4, 1))), r"s3_pool .*key"),
         (
@@ -696,7 +725,8 @@ def test_low_precision_dtypes_preserved(dtype):
             lambda: F.s3_pool(jnp.ones((1, 4, 4, 1)), deterministic=True, test_mode="avg"),
             r"test_mode must be one of 'expectation', 'official'; got 'avg'",
         ),
-        (lambda: F.gumbel_softmax(jax.random.key(0), jnp.ones(3), tau=0.0), r"tau must be > 0"),
+        (lambda: F.gumbel_softmax(jax.random.key(0), jnp.ones(3), tau=0.0), r"tau must be finite"),
+        (lambda: F.gumbel_softmax(jax.random.key(0), jnp.ones(3), tau=np.inf), r"finite and > 0"),
         # NumPy scalars and concrete arrays are checked too (they passed as NaN samples).
         (lambda: F.gumbel_softmax(jax.random.key(0), jnp.ones(3), tau=np.float32(0)), r"tau"),
         (lambda: F.gumbel_softmax(jax.random.key(0), jnp.ones(3), tau=jnp.array(-1.0)), r"tau"),
@@ -704,7 +734,7 @@ def test_low_precision_dtypes_preserved(dtype):
             lambda: F.tdgs_pool(
                 jnp.ones((1, 4, 4, 1)), 1.0, key=jax.random.key(0), tau=np.float32(0)
             ),
-            r"tau must be > 0",
+            r"tau must be finite and > 0",
         ),
         (lambda: F.gumbel_softmax(jax.random.key(0), jnp.ones(3), tau="hot"), r"a number > 0"),
         (lambda: F.gumbel_softmax(jax.random.key(0), jnp.ones(3), tau="2"), r"a number > 0"),

@@ -80,7 +80,8 @@ them: `tests/test_readme.py` fails when it is out of date and `python tests/test
 rewrites it.
 
 Conventions shared by every pooler: inputs are NHWC, `(N, H, W, C)` or unbatched `(H, W, C)`, any
-float dtype, output in the same dtype. `strides=None` means strides equal to the window (flax's
+float dtype, output in the same dtype; the arithmetic runs in float32 (a float64 input gets float32
+precision, except max pooling's exact selection). `strides=None` means strides equal to the window (flax's
 `nn.max_pool` defaults to stride 1). Stochastic functions take `key=` and raise without one unless
 `deterministic=True`. The study's eight take `implementation='auto' | 'reference' | 'fast'`
 (see `jaxpool.functional`'s module docstring); the later five are reference implementations only.

@@ -130,6 +130,31 @@ def test_lp_pool_matches_reference_values_and_gradients(geometry):
     np.testing.assert_allclose(gp, ep, rtol=1e-3, atol=1e-4)
 
 
+def test_infinite_and_huge_inputs_take_their_limits():
+    """SoftPool: a -inf element has weight e^-inf = 0 and adds nothing, a +inf one takes all the
+    weight; values near the float32 maximum do not overflow the weighted sum. LP: a window max
+    above 1/tiny (where XLA's reciprocal of it flushes to 0) still gives m (mean (c/m)^p)^(1/p)."""
+
+    def window(*values):
+        return jnp.array(values, jnp.float32).reshape(1, 2, 2, 1)
+
+    e = np.exp([1.0, 2.0, 3.0])
+    expected = (e * [1, 2, 3]).sum() / e.sum()
+    np.testing.assert_allclose(jaxpool.soft_pool(window(-np.inf, 1, 2, 3)), [[[[expected]]]], 1e-6)
+    assert jaxpool.soft_pool(window(np.inf, 1, 2, 3)) == np.inf
+    assert jaxpool.soft_pool(window(-np.inf, -np.inf, -np.inf, -np.inf)) == -np.inf
+    assert np.isnan(jaxpool.soft_pool(window(np.nan, 1, 2, 3)))
+    grad = jax.grad(lambda v: jaxpool.soft_pool(v).sum())(window(-np.inf, 1, 2, 3))
+    assert np.isfinite(grad).all() and grad[0, 0, 0, 0] == 0
+    big = np.float32(3e38)
+    assert jaxpool.soft_pool(window(big, big, big, big)) == big
+    y = jaxpool.lp_pool(window(1e38, 1e38, 1, 0), 3.0)
+    np.testing.assert_allclose(y, [[[[np.float32(1e38) * 0.5 ** (1 / 3)]]]], rtol=1e-6)
+    # LIP: an element of -inf with a logit of -inf is left out as SoftPool's.
+    lip = jaxpool.lip_pool(window(-np.inf, 1, 2, 3), window(-np.inf, 0, 0, 0), 2, 2, 0)
+    np.testing.assert_allclose(lip, [[[[2.0]]]], rtol=1e-6)
+
+
 def test_lp_pool_limits_are_average_and_max():
     x = jnp.abs(jax.random.normal(jax.random.key(0), (2, 6, 4, 3))) + 0.01
     np.testing.assert_allclose(jaxpool.lp_pool(x, 1.0), jaxpool.avg_pool(x), rtol=1e-5, atol=1e-6)
@@ -216,7 +241,18 @@ def test_lip_with_equal_logits_is_average_pooling():
         (lambda x: jaxpool.lip_pool(x, x, padding="FULL"), r"'SAME', an int or a pair of ints"),
         (lambda x: jaxpool.soft_pool(x, 2, None, (1, 1, 1)), r"an int or a pair of ints"),
         (lambda x: jaxpool.lp_pool(x, jnp.ones(3)), r"p must have shape \(\) or \(C,\) = \(2,\)"),
-        (lambda x: jaxpool.lp_pool(x, 3.0, eps=0.0), r"eps must be > 0"),
+        (lambda x: jaxpool.lp_pool(x, 3.0, eps=0.0), r"eps must be finite and > 0"),
+        (lambda x: jaxpool.lp_pool(x, 3.0, eps=np.inf), r"eps must be finite and > 0"),
+        (lambda x: jaxpool.lp_pool(x, 3.0, eps=1e-40), r"eps must be at least 1.175e-38"),
+        *(
+            (
+                lambda x, e=epsilon: jaxpool.lip_logits(
+                    x, jnp.zeros((3, 3, 2, 2)), jnp.ones(2), jnp.zeros(2), epsilon=e
+                ),
+                r"epsilon must be (finite and > 0|at least 1.175e-38) \(the variance floor\)",
+            )
+            for epsilon in (0.0, -1.0, np.inf, 1e-40)
+        ),
         (lambda x: jaxpool.lip_pool(x, x[..., :1]), r"logits must have the shape of x"),
         (
             lambda x: jaxpool.lip_logits(x, jnp.zeros((3, 3, 2, 3)), jnp.ones(2), jnp.zeros(2)),

@@ -227,10 +227,11 @@ def load_run(path: str) -> Run | None:
     """Reads one run directory; None when it holds neither a config nor a sweep record."""
     info = read_json(os.path.join(path, RUN_FILE)) or {}
     trained = read_json(os.path.join(path, "config.json"))
-    if trained and isinstance(info.get("config"), dict):
-        if run_files.changed_run_fields(trained, info["config"]):
-            info = {}  # the sweep's record of another run (one refused there): not this run's
-    config = trained or info.get("config")
+    planned = info.get("config") if isinstance(info.get("config"), dict) else None
+    if trained and planned and run_files.changed_run_fields(trained, planned):
+        info, planned = {}, None  # the record of another run, refused here: not this run's
+    # The sweep's config is the newer one (e.g. more epochs), where it is readable.
+    config = planned if _valid_config(planned) else trained
     if not _valid_config(config):
         return None
     summary = read_json(os.path.join(path, "summary.json")) or {}
