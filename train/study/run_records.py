@@ -224,7 +224,8 @@ class Run:
 
 
 def load_run(path: str) -> Run | None:
-    """Reads one run directory; None when it holds neither a config nor a sweep record."""
+    """Reads one run directory; None when it holds no readable config (``config.json``, or the
+    one in the sweep's record)."""
     info = read_json(os.path.join(path, RUN_FILE)) or {}
     trained = read_json(os.path.join(path, "config.json"))
     planned = info.get("config") if isinstance(info.get("config"), dict) else None
