@@ -108,7 +108,7 @@ def _forward(values, inv_t, inv_tau, offsets, noise, hard: bool):
     logits = [v * inv_t + o for v, o in zip(values, offsets, strict=True)]
     if not hard:
         weights = _window_ops.window_softmax(logits)
-        return _window_ops.window_dot(weights, values), weights, None
+        return _window_ops.expectation(weights, values), weights, None
     scores = [(z - e) * inv_tau for z, e in zip(logits, noise, strict=True)]
     index = _window_ops.first_argmax(scores)
     return _window_ops.select(index, values), _window_ops.window_softmax(scores), index

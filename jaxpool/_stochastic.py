@@ -42,7 +42,10 @@ def stochastic_pool(
     :math:`y_{\mathrm{det}} = \sum a^2 / \sum a`.  A window with no positive mass samples uniformly,
     and its deterministic output is the plain mean (an all-zero window gives 0).
     ``mode='softmax'``: :math:`p = \mathrm{softmax}(R)` over the raw values (any sign).
-    Gradients in training flow to the sampled element only; nothing is ever NaN.
+    Gradients in training flow to the sampled element only; for finite inputs nothing is ever
+    NaN.  Infinite inputs take their limits (a ``+inf`` activation takes all the probability, a
+    ``-inf`` one none: never drawn, no part of the expectation), and a window holding a NaN
+    outputs it.
 
     Args:
       x: ``(N, H, W, C)`` or ``(H, W, C)``.
@@ -72,10 +75,14 @@ def stochastic_pool(
     fast = _windows.use_fast(implementation, _fast_rng.STOCHASTIC_WINS) and not deterministic
     values = _window_ops.f32(_windows.window_elements(batched, spec))
     if mode == "softmax":
-        probs = _window_ops.window_softmax(_window_ops.masked(values, masks, -jnp.inf))
+        probs = _window_ops.window_softmax(values, masks)
         weights = probs
     else:
         mass = [jnp.maximum(v, 0.0) for v in values]
+        # An infinite activation is the limit of a growing one: it takes all the probability
+        # (shared with the window's other infinite ones).
+        infinite = functools.reduce(jnp.logical_or, [jnp.isposinf(a) for a in mass])
+        mass = [jnp.where(infinite, jnp.where(jnp.isposinf(a), 1.0, 0.0), a) for a in mass]
         # p is the same for any scaling of a window's mass.  Dividing it by the power of two at or
         # below its largest element (exact; at least the smallest normal float32) keeps its sum
         # in [2**-23, 2K]: the derivative of w / total, which squares total, then stays finite
@@ -99,11 +106,20 @@ def stochastic_pool(
         denominator = jnp.where(has_mass, total, n_valid)
         probs = [w / denominator for w in weights]
     if deterministic:
-        return _windows.to_output(_window_ops.window_dot(probs, values), x.dtype, unbatched)
+        return _windows.to_output(_window_ops.expectation(probs, values), x.dtype, unbatched)
     shape = values[0].shape
     uniforms = _fast_rng.uniform(key, shape) if fast else jax.random.uniform(key, shape, _F32)
     index = _window_ops.sample_index(uniforms, [jax.lax.stop_gradient(w) for w in weights])
+    # A window holding a NaN outputs it (its probabilities are not numbers).
+    index = jnp.where(jnp.isnan(_window_ops.window_sum(values)), _first_nan(values), index)
     return _windows.to_output(_window_ops.select(index, values), x.dtype, unbatched)
+
+
+def _first_nan(values: _window_ops.WindowElements) -> jax.Array:
+    index = jnp.zeros(values[0].shape, jnp.int32)
+    for k in reversed(range(len(values))):
+        index = jnp.where(jnp.isnan(values[k]), k, index)
+    return index
 
 
 def gumbel_softmax(
@@ -197,7 +213,9 @@ def tdgs_pool(
 
     The training value is exactly one element of the window; its gradient flows through the soft
     sample to ``x`` and ``temperature``.  Deterministic mode is the expectation, without noise: it
-    tends to the max as ``t -> 0`` and to the mean as ``t`` grows.
+    tends to the max as ``t -> 0`` and to the mean as ``t`` grows.  Infinite logits ``R / t`` take
+    their limits (a ``+inf`` one takes all the weight, a ``-inf`` one none: never drawn); a window
+    holding a NaN gives NaN.
 
     Args:
       x: ``(N, H, W, C)`` or ``(H, W, C)``.
@@ -237,16 +255,19 @@ def tdgs_pool(
     t = jax.nn.relu(temperature) + eps
     logits = [v / t for v in values]
     if deterministic:
-        weights = _window_ops.window_softmax(_window_ops.masked(logits, masks, -jnp.inf))
-        return _windows.to_output(_window_ops.window_dot(weights, values), x.dtype, unbatched)
+        weights = _window_ops.window_softmax(logits, masks)
+        return _windows.to_output(_window_ops.expectation(weights, values), x.dtype, unbatched)
     gumbels = jax.random.gumbel(key, (len(values), n, *spec.out_size, c), _F32)
     scores = [(z + g) / tau for z, g in zip(logits, gumbels, strict=True)]
     scores = _window_ops.masked(scores, masks, -jnp.inf)
     soft = _window_ops.window_softmax(scores)
     index = _window_ops.first_argmax(scores)
-    # hard + (soft - stop_gradient(soft)): exactly the one-hot in value (x - x is 0 exactly), the
-    # soft sample's derivative; so y is exactly the drawn element.
-    z = [
-        jnp.where(index == k, 1.0, 0.0) + (w - jax.lax.stop_gradient(w)) for k, w in enumerate(soft)
-    ]
-    return _windows.to_output(_window_ops.window_dot(z, values), x.dtype, unbatched)
+    # The drawn element plus sum_k (soft_k - stop_gradient(soft_k)) R_k: exactly 0 in value
+    # (x - x is 0 exactly; infinite R_k, which have no derivative, are left out of it, as 0 * inf
+    # is NaN), the soft sample's derivative.  So y is exactly the drawn element.
+    surrogate = _window_ops.window_dot(
+        [w - jax.lax.stop_gradient(w) for w in soft],
+        [jnp.where(jnp.isfinite(v), v, 0.0) for v in values],
+    )
+    y = _window_ops.select(index, values) + surrogate
+    return _windows.to_output(y, x.dtype, unbatched)

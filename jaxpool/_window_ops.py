@@ -72,10 +72,23 @@ def window_mean(elements: WindowElements, spec: _windows.WindowSpec, masks: Mask
     return window_sum(f32(elements)) / _windows.count_valid(spec, masks)
 
 
-def window_softmax(logits: WindowElements) -> WindowElements:
-    """Softmax over each window; a ``-inf`` logit gets weight 0."""
+def window_softmax(logits: WindowElements, masks: Masks = None) -> WindowElements:
+    """Softmax over each window; a ``-inf`` logit gets weight 0, and so does padding (``masks``).
+
+    Infinite logits take their limits: a window's ``+inf`` logits share all its weight; a window
+    whose logits are all ``-inf`` is uniform over its real elements.  A NaN propagates.
+    """
+    if masks is not None:
+        logits = masked(logits, masks, -jnp.inf)
     top = jax.lax.stop_gradient(functools.reduce(jnp.maximum, logits))
-    exps = [jnp.exp(z - top) for z in logits]
+    finite = jnp.isfinite(top)
+    shift = jnp.where(finite, top, 0.0)
+    # Where top is infinite: 0 for the logits equal to it, -inf for the others.
+    exps = [
+        jnp.exp(jnp.where(finite, z - shift, jnp.where(z == top, 0.0, -jnp.inf))) for z in logits
+    ]
+    if masks is not None:
+        exps = masked(exps, masks, 0.0)
     total = window_sum(exps)
     return [e / total for e in exps]
 
@@ -83,6 +96,12 @@ def window_softmax(logits: WindowElements) -> WindowElements:
 def window_dot(weights: WindowElements, elements: WindowElements) -> jax.Array:
     """Per-window inner product ``w . R``; padding holds 0, so it contributes nothing."""
     return window_sum([w * e for w, e in zip(weights, elements, strict=True)])
+
+
+def expectation(probs: WindowElements, elements: WindowElements) -> jax.Array:
+    """``sum_k p_k R_k`` over the elements of nonzero probability: one of probability 0 adds
+    nothing, even an infinite one (``0 * inf`` would be NaN), and its value gets no derivative."""
+    return window_sum([p * jnp.where(p != 0, e, 0.0) for p, e in zip(probs, elements, strict=True)])
 
 
 def per_layer_or_channel(value: jax.Array, name: str, channels: int) -> jax.Array:

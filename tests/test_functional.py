@@ -120,6 +120,44 @@ def test_a_nan_anywhere_in_a_window_makes_its_max_nan():
     assert frac[covered].any(axis=1).all(), frac
 
 
+@pytest.mark.parametrize("implementation", ["reference", "fast"])
+def test_stochastic_poolers_take_the_limits_of_infinite_inputs(implementation):
+    """A +inf activation is the limit of a growing one: it takes all the probability (l1 and
+    softmax) or all the softmax weight (TDGS). A -inf one has none: never drawn, and no part of the
+    expectation (0 * inf is not NaN there). A NaN in a window is the output."""
+    windows = np.array(
+        [[-np.inf, 1.0, 2.0, 3.0], [np.inf, 1.0, 0.5, 0.0], [1.0, np.nan, 2.0, 3.0]], np.float32
+    )
+    x = jnp.asarray(windows.reshape(3, 2, 2, 1))
+    keys = jax.random.split(jax.random.key(0), 64)
+    poolers = {
+        "l1": lambda **kw: F.stochastic_pool(x, implementation=implementation, **kw),
+        "softmax": lambda **kw: F.stochastic_pool(
+            x, mode="softmax", implementation=implementation, **kw
+        ),
+        "tdgs": lambda **kw: F.tdgs_pool(x, 0.0, eps=1.0, implementation=implementation, **kw),
+    }
+
+    @jax.jit
+    def run():
+        det = {name: pool(deterministic=True)[:, 0, 0, 0] for name, pool in poolers.items()}
+        drawn = {
+            name: jax.vmap(lambda k, pool=pool: pool(key=k)[:, 0, 0, 0])(keys)
+            for name, pool in poolers.items()
+        }
+        return det, drawn
+
+    det, drawn = jax.tree.map(np.asarray, run())
+    e = np.exp([1.0, 2.0, 3.0])
+    expected_det = {"l1": 14.0 / 6.0, "softmax": (e * [1, 2, 3]).sum() / e.sum()}
+    expected_det["tdgs"] = expected_det["softmax"]  # t = relu(0) + 1
+    for name in poolers:
+        np.testing.assert_allclose(det[name][0], expected_det[name], rtol=1e-6, err_msg=name)
+        assert det[name][1] == np.inf and np.isnan(det[name][2]), (name, det[name])
+        assert set(drawn[name][:, 0]) <= {1.0, 2.0, 3.0}, name  # never the -inf
+        assert (drawn[name][:, 1] == np.inf).all() and np.isnan(drawn[name][:, 2]).all(), name
+
+
 def test_stochastic_deterministic_is_sum_sq_over_sum():
     y = F.stochastic_pool(GRID_1_16, deterministic=True)[..., 0]
     windows = np.array([[1, 2, 5, 6], [3, 4, 7, 8], [9, 10, 13, 14], [11, 12, 15, 16]], float)
