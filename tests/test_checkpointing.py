@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import os
+import signal
 
 import chex
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
-from train.core import checkpointing, run_files
+from train.core import checkpointing, interrupts, run_files
 
 
 def _item(value: float):
@@ -75,3 +77,27 @@ def test_an_unfinished_write_is_reported(tmp_path, caplog):
     assert restored.step == 1
     assert "2.orbax-checkpoint-tmp-1234" in caplog.text and "did not finish" in caplog.text
     assert run_files.checkpoint_steps(tmp_path) == [1]
+
+
+def test_a_ctrl_c_while_reading_is_not_taken_for_damage(tmp_path, monkeypatch):
+    """orbax turns a KeyboardInterrupt raised while it reads into an error of its own: with a
+    Ctrl-C recorded, the checkpoint is not marked unreadable and the restore stops."""
+    ckpt = checkpointing.Checkpoints(tmp_path / "c")
+    assert ckpt.save(1, _item(1), {"epoch": 1})
+    ckpt.close()
+    ckpt = checkpointing.Checkpoints(tmp_path / "c")
+
+    def interrupted_read(*args, **kwargs):
+        interrupts._received.append(signal.SIGINT)
+        raise RuntimeError("Event loop is closed")
+
+    monkeypatch.setattr(ckpt._manager, "restore", interrupted_read)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            ckpt.restore_latest(_item(0))
+    finally:
+        interrupts.take()
+    assert not ckpt._unreadable
+    monkeypatch.undo()
+    assert ckpt.restore_latest(_item(0)).step == 1
+    ckpt.close()

@@ -118,12 +118,52 @@ def test_a_workdir_of_another_run_is_refused(tmp_path):
         loop.train_and_evaluate(_config(pooler="max"), str(tmp_path))
 
 
+def _metrics_row(epoch):
+    return {"epoch": epoch, "test_accuracy": 0.7, "train_seconds": 1.0, "images_per_second": 9.0,
+            "includes_startup": epoch == 1}  # fmt: skip
+
+
 def test_a_finished_run_without_checkpoints_is_still_refused(tmp_path):
-    # Checkpoints deleted to save space: its metrics.jsonl still holds results to keep.
+    # Checkpoints deleted to save space: its metrics.jsonl still holds results to keep, from
+    # another config and from this one (training from scratch would overwrite them).
     (tmp_path / "config.json").write_text(json.dumps(_config(pooler="avg").to_dict()))
-    (tmp_path / "metrics.jsonl").write_text(json.dumps({"epoch": 1, "test_accuracy": 0.7}) + "\n")
+    (tmp_path / "metrics.jsonl").write_text(json.dumps(_metrics_row(1)) + "\n")
     with pytest.raises(run_config.ConfigError, match="different pooler"):
         loop.train_and_evaluate(_config(pooler="max"), str(tmp_path))
+    with pytest.raises(
+        run_config.ConfigError,
+        match=r"holds 1 finished epochs \(metrics.jsonl\) but no checkpoint to continue them",
+    ):
+        loop.train_and_evaluate(_config(pooler="avg"), str(tmp_path))
+
+
+def test_checkpoints_without_their_config_are_refused(tmp_path):
+    (tmp_path / "checkpoints" / "22").mkdir(parents=True)
+    with pytest.raises(run_config.ConfigError, match=r"holds checkpoints or finished epochs but no "
+                       r"config\.json"):  # fmt: skip
+        loop.train_and_evaluate(_config(), str(tmp_path))
+
+
+def test_a_metrics_file_cut_short_beside_its_checkpoint_is_refused(tmp_path, monkeypatch):
+    """The checkpoint finished 2 epochs, metrics.jsonl holds epoch 1 only: resuming would report
+    a run without its epoch 2 (before: silently)."""
+    (tmp_path / "config.json").write_text(json.dumps(_config(num_epochs=3).to_dict()))
+    (tmp_path / "checkpoints" / "44").mkdir(parents=True)
+    (tmp_path / "metrics.jsonl").write_text(json.dumps(_metrics_row(1)) + "\n")
+    meta = loop.run_metrics.epoch_start(2, 0)
+
+    def restore_latest(self, target):
+        return loop.checkpointing.Restored(44, target, dict(meta), ())
+
+    monkeypatch.setattr(loop.checkpointing.Checkpoints, "restore_latest", restore_latest)
+    with pytest.raises(run_config.ConfigError, match=r"its checkpoint finished 2 epochs but "
+                       r"metrics\.jsonl holds epoch 1; it was cut or edited"):  # fmt: skip
+        loop.train_and_evaluate(_config(num_epochs=3), str(tmp_path))
+    # A checkpoint whose metadata lost its sums: one line, not a ZeroDivisionError at the epoch end.
+    meta = {"epoch": 2}
+    with pytest.raises(run_config.ConfigError, match=r"the checkpoint at step 44 lacks data_seed, "
+                       r"loss_sum, correct, count, train_seconds in its metadata"):  # fmt: skip
+        loop.train_and_evaluate(_config(num_epochs=3), str(tmp_path))
 
 
 def test_a_workdir_of_an_untrained_run_takes_the_new_config(tmp_path, monkeypatch):
@@ -165,6 +205,8 @@ def test_a_pooler_that_only_fits_larger_images_is_a_config_error():
 @pytest.mark.parametrize(
     ("make", "message"),
     [
+        (lambda d: (d / "summary.json").mkdir(), "its 'summary.json' is not a file"),
+        (lambda d: (d / "metrics.jsonl").mkdir(), "its 'metrics.jsonl' is not a file"),
         (lambda d: (d / "config.json").write_text("garbage"), "cannot read its config.json"),
         (lambda d: (d / "config.json").write_text("[]"), "cannot read its config.json"),
         (lambda d: (d / "checkpoints").write_text(""), "its 'checkpoints' is not a directory"),
@@ -177,9 +219,14 @@ def test_a_workdir_with_files_a_run_does_not_write_is_refused(tmp_path, make, me
 
 
 def test_fewer_epochs_than_a_workdir_holds_are_refused(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps(_config().to_dict()))
     (tmp_path / "checkpoints" / "66").mkdir(parents=True)  # 3 epochs of 22 steps
-    with pytest.raises(run_config.ConfigError, match="trained for 3 epochs, more than the 2"):
+    with pytest.raises(run_config.ConfigError, match=r"trained for 3 epochs .*more than the 2"):
         loop.train_and_evaluate(_config(num_epochs=2), str(tmp_path))
+    # Stopped in its 4th epoch: asking for 3 is refused, with advice that then holds (4).
+    (tmp_path / "checkpoints" / "68").mkdir()
+    with pytest.raises(run_config.ConfigError, match=r"trained for 4 epochs .*ask for 4 or more"):
+        loop.train_and_evaluate(_config(num_epochs=3), str(tmp_path))
 
 
 @pytest.mark.parametrize(

@@ -48,6 +48,11 @@ ERRORS = [
         "the --config file {tmp}/no_get_config.py must define get_config() returning an",
     ),
     (["--config", "{tmp}/lacks_batch_size.py"], 1, "the config lacks field(s) batch_size"),
+    (  # a shortcut flag for the missing field: the same line, not ml_collections' KeyError
+        ["--config", "{tmp}/lacks_batch_size.py", "--batch-size", "32"],
+        1,
+        "the config lacks field(s) batch_size",
+    ),
     (
         ["--config", "{tmp}/typo.py"],
         1,

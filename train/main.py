@@ -121,6 +121,12 @@ def build_config():
                 f"unknown dataset {dataset!r}; choose one of: {', '.join(input_pipeline.DATASETS)}"
             )
         config = importlib.import_module(f"configs.{dataset}").get_config()
+    from train.core import run_config
+
+    try:  # before the shortcut flags set fields a locked config file may lack
+        run_config.check_fields(config)
+    except run_config.ConfigError as e:
+        raise cli.UsageError(str(e)) from e
     overrides = {
         "pooler": _POOLER.value,
         "dataset": _DATASET.value,

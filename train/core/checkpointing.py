@@ -17,6 +17,8 @@ from typing import Any
 import jax
 import orbax.checkpoint as ocp
 
+from train.core import interrupts
+
 logger = logging.getLogger(__name__)
 
 
@@ -108,6 +110,10 @@ class Checkpoints:
                 )
                 restored = self._manager.restore(step, args=args)
             except Exception as e:  # any unreadable checkpoint: fall back to an older one
+                if interrupts.received():
+                    # A Ctrl-C while reading, which orbax turns into an error of its own: the
+                    # checkpoint is not damaged, and the command stops.
+                    raise KeyboardInterrupt from e
                 reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
                 # TensorStore appends the repr of a bound method: noise in a one-line reason.
                 reason = reason.split(" See full TensorStore details")[0][:300]

@@ -45,6 +45,7 @@ import dataclasses
 import functools
 import json
 import logging
+import math
 import os
 import signal
 import sys
@@ -265,7 +266,20 @@ class _RunDir:
                 f"workdir {self.workdir}: its 'checkpoints' is not a directory; use another "
                 "--workdir or remove it"
             )
+        for name in ("config.json", "metrics.jsonl", "summary.json", "pooler_params.json"):
+            path = os.path.join(self.workdir, name)
+            if os.path.exists(path) and not os.path.isfile(path):
+                raise ConfigError(
+                    f"workdir {self.workdir}: its '{name}' is not a file; use another --workdir "
+                    "or remove it"
+                )
         if not os.path.exists(self.config_path):
+            if run_files.has_results(self.workdir):
+                raise ConfigError(
+                    f"workdir {self.workdir} holds checkpoints or finished epochs but no "
+                    "config.json, so which run they belong to is unknown; put its config.json "
+                    "back, or use another --workdir or delete it"
+                )
             return
         try:
             with open(self.config_path) as f:
@@ -295,14 +309,23 @@ class _RunDir:
         )
 
     def check_trained(self) -> None:
-        """A run trained for more epochs than asked for is refused."""
+        """A run trained for more epochs than asked for is refused, and so are finished epochs
+        without a checkpoint to continue them from (training from scratch would overwrite them)."""
         steps_per_epoch, epochs = self.spec.steps_per_epoch, self.spec.num_epochs
-        trained = max(run_files.checkpoint_steps(self.workdir), default=0)
-        if trained > epochs * steps_per_epoch:
+        steps = run_files.checkpoint_steps(self.workdir)
+        finished = run_files.read_metrics(self.metrics_path, math.inf)
+        started = max(-(-max(steps, default=0) // steps_per_epoch), len(finished))  # ceil
+        if started > epochs:
             raise ConfigError(
-                f"workdir {self.workdir} holds a run trained for {trained // steps_per_epoch} "
-                f"epochs, more than the {epochs} asked for; ask for "
-                f"{trained // steps_per_epoch} or more, or use another --workdir"
+                f"workdir {self.workdir} holds a run trained for {started} epochs (the last "
+                f"perhaps in part), more than the {epochs} asked for; ask for {started} or more, "
+                "or use another --workdir"
+            )
+        if finished and not steps:
+            raise ConfigError(
+                f"workdir {self.workdir} holds {len(finished)} finished epochs (metrics.jsonl) "
+                "but no checkpoint to continue them from; use another --workdir, or delete it to "
+                "train again from scratch"
             )
 
     def write_config(self) -> None:
@@ -323,6 +346,15 @@ class _RunDir:
         restored = self.ckpt.restore_latest(target)
         if restored is not None:
             saved_layout = restored.meta.pop(_LAYOUT, None)
+            needed = ("epoch", "data_seed", "loss_sum", "correct", "count", "train_seconds")
+            missing = [key for key in needed if key not in restored.meta]
+            if missing:
+                self.ckpt.close()
+                raise ConfigError(
+                    f"workdir {self.workdir}: the checkpoint at step {restored.step} lacks "
+                    f"{', '.join(missing)} in its metadata (damaged or written by other code); "
+                    "remove that checkpoint to resume from an older one, or use another --workdir"
+                )
             self.meta.update(restored.meta)
             layout = self.layout()
             # a key the saved layout lacks (a checkpoint from before it was recorded) is unknown
@@ -344,6 +376,14 @@ class _RunDir:
                 self.spec.num_epochs,
             )
         self.history = run_files.read_metrics(self.metrics_path, self.meta["epoch"])
+        found = [row["epoch"] for row in self.history]
+        if found != list(range(1, self.meta["epoch"] + 1)):
+            self.ckpt.close()
+            raise ConfigError(
+                f"workdir {self.workdir}: its checkpoint finished {self.meta['epoch']} epochs but "
+                f"metrics.jsonl holds {_epoch_list(found)}; it was cut or edited. Put it back, or "
+                "delete the workdir to train again"
+            )
         if self.lead:
             # Drop epochs the checkpoint does not cover; atomic, so a signal cannot empty it.
             run_files.write_text(
@@ -398,6 +438,12 @@ class _RunDir:
         if not saved:
             return f"none in {self.ckpt.directory}"
         return f"step {saved[-1]} in {self.ckpt.directory}"
+
+
+def _epoch_list(epochs: Sequence[int]) -> str:
+    if not epochs:
+        return "none of them"
+    return f"epoch{'s' * (len(epochs) > 1)} {', '.join(map(str, epochs))}"
 
 
 # --------------------------------------------------------------------------- the loop

@@ -181,11 +181,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     def is_int(v: Any) -> bool:
         return isinstance(v, int) and not isinstance(v, bool)
 
-    missing = [field for field in _default_config() if field not in config]
-    need(
-        not missing,
-        f"the config lacks field(s) {', '.join(missing)}; start from configs/default.py",
-    )
+    check_fields(config)
     names = jaxpool.available()
     need(
         config.pooler in names,
@@ -310,6 +306,15 @@ def _trace_cnn(pooler: str, kwargs: dict, image_shape: tuple[int, ...], num_clas
         return model.apply(variables, x, deterministic=True)
 
     jax.eval_shape(trace)
+
+
+def check_fields(config: ml_collections.ConfigDict) -> None:
+    """ConfigError naming the fields of ``configs/default.py`` that ``config`` lacks."""
+    missing = [field for field in _default_config() if field not in config]
+    if missing:
+        raise ConfigError(
+            f"the config lacks field(s) {', '.join(missing)}; start from configs/default.py"
+        )
 
 
 @functools.cache

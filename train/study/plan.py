@@ -223,6 +223,13 @@ def plan_entry(entry: Entry, config, workdir: str, *, retry_failed: bool = False
     if info.get("status") == "failed":
         if info.get("error_type") == "NonFiniteLossError" and not retry_failed:
             return plan("failed", f"{info.get('error', '')} (--retry-failed to rerun)")
+    if metrics and not steps:  # as train.main refuses it: training anew would overwrite them
+        return plan(
+            "conflict",
+            f"{path} holds {len(metrics)} finished epochs but no checkpoint to continue them "
+            "from; delete it to train the run again",
+        )
+    if info.get("status") == "failed":
         if not steps:
             return plan("retry", f"failed before: {info.get('error', '')}")
     if steps:
