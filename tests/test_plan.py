@@ -145,6 +145,11 @@ def test_a_finished_run_without_checkpoints_keeps_its_results(planned):
     result = plan_it(config_json, three, epochs=3)
     assert (result.action, result.runs) == ("conflict", False)
     assert "trained for 3 epochs, more than --epochs 2" in result.detail
+    # Unfinished, with finished epochs and no checkpoint: training anew would overwrite them.
+    stopped = dict(done, status="interrupted", epochs_completed=1)
+    result = plan_it(config_json, stopped, epochs=1)
+    assert (result.action, result.runs) == ("conflict", False)
+    assert "holds 1 finished epochs but no checkpoint to continue them from" in result.detail
     # A summary without metrics or checkpoints holds nothing to keep: trained again.
     os.remove(os.path.join(path, "metrics.jsonl"))
     assert plan_it(config_json, done).action == "new"
