@@ -74,20 +74,22 @@ def stochastic_pool(
     masks = _windows.valid_masks(spec)
     fast = _windows.use_fast(implementation, _fast_rng.STOCHASTIC_WINS) and not deterministic
     values = _window_ops.f32(_windows.window_elements(batched, spec))
+    # A window whose largest activation is +inf (the limit of a growing one: it takes all the
+    # probability) outputs +inf; one holding a NaN outputs NaN.  Decided per window, from its
+    # maximum, after the arithmetic: the per-element math stays that of finite windows.
+    top = jax.lax.stop_gradient(
+        functools.reduce(jnp.maximum, _window_ops.masked(values, masks, -jnp.inf))
+    )
     if mode == "softmax":
         probs = _window_ops.window_softmax(values, masks)
         weights = probs
     else:
         mass = [jnp.maximum(v, 0.0) for v in values]
-        # An infinite activation is the limit of a growing one: it takes all the probability
-        # (shared with the window's other infinite ones).
-        infinite = functools.reduce(jnp.logical_or, [jnp.isposinf(a) for a in mass])
-        mass = [jnp.where(infinite, jnp.where(jnp.isposinf(a), 1.0, 0.0), a) for a in mass]
         # p is the same for any scaling of a window's mass.  Dividing it by the power of two at or
         # below its largest element (exact; at least the smallest normal float32) keeps its sum
         # in [2**-23, 2K]: the derivative of w / total, which squares total, then stays finite
         # for tiny or huge mass (1e-20 would underflow to 0 and 1e20 overflow: NaN gradients).
-        _, exponent = jnp.frexp(jax.lax.stop_gradient(functools.reduce(jnp.maximum, mass)))
+        _, exponent = jnp.frexp(jnp.maximum(top, 0.0))
         scale = jnp.ldexp(jnp.ones((), _F32), jnp.maximum(exponent - 1, -126))
         mass = [a / scale for a in mass]
         total = _window_ops.window_sum(mass)
@@ -106,20 +108,14 @@ def stochastic_pool(
         denominator = jnp.where(has_mass, total, n_valid)
         probs = [w / denominator for w in weights]
     if deterministic:
-        return _windows.to_output(_window_ops.expectation(probs, values), x.dtype, unbatched)
-    shape = values[0].shape
-    uniforms = _fast_rng.uniform(key, shape) if fast else jax.random.uniform(key, shape, _F32)
-    index = _window_ops.sample_index(uniforms, [jax.lax.stop_gradient(w) for w in weights])
-    # A window holding a NaN outputs it (its probabilities are not numbers).
-    index = jnp.where(jnp.isnan(_window_ops.window_sum(values)), _first_nan(values), index)
-    return _windows.to_output(_window_ops.select(index, values), x.dtype, unbatched)
-
-
-def _first_nan(values: _window_ops.WindowElements) -> jax.Array:
-    index = jnp.zeros(values[0].shape, jnp.int32)
-    for k in reversed(range(len(values))):
-        index = jnp.where(jnp.isnan(values[k]), k, index)
-    return index
+        y = _window_ops.expectation(probs, values)
+    else:
+        shape = values[0].shape
+        uniforms = _fast_rng.uniform(key, shape) if fast else jax.random.uniform(key, shape, _F32)
+        index = _window_ops.sample_index(uniforms, [jax.lax.stop_gradient(w) for w in weights])
+        y = _window_ops.select(index, values)
+    y = jnp.where(top == jnp.inf, jnp.inf, jnp.where(jnp.isnan(top), jnp.nan, y))
+    return _windows.to_output(y, x.dtype, unbatched)
 
 
 def gumbel_softmax(
