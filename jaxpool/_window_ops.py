@@ -106,8 +106,15 @@ def expectation(probs: WindowElements, elements: WindowElements) -> jax.Array:
 
 def per_layer_or_channel(value: jax.Array, name: str, channels: int) -> jax.Array:
     """A parameter of shape ``()`` (one per layer) or ``(C,)`` (one per channel) as float32; any other
-    shape is a ``ValueError`` naming ``name``."""
-    value = jnp.asarray(value)
+    shape or a value that is not a number is a ``ValueError`` naming ``name``."""
+    if isinstance(value, str):
+        raise ValueError(f"{name} must be a number or an array of numbers; got {value!r}")
+    try:
+        value = jnp.asarray(value)
+    except TypeError as e:
+        raise ValueError(f"{name} must be a number or an array of numbers; got {value!r}") from e
+    if not (jnp.issubdtype(value.dtype, jnp.floating) or jnp.issubdtype(value.dtype, jnp.integer)):
+        raise ValueError(f"{name} must be a real number or array; got dtype {value.dtype}")
     if value.shape not in ((), (channels,)):
         raise ValueError(
             f"{name} must have shape () or (C,) = ({channels},) for an input with C={channels}; "

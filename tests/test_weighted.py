@@ -242,6 +242,8 @@ def test_lip_with_equal_logits_is_average_pooling():
         (lambda x: jaxpool.soft_pool(x, 2, None, (1, 1, 1)), r"an int or a pair of ints"),
         (lambda x: jaxpool.lp_pool(x, jnp.ones(3)), r"p must have shape \(\) or \(C,\) = \(2,\)"),
         (lambda x: jaxpool.lp_pool(x, 3.0, eps=0.0), r"eps must be finite and > 0"),
+        (lambda x: jaxpool.lp_pool(x, "3"), r"p must be a number or an array of numbers"),
+        (lambda x: jaxpool.lp_pool(x, True), r"p must be a real number or array; got dtype bool"),
         (lambda x: jaxpool.lp_pool(x, 3.0, eps=np.inf), r"eps must be finite and > 0"),
         (lambda x: jaxpool.lp_pool(x, 3.0, eps=1e-40), r"eps must be at least 1.175e-38"),
         *(
