@@ -132,7 +132,7 @@ def test_a_finished_run_without_checkpoints_is_still_refused(tmp_path):
         loop.train_and_evaluate(_config(pooler="max"), str(tmp_path))
     with pytest.raises(
         run_config.ConfigError,
-        match=r"holds 1 finished epochs \(metrics.jsonl\) but no checkpoint to continue them",
+        match=r"holds 1 finished epoch\(s\) \(metrics.jsonl\) but no checkpoint to continue them",
     ):
         loop.train_and_evaluate(_config(pooler="avg"), str(tmp_path))
 

@@ -149,7 +149,7 @@ def test_a_finished_run_without_checkpoints_keeps_its_results(planned):
     stopped = dict(done, status="interrupted", epochs_completed=1)
     result = plan_it(config_json, stopped, epochs=1)
     assert (result.action, result.runs) == ("conflict", False)
-    assert "holds 1 finished epochs but no checkpoint to continue them from" in result.detail
+    assert "holds 1 finished epoch(s) but no checkpoint to continue them from" in result.detail
     # A summary without metrics or checkpoints holds nothing to keep: trained again.
     os.remove(os.path.join(path, "metrics.jsonl"))
     assert plan_it(config_json, done).action == "new"

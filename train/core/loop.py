@@ -323,7 +323,7 @@ class _RunDir:
             )
         if finished and not steps:
             raise ConfigError(
-                f"workdir {self.workdir} holds {len(finished)} finished epochs (metrics.jsonl) "
+                f"workdir {self.workdir} holds {len(finished)} finished epoch(s) (metrics.jsonl) "
                 "but no checkpoint to continue them from; use another --workdir, or delete it to "
                 "train again from scratch"
             )

@@ -226,7 +226,7 @@ def plan_entry(entry: Entry, config, workdir: str, *, retry_failed: bool = False
     if metrics and not steps:  # as train.main refuses it: training anew would overwrite them
         return plan(
             "conflict",
-            f"{path} holds {len(metrics)} finished epochs but no checkpoint to continue them "
+            f"{path} holds {len(metrics)} finished epoch(s) but no checkpoint to continue them "
             "from; delete it to train the run again",
         )
     if info.get("status") == "failed":
