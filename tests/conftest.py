@@ -130,3 +130,11 @@ def mock_tfds(num_examples: int):
         mock.patch.object(tfds.core.DatasetBuilder, "is_prepared", return_value=True),
     ):
         yield
+
+
+def pytest_collection_modifyitems(config, items):
+    """The slow end-to-end tests first (stable, so each file's order holds within each group):
+    ``pytest -n 2`` hands tests to its workers in this order, and a minute-long test started
+    last leaves the other worker idle while it runs."""
+    del config
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)

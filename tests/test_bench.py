@@ -17,6 +17,7 @@ from train import bench, cli
 from train.benchmarks import measure
 
 
+@pytest.mark.slow
 def test_pool_table_measures_every_registered_pooler(monkeypatch):
     # Every pooler's forward+backward runs and gets a summary row, whatever its output size (LIP
     # ceil(N/2), fractional N/sqrt(2), MaxBlurPool's reflect padding); tiny shape, no timing.

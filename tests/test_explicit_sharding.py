@@ -91,6 +91,7 @@ print(json.dumps({"results": out, "refused": refused}))
 """
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not hasattr(jax, "set_mesh"), reason="explicit sharding needs jax.set_mesh")
 def test_every_pooler_matches_unsharded_under_explicit_sharding():
     # XLA's cheapest backend optimisation: 104 small programs, where compiling is the cost.
