@@ -6,7 +6,7 @@ import contextlib
 import json
 import math
 import os
-import tempfile
+import secrets
 from typing import Any
 
 import ml_collections
@@ -33,22 +33,18 @@ def write_text(path: str, text: str) -> None:
     leaves the old file or the new one, never a truncated one.  The temporary file's name is
     unique, so two processes writing one file (two sweeps in one workdir) never share it."""
     folder, name = os.path.split(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=folder)
+    # O_EXCL on a fresh name: created with the umask's permissions, as open(path, "w") would be
+    # (tempfile.mkstemp's are 0600, and reading the umask means setting it, process-wide).
+    tmp = os.path.join(folder, f".{name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         with os.fdopen(fd, "w") as f:
             f.write(text)
-        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
             os.remove(tmp)
         raise
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def _number(value: Any) -> bool:

@@ -37,6 +37,8 @@ RUN_FILE = "sweep_run.json"  # written by train.sweep into every run directory
 # <workdir>/sweep.json: every sweep command that ran in the workdir and the runs it planned.
 SWEEP_FILE = "sweep.json"
 NOT_STARTED = "not started"
+# How sweep.json and sweep_run.json write a moment (UTC).
+TIME_FORMAT = "%Y-%m-%d %H:%M:%S UTC"
 # What makes the runs of one dataset one experiment, besides the pooler and the seed: runs that
 # differ in any of these are never averaged or compared with each other (their own table).
 SETUP_FIELDS = ("num_epochs", "learning_rate", "batch_size", "standardize")

@@ -34,7 +34,7 @@ logger = logging.getLogger(__name__)
 
 
 def _now() -> str:
-    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    return datetime.datetime.now(datetime.UTC).strftime(run_records.TIME_FORMAT)
 
 
 def environment() -> dict[str, Any]:

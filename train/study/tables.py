@@ -51,6 +51,7 @@ import numpy as np
 from train.study import plots as report_plots
 from train.study import stats
 from train.study.run_records import (
+    TIME_FORMAT,
     Run,
     SweepRecordError,
     collect,
@@ -449,7 +450,8 @@ def _elapsed(commands: Sequence[dict[str, Any]]) -> float | None:
     spans = []
     for c in commands:
         try:
-            start = datetime.datetime.strptime(c["time"], "%Y-%m-%d %H:%M:%S UTC").timestamp()
+            moment = datetime.datetime.strptime(c["time"], TIME_FORMAT)
+            start = moment.replace(tzinfo=datetime.UTC).timestamp()
         except ValueError:
             return None
         spans.append((start, start + c["seconds"]))
