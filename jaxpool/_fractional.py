@@ -159,9 +159,9 @@ def fractional_max_pool(
     ratio_h, ratio_w = _check_ratio(ratio)
     if sequence not in SEQUENCES:
         raise ValueError(f"sequence must be one of {SEQUENCES}; got {sequence!r}")
-    for name, flag in (("overlapping", overlapping), ("per_example", per_example)):
-        if not isinstance(flag, bool | np.bool_):
-            raise ValueError(f"{name} must be True or False; got {flag!r}")
+    overlapping = _windows.check_flag(overlapping, "overlapping")
+    per_example = _windows.check_flag(per_example, "per_example")
+    deterministic = _windows.check_flag(deterministic, "deterministic")
     _, h, w, _ = batched.shape
     out_h = output_size(h, ratio_h, overlapping, "height")
     out_w = output_size(w, ratio_w, overlapping, "width")

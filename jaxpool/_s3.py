@@ -139,6 +139,8 @@ def s3_pool(
         raise ValueError(
             f"test_mode must be one of {', '.join(map(repr, TEST_MODES))}; got {test_mode!r}"
         )
+    deterministic = _windows.check_flag(deterministic, "deterministic")
+    per_example = _windows.check_flag(per_example, "per_example")
     if not deterministic:
         key = _windows.require_key(key, "s3_pool")
     batched, unbatched = _windows.check_input(x)

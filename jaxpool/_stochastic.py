@@ -67,6 +67,7 @@ def stochastic_pool(
     """
     if mode not in ("l1", "softmax"):
         raise ValueError(f"mode must be 'l1' or 'softmax'; got {mode!r}")
+    deterministic = _windows.check_flag(deterministic, "deterministic")
     if not deterministic:
         key = _windows.require_key(key, "stochastic_pool")
     batched, unbatched = _windows.check_input(x)
@@ -237,6 +238,7 @@ def tdgs_pool(
     """
     _windows.check_positive(eps, "eps", " (it keeps the temperature positive)", normal=True)
     _windows.check_positive(tau, "tau")
+    deterministic = _windows.check_flag(deterministic, "deterministic")
     if not deterministic:
         key = _windows.require_key(key, "tdgs_pool")
     batched, unbatched = _windows.check_input(x)

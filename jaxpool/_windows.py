@@ -297,6 +297,15 @@ def windows(
     return window_elements(x, spec), valid_masks(spec), spec
 
 
+def check_flag(value, name: str) -> bool:
+    """``value`` as a Python bool if it is one (or a NumPy bool), else a ``ValueError``: a string
+    such as ``'false'`` is truthy and would silently mean True; a traced array cannot choose
+    a program at trace time."""
+    if not isinstance(value, bool | np.bool_):
+        raise ValueError(f"{name} must be True or False (a Python bool); got {value!r:.80}")
+    return bool(value)
+
+
 def require_key(key: jax.Array | None, fn: str) -> jax.Array:
     """A stochastic op without a key raises instead of inventing one; so does one given something
     that is not a key."""

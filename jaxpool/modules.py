@@ -75,7 +75,12 @@ class Pooler(nn.Module):
 
     def merge_mode(self, deterministic: bool | None) -> bool:
         """The call's ``deterministic`` merged with the field (as Dropout); a stochastic layer
-        without either raises a ValueError naming the layer and the fix."""
+        without either raises a ValueError naming the layer and the fix.  Either, where given, must
+        be a Python bool (``'false'`` would be truthy)."""
+        if self.deterministic is not None:
+            _windows.check_flag(self.deterministic, "deterministic")
+        if deterministic is not None:
+            _windows.check_flag(deterministic, "deterministic")
         if not self.stochastic:
             return True
         if self.deterministic is None and deterministic is None:
@@ -122,6 +127,12 @@ def check_shape(layer, name: str, existing: tuple[int, ...], shape: tuple[int, .
     if existing == shape:
         return
     head = f"{type(layer).__name__}.{name} has shape {existing} but this input needs {shape}"
+    if len(existing) != len(shape):
+        raise ValueError(
+            f"{head}: it has {len(existing)} axes, not {len(shape)}. A parameter stacked "
+            "over an ensemble or layers (nn.vmap/nn.scan, nnx.vmap/nnx.scan) is used inside the "
+            "same transform; a parameter from a layer with another sharing (per=...) does not fit."
+        )
     if existing[-1:] != shape[-1:]:  # the last axis of a shape that can differ is C
         raise ValueError(
             f"{head}: it was initialised for inputs with {existing[-1]} channels and this "

@@ -14,7 +14,11 @@ keyword-only arguments:
   (``TDGSPool(per='position')``, ``GatedPool``/``TreePool(per='region_channel')``);
 - ``rngs=nnx.Rngs(...)``: for initialising parameters (stream ``params``) and, for the stochastic
   layers, their noise (stream ``rng_collection``, ``'pooling'`` by default; ``default`` where the
-  Rngs has no such stream; with neither, training calls need ``rngs=``).
+  Rngs has no such stream; with neither, training calls need ``rngs=``); or one ``nnx.RngStream``
+  for both, as ``nnx.Dropout(rngs=rngs.pooling)``.
+
+Hyperparameters are static (an array given for one is stored as the Python number it holds), and
+``inspect.signature`` / ``help()`` list them with their defaults.
 
 ``deterministic`` works as in ``nnx.Dropout``: an attribute set by the constructor,
 ``model.eval()`` (True) and ``model.train()`` (False) or ``nnx.view(model, deterministic=...)``,
@@ -36,6 +40,7 @@ Example::
 from __future__ import annotations
 
 import dataclasses
+import inspect
 from typing import Any, ClassVar
 
 import jax
@@ -59,17 +64,32 @@ class Pooler(nnx.Module):
 
     linen: ClassVar[type[modules.Pooler]]
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "linen" in cls.__dict__:
+            cls.__signature__ = _signature(cls.linen)
+
     def __init__(
         self,
         *args: Any,
         in_features: int | None = None,
         input_size: tuple[int, int] | None = None,
-        rngs: nnx.Rngs | None = None,
+        rngs: nnx.Rngs | nnx.RngStream | None = None,
         **hyperparameters: Any,
     ):
         allowed = hyperparameter_names(self.linen)
         hyperparameters = self._merge_positional(args, hyperparameters, allowed)
+        if rngs is not None and not isinstance(rngs, nnx.Rngs | nnx.RngStream):
+            raise TypeError(
+                f"{type(self).__name__}: rngs must be an nnx.Rngs, an nnx.RngStream or None; got "
+                f"{type(rngs).__name__}"
+            )
+        # Hyperparameters stay static: an array (tau=jnp.float32(0.5)) would otherwise become
+        # model state, traced under nnx.jit and saved with the parameters.
+        hyperparameters = {k: _python_value(v) for k, v in hyperparameters.items()}
         config = self.linen(**hyperparameters)
+        if config.deterministic is not None:
+            _windows.check_flag(config.deterministic, "deterministic")
         for name in allowed:
             setattr(self, name, getattr(config, name))
         if in_features is not None:
@@ -93,10 +113,13 @@ class Pooler(nnx.Module):
                     f"{type(self).__name__}.{name} has a shape that depends on the channel "
                     "count: give in_features=C"
                 )
-            setattr(self, name, nnx.Param(spec.init(rngs.params(), spec.shape, jnp.float32)))
+            key = rngs() if isinstance(rngs, nnx.RngStream) else rngs.params()
+            setattr(self, name, nnx.Param(spec.init(key, spec.shape, jnp.float32)))
         self.param_names = tuple(specs)
         stream = None
-        if self.linen.stochastic and rngs is not None:
+        if self.linen.stochastic and isinstance(rngs, nnx.RngStream):
+            stream = rngs  # as nnx.Dropout: noise from the given stream
+        elif self.linen.stochastic and rngs is not None:
             try:
                 stream = rngs[config.rng_collection]
             except KeyError:  # e.g. nnx.Rngs(params=0): noise then comes with the call
@@ -132,9 +155,9 @@ class Pooler(nnx.Module):
         """Used by ``nnx.view(model, deterministic=...)``, as ``nnx.Dropout.set_view``: True for
         inference, False for training (only the stochastic layers' output depends on it)."""
         if deterministic is not None:
-            self.deterministic = deterministic
+            self.deterministic = _windows.check_flag(deterministic, "deterministic")
 
-    def config(self) -> modules.Pooler:
+    def _config(self) -> modules.Pooler:
         """The unbound Linen layer with this layer's hyperparameters."""
         return self.linen(
             **{name: getattr(self, name) for name in hyperparameter_names(self.linen)}
@@ -147,7 +170,7 @@ class Pooler(nnx.Module):
         deterministic: bool | None = None,
         rngs: nnx.Rngs | nnx.RngStream | jax.Array | None = None,
     ) -> jax.Array:
-        config = self.config()
+        config = self._config()
         batched, _ = _windows.check_input(x)
         params = {name: getattr(self, name)[...] for name in self.param_names}
         needed = config.parameters(batched.shape[1:3], batched.shape[-1])
@@ -155,6 +178,8 @@ class Pooler(nnx.Module):
             modules.check_shape(self, name, params[name].shape, spec.shape)
         if deterministic is None:
             deterministic = self.deterministic
+        if deterministic is not None:
+            deterministic = _windows.check_flag(deterministic, "deterministic")
         if not self.linen.stochastic:
             deterministic = True
         elif deterministic is None:
@@ -181,6 +206,33 @@ class Pooler(nnx.Module):
         if isinstance(rngs, nnx.RngStream):
             return rngs()
         return rngs
+
+
+def _signature(linen: type[modules.Pooler]) -> inspect.Signature:
+    """The constructor's signature as ``help()`` and IDEs should show it: the Linen layer's
+    hyperparameters with their defaults, then the keyword-only NNX arguments."""
+    fields = {f.name: f for f in dataclasses.fields(linen)}
+    P = inspect.Parameter
+    params = [
+        P(name, P.POSITIONAL_OR_KEYWORD, default=fields[name].default)
+        for name in hyperparameter_names(linen)
+    ]
+    params += [
+        P(name, P.KEYWORD_ONLY, default=None) for name in ("in_features", "input_size", "rngs")
+    ]
+    return inspect.Signature(params)
+
+
+def _python_value(value: Any) -> Any:
+    """A concrete NumPy/JAX scalar as the Python number it holds, a 1-D array as a tuple of them;
+    else ``value``."""
+    if isinstance(value, np.ndarray | np.generic) or (
+        isinstance(value, jax.Array) and not isinstance(value, jax.core.Tracer)
+    ):
+        array = np.asarray(value)
+        if array.ndim <= 1:
+            return array.item() if array.ndim == 0 else tuple(array.tolist())
+    return value
 
 
 class MaxPool(Pooler):

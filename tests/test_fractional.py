@@ -196,8 +196,8 @@ def test_one_set_of_regions_per_call_unless_per_example():
         ({"ratio": 2.0}, r"ratio must be a number in \(1, 2\)"),
         ({"ratio": (1.5,)}, r"ratio must be a number in \(1, 2\) or a pair"),
         ({"sequence": "halton"}, r"sequence must be one of \('random', 'pseudo_random'\)"),
-        ({"overlapping": "yes"}, r"overlapping must be True or False; got 'yes'"),
-        ({"per_example": 1}, r"per_example must be True or False; got 1"),
+        ({"overlapping": "yes"}, r"overlapping must be True or False \(a Python bool\); got 'yes'"),
+        ({"per_example": 1}, r"per_example must be True or False \(a Python bool\); got 1"),
     ],
 )
 def test_bad_arguments_raise_value_errors(kwargs, match):

@@ -228,3 +228,80 @@ def test_call_errors_are_those_of_linen():
         layer(jnp.ones((8, 8)), deterministic=True)
     with pytest.raises(ValueError, match=r"api must be one of \('linen', 'nnx'\); got 'torch'"):
         jaxpool.create("max", api="torch")
+
+
+def test_a_parameter_of_another_rank_is_named_not_an_index_error():
+    x = jnp.ones((1, 8, 8, C))
+    per_channel = pnnx.LPPool(per="channel", in_features=C, rngs=nnx.Rngs(0))
+    per_layer = pnnx.LPPool(per="layer", rngs=nnx.Rngs(0))
+    nnx.update(per_layer, nnx.state(per_channel))
+    with pytest.raises(ValueError, match=r"LPPool.p has shape \(3,\) .* it has 1 axes, not 0"):
+        per_layer(x)
+    per_channel = pnnx.MixedPool(in_features=C, rngs=nnx.Rngs(0))
+    per_channel.alpha = nnx.Param(jnp.zeros((4, C)))  # an ensemble's stacked parameter
+    with pytest.raises(ValueError, match=r"2 axes, not 1. A parameter stacked over an ensemble"):
+        per_channel(x)
+
+
+def test_rngs_may_be_a_stream_as_for_dropout_and_nothing_else():
+    x = jax.random.uniform(jax.random.key(0), (2, 8, 8, C))
+    rngs = nnx.Rngs(0, pooling=1)
+    stochastic = pnnx.StochasticPool(rngs=rngs.pooling)
+    assert not np.array_equal(
+        stochastic(x, deterministic=False), stochastic(x, deterministic=False)
+    )
+    tdgs = pnnx.TDGSPool(per="channel", in_features=C, rngs=rngs.pooling)
+    assert tdgs.temperature.shape == (C,) and tdgs(x, deterministic=False).shape == (2, 4, 4, C)
+    for bad in (0, jax.random.key(0), {"pooling": 1}):
+        with pytest.raises(TypeError, match=r"rngs must be an nnx.Rngs, an nnx.RngStream or None"):
+            pnnx.StochasticPool(rngs=bad)
+
+
+def test_deterministic_must_be_a_bool_everywhere():
+    """A string is truthy: 'false' would silently mean inference."""
+    x = jnp.ones((1, 8, 8, C))
+    match = r"deterministic must be True or False \(a Python bool\); got 'false'"
+    with pytest.raises(ValueError, match=match):
+        pnnx.StochasticPool(deterministic="false", rngs=nnx.Rngs(0))
+    layer = pnnx.StochasticPool(rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match=match):
+        layer(x, deterministic="false")
+    with pytest.raises(ValueError, match=match):
+        layer.set_view(deterministic="false")
+    with pytest.raises(ValueError, match=match):
+        jaxpool.StochasticPool(deterministic="false").apply({}, x)
+    with pytest.raises(ValueError, match=match):
+        jaxpool.MaxPool().apply({}, x, deterministic="false")
+    key, f = jax.random.key(0), jaxpool.functional
+    calls = {
+        "stochastic": lambda d: f.stochastic_pool(x, key=key, deterministic=d),
+        "s3": lambda d: f.s3_pool(x, key=key, deterministic=d),
+        "tdgs": lambda d: f.tdgs_pool(x, jnp.ones(()), key=key, deterministic=d),
+        "fractional": lambda d: f.fractional_max_pool(x, key=key, deterministic=d),
+    }
+    assert sorted(calls) == sorted(STOCHASTIC)
+    for name, call in calls.items():
+        with pytest.raises(ValueError, match=match):
+            call("false")
+        assert call(np.bool_(True)).shape[0] == 1, name  # NumPy's bool is a bool
+
+
+def test_hyperparameters_given_as_arrays_stay_static():
+    layer = pnnx.TDGSPool(tau=jnp.float32(0.5), eps=np.array(0.25), per="layer", rngs=nnx.Rngs(0))
+    assert set(nnx.to_pure_dict(nnx.state(layer))) == {"rngs", "temperature"}
+    assert (layer.tau, layer.eps) == (0.5, 0.25) and type(layer.tau) is float
+    assert pnnx.FractionalMaxPool(np.array([1.5, 1.25])).ratio == (1.5, 1.25)
+
+
+def test_the_signature_lists_the_hyperparameters_and_tabulate_works():
+    import inspect
+
+    signature = inspect.signature(pnnx.TDGSPool)
+    assert signature.parameters["tau"].default == 1.0
+    assert signature.parameters["window_shape"].kind is inspect.Parameter.POSITIONAL_OR_KEYWORD
+    assert signature.parameters["rngs"].kind is inspect.Parameter.KEYWORD_ONLY
+    model = nnx.Sequential(
+        nnx.Conv(1, C, (3, 3), rngs=nnx.Rngs(0)), pnnx.MixedPool(in_features=C, rngs=nnx.Rngs(0))
+    )
+    table = nnx.tabulate(model, jnp.ones((1, 8, 8, 1)))
+    assert "MixedPool" in table and "alpha" in table
