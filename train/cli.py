@@ -36,7 +36,7 @@ def print_help(doc: str, flag_values: flags.FlagValues, module: str | None = Non
     print(doc.strip())
     print()
     print(flag_values.module_help(module) if module else flag_values.get_help())
-    print(f"  {NO_CPU_TUNING}: leave XLA:CPU at its defaults (every command otherwise sets the")
+    print(f"  {NO_CPU_TUNING}: leave XLA:CPU at its defaults (this command otherwise sets the")
     print("    XLA:CPU flags measured faster for training: docs/performance-cpu-notes.md)")
 
 
