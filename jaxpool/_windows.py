@@ -13,6 +13,7 @@ Two ways to build the list, equal in value and gradient (the tests check both):
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from typing import NamedTuple
@@ -301,6 +302,12 @@ def check_flag(value, name: str) -> bool:
     """``value`` as a Python bool if it is one (or a NumPy bool), else a ``ValueError``: a string
     such as ``'false'`` is truthy and would silently mean True; a traced array cannot choose
     a program at trace time."""
+    if isinstance(value, jax.core.Tracer):
+        raise ValueError(
+            f"{name} must be True or False (a Python bool), known when tracing: it chooses the "
+            f"program. Got a traced value ({value!r:.60}): make it static (static_argnums=, "
+            "functools.partial, or a field of the layer)"
+        )
     if not isinstance(value, bool | np.bool_):
         raise ValueError(f"{name} must be True or False (a Python bool); got {value!r:.80}")
     return bool(value)
@@ -317,13 +324,21 @@ def require_key(key: jax.Array | None, fn: str) -> jax.Array:
     return check_key(key, fn)
 
 
+@functools.cache
+def _legacy_key_shape(impl: str) -> tuple[int, ...]:
+    """The shape of ``jax.random.PRNGKey(seed)`` under the PRNG implementation ``impl``."""
+    del impl  # the cache key: PRNGKey follows jax_default_prng_impl
+    return tuple(jax.eval_shape(jax.random.PRNGKey, 0).shape)
+
+
 def check_key(key, fn: str) -> jax.Array:
-    """``key`` if it is a PRNG key: a typed key (``jax.random.key``) or a legacy uint32 key
-    (``jax.random.PRNGKey``); else a ``ValueError``."""
+    """``key`` if it is a PRNG key: a typed key (``jax.random.key``) or a legacy key
+    (``jax.random.PRNGKey``: uint32 of its shape); else a ``ValueError``."""
     dtype = getattr(key, "dtype", None)
-    if dtype is None or not (
-        jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key) or dtype == np.uint32
-    ):
+    legacy = dtype == np.uint32 and tuple(np.shape(key)) == _legacy_key_shape(
+        str(jax.config.jax_default_prng_impl)
+    )
+    if dtype is None or not (jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key) or legacy):
         raise ValueError(
             f"{fn}: key must be a PRNG key, jax.random.key(seed) (or a legacy "
             f"jax.random.PRNGKey(seed)); got {type(key).__name__} {key!r:.80}"
@@ -355,6 +370,21 @@ def check_positive(value, name: str, why: str = "", *, normal: bool = False) -> 
             f"{name} must be at least {SMALLEST_NORMAL:.4g}{why}: a smaller number (below the "
             f"smallest normal float32) is flushed to 0; got {value!r}"
         )
+
+
+def check_finite(value, name: str) -> None:
+    """``value`` a finite real number (a concrete scalar), else a ``ValueError`` naming ``name``;
+    a traced value cannot be checked and passes."""
+    if isinstance(value, jax.core.Tracer):
+        return
+    problem = isinstance(value, str | bool | np.bool_) or np.ndim(value) != 0
+    if not problem:
+        try:
+            problem = not math.isfinite(float(np.asarray(value, np.float64)))
+        except (TypeError, ValueError):
+            problem = True
+    if problem:
+        raise ValueError(f"{name} must be a finite real number; got {value!r:.80}")
 
 
 IMPLEMENTATIONS = ("auto", "reference", "fast")

@@ -8,6 +8,10 @@ and draw from the rng stream ``'pooling'``; the others compute the same either w
     model.apply(variables, x, rngs={"pooling": key})          # training
     model.apply(variables, x, deterministic=True)               # inference, no rng needed
 
+``init`` in training mode may take one key: the noise then comes from ``'params'``, as flax's
+``make_rng`` does for :class:`flax.linen.Dropout`; ``apply`` needs the ``'pooling'`` stream.
+A stochastic layer's ``deterministic`` must be a Python bool; the other layers ignore it.
+
 ``strides=None`` means strides equal to the window (PyTorch's default).  Beware: flax's own
 ``nn.max_pool`` defaults to stride 1.  The study's eight layers also take ``implementation``
 (``'auto'``, ``'reference'`` or ``'fast'``), passed to the pure function (see
@@ -75,14 +79,15 @@ class Pooler(nn.Module):
 
     def merge_mode(self, deterministic: bool | None) -> bool:
         """The call's ``deterministic`` merged with the field (as Dropout); a stochastic layer
-        without either raises a ValueError naming the layer and the fix.  Either, where given, must
-        be a Python bool (``'false'`` would be truthy)."""
+        without either raises a ValueError naming the layer and the fix.  A stochastic layer's,
+        where given, must be a Python bool (``'false'`` would be truthy); the other layers ignore
+        both (a traced value included)."""
+        if not self.stochastic:
+            return True
         if self.deterministic is not None:
             _windows.check_flag(self.deterministic, "deterministic")
         if deterministic is not None:
             _windows.check_flag(deterministic, "deterministic")
-        if not self.stochastic:
-            return True
         if self.deterministic is None and deterministic is None:
             raise ValueError(
                 f"{type(self).__name__} is stochastic and needs to know the mode: call it with "
@@ -103,7 +108,10 @@ class Pooler(nn.Module):
         }
         deterministic = self.merge_mode(deterministic)
         if not deterministic and rng is None:
-            if not self.has_rng(self.rng_collection):
+            # init falls back to the 'params' stream, as flax's make_rng (nn.Dropout) does, so
+            # that init(key, x, train=True) works; apply needs the pooling stream itself.
+            fallback = self.is_initializing() and self.has_rng("params")
+            if not self.has_rng(self.rng_collection) and not fallback:
                 raise ValueError(
                     f"{type(self).__name__} is stochastic and deterministic=False needs noise: "
                     f"pass rngs={{'{self.rng_collection}': key}} to apply/init (or rng=key to the "
@@ -115,8 +123,9 @@ class Pooler(nn.Module):
 
 def _checked_param(module: nn.Module, name: str, spec: ParamSpec) -> jax.Array:
     """``module.param`` that raises a clear ValueError when the input implies another shape."""
-    if module.has_variable("params", name):
-        check_shape(module, name, module.get_variable("params", name).shape, spec.shape)
+    if module.has_variable("params", name):  # boxed (nn.with_partitioning) or not
+        existing = jnp.shape(nn.meta.unbox(module.get_variable("params", name)))
+        check_shape(module, name, existing, spec.shape)
     return module.param(name, spec.init, spec.shape, jnp.float32)
 
 
@@ -266,6 +275,7 @@ class GatedPool(_WindowedPool):
     implementation: str = "auto"
 
     def parameters(self, in_size, channels):
+        _windows.check_flag(self.use_bias, "use_bias")
         shape = _kernel_shape(self, in_size, channels)
         specs = {"gate_kernel": ParamSpec(shape, self.kernel_init)}
         if self.use_bias:
@@ -434,6 +444,7 @@ class TDGSPool(_WindowedPool):
 
     def parameters(self, in_size, channels):
         _check_choice(self.per, ("position", "channel", "layer"), "per")
+        _windows.check_finite(self.init_temperature, "init_temperature")
         if self.per == "position":
             shape = (*self._out_size(_require_size(self, in_size, "per='position'")), channels)
         else:

@@ -88,7 +88,7 @@ class Pooler(nnx.Module):
         # model state, traced under nnx.jit and saved with the parameters.
         hyperparameters = {k: _python_value(v) for k, v in hyperparameters.items()}
         config = self.linen(**hyperparameters)
-        if config.deterministic is not None:
+        if self.linen.stochastic and config.deterministic is not None:
             _windows.check_flag(config.deterministic, "deterministic")
         for name in allowed:
             setattr(self, name, getattr(config, name))
@@ -154,8 +154,10 @@ class Pooler(nnx.Module):
     def set_view(self, deterministic: bool | None = None) -> None:
         """Used by ``nnx.view(model, deterministic=...)``, as ``nnx.Dropout.set_view``: True for
         inference, False for training (only the stochastic layers' output depends on it)."""
+        if deterministic is not None and self.linen.stochastic:
+            deterministic = _windows.check_flag(deterministic, "deterministic")
         if deterministic is not None:
-            self.deterministic = _windows.check_flag(deterministic, "deterministic")
+            self.deterministic = deterministic
 
     def _config(self) -> modules.Pooler:
         """The unbound Linen layer with this layer's hyperparameters."""
@@ -178,16 +180,16 @@ class Pooler(nnx.Module):
             modules.check_shape(self, name, params[name].shape, spec.shape)
         if deterministic is None:
             deterministic = self.deterministic
-        if deterministic is not None:
-            deterministic = _windows.check_flag(deterministic, "deterministic")
         if not self.linen.stochastic:
-            deterministic = True
+            deterministic = True  # ignored, whatever its value (a traced one included)
         elif deterministic is None:
             raise ValueError(
                 f"{type(self).__name__} is stochastic and needs to know the mode: call it with "
                 "deterministic=True (inference) or deterministic=False (training), call "
                 "model.eval() or model.train(), or set deterministic= when constructing it"
             )
+        else:
+            deterministic = _windows.check_flag(deterministic, "deterministic")
         key = None
         if not deterministic:
             key = self._key(rngs, config.rng_collection)

@@ -396,3 +396,70 @@ def test_wrong_rank_names_shape(pooler_name):
             jnp.ones((8, 8)),
             deterministic=True,
         )
+
+
+def test_boxed_parameters_apply_as_in_every_flax_layer():
+    """nn.with_partitioning boxes a parameter in metadata; apply must see through the box."""
+    from flax import linen as nn
+
+    x = jax.random.normal(jax.random.key(0), (2, 8, 8, 3))
+    for layer in (
+        jaxpool.MixedPool(alpha_init=nn.with_partitioning(nn.initializers.zeros, ("model",))),
+        jaxpool.LPPool(p_init=nn.with_partitioning(nn.initializers.constant(3.0), ())),
+    ):
+        variables = layer.init(jax.random.key(1), x)
+        assert isinstance(
+            jax.tree.leaves(variables, is_leaf=nn.meta.is_axis_metadata)[0], nn.Partitioned
+        )
+        chex.assert_trees_all_close(
+            layer.apply(variables, x), layer.apply(nn.meta.unbox(variables), x)
+        )
+
+
+def test_training_mode_init_with_one_key_works_as_for_dropout_but_apply_needs_the_stream():
+    from flax import linen as nn
+
+    class Net(nn.Module):
+        @nn.compact
+        def __call__(self, x, train: bool):
+            x = nn.Dropout(0.5)(x, deterministic=not train)
+            return jaxpool.StochasticPool()(x, deterministic=not train)
+
+    x = jnp.ones((1, 4, 4, 1))
+    variables = Net().init(jax.random.key(0), x, train=True)  # noise from 'params', as Dropout's
+    with pytest.raises(ValueError, match=r"pass rngs=\{'pooling': key\} to apply"):
+        Net().apply(
+            variables,
+            x,
+            train=True,
+            rngs={"params": jax.random.key(1), "dropout": jax.random.key(2)},
+        )
+
+
+@pytest.mark.parametrize(
+    ("layer", "match"),
+    [
+        (
+            jaxpool.GatedPool(use_bias="no"),
+            r"use_bias must be True or False \(a Python bool\); got 'no'",
+        ),
+        (
+            jaxpool.TDGSPool(init_temperature="hot"),
+            r"init_temperature must be a finite real number",
+        ),
+        (
+            jaxpool.TDGSPool(init_temperature=float("nan")),
+            r"init_temperature must be a finite real",
+        ),
+    ],
+)
+def test_hyperparameters_of_parameters_are_checked(layer, match):
+    with pytest.raises(ValueError, match=match):
+        layer.init(jax.random.key(0), jnp.ones((1, 4, 4, 2)), deterministic=True)
+
+
+def test_a_uint32_array_that_is_no_legacy_key_is_refused():
+    x = jnp.ones((1, 4, 4, 1))
+    for bad in (jnp.arange(4, dtype=jnp.uint32), jnp.zeros((2, 2), jnp.uint32)):
+        with pytest.raises(ValueError, match=r"stochastic_pool: key must be a PRNG key"):
+            jaxpool.functional.stochastic_pool(x, key=bad)

@@ -270,8 +270,9 @@ def test_deterministic_must_be_a_bool_everywhere():
         layer.set_view(deterministic="false")
     with pytest.raises(ValueError, match=match):
         jaxpool.StochasticPool(deterministic="false").apply({}, x)
-    with pytest.raises(ValueError, match=match):
-        jaxpool.MaxPool().apply({}, x, deterministic="false")
+    # the other layers ignore it, a traced value included (nn.remat, nn.jit, jax.eval_shape)
+    jax.eval_shape(jaxpool.MaxPool().init, jax.random.key(0), x, deterministic=True)
+    assert pnnx.MaxPool()(x, deterministic=jnp.array(True)).shape == (1, 4, 4, C)
     key, f = jax.random.key(0), jaxpool.functional
     calls = {
         "stochastic": lambda d: f.stochastic_pool(x, key=key, deterministic=d),
@@ -284,6 +285,8 @@ def test_deterministic_must_be_a_bool_everywhere():
         with pytest.raises(ValueError, match=match):
             call("false")
         assert call(np.bool_(True)).shape[0] == 1, name  # NumPy's bool is a bool
+        with pytest.raises(ValueError, match=r"known when tracing.*make it static"):
+            jax.jit(call)(True)
 
 
 def test_hyperparameters_given_as_arrays_stay_static():
