@@ -91,7 +91,7 @@ def stochastic_pool(
         # in [2**-23, 2K]: the derivative of w / total, which squares total, then stays finite
         # for tiny or huge mass (1e-20 would underflow to 0 and 1e20 overflow: NaN gradients).
         _, exponent = jnp.frexp(jnp.maximum(top, 0.0))
-        scale = jnp.ldexp(jnp.ones((), _F32), jnp.maximum(exponent - 1, -126))
+        scale = _power_of_two(exponent - 1)
         mass = [a / scale for a in mass]
         total = _window_ops.window_sum(mass)
         has_mass = total > 0
@@ -117,6 +117,14 @@ def stochastic_pool(
         y = _window_ops.select(index, values)
     y = jnp.where(top == jnp.inf, jnp.inf, jnp.where(jnp.isnan(top), jnp.nan, y))
     return _windows.to_output(y, x.dtype, unbatched)
+
+
+def _power_of_two(exponent: jax.Array) -> jax.Array:
+    """``2**exponent`` as float32 for an integer ``exponent`` clipped to the normal range
+    [-126, 127], built from its bits: exact on every backend (``jnp.ldexp`` computes a float
+    ``pow``, which an accelerator may round)."""
+    biased = jnp.clip(exponent, -126, 127).astype(jnp.int32) + 127
+    return jax.lax.bitcast_convert_type(biased << 23, _F32)
 
 
 def gumbel_softmax(

@@ -308,7 +308,10 @@ def check_flag(value, name: str) -> bool:
             f"program. Got a traced value ({value!r:.60}): make it static (static_argnums=, "
             "functools.partial, or a field of the layer)"
         )
-    if not isinstance(value, bool | np.bool_):
+    if not (
+        isinstance(value, bool | np.bool_)
+        or (isinstance(value, np.ndarray | jax.Array) and value.shape == () and value.dtype == bool)
+    ):
         raise ValueError(f"{name} must be True or False (a Python bool); got {value!r:.80}")
     return bool(value)
 
@@ -326,18 +329,24 @@ def require_key(key: jax.Array | None, fn: str) -> jax.Array:
 
 @functools.cache
 def _legacy_key_shape(impl: str) -> tuple[int, ...]:
-    """The shape of ``jax.random.PRNGKey(seed)`` under the PRNG implementation ``impl``."""
-    del impl  # the cache key: PRNGKey follows jax_default_prng_impl
-    return tuple(jax.eval_shape(jax.random.PRNGKey, 0).shape)
+    """The shape of a raw (uint32) key under the PRNG implementation ``impl``: that of
+    ``jax.random.PRNGKey(seed)``, whatever ``jax_enable_custom_prng`` says."""
+    del impl  # the cache key: the key data follow jax_default_prng_impl
+    return tuple(jax.eval_shape(lambda: jax.random.key_data(jax.random.key(0))).shape)
 
 
 def check_key(key, fn: str) -> jax.Array:
     """``key`` if it is a PRNG key: a typed key (``jax.random.key``) or a legacy key
     (``jax.random.PRNGKey``: uint32 of its shape); else a ``ValueError``."""
     dtype = getattr(key, "dtype", None)
-    legacy = dtype == np.uint32 and tuple(np.shape(key)) == _legacy_key_shape(
-        str(jax.config.jax_default_prng_impl)
-    )
+    legacy_shape = _legacy_key_shape(str(jax.config.jax_default_prng_impl))
+    shape = tuple(np.shape(key))
+    legacy = dtype == np.uint32 and shape == legacy_shape
+    if dtype == np.uint32 and len(shape) > len(legacy_shape) and shape[-1:] == legacy_shape[-1:]:
+        raise ValueError(
+            f"{fn}: key must be one PRNG key; got a batch of raw keys of shape {shape}: "
+            "jax.vmap over the keys for one call per key"
+        )
     if dtype is None or not (jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key) or legacy):
         raise ValueError(
             f"{fn}: key must be a PRNG key, jax.random.key(seed) (or a legacy "
@@ -373,18 +382,19 @@ def check_positive(value, name: str, why: str = "", *, normal: bool = False) -> 
 
 
 def check_finite(value, name: str) -> None:
-    """``value`` a finite real number (a concrete scalar), else a ``ValueError`` naming ``name``;
-    a traced value cannot be checked and passes."""
+    """``value`` a finite real number, or a concrete array of them, else a ``ValueError`` naming
+    ``name``; a traced value cannot be checked and passes."""
     if isinstance(value, jax.core.Tracer):
         return
-    problem = isinstance(value, str | bool | np.bool_) or np.ndim(value) != 0
+    problem = isinstance(value, str | bool | np.bool_)
     if not problem:
         try:
-            problem = not math.isfinite(float(np.asarray(value, np.float64)))
+            array = np.asarray(value)
+            problem = array.dtype == bool or not np.isfinite(array.astype(np.float64)).all()
         except (TypeError, ValueError):
             problem = True
     if problem:
-        raise ValueError(f"{name} must be a finite real number; got {value!r:.80}")
+        raise ValueError(f"{name} must be a finite real number (or array); got {value!r:.80}")
 
 
 IMPLEMENTATIONS = ("auto", "reference", "fast")

@@ -17,8 +17,8 @@ keyword-only arguments:
   Rngs has no such stream; with neither, training calls need ``rngs=``); or one ``nnx.RngStream``
   for both, as ``nnx.Dropout(rngs=rngs.pooling)``.
 
-Hyperparameters are static (an array given for one is stored as the Python number it holds), and
-``inspect.signature`` / ``help()`` list them with their defaults.
+Hyperparameters are static (a NumPy/JAX scalar given for one is stored as the Python number it
+holds), and ``inspect.signature`` / ``help()`` of a layer class list them with their defaults.
 
 ``deterministic`` works as in ``nnx.Dropout``: an attribute set by the constructor,
 ``model.eval()`` (True) and ``model.train()`` (False) or ``nnx.view(model, deterministic=...)``,
@@ -63,11 +63,6 @@ class Pooler(nnx.Module):
     """Base of the NNX pooling layers; a subclass names its Linen twin in ``linen``."""
 
     linen: ClassVar[type[modules.Pooler]]
-
-    def __init_subclass__(cls, **kwargs: Any) -> None:
-        super().__init_subclass__(**kwargs)
-        if "linen" in cls.__dict__:
-            cls.__signature__ = _signature(cls.linen)
 
     def __init__(
         self,
@@ -226,15 +221,31 @@ def _signature(linen: type[modules.Pooler]) -> inspect.Signature:
 
 
 def _python_value(value: Any) -> Any:
-    """A concrete NumPy/JAX scalar as the Python number it holds, a 1-D array as a tuple of them;
-    else ``value``."""
+    """A concrete NumPy/JAX scalar as the Python number it holds; else ``value`` (an array of
+    several values, e.g. per-channel ``coefficient``, stays an array)."""
     if isinstance(value, np.ndarray | np.generic) or (
         isinstance(value, jax.Array) and not isinstance(value, jax.core.Tracer)
     ):
-        array = np.asarray(value)
-        if array.ndim <= 1:
-            return array.item() if array.ndim == 0 else tuple(array.tolist())
+        if np.ndim(value) == 0:
+            return np.asarray(value).item()
     return value
+
+
+class _ConstructorSignature:
+    """``Pooler.__signature__``: for a layer class, its constructor's (see :func:`_signature`;
+    for a subclass with its own ``__init__``, that one's); None (inspect's default lookup) for an
+    instance, whose signature is its ``__call__``'s."""
+
+    def __get__(self, obj: Any, cls: type) -> inspect.Signature | None:
+        if obj is not None or not hasattr(cls, "linen"):
+            return None
+        if cls.__init__ is not Pooler.__init__:
+            own = inspect.signature(cls.__init__)
+            return own.replace(parameters=list(own.parameters.values())[1:])  # without self
+        return _signature(cls.linen)
+
+
+Pooler.__signature__ = _ConstructorSignature()
 
 
 class MaxPool(Pooler):

@@ -188,6 +188,20 @@ def test_stochastic_deterministic_derivatives_hold_for_tiny_and_huge_mass(scale)
     np.testing.assert_allclose(jax.jvp(f, (x,), (jnp.ones_like(x),))[1], 8 / 9, rtol=1e-5)
 
 
+def test_the_mass_scale_is_an_exact_power_of_two_on_any_backend():
+    """The scale is built from its bits: a rounded 2**e (a float pow on an accelerator) made the
+    smallest normal 0 and gave NaN for windows of it."""
+    from jaxpool._stochastic import _power_of_two
+
+    exponents = np.arange(-130, 131)
+    expected = np.ldexp(np.float32(1), np.clip(exponents, -126, 127)).astype(np.float32)
+    np.testing.assert_array_equal(np.asarray(_power_of_two(jnp.asarray(exponents))), expected)
+    tiny = np.finfo(np.float32).tiny
+    x = jnp.full((1, 2, 2, 1), tiny, jnp.float32)
+    y = F.stochastic_pool(x, deterministic=True)[0, 0, 0, 0]
+    assert 0 <= y <= tiny, y  # tiny, or 0 where p * tiny (subnormal) is flushed to zero
+
+
 def test_traced_positive_scalars_are_accepted_and_legacy_keys_too():
     # tau and eps may be traced (a value jit cannot check); concrete ones are checked (above)
     x = jax.random.normal(jax.random.key(0), (1, 4, 4, 2))

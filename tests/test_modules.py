@@ -460,6 +460,13 @@ def test_hyperparameters_of_parameters_are_checked(layer, match):
 
 def test_a_uint32_array_that_is_no_legacy_key_is_refused():
     x = jnp.ones((1, 4, 4, 1))
-    for bad in (jnp.arange(4, dtype=jnp.uint32), jnp.zeros((2, 2), jnp.uint32)):
+    f = jaxpool.functional.stochastic_pool
+    for bad in (jnp.arange(4, dtype=jnp.uint32), jnp.zeros((3,), jnp.uint32)):
         with pytest.raises(ValueError, match=r"stochastic_pool: key must be a PRNG key"):
-            jaxpool.functional.stochastic_pool(x, key=bad)
+            f(x, key=bad)
+    with pytest.raises(ValueError, match=r"a batch of raw keys of shape \(2, 2\): jax.vmap"):
+        f(x, key=jax.random.split(jax.random.PRNGKey(0)))
+    raw = jax.random.key_data(jax.random.key(1))
+    with jax.enable_custom_prng(True):  # PRNGKey then makes typed keys; raw data stays a key
+        assert _windows.check_key(raw, "f") is raw
+    assert f(x, key=jax.random.PRNGKey(1)).shape == (1, 2, 2, 1)

@@ -287,13 +287,25 @@ def test_deterministic_must_be_a_bool_everywhere():
         assert call(np.bool_(True)).shape[0] == 1, name  # NumPy's bool is a bool
         with pytest.raises(ValueError, match=r"known when tracing.*make it static"):
             jax.jit(call)(True)
+        assert call(jnp.array(True)).shape == call(np.array(True)).shape  # concrete 0-d bools
 
 
 def test_hyperparameters_given_as_arrays_stay_static():
     layer = pnnx.TDGSPool(tau=jnp.float32(0.5), eps=np.array(0.25), per="layer", rngs=nnx.Rngs(0))
     assert set(nnx.to_pure_dict(nnx.state(layer))) == {"rngs", "temperature"}
     assert (layer.tau, layer.eps) == (0.5, 0.25) and type(layer.tau) is float
-    assert pnnx.FractionalMaxPool(np.array([1.5, 1.25])).ratio == (1.5, 1.25)
+    # an array of several values stays one: per-channel values work as in Linen
+    x = jax.random.normal(jax.random.key(1), (2, 8, 8, C))
+    coefficient = jnp.array([10.0, 12.0, 14.0])
+    lip = pnnx.LIPPool(coefficient=coefficient, in_features=C, rngs=nnx.Rngs(0))
+    lip.logit_kernel[...] = jax.random.normal(jax.random.key(2), lip.logit_kernel.shape)
+    params = {"params": {name: getattr(lip, name)[...] for name in lip.param_names}}
+    expected = jaxpool.LIPPool(coefficient=coefficient).apply(params, x)
+    np.testing.assert_allclose(lip(x), expected, rtol=1e-6, atol=1e-6)
+    tdgs = pnnx.TDGSPool(
+        per="channel", init_temperature=np.array([1.0, 2.0, 3.0]), in_features=C, rngs=nnx.Rngs(0)
+    )
+    assert np.all(np.abs(tdgs.temperature[...] - np.array([1.0, 2.0, 3.0])) <= 0.5)
 
 
 def test_the_signature_lists_the_hyperparameters_and_tabulate_works():
@@ -303,6 +315,17 @@ def test_the_signature_lists_the_hyperparameters_and_tabulate_works():
     assert signature.parameters["tau"].default == 1.0
     assert signature.parameters["window_shape"].kind is inspect.Parameter.POSITIONAL_OR_KEYWORD
     assert signature.parameters["rngs"].kind is inspect.Parameter.KEYWORD_ONLY
+    # an instance's signature is its __call__'s (jax.jit's argnames use it); a subclass with its
+    # own constructor has its own
+    layer = pnnx.MixedPool(in_features=C, rngs=nnx.Rngs(0))
+    assert list(inspect.signature(layer).parameters) == ["x", "deterministic", "rngs"]
+    assert jax.jit(layer, donate_argnames="x")(jnp.ones((1, 4, 4, C))).shape == (1, 2, 2, C)
+
+    class Wide(pnnx.MaxPool):
+        def __init__(self, width: int):
+            super().__init__(width)
+
+    assert list(inspect.signature(Wide).parameters) == ["width"]
     model = nnx.Sequential(
         nnx.Conv(1, C, (3, 3), rngs=nnx.Rngs(0)), pnnx.MixedPool(in_features=C, rngs=nnx.Rngs(0))
     )
