@@ -59,7 +59,7 @@ def test_plan_bounds_every_step_and_passes_the_data_dir(tmp_path):
         " --xla_gpu_enable_command_buffer=+WHILE,+CONDITIONAL"
     )
     assert all(s.limit_s > 0 for s in steps)
-    assert by_name["tests"].command[-2:] == ["-n", "3"]
+    assert by_name["tests"].command[-3:] == ["-n", "3", "tests"]  # run in the repository root
     sweeps = [by_name[n] for n in ("mnist sweep (2 epochs)", "seeds apart", "seeds together")]
     for sweep in sweeps:
         assert sweep.command[-2:] == ["--data-dir", "/data/tfds"]
@@ -102,7 +102,7 @@ def test_summary_lists_steps_and_seconds_per_epoch_against_max(tmp_path):
     report = tmp_path / "sweep" / "report"
     report.mkdir(parents=True)
     (report / "results.csv").write_text(
-        "pooler,train_seconds_per_epoch\nmax,0.25\ntdgs,0.30\ns3,\n"
+        "pooler,epochs,train_seconds_per_epoch\nmax,2,0.25\ntdgs,2,0.30\ns3,2,\n"
     )
     per_epoch = accelerator_check.sweep_seconds_per_epoch(str(tmp_path / "sweep"))
     assert per_epoch == {"max": 0.25, "tdgs": 0.30}
@@ -167,6 +167,7 @@ def test_the_whole_check_keeps_to_its_time_and_still_writes_its_summary(tmp_path
 
     monkeypatch.setattr(accelerator_check, "plan", fake_plan)
     monkeypatch.setattr(accelerator_check, "MIN_STEP_SECONDS", 2)
+    monkeypatch.setattr(accelerator_check, "STOP_GRACE_SECONDS", 1)
     code = accelerator_check.run(str(tmp_path), None, 1, ("tests", "bench"), total_seconds=6)
     assert code == 1
     lines = (tmp_path / "summary.txt").read_text().splitlines()
@@ -256,20 +257,26 @@ def test_an_earlier_checks_directory_is_refused(tmp_path):
         accelerator_check.check_out_dir("")
 
 
-def test_data_dir_and_time_limit_are_checked_before_any_step(tmp_path):
-    accelerator_check.check_data_dir(None, accelerator_check.GROUPS)  # TFDS's default: TFDS's
+def test_data_dir_and_time_limit_are_checked_before_any_step(tmp_path, monkeypatch):
     accelerator_check.check_data_dir(str(tmp_path / "missing"), ("tests", "bench"))  # not read
     with pytest.raises(ValueError, match=r"--check-data-dir .*missing is not a directory"):
         accelerator_check.check_data_dir(str(tmp_path / "missing"), ("sweep",))
-    with pytest.raises(ValueError, match=r"holds no TFDS mnist"):
+    with pytest.raises(ValueError, match=r"holds no prepared TFDS mnist"):
         accelerator_check.check_data_dir(str(tmp_path), ("determinism",))
-    (tmp_path / "mnist").mkdir()
+    (tmp_path / "mnist" / "3.0.1").mkdir(parents=True)  # an empty dataset: refused too
+    with pytest.raises(ValueError, match=r"holds no prepared TFDS mnist"):
+        accelerator_check.check_data_dir(str(tmp_path), ("determinism",))
+    (tmp_path / "mnist" / "3.0.1" / "dataset_info.json").write_text("{}")
+    (tmp_path / "mnist" / "3.0.1" / "mnist-train.array_record-00000-of-00001").write_text("")
     accelerator_check.check_data_dir(str(tmp_path), accelerator_check.DATA_GROUPS)
+    monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path / "nowhere"))  # no flag: TFDS's default
+    with pytest.raises(ValueError, match=r"TFDS's default data dir \(no --check-data-dir\)"):
+        accelerator_check.check_data_dir(None, ("sweep",))
     accelerator_check.check_seconds(None)
     accelerator_check.check_seconds(accelerator_check.MIN_STEP_SECONDS)
-    with pytest.raises(ValueError, match=r"--check-seconds must be at least 30 .*; got 29"):
-        accelerator_check.check_seconds(29)
-    with pytest.raises(ValueError, match=r"holds no TFDS mnist"):  # before the directory is made
+    with pytest.raises(ValueError, match=r"--check-seconds must be at least 60 .*; got 59"):
+        accelerator_check.check_seconds(59)
+    with pytest.raises(ValueError, match=r"holds no prepared TFDS mnist"):  # before out is made
         accelerator_check.run(str(tmp_path / "out"), str(tmp_path / "mnist"), 1, ("sweep",))
     assert not (tmp_path / "out").exists()
 
@@ -308,3 +315,87 @@ def test_graphs_steps_set_command_buffers_beside_the_default_run():
     lines = accelerator_check.summary([], {"max": 0.25}, "gpu:H200 x1", timed)
     assert lines[-3].split() == ["default", "(the", "sweep)", "0.250"]
     assert not any("command buffers" in line for line in accelerator_check.summary([], {}, "x"))
+
+
+def test_a_step_past_its_limit_may_stop_by_itself_first(tmp_path, monkeypatch):
+    """SIGINT first: a sweep writes its report, pytest its summary; the log's last line says so."""
+    monkeypatch.setattr(accelerator_check, "STOP_GRACE_SECONDS", 10)
+    saves = (
+        "import time\ntry:\n    time.sleep(60)\nexcept KeyboardInterrupt:\n"
+        "    print('saved what it had')\n    raise SystemExit(130)"
+    )
+    step = accelerator_check.Step("saves", [sys.executable, "-c", saves], 2)
+    accelerator_check.run_step(step, str(tmp_path / "saves.log"))
+    assert (step.status, step.note) == ("timed out after 2 s", "saved what it had")
+    assert step.seconds < 10
+
+
+def test_output_that_is_not_utf8_is_read_and_the_device_line_found(tmp_path):
+    code = "import sys; sys.stdout.buffer.write(b'gpu:Fake x1\\n\\xff stray\\n')"
+    step = accelerator_check.Step("device", [sys.executable, "-c", code], 60, "device")
+    accelerator_check.run_step(step, str(tmp_path / "device.log"))
+    assert step.note == "gpu:Fake x1"
+
+
+def test_a_check_stopped_from_outside_leaves_its_summary_and_stops_its_step(tmp_path, monkeypatch):
+    import signal
+    import threading
+
+    pid_file = tmp_path / "pid"
+    sleeper = (
+        f"import os, time; open({str(pid_file)!r}, 'w').write(str(os.getpid())); time.sleep(60)"
+    )
+
+    def fake_plan(out, data_dir, workers):
+        return [
+            accelerator_check.Step(
+                "device", [sys.executable, "-c", "print('gpu:Fake x1')"], 60, "device"
+            ),
+            accelerator_check.Step("tests", [sys.executable, "-c", sleeper], 600, "tests"),
+            accelerator_check.Step("bench", [sys.executable, "-c", "print('ran')"], 600, "bench"),
+        ]
+
+    monkeypatch.setattr(accelerator_check, "plan", fake_plan)
+    seen_while_running = []
+
+    def stop_when_running():
+        for _ in range(200):
+            summary = tmp_path / "out" / "summary.txt"
+            if pid_file.exists() and summary.exists():
+                seen_while_running.append(summary.read_text())
+                os.kill(os.getpid(), signal.SIGTERM)
+                return
+            time.sleep(0.05)
+
+    threading.Thread(target=stop_when_running, daemon=True).start()
+    code = accelerator_check.run(str(tmp_path / "out"), None, 1, ("tests", "bench"))
+    assert code == 128 + signal.SIGTERM
+    assert "tests" in seen_while_running[0] and "running" in seen_while_running[0]
+    lines = (tmp_path / "out" / "summary.txt").read_text().splitlines()
+    assert lines[0] == "accelerator check on gpu:Fake x1"
+    assert "stopped with the check" in lines[3] and "not run" in lines[4]
+    pid = int(pid_file.read_text())
+    for _ in range(50):
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.1)
+    else:
+        raise AssertionError(f"the step's process {pid} outlived the check")
+
+
+def test_the_sweep_figures_leave_out_runs_stopped_in_epoch_1(tmp_path):
+    report = tmp_path / "report"
+    report.mkdir()
+    (report / "results.csv").write_text(
+        "pooler,epochs,train_seconds_per_epoch\nmax,2,0.25\ntdgs,1,4.29\navg,2,\n"
+    )
+    assert accelerator_check.sweep_seconds_per_epoch(str(tmp_path)) == {"max": 0.25}
+
+
+def test_an_unnamed_device_is_unknown_not_a_cpu():
+    timed = {"deterministic ops on": (0.25, 0.02)}
+    lines = accelerator_check.summary([], {}, accelerator_check.UNNAMED_DEVICE, timed)
+    assert accelerator_check.UNKNOWN_DEVICE_NOTE in lines
+    assert accelerator_check.NO_GPU_NOTE not in lines

@@ -45,8 +45,9 @@ _CHECK_STEPS = flags.DEFINE_string(
 _CHECK_SECONDS = flags.DEFINE_integer(
     "check-seconds",
     None,
-    "--check: time limit of the whole check in seconds, at least 30; steps get at most what is "
-    "left and are skipped with under 30 s left (default: each step's own limit).",
+    "--check: time limit of the whole check in seconds, at least 60; steps get at most what is "
+    "left (less 15 s to stop one) and are skipped with under 60 s left (default: each step's own "
+    "limit).",
 )
 _IN_LOOP = flags.DEFINE_enum(
     "in-loop",

@@ -35,12 +35,15 @@ that names the device (a first step, always run, asks JAX):
    dir).
 
 ``--check-steps`` picks some of them by the names above, and ``--check-seconds`` (at least
-:data:`MIN_STEP_SECONDS`) bounds the whole check: each step then gets at most the time left, and a
-step with under :data:`MIN_STEP_SECONDS` left is skipped (a machine lent for a fixed time still gets
-its summary).  The output directory, the data dir and the time limit are checked before any step,
-and the bench's own flags are refused with ``--check`` (its bench step runs with the defaults).  A
-step past its limit is stopped with every process it started (pytest's workers too), so nothing
-keeps the device after the check.
+:data:`MIN_STEP_SECONDS`) bounds the whole check: each step then gets at most the time left (less
+:data:`STOP_GRACE_SECONDS`), and a step with under :data:`MIN_STEP_SECONDS` left is skipped (a
+machine lent for a fixed time still gets its summary).  The output directory, the data dir and the
+time limit are checked before any step, and the bench's own flags are refused with ``--check`` (its
+bench step runs with the defaults).  A step past its limit gets SIGINT, so that a training run or
+sweep saves what it has and pytest prints its summary, and :data:`STOP_GRACE_SECONDS` later it is
+killed with every process it started (pytest's workers too), so nothing keeps the device after the
+check.  ``summary.txt`` is rewritten before and after every step: a check killed from outside (a
+lent machine's time limit) leaves what it measured; SIGTERM or SIGHUP stops the running step first.
 
 Everything goes to ``--check-dir`` (default ``runs/accelerator-check``): each step's log
 (:func:`log_name`), the bench JSON, the run directories and ``summary.txt``.  It must be new or
@@ -76,11 +79,20 @@ class Step:
     skipped: bool = False
     env: dict[str, str] = dataclasses.field(default_factory=dict)  # added to the environment
     run_dir: str = ""  # where a train.main step's run goes (its metrics.jsonl)
+    started: bool = False
+    running: bool = False  # started and not finished (the summary written while it runs)
+    interrupted: bool = False  # the check itself was stopped while this step ran
 
     @property
     def status(self) -> str:
+        if self.running:
+            return "running"
+        if self.interrupted:
+            return "stopped with the check"
         if self.skipped:
             return "skipped (time spent)"
+        if not self.started and self.returncode is None:
+            return "not run"
         if self.returncode is None:
             return f"timed out after {self.limit_s} s"
         return "passed" if self.returncode == 0 else f"failed (exit {self.returncode})"
@@ -115,8 +127,13 @@ FAST_MODEL_STEP = "max, fast model"
 EVAL_BATCH = 1000  # the paths step's larger evaluation batch (MNIST's test split: 10 batches)
 EVAL_BATCH_STEP = f"max, eval batch {EVAL_BATCH}"
 _MNIST_CONFIG = os.path.join(os.path.dirname(__file__), "..", "..", "configs", "mnist.py")
-MIN_STEP_SECONDS = 30  # under --check-seconds, a step with less time left is skipped
-DEVICE_STEP = "device"  # run whatever --check-steps says; its last line names the device
+_DEVICE_LINE = re.compile(r"^\w+:.+ x\d+$")  # measure.device_description(): platform:kind xN
+MIN_STEP_SECONDS = 60  # under --check-seconds, a step with less time left is skipped
+# A step past its limit gets SIGINT first and this long to stop by itself (train.main and
+# train.sweep save their runs and report, pytest prints its summary), then SIGKILL.
+STOP_GRACE_SECONDS = 15
+DEVICE_STEP = "device"  # run whatever --check-steps says (never skipped); it names the device
+REPO_ROOT = os.path.normpath(os.path.join(os.path.dirname(__file__), "..", ".."))
 
 
 def fast_path_step(pooler: str) -> str:
@@ -176,7 +193,7 @@ def plan(out: str, data_dir: str | None, workers: int) -> list[Step]:
     name_device = "from train.benchmarks import measure; print(measure.device_description())"
     return [
         Step(DEVICE_STEP, [python, "-c", name_device], 120, DEVICE_STEP),
-        Step("tests", [python, "-m", "pytest", "-q", "-n", str(workers)], 1800, "tests"),
+        Step("tests", [python, "-m", "pytest", "-q", "-n", str(workers), "tests"], 1800, "tests"),
         training(DETERMINISM_STEPS[0], "deterministic-on", "determinism", limit_s=600),
         training(
             DETERMINISM_STEPS[1],
@@ -224,8 +241,20 @@ def plan(out: str, data_dir: str | None, workers: int) -> list[Step]:
             )
             for i, (name, flag) in enumerate(GRAPH_STEPS.items())
         ),
-        Step(SEED_GROUP_STEPS[0], sweep("seeds-apart", *groups, "off"), 900, "seeds"),
-        Step(SEED_GROUP_STEPS[1], sweep("seeds-together", *groups, "on"), 900, "seeds"),
+        # Each with a compilation cache of its own: the sweep step's cached programs would spare
+        # "apart" its compiling and not "together" (3.3x against 1.2x measured on a CPU).
+        *(
+            Step(
+                name,
+                sweep(workdir, *groups, mode),
+                900,
+                "seeds",
+                env={"JAX_COMPILATION_CACHE_DIR": os.path.join(out, f"xla-cache-{workdir}")},
+            )
+            for name, workdir, mode in zip(
+                SEED_GROUP_STEPS, ("seeds-apart", "seeds-together"), ("off", "on"), strict=True
+            )
+        ),
         Step(
             "bench",
             [python, "-m", "train.bench", "--json", os.path.join(out, "bench.json")],
@@ -259,17 +288,29 @@ DATA_GROUPS = ("determinism", "sweep", "paths", "graphs", "seeds")
 
 
 def check_data_dir(data_dir: str | None, groups: Sequence[str]) -> None:
-    """``--check-data-dir``, where a selected step trains: a directory holding TFDS's ``mnist``
-    (checked before the steps, so that a typo does not cost the test suite's minutes first).
-    None (TFDS's default directory) is left to TFDS."""
-    if data_dir is None or not set(groups) & set(DATA_GROUPS):
+    """``--check-data-dir``, where a selected step trains: a directory holding a prepared TFDS
+    ``mnist`` (``mnist/<version>/dataset_info.json`` and array_record files), checked before the
+    steps, so that a typo does not cost the test suite's minutes first.  None: TFDS's default
+    directory (``$TFDS_DATA_DIR``, else ``~/tensorflow_datasets``), checked the same way."""
+    if not set(groups) & set(DATA_GROUPS):
         return
+    flag = "--check-data-dir"
+    if data_dir is None:
+        data_dir = os.environ.get("TFDS_DATA_DIR") or os.path.expanduser("~/tensorflow_datasets")
+        flag = "TFDS's default data dir (no --check-data-dir)"
     if not os.path.isdir(data_dir):
-        raise ValueError(f"--check-data-dir {data_dir} is not a directory")
-    if not os.path.isdir(os.path.join(data_dir, "mnist")):
+        raise ValueError(f"{flag} {data_dir} is not a directory; give the TFDS data dir of MNIST")
+    mnist = os.path.join(data_dir, "mnist")
+    prepared = [
+        version
+        for version in (sorted(os.listdir(mnist)) if os.path.isdir(mnist) else [])
+        if os.path.isfile(os.path.join(mnist, version, "dataset_info.json"))
+        and any(".array_record" in name for name in os.listdir(os.path.join(mnist, version)))
+    ]
+    if not prepared:
         raise ValueError(
-            f"--check-data-dir {data_dir} holds no TFDS mnist (no {os.path.join(data_dir, 'mnist')}"
-            "); give the TFDS data dir that holds MNIST"
+            f"{flag} {data_dir} holds no prepared TFDS mnist (no {mnist}/<version>/ with "
+            "dataset_info.json and array_record files); give the TFDS data dir that holds MNIST"
         )
 
 
@@ -284,24 +325,39 @@ def check_seconds(total_seconds: int | None) -> None:
 
 
 def run_step(step: Step, log_path: str) -> Step:
-    """Runs ``step`` with its output in ``log_path``; fills in its outcome."""
+    """Runs ``step`` in the repository root with its output in ``log_path``; fills in its outcome.
+    Past its limit the step gets SIGINT and :data:`STOP_GRACE_SECONDS` to stop, then SIGKILL; an
+    exception here (the check itself stopped) kills it at once."""
     env = dict(os.environ, XLA_PYTHON_CLIENT_PREALLOCATE="false", **step.env)
+    step.started = True
     start = time.perf_counter()
     with open(log_path, "w") as log:
         # Its own process group, so that a timeout stops the processes it started too.
         proc = subprocess.Popen(
-            step.command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
+            step.command,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=REPO_ROOT,
+            start_new_session=True,
         )
         try:
             step.returncode = proc.wait(timeout=step.limit_s)
         except subprocess.TimeoutExpired:
             step.returncode = None
+            _signal_group(proc, signal.SIGINT)
+            try:
+                proc.wait(timeout=STOP_GRACE_SECONDS)
+            except subprocess.TimeoutExpired:
+                pass
         finally:
             _stop_group(proc)
     step.seconds = time.perf_counter() - start
-    with open(log_path) as f:
+    with open(log_path, errors="replace") as f:
         lines = [line.strip() for line in f if line.strip()]
     step.note = lines[-1] if lines else ""
+    if step.name == DEVICE_STEP:  # the line that names the device, whatever came after it
+        step.note = next((line for line in reversed(lines) if _DEVICE_LINE.match(line)), step.note)
     return step
 
 
@@ -310,13 +366,21 @@ def log_name(step_name: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", step_name.lower()).strip("-") + ".log"
 
 
-def _stop_group(proc: subprocess.Popen) -> None:
-    """Kills whatever is left of ``proc``'s process group and reaps ``proc``."""
+def _signal_group(proc: subprocess.Popen, signum: int) -> None:
     try:
-        os.killpg(proc.pid, signal.SIGKILL)
+        os.killpg(proc.pid, signum)
     except ProcessLookupError:
         pass
-    proc.wait()
+
+
+def _stop_group(proc: subprocess.Popen) -> None:
+    """Kills whatever is left of ``proc``'s process group and reaps ``proc`` (at most 30 s: a
+    process stuck in a driver call may not die, and the check must still write its summary)."""
+    _signal_group(proc, signal.SIGKILL)
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        pass
 
 
 def sweep_seconds_per_epoch(workdir: str) -> dict[str, float]:
@@ -325,10 +389,10 @@ def sweep_seconds_per_epoch(workdir: str) -> dict[str, float]:
     if not os.path.exists(path):
         return {}
     with open(path) as f:
-        return {
+        return {  # only runs past epoch 1: its time includes compiling
             row["pooler"]: float(row["train_seconds_per_epoch"])
             for row in csv.DictReader(f)
-            if row["train_seconds_per_epoch"]
+            if row["train_seconds_per_epoch"] and int(row.get("epochs") or 0) >= 2
         }
 
 
@@ -380,8 +444,7 @@ def summary(
     on, off, excluded = (timed.get(name) for name in DETERMINISM_STEPS)
     if on or off or excluded:
         lines.append("")
-        if not on_gpu(device):
-            lines.append(NO_GPU_NOTE)
+        lines += _gpu_note(device)
     for mode, figures in zip(DETERMINISM_MODES, (on, off, excluded), strict=True):
         if figures:
             lines.append(
@@ -434,6 +497,15 @@ def on_gpu(device: str) -> bool:
 
 
 NO_GPU_NOTE = "  (not a GPU: the XLA:GPU options change nothing here; the ratios below are noise)"
+UNNAMED_DEVICE = "an unnamed device (the device step did not say which)"
+UNKNOWN_DEVICE_NOTE = "  (device unknown: the XLA:GPU options apply only if it is a GPU)"
+
+
+def _gpu_note(device: str) -> list[str]:
+    """The note above XLA:GPU figures: none on a GPU."""
+    if device == UNNAMED_DEVICE:
+        return [UNKNOWN_DEVICE_NOTE]
+    return [] if on_gpu(device) else [NO_GPU_NOTE]
 
 
 def _graphs_summary(
@@ -449,8 +521,7 @@ def _graphs_summary(
     else:
         default, source = per_epoch.get("max"), "the sweep"
     lines = ["", "MNIST max, epoch 2, training seconds by XLA:GPU command buffers (CUDA graphs)"]
-    if not on_gpu(device):
-        lines.append(NO_GPU_NOTE)
+    lines += _gpu_note(device)
     label = f"default ({source})"
     lines.append(f"  {label:<34}" + (f"{default:8.3f}" if default else f"{'?':>8}"))
     for name, secs in graphs.items():
@@ -467,27 +538,71 @@ def run(
     total_seconds: float | None = None,
 ) -> int:
     """Runs the steps of ``groups`` within ``total_seconds`` (None: each step's own limit),
-    writes and prints the summary; returns 0 when all of them passed."""
+    writes and prints the summary; returns 0 when all of them passed.  ``summary.txt`` is
+    rewritten before and after every step, so a check killed from outside leaves what it
+    measured; SIGTERM, SIGHUP and SIGINT stop the running step, write the summary and return
+    128 + the signal's number."""
     # This process never starts JAX: it would hold the device the steps need.
     check_out_dir(out)
     check_data_dir(data_dir, groups)
     check_seconds(total_seconds)
+    out = os.path.abspath(out)  # the steps run in the repository root
     os.makedirs(out, exist_ok=True)
     steps = [s for s in plan(out, data_dir, workers) if s.group in (DEVICE_STEP, *groups)]
     deadline = None if total_seconds is None else time.monotonic() + total_seconds
-    for step in steps:
-        if deadline is not None:
-            left = int(deadline - time.monotonic())
-            if left < MIN_STEP_SECONDS:
-                step.skipped = True
-                print(f"== {step.name}: skipped, {max(left, 0)} s left", flush=True)
-                continue
-            step.limit_s = min(step.limit_s, left)
-        print(f"== {step.name}: {' '.join(step.command)} (limit {step.limit_s} s)", flush=True)
-        run_step(step, os.path.join(out, log_name(step.name)))
-        print(f"   {step.status} in {step.seconds:.0f} s: {step.note}", flush=True)
+    stopped_by = None
+    previous = {sig: signal.signal(sig, _raise_stopped) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        for step in steps:
+            if deadline is not None:
+                left = int(deadline - time.monotonic()) - STOP_GRACE_SECONDS
+                if left < MIN_STEP_SECONDS and step.name != DEVICE_STEP:
+                    step.skipped = True
+                    print(f"== {step.name}: skipped, {max(left, 0)} s left", flush=True)
+                    continue
+                step.limit_s = max(min(step.limit_s, left), 1)
+            print(f"== {step.name}: {' '.join(step.command)} (limit {step.limit_s} s)", flush=True)
+            step.running = True
+            write_summary(out, steps)
+            try:
+                run_step(step, os.path.join(out, log_name(step.name)))
+            except BaseException:
+                step.interrupted = True
+                raise
+            finally:
+                step.running = False
+            print(f"   {step.status} in {step.seconds:.0f} s: {step.note}", flush=True)
+            write_summary(out, steps)
+    except (KeyboardInterrupt, _Stopped) as e:
+        stopped_by = e.signum if isinstance(e, _Stopped) else signal.SIGINT
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    lines = write_summary(out, steps)
+    print("\n".join(lines))
+    if stopped_by is not None:
+        print(f"stopped by signal {int(stopped_by)}", file=sys.stderr)
+        return 128 + int(stopped_by)
+    return 0 if all(s.returncode == 0 for s in steps) else 1
+
+
+class _Stopped(Exception):
+    """SIGTERM or SIGHUP while the check runs."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _raise_stopped(signum, frame) -> None:
+    del frame
+    raise _Stopped(signum)
+
+
+def write_summary(out: str, steps: Sequence[Step]) -> list[str]:
+    """Writes ``out/summary.txt`` (atomically) from what the steps left so far; returns its lines."""
     named = next((s for s in steps if s.name == DEVICE_STEP and s.returncode == 0), None)
-    device = named.note if named else "an unnamed device (JAX did not say which)"
+    device = named.note if named and _DEVICE_LINE.match(named.note) else UNNAMED_DEVICE
     timed = {
         s.name: seconds
         for s in steps
@@ -495,7 +610,8 @@ def run(
     }
     per_epoch = sweep_seconds_per_epoch(os.path.join(out, "sweep"))
     lines = summary(steps, per_epoch, device, timed)
-    with open(os.path.join(out, "summary.txt"), "w") as f:
+    path = os.path.join(out, "summary.txt")
+    with open(path + ".tmp", "w") as f:
         f.write("\n".join(lines) + "\n")
-    print("\n".join(lines))
-    return 0 if all(s.returncode == 0 for s in steps) else 1
+    os.replace(path + ".tmp", path)
+    return lines
