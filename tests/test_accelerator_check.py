@@ -134,15 +134,18 @@ def test_a_step_past_its_limit_is_stopped_with_the_processes_it_started(tmp_path
     step = accelerator_check.Step("parent", [sys.executable, "-c", parent], 3)
     accelerator_check.run_step(step, str(tmp_path / "parent.log"))
     assert step.returncode is None
-    pid = int(pid_file.read_text())  # the grandchild had started
-    for _ in range(50):  # reparented to init, which reaps it once killed
+    _assert_gone(int(pid_file.read_text()))  # the grandchild had started
+
+
+def _assert_gone(pid: int) -> None:
+    """Process ``pid`` ends within 5 s (reparented to init, which reaps it once killed)."""
+    for _ in range(50):
         try:
             os.kill(pid, 0)
         except ProcessLookupError:
-            break
+            return
         time.sleep(0.1)
-    else:
-        raise AssertionError(f"process {pid}, started by the step, outlived its time limit")
+    raise AssertionError(f"process {pid}, started by a step, outlived it")
 
 
 def test_check_steps_names_groups_of_steps():
@@ -374,15 +377,7 @@ def test_a_check_stopped_from_outside_leaves_its_summary_and_stops_its_step(tmp_
     lines = (tmp_path / "out" / "summary.txt").read_text().splitlines()
     assert lines[0] == "accelerator check on gpu:Fake x1"
     assert "stopped with the check" in lines[3] and "not run" in lines[4]
-    pid = int(pid_file.read_text())
-    for _ in range(50):
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            break
-        time.sleep(0.1)
-    else:
-        raise AssertionError(f"the step's process {pid} outlived the check")
+    _assert_gone(int(pid_file.read_text()))
 
 
 def test_the_sweep_figures_leave_out_runs_stopped_in_epoch_1(tmp_path):
