@@ -7,6 +7,7 @@ import logging
 import math
 import os
 import pathlib
+import shutil
 import signal
 import subprocess
 import sys
@@ -128,6 +129,7 @@ def test_a_finished_run_without_checkpoints_is_still_refused(tmp_path):
     # another config and from this one (training from scratch would overwrite them).
     (tmp_path / "config.json").write_text(json.dumps(_config(pooler="avg").to_dict()))
     (tmp_path / "metrics.jsonl").write_text(json.dumps(_metrics_row(1)) + "\n")
+    (tmp_path / "summary.json").write_text(json.dumps({"status": "done", "epochs_completed": 1}))
     with pytest.raises(run_config.ConfigError, match="different pooler"):
         loop.train_and_evaluate(_config(pooler="max"), str(tmp_path))
     with pytest.raises(
@@ -135,6 +137,54 @@ def test_a_finished_run_without_checkpoints_is_still_refused(tmp_path):
         match=r"holds 1 finished epoch\(s\) \(metrics.jsonl\) but no checkpoint to continue them",
     ):
         loop.train_and_evaluate(_config(pooler="avg"), str(tmp_path))
+
+
+class _Killed(Exception):
+    """Stands for a SIGKILL: nothing after it runs."""
+
+
+def test_a_run_killed_while_its_first_checkpoint_was_written_starts_over(tmp_path, monkeypatch):
+    """Killed between epoch 1's metrics row and its checkpoint (orbax writes asynchronously): the
+    rerun trains again from the start, to the same row, where it was refused (the user had to
+    delete the workdir).  More rows, or a summary, without checkpoints stay refused."""
+    config = _config(num_epochs=1)
+    save = checkpointing.Checkpoints.save
+
+    def killed_at_the_epoch_end(self, step, item, meta, *, replace=False):
+        if replace:  # the epoch-end save, after the row was appended
+            raise _Killed
+        return save(self, step, item, meta, replace=replace)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(checkpointing.Checkpoints, "save", killed_at_the_epoch_end)
+        with pytest.raises(_Killed):
+            loop.train_and_evaluate(config, str(tmp_path))
+    killed = _rows(tmp_path)
+    assert [row["epoch"] for row in killed] == [1] and not run_files.checkpoint_steps(tmp_path)
+    loop.train_and_evaluate(config, str(tmp_path))
+    assert _without_timing(_rows(tmp_path)) == _without_timing(killed)
+    assert _summary(tmp_path)["status"] == "done"
+
+    class Reached(Exception):
+        pass
+
+    def setup(*args):
+        raise Reached
+
+    monkeypatch.setattr(loop, "_setup", setup)
+    shutil.rmtree(tmp_path / "checkpoints")  # as the kill left it, or deleted by hand
+    for epochs, with_summary in (([1, 2], False), ([1], True), ([1], False)):
+        lines = "".join(json.dumps(_metrics_row(epoch)) + "\n" for epoch in epochs)
+        (tmp_path / "metrics.jsonl").write_text(lines)
+        (tmp_path / "summary.json").unlink(missing_ok=True)
+        if with_summary:
+            (tmp_path / "summary.json").write_text(json.dumps({"status": "interrupted"}))
+        if with_summary or len(epochs) > 1:
+            with pytest.raises(run_config.ConfigError, match="but no checkpoint to continue"):
+                loop.train_and_evaluate(_config(num_epochs=2), str(tmp_path))
+        else:
+            with pytest.raises(Reached):  # past the workdir's checks
+                loop.train_and_evaluate(_config(num_epochs=2), str(tmp_path))
 
 
 def test_checkpoints_without_their_config_are_refused(tmp_path):

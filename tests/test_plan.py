@@ -155,6 +155,18 @@ def test_a_finished_run_without_checkpoints_keeps_its_results(planned):
     assert plan_it(config_json, done).action == "new"
 
 
+def test_a_run_killed_while_its_first_checkpoint_was_written_starts_over(planned):
+    """Epoch 1's row alone, no checkpoint, no summary: killed before that epoch's checkpoint was
+    finalised; training again reproduces the row (train.main starts over there too)."""
+    plan_it, config_json, _ = planned
+    result = plan_it(config_json, epochs=1)
+    assert (result.action, result.detail) == (
+        "new",
+        "starts over: stopped while its first checkpoint was written",
+    )
+    assert plan_it(config_json, epochs=2).action == "conflict"  # checkpoints deleted by hand
+
+
 def test_plan_of_failed_and_conflicting_runs(planned):
     plan_it, config_json, _ = planned
     nan = {"status": "failed", "error_type": "NonFiniteLossError", "error": "loss is nan"}

@@ -27,7 +27,9 @@ Rerunning the same command is cheap and safe:
   ``--retry-failed``; a run that failed with any other error is tried again;
 - a run directory holding other run-defining settings (learning rate, batch size, ...) is a
   conflict, skipped and reported, if it holds a checkpoint or a finished epoch (without either it
-  starts over), and so is a run trained for more epochs than ``--epochs``.
+  starts over), and so is a run trained for more epochs than ``--epochs`` and an unfinished run
+  with finished epochs but no checkpoint (training anew would overwrite them); one killed while its
+  first checkpoint was written (epoch 1's row alone, no ``summary.json``) starts over instead.
 
 A failed run (non-finite loss or any exception) is recorded with its error and the sweep goes on.
 At the end ``<workdir>/report/`` is rewritten from all run directories (see :mod:`train.report`)

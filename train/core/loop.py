@@ -310,7 +310,9 @@ class _RunDir:
 
     def check_trained(self) -> None:
         """A run trained for more epochs than asked for is refused, and so are finished epochs
-        without a checkpoint to continue them from (training from scratch would overwrite them)."""
+        without a checkpoint to continue them from (training from scratch would overwrite them),
+        unless the run was killed while its first checkpoint was written
+        (:func:`run_files.stopped_saving_first_checkpoint`): then it starts over."""
         steps_per_epoch, epochs = self.spec.steps_per_epoch, self.spec.num_epochs
         steps = run_files.checkpoint_steps(self.workdir)
         finished = run_files.read_metrics(self.metrics_path, math.inf)
@@ -321,7 +323,13 @@ class _RunDir:
                 f"perhaps in part), more than the {epochs} asked for; ask for {started} or more, "
                 "or use another --workdir"
             )
-        if finished and not steps:
+        if finished and not steps and run_files.stopped_saving_first_checkpoint(self.workdir):
+            logger.warning(
+                "%s: the run was stopped while its first checkpoint was written; starting over "
+                "(epoch 1's metrics row is trained again)",
+                self.workdir,
+            )
+        elif finished and not steps:
             raise ConfigError(
                 f"workdir {self.workdir} holds {len(finished)} finished epoch(s) (metrics.jsonl) "
                 "but no checkpoint to continue them from; use another --workdir, or delete it to "

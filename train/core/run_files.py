@@ -106,6 +106,20 @@ def has_results(run_dir: str | os.PathLike) -> bool:
     return bool(checkpoint_steps(run_dir) or read_metrics(metrics, math.inf))
 
 
+def stopped_saving_first_checkpoint(run_dir: str | os.PathLike) -> bool:
+    """Whether a run was killed (SIGKILL, a crash, a preempted machine) after writing its first
+    epoch's ``metrics.jsonl`` row and before that epoch's checkpoint was finalised: epoch 1's row
+    alone, no finalised checkpoint and no ``summary.json``.  Nothing there can be continued, and
+    training the same config again reproduces that row, so starting over loses nothing (a run
+    whose checkpoints were deleted by hand has a summary or more epochs, and stays refused)."""
+    metrics = read_metrics(os.path.join(run_dir, "metrics.jsonl"), math.inf)
+    return (
+        [row["epoch"] for row in metrics] == [1]
+        and not checkpoint_steps(run_dir)
+        and not os.path.lexists(os.path.join(run_dir, "summary.json"))
+    )
+
+
 def changed_run_fields(
     old: dict[str, Any], config: ml_collections.ConfigDict | dict[str, Any]
 ) -> list[str]:

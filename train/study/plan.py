@@ -223,6 +223,8 @@ def plan_entry(entry: Entry, config, workdir: str, *, retry_failed: bool = False
     if info.get("status") == "failed":
         if info.get("error_type") == "NonFiniteLossError" and not retry_failed:
             return plan("failed", f"{info.get('error', '')} (--retry-failed to rerun)")
+    if metrics and not steps and run_files.stopped_saving_first_checkpoint(path):
+        return plan("new", "starts over: stopped while its first checkpoint was written")
     if metrics and not steps:  # as train.main refuses it: training anew would overwrite them
         return plan(
             "conflict",
