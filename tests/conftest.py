@@ -46,6 +46,20 @@ def drop_a_ctrl_c() -> None:
     _CtrlCWhenFinalised()  # no reference kept: finalised here
 
 
+def assert_gradients_close(a, b) -> None:
+    """Adam's first moments (the gradients, scaled) of two train states agree in float32: rtol
+    1e-4 and atol 1e-6 of the largest, room for two programs that sum in other orders.  Compare
+    one step from a common state: parameters after several steps drift further, as Adam's first
+    step is about lr * sign(g) and flips for gradients near 0 on rounding noise."""
+    import optax
+
+    mu_a, mu_b = (optax.tree_utils.tree_get(s.opt_state, "mu") for s in (a, b))
+    scale = max(float(np.abs(v).max()) for v in jax.tree_util.tree_leaves(mu_b))
+    jax.tree_util.tree_map(
+        lambda u, v: np.testing.assert_allclose(u, v, rtol=1e-4, atol=1e-6 * scale), mu_a, mu_b
+    )
+
+
 def run_on_cpu_devices(script: str, devices: int = 8, flags: str = "", timeout: int = 300) -> str:
     """Runs ``python -c script`` from the project root in a fresh process that sees ``devices``
     virtual CPU devices (JAX fixes its device count at start-up); asserts that it exited 0 and

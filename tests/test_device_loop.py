@@ -7,6 +7,7 @@ import jax
 import numpy as np
 import optax
 import pytest
+from conftest import assert_gradients_close
 
 from configs import digits as digits_config
 from train.core import device_loop, input_pipeline, loop, run_config, steps
@@ -113,22 +114,24 @@ def test_any_chunk_split_gives_identical_training(setup):
     jax.tree_util.tree_map(np.testing.assert_array_equal, whole.params, split.params)
 
 
+@pytest.mark.usefixtures("highest_precision")
 def test_chunked_training_equals_step_by_step_on_the_permuted_batches(setup):
+    """Step s of a chunk is the step function on the epoch's permuted batch s with the run's key.
+    Two programs (the step inside the chunk's loop, and alone), which a GPU may sum in other
+    orders: compared one step at a time from a common state, by their gradients, in full float32
+    (:func:`conftest.assert_gradients_close`).  A chunk of several steps equals its split into
+    others bitwise (the same program): the test above."""
     state, images, labels, order = setup
-    chunked, chunk_losses = _run(setup, [(0, STEPS)], length=STEPS)
-    stepped = jax.tree_util.tree_map(lambda v: v.copy(), state)
     rows = np.asarray(order)
     step = jax.jit(steps.train_step)
     for s in range(STEPS):
+        chunked, losses = _run((state, images, labels, order), [(s, 1)], length=STEPS)
         idx = rows[s * BATCH : (s + 1) * BATCH]
-        batch = {"image": images[idx], "label": labels[idx]}
-        stepped, out = step(stepped, batch, jax.random.key(1))
-        np.testing.assert_allclose(chunk_losses[s], float(out["loss"]), rtol=1e-5)
-    jax.tree_util.tree_map(
-        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
-        chunked.params,
-        stepped.params,
-    )
+        stepped, out = step(state, {"image": images[idx], "label": labels[idx]}, jax.random.key(1))
+        np.testing.assert_allclose(losses, [float(out["loss"])], rtol=1e-5)
+        assert int(chunked.step) == int(stepped.step) == s + 1
+        assert_gradients_close(chunked, stepped)
+        state = stepped
 
 
 @pytest.mark.parametrize("batch_size", [7, 359, 512])

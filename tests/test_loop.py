@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from conftest import drop_a_ctrl_c, mock_tfds
+from conftest import assert_gradients_close, drop_a_ctrl_c, mock_tfds
 
 from configs import default, digits
 from train.core import checkpointing, interrupts, loop, models, run_config, run_files, steps
@@ -617,16 +617,7 @@ def test_microbatched_step_equals_the_whole_batch_step():
             np.testing.assert_allclose(out_m["loss"], out["loss"], rtol=1e-5)
             assert int(out_m["correct"]) == int(out["correct"])
             assert int(parts.step) == int(whole.step) == 1
-            _gradients_close(parts, whole)
-
-
-def _gradients_close(a, b):
-    """Adam's first moments (the gradients, scaled) of two train states agree in float32."""
-    mu_a, mu_b = (optax.tree_utils.tree_get(s.opt_state, "mu") for s in (a, b))
-    scale = max(float(np.abs(v).max()) for v in jax.tree_util.tree_leaves(mu_b))
-    jax.tree_util.tree_map(
-        lambda u, v: np.testing.assert_allclose(u, v, rtol=1e-4, atol=1e-6 * scale), mu_a, mu_b
-    )
+            assert_gradients_close(parts, whole)
 
 
 @pytest.mark.usefixtures("highest_precision")  # a jitted step against eager gradients
@@ -650,7 +641,7 @@ def test_microbatches_draw_their_own_pooling_keys():
         x = batch["image"][j::2].astype(np.float32) / 255.0
         grads.append(grad(state.params, x, batch["label"][j::2], jax.random.fold_in(key, j)))
     mean = jax.tree_util.tree_map(lambda a, b: (a + b) / 2, *grads)
-    _gradients_close(got, state.apply_gradients(grads=mean))
+    assert_gradients_close(got, state.apply_gradients(grads=mean))
     whole_batch, _ = jax.jit(steps.train_step)(state, batch, jax.random.key(1))
     with pytest.raises(AssertionError):  # the noise really differs from one whole-batch draw
-        _gradients_close(got, whole_batch)
+        assert_gradients_close(got, whole_batch)

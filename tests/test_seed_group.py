@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import run_on_cpu_devices
+from conftest import assert_gradients_close, run_on_cpu_devices
 
 from configs import digits
 from train.core import device_loop, input_pipeline, loop
@@ -39,31 +39,35 @@ def _summary(workdir) -> dict:
 
 
 def _assert_same_metrics(got: dict, want: dict) -> None:
-    """Equal up to float rounding and what it leads to: a vmapped program may sum in another
-    order than the separate one, and in a stochastic pooler a last-bit difference can flip a
-    sample, after which the two trajectories drift slightly apart.  Losses agree to 0.2% and
-    accuracies to 2 points (measured on CPU: 1e-8 apart in most runs, 4e-4 in one), at least
-    five times less than two seeds differ (:func:`_assert_seeds_differ`).  The programs run at
-    the highest matmul precision: with TF32 convolutions (a GPU's default; emulated on CPU) the
-    vmapped and the separate programs round differently at 1e-3, and their test losses drifted
-    0.25% apart, accuracies 4.7 points."""
+    """Equal up to float rounding and what it leads to over an epoch: a vmapped program may sum
+    in another order than the separate one, and in a stochastic pooler a last-bit difference can
+    flip a sample, after which the two trajectories drift apart.  The programs run at the highest
+    matmul precision (with TF32 convolutions, a GPU's default emulated on CPU, the test losses
+    drifted 0.25% apart, accuracies 4.7 points).  The tolerance depends on the backend:
+
+    - on CPU the two programs agree nearly bitwise (1e-8 apart in most runs, 4e-4 in one):
+      losses to 0.2%, accuracies to 2 points;
+    - elsewhere the vmapped convolutions are grouped convolutions summed in another order at
+      every step, and Adam amplifies that noise for gradients near 0: with +-2**-24 of the
+      largest gradient added to every gradient each step (on CPU, one epoch with stochastic,
+      TDGS or max pooling), the test loss moved up to 2.6% and the accuracy 5.3 points.  Losses to 5%, accuracies to 10 points; the
+      numerics are held tightly by the first step's gradients
+      (:func:`test_a_groups_first_step_is_each_seeds_separate_first_step`)."""
+    loss_rtol, accuracy_atol = (2e-3, 0.02) if jax.default_backend() == "cpu" else (5e-2, 0.1)
     assert got["epoch"] == want["epoch"] and got["step"] == want["step"]
     for key in ("train_loss", "test_loss"):
-        np.testing.assert_allclose(got[key], want[key], rtol=LOSS_RTOL, err_msg=key)
+        np.testing.assert_allclose(got[key], want[key], rtol=loss_rtol, err_msg=key)
     for key in ("train_accuracy", "test_accuracy"):
-        assert abs(got[key] - want[key]) <= ACCURACY_ATOL, key
-
-
-LOSS_RTOL, ACCURACY_ATOL = 2e-3, 0.02
+        assert abs(got[key] - want[key]) <= accuracy_atol, key
 
 
 def _assert_seeds_differ(first: dict, second: dict) -> None:
-    """Two seeds' losses differ by more than five times the tolerance of
+    """Two seeds' losses differ by more than 1%, five times the CPU tolerance of
     :func:`_assert_same_metrics`, so that check would notice swapped or shared seeds.  How far two
     seeds land apart is itself random: with the reference paths (what a GPU or TPU runs) seeds 3
-    and 0 ended 1.5% apart in test loss (7x the tolerance), with CPU's fast paths further."""
+    and 0 ended 1.5% apart in test loss, with CPU's fast paths further."""
     apart = max(abs(first[k] - second[k]) / first[k] for k in ("train_loss", "test_loss"))
-    assert apart > 5 * LOSS_RTOL, apart
+    assert apart > 1e-2, apart
 
 
 @pytest.fixture(scope="module")
@@ -101,6 +105,43 @@ def test_each_seed_of_a_group_has_the_metrics_of_its_separate_run(tmp_path, data
         # Each run's checkpoint is its own: a separate rerun of it finds the run finished.
         assert loop.train_and_evaluate(_config(seed=seed), str(workdir), data=data) == together
     _assert_seeds_differ(*separate)
+
+
+class _FirstChunkDone(Exception):
+    pass
+
+
+@pytest.mark.usefixtures("highest_precision")
+def test_a_groups_first_step_is_each_seeds_separate_first_step(tmp_path, data, monkeypatch):
+    """The numerics of a seed group on any backend: its first step (initialisation, first batch
+    of the seed's data order, pooling noise) against each seed's separate first step, by their
+    gradients in full float32 (:func:`conftest.assert_gradients_close`; a GPU computes the vmapped
+    convolutions as grouped ones, in another order).  A stochastic pooler: the noise must be the
+    seed's own."""
+    real_chunk, states = loop._run_chunk, []
+
+    def first_chunk(*args, **kwargs):
+        state, out = real_chunk(*args, **kwargs)
+        states.append((jax.device_get(state), np.asarray(out["loss"])))
+        raise _FirstChunkDone
+
+    monkeypatch.setattr(loop, "_run_chunk", first_chunk)
+    seeds = (3, 0)
+    for s in seeds:
+        with pytest.raises(_FirstChunkDone):
+            config = _config(seed=s, steps_per_chunk=1)
+            loop.train_and_evaluate(config, str(tmp_path / f"alone{s}"), data=data)
+    with pytest.raises(_FirstChunkDone):
+        configs = [_config(seed=s, steps_per_chunk=1) for s in seeds]
+        loop.train_seed_group(configs, [str(tmp_path / f"group{s}") for s in seeds], data=data)
+    (*alone, (group, group_losses)) = states
+    for i, (state, losses) in enumerate(alone):
+        in_group = jax.tree_util.tree_map(lambda a, i=i: a[i], group)
+        assert int(in_group.step) == int(state.step) == 1
+        np.testing.assert_allclose(group_losses[i][:1], losses[:1], rtol=1e-5)
+        assert_gradients_close(in_group, state)
+    with pytest.raises(AssertionError):  # the two seeds' first steps really differ
+        assert_gradients_close(alone[0][0], alone[1][0])
 
 
 @pytest.mark.slow
