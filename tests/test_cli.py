@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import signal
+
 import pytest
 from absl import flags
 
@@ -83,3 +85,22 @@ def test_epoch_lines_of_train_main_and_of_a_sweep(capsys):
 def test_a_boolean_flag_without_a_value_leaves_the_next_argument_alone(flag_values):
     assert cli.parse_flags(flag_values, ["prog", "--quiet", "maybe"]) == ["prog", "maybe"]
     assert flag_values.quiet
+
+
+@pytest.mark.parametrize(("signum", "message"), [(signal.SIGINT, "interrupted"),
+                                                  (signal.SIGTERM, "interrupted by signal 15")])  # fmt: skip
+def test_a_signal_outside_training_is_one_line_and_128_plus_its_number(signum, message, capsys):
+    def run(argv):
+        signal.raise_signal(signum)
+        raise AssertionError(f"signal {signum} did not stop the command")
+
+    def stand_in(signum, frame):  # what a command that left the signal alone would meet
+        raise RuntimeError(f"signal {signum} reached the stand-in handler")
+
+    previous = signal.signal(signum, stand_in)
+    try:
+        assert cli.run_main(run, ["cmd"]) == 128 + signum
+        assert signal.getsignal(signum) is stand_in  # restored
+    finally:
+        signal.signal(signum, previous)
+    assert capsys.readouterr().err == message + "\n"

@@ -390,8 +390,8 @@ def test_resume_gives_the_metrics_of_an_uninterrupted_run(tmp_path, monkeypatch,
     devices = f"{n} {jax.default_backend()} device{'s' if n != 1 else ''}"
     assert (
         f"resuming with {other} micro-batches per step on {devices}, implementation='reference', "
-        f"where the run trained with {automatic} micro-batches per step on {devices}, "
-        "implementation='auto'"
+        f"1 seed in one program, where the run trained with {automatic} micro-batches per step "
+        f"on {devices}, implementation='auto', 1 seed in one program"
     ) in caplog.text
 
     # SIGINT in the middle of epoch 2: the running chunk ends, a checkpoint of that exact step is

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 
 import jax
 import jax.numpy as jnp
@@ -145,7 +146,7 @@ def test_a_groups_first_step_is_each_seeds_separate_first_step(tmp_path, data, m
 
 
 @pytest.mark.slow
-def test_a_stopped_group_resumes_to_the_uninterrupted_metrics(tmp_path, data):
+def test_a_stopped_group_resumes_to_the_uninterrupted_metrics(tmp_path, data, caplog):
     seeds = (0, 1)
     whole = loop.train_seed_group(
         [_config(seed=s, num_epochs=2, steps_per_chunk=4) for s in seeds],
@@ -156,6 +157,13 @@ def test_a_stopped_group_resumes_to_the_uninterrupted_metrics(tmp_path, data):
     stopped = [_config(seed=s, num_epochs=2, steps_per_chunk=4, stop_after_epochs=1) for s in seeds]
     loop.train_seed_group(stopped, dirs, data=data)
     assert [_summary(d)["status"] for d in dirs] == ["stopped", "stopped"]
+    # One of them resumed alone: another program, whose rounding differs; said, as for other
+    # devices or micro-batches.
+    apart = str(tmp_path / "apart")
+    shutil.copytree(dirs[0], apart)
+    loop.train_and_evaluate(_config(seed=0, num_epochs=2, steps_per_chunk=4), apart, data=data)
+    assert "1 seed in one program, where the run trained with" in caplog.text
+    assert "2 seeds in one program" in caplog.text
     resumed = loop.train_seed_group(
         [_config(seed=s, num_epochs=2, steps_per_chunk=4) for s in seeds], dirs, data=data
     )
@@ -235,9 +243,22 @@ def test_runs_at_different_positions_are_refused_before_training(tmp_path, data)
     dirs = [str(tmp_path / f"s{s}") for s in (0, 1)]
     loop.train_and_evaluate(_config(seed=0, num_epochs=2, stop_after_epochs=1), dirs[0], data=data)
     before = _rows(dirs[0])
-    with pytest.raises(loop.PositionMismatch, match="different positions"):
+    step = before[0]["step"]
+    with pytest.raises(
+        loop.PositionMismatch,
+        match=rf"different positions \(.*s0: epoch 1, checkpoint step {step}, .*s1: epoch 0, no "
+        r"checkpoint\)",
+    ):
         loop.train_seed_group([_config(seed=s, num_epochs=2) for s in (0, 1)], dirs, data=data)
     assert _rows(dirs[0]) == before and _rows(dirs[1]) == []
+    # A run whose files its restore refuses (here a metrics.jsonl emptied beside its checkpoint)
+    # is refused alone, named by its index: the group's other runs can train without it.
+    loop.train_and_evaluate(_config(seed=1, num_epochs=2, stop_after_epochs=1), dirs[1], data=data)
+    with open(os.path.join(dirs[1], "metrics.jsonl"), "w"):
+        pass
+    with pytest.raises(loop.RunRefused, match=r"metrics\.jsonl holds none of them") as refused:
+        loop.train_seed_group([_config(seed=s, num_epochs=2) for s in (0, 1)], dirs, data=data)
+    assert refused.value.index == 1
 
 
 @pytest.mark.slow

@@ -6,6 +6,7 @@ import csv
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from unittest import mock
@@ -77,7 +78,8 @@ def copy_of(done_sweep, tmp_path):
     [
         (["--poolers", "max,nope"], "unknown pooler(s) nope"),
         (["--datasets", "imagenet"], "unknown dataset(s) imagenet"),
-        (["--seeds", "0"], "--seeds must be >= 1"),
+        (["--seeds", "0"], "--seeds must be between 1 and 2**32 = 4294967296, got 0"),
+        (["--seeds", str(2**32 + 1)], "--seeds must be between 1 and 2**32"),
         (["--seeds", "two"], "--seeds"),
         (["--epochs", "0"], "--epochs must be >= 1"),
         (["--tdgs-init-temperatures", "1,-2"], "positive numbers"),
@@ -370,6 +372,34 @@ def test_runs_a_stopped_sweep_never_reached_are_reported(tmp_path, monkeypatch, 
     assert rows[1]["run_dir"] == os.path.join("runs", "digits", "max", "s1")
     assert "| max | 0/2 |" in (workdir / "report" / "report.md").read_text()
     assert not (workdir / "runs" / "digits" / "max" / "s1").exists()
+    assert "rerun the same command to resume" in capsys.readouterr().err
+
+
+class _TermKilled(Exception):
+    """What the test's own SIGTERM handler raises: a command that left SIGTERM to it."""
+
+
+def test_a_sigterm_outside_training_stops_the_sweep_with_its_report(tmp_path, monkeypatch, capsys):
+    """SIGTERM while a run is set up (the dataset read, checkpoints restored): as a Ctrl-C there,
+    the runs are recorded as interrupted, the report is written and the exit code is 143 (before,
+    SIGTERM ended the process on the spot, its records saying "running" and no report)."""
+
+    def terminated(config, run_dir, **kwargs):
+        signal.raise_signal(signal.SIGTERM)
+        raise AssertionError("SIGTERM did not stop the run")
+
+    def stand_in(signum, frame):
+        raise _TermKilled
+
+    monkeypatch.setattr(loop, "train_and_evaluate", terminated)
+    previous = signal.signal(signal.SIGTERM, stand_in)
+    try:
+        workdir = tmp_path / "w"
+        assert run_sweep(workdir, "--poolers", "max", "--seeds", "2", "--epochs", "1") == 143
+        assert signal.getsignal(signal.SIGTERM) is stand_in  # restored
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert [r["status"] for r in read_csv(workdir)] == ["interrupted", "not started"]
     assert "rerun the same command to resume" in capsys.readouterr().err
 
 

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import logging
+import signal
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -195,7 +196,7 @@ def set_xla_options(cpu_tuning: bool = True) -> None:
 def run_main(run: Callable[[Sequence[str]], int], argv: Sequence[str] | None = None) -> int:
     """Runs ``run(argv)``; a :class:`UsageError` becomes ``error: ...`` on stderr and exit code 2,
     Ctrl-C outside training ``interrupted`` and exit code 130 (also one that Python dropped in a
-    callback: :mod:`train.core.interrupts`).
+    callback: :mod:`train.core.interrupts`), SIGTERM there exit code 143.
 
     Before it, :func:`set_xla_options` (a fresh CLI process has not started JAX yet); the flag
     ``--no-xla-cpu-tuning``, accepted by every entry point, leaves XLA:CPU at its defaults.
@@ -216,10 +217,16 @@ def run_main(run: Callable[[Sequence[str]], int], argv: Sequence[str] | None = N
     except UsageError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USAGE
-    except KeyboardInterrupt:  # Ctrl-C outside training (which saves and exits by itself)
-        print("interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM outside training (which saves and exits itself)
+        print(_interrupted(dropped), file=sys.stderr)
+        return interrupts.exit_code(dropped)
     if status == 0 and dropped:  # a Ctrl-C that Python dropped and no training took
-        print("interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        print(_interrupted(dropped), file=sys.stderr)
+        return interrupts.exit_code(dropped)
     return status
+
+
+def _interrupted(signals: list[int]) -> str:
+    if not signals or signals[0] == signal.SIGINT:
+        return "interrupted"
+    return f"interrupted by signal {signals[0]}"

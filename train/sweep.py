@@ -120,8 +120,8 @@ def build_plans(argv: list[str]) -> tuple[list[plan.Plan], str]:
     except ValueError as e:
         raise cli.UsageError(str(e)) from e
     datasets = plan.parse_datasets(_DATASETS.value)
-    if _SEEDS.value < 1:
-        raise cli.UsageError(f"--seeds must be >= 1, got {_SEEDS.value}")
+    if not 1 <= _SEEDS.value <= 2**32:  # seeds 0 .. N-1, each below 2**32 (run_config)
+        raise cli.UsageError(f"--seeds must be between 1 and 2**32 = {2**32}, got {_SEEDS.value}")
     if _EPOCHS.value is not None and _EPOCHS.value < 1:
         raise cli.UsageError(f"--epochs must be >= 1, got {_EPOCHS.value}")
     temperatures = plan.parse_temperatures(_TEMPERATURES.value)
@@ -168,7 +168,7 @@ def _seeds_together(choice: str) -> bool:
 
 def run(argv: list[str]) -> int:
     """Parses ``argv``, runs the sweep (or lists it) and returns the exit code."""
-    from train.core import loop, run_config
+    from train.core import interrupts, loop, run_config
 
     if cli.wants_help(argv):
         cli.print_help(__doc__, _FLAGS)
@@ -198,9 +198,9 @@ def run(argv: list[str]) -> int:
         hint = "" if "rerun the same command" in str(e) else "; rerun the same command to resume"
         print(f"{e}{hint} (report written)", file=sys.stderr)
         return 128 + e.signum
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM outside training (train.core.interrupts)
         print("interrupted; report written; rerun the same command to resume", file=sys.stderr)
-        return 130
+        return interrupts.exit_code(interrupts.received())
     print(
         f"sweep: {len(plans)} runs: {len(outcome['done'])} trained, "
         f"{len(outcome['skipped'])} already done, {len(outcome['failed'])} failed; "

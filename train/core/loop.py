@@ -180,6 +180,8 @@ def train_seed_group(
     runs = [
         _RunDir(config, workdir, lead) for config, workdir in zip(configs, workdirs, strict=True)
     ]
+    for run in runs:
+        run.seeds_in_program = len(runs)
     _each_run(runs, _RunDir.check_workdir)
     if data is None:
         data = input_pipeline.load(configs[0].dataset, configs[0].data_dir)
@@ -229,11 +231,11 @@ _LAYOUT = "step_layout"  # the checkpoint metadata's key for _RunDir.layout()
 
 
 def _describe_layout(layout: dict[str, Any]) -> str:
-    devices = layout["devices"]
-    plural = "s" if devices != 1 else ""
+    devices, seeds = layout["devices"], layout["seeds_in_program"]
     return (
         f"{layout['microbatches']} micro-batches per step on {devices} {layout['platform']} "
-        f"device{plural}, implementation={layout['implementation']!r}"
+        f"device{'s' * (devices != 1)}, implementation={layout['implementation']!r}, "
+        f"{seeds} seed{'s' * (seeds != 1)} in one program"
     )
 
 
@@ -244,6 +246,7 @@ class _RunDir:
         self.config = config
         self.workdir = os.path.abspath(workdir)
         self.lead = lead
+        self.seeds_in_program = 1  # how many runs train as one program with this one
         self.spec: RunSpec | None = None
         self.config_path = os.path.join(self.workdir, "config.json")
         self.metrics_path = os.path.join(self.workdir, "metrics.jsonl")
@@ -409,9 +412,11 @@ class _RunDir:
         """How a training step is computed here, which an exact resume must keep: saved with
         each checkpoint.  The automatic micro-batch count depends on the device; the platform
         sets the float rounding and, under ``implementation='auto'``, which pooler paths (and so
-        which random numbers) a step takes."""
+        which random numbers) a step takes; seeds vmapped into one program round differently
+        from a separate run."""
         return {
             "microbatches": self.spec.microbatches,
+            "seeds_in_program": self.seeds_in_program,
             "devices": jax.device_count(),
             "platform": jax.default_backend(),
             "implementation": self.spec.implementation,
@@ -479,15 +484,26 @@ class _SeedGroup:
         one = jax.tree_util.tree_map(
             lambda a: jax.ShapeDtypeStruct(a.shape[1:], a.dtype, sharding=self.replicated), target
         )
-        items = [run.restore(one) for run in self.runs]
-        positions = {
+        items = []
+        for index, run in enumerate(self.runs):
+            try:
+                items.append(run.restore(one))
+            except ConfigError as e:  # its own files refuse it: the others can go on
+                for restored in self.runs[:index]:
+                    restored.ckpt.close()
+                raise RunRefused(index, e) from e
+        positions = [
             (run.meta["epoch"], None if i is None else int(i["step"]))
             for run, i in zip(self.runs, items, strict=True)
-        }
-        if len(positions) > 1:
+        ]
+        if len(set(positions)) > 1:
             for run in self.runs:
                 run.ckpt.close()
-            where = ", ".join(f"{r.workdir}: epoch {r.meta['epoch']}" for r in self.runs)
+            where = ", ".join(
+                f"{r.workdir}: epoch {epoch}, "
+                + ("no checkpoint" if step is None else f"checkpoint step {step}")
+                for r, (epoch, step) in zip(self.runs, positions, strict=True)
+            )
             raise PositionMismatch(
                 f"a seed group's runs are at different positions ({where}); train them separately"
             )
