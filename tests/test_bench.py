@@ -239,24 +239,31 @@ def test_time_interleaved_counts_the_page_faults_of_each_call():
     assert faults["noop"] < 5
 
 
-def test_the_in_loop_pass_is_the_per_call_pass_repeated():
-    # With c = 0 every iteration repeats the same forward+backward on the same input; with c = 1
-    # each feeds the next, so the result is 3 chained calls of the per-call step.
-    loop, (params, x, key, cotangent, c) = measure.pooler_loop("avg", (2, 4, 6, 3), iterations=3)
+@pytest.mark.parametrize("name", ["avg", "mixed", "stochastic"])
+def test_the_in_loop_pass_is_the_per_call_pass_repeated(name):
+    # With c = 0 every iteration repeats the per-call forward+backward on the same inputs (with
+    # its own key); with c = 1 each shifts the next one's inputs and parameters by s, the first
+    # elements of its output and gradients, so the result is 3 chained calls of the per-call step.
+    shape = (2, 4, 6, 3)
+    loop, (params, x, key, cotangent, c) = measure.pooler_loop(name, shape, iterations=3)
+    step, _ = measure.pooler_step(name, shape)
     assert float(c) == 0.0
-    _, x_same, cot_same = loop(params, x, key, cotangent, c)
-    np.testing.assert_array_equal(x_same, x)
-    np.testing.assert_array_equal(cot_same, cotangent)
-    step, _ = measure.pooler_step("avg", (2, 4, 6, 3))
-    want_x, want_cot = x, cotangent
-    for i in range(3):
-        y, (_, dx) = step(params, want_x, jax.random.fold_in(key, i), want_cot)
-        want_x, want_cot = want_x + dx, want_cot + y
-    _, got_x, got_cot = loop(params, x, key, cotangent, 1.0)
-    # Two programs: their float32 sums may round differently (by a few ulps of the terms, ~1),
-    # and a sum can cancel to near 0, so the tolerance is absolute.
-    np.testing.assert_allclose(got_x, want_x, rtol=0, atol=1e-5)
-    np.testing.assert_allclose(got_cot, want_cot, rtol=0, atol=1e-5)
+
+    def chained(c):
+        s = 0.0
+        for i in range(3):
+            shifted = jax.tree_util.tree_map(lambda p, s=s: p + s, params)
+            y, (d_params, dx) = step(shifted, x + s, jax.random.fold_in(key, i), cotangent + s)
+            s = c * sum(float(a.ravel()[0]) for a in jax.tree_util.tree_leaves((y, d_params, dx)))
+        return s, y, d_params, dx
+
+    for c in (0.0, 1.0):
+        got, want = loop(params, x, key, cotangent, c), chained(c)
+        # Two programs: their float32 sums may round differently (by a few ulps of the terms,
+        # ~1), and a sum can cancel to near 0, so the tolerance is absolute.
+        jax.tree_util.tree_map(
+            lambda g, w: np.testing.assert_allclose(g, w, rtol=0, atol=1e-5), got, want
+        )
 
 
 def test_in_loop_figures_when_asked_and_in_the_summary(monkeypatch):
