@@ -92,7 +92,21 @@ def test_evaluation_needs_only_its_own_batch_to_divide_the_devices(
     config = digits.get_config()
     config.update(batch_size=batch, eval_batch_size=eval_batch, microbatch_size=4)
     evaluate._evaluation_batches(config, devices)
-    assert (config.batch_size, config.eval_batch_size, config.microbatch_size) == (want, want, 0)
+    assert (config.batch_size, config.eval_batch_size, config.microbatch_size) == (devices, want, 0)
+
+
+def test_an_evaluation_batch_larger_than_the_training_split_is_evaluated(s3_run, tmp_path):
+    """Training evaluates digits' 359 test images in one batch of 2000 (the 1438 training images
+    play no part); train.evaluate refused it for the training split's size."""
+    workdir, final = s3_run
+    copy = shutil.copytree(workdir, tmp_path / "run")
+    with open(copy / "config.json") as f:
+        config = json.load(f)
+    config["eval_batch_size"] = 2000
+    (copy / "config.json").write_text(json.dumps(config))
+    result = evaluate.evaluate_run(str(copy))
+    assert result["test_accuracy"] == final["test_accuracy"]
+    assert result["test_loss"] == pytest.approx(final["test_loss"], rel=1e-6)
 
 
 def test_pooler_kwargs_that_change_the_parameters_are_refused_before_reading_checkpoints():

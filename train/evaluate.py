@@ -144,14 +144,15 @@ def _check_same_parameters(spec, trained_spec, pooler_kwargs: dict[str, Any]) ->
 
 
 def _evaluation_batches(config, devices: int) -> None:
-    """Makes ``config``'s batch sizes those of this evaluation: the training batch plays no part
-    in it, and need not divide this machine's device count (a run trained on one device may be
-    evaluated on eight); the evaluation batch is rounded up to a multiple of ``devices``.
-    Non-integer sizes are left for ``validate_config`` to report."""
+    """Makes ``config``'s batch sizes those of this evaluation: the evaluation batch is rounded
+    up to a multiple of ``devices``; the training batch plays no part in it, and becomes
+    ``devices``, which this machine's device count divides (a run trained on one device may be
+    evaluated on eight) and the training split holds (an evaluation batch larger than the
+    training split is fine).  Non-integer sizes are left for ``validate_config`` to report."""
     batch = config.get("eval_batch_size") or config.get("batch_size")
     if isinstance(batch, int) and not isinstance(batch, bool) and batch > 0:
-        batch = -(-batch // devices) * devices
-        config.batch_size = config.eval_batch_size = batch
+        config.eval_batch_size = -(-batch // devices) * devices
+        config.batch_size = devices
         config.microbatch_size = 0
 
 
