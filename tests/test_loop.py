@@ -11,6 +11,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import types
 
 import jax
 import jax.numpy as jnp
@@ -568,6 +569,17 @@ def test_microbatch_size_must_divide_the_per_device_batch():
         run_config.validate_config(_config(batch_size=64, microbatch_size=24))
     with pytest.raises(run_config.ConfigError, match="microbatch_size must be an integer >= 0"):
         run_config.validate_config(_config(microbatch_size=-1))
+
+
+def test_evaluation_leaves_padding_out_even_where_its_loss_is_not_finite():
+    # Row 1 is padding (mask 0) whose logits overflow: its loss must not reach the sums.
+    logits = jnp.array([[0.0, math.log(3.0)], [jnp.inf, -jnp.inf], [0.0, 0.0]])
+    state = types.SimpleNamespace(params={}, apply_fn=lambda variables, x, deterministic: logits)
+    batch = {"image": jnp.zeros((3, 2, 2, 1), jnp.uint8), "label": jnp.array([1, 0, 0]),
+             "mask": jnp.array([1.0, 0.0, 1.0])}  # fmt: skip
+    sums = steps.eval_step(state, batch)
+    np.testing.assert_allclose(sums["loss_sum"], math.log(4 / 3) + math.log(2), rtol=1e-6)
+    assert (float(sums["correct"]), float(sums["count"])) == (2.0, 2.0)
 
 
 def test_cross_entropy_worked_by_hand_and_against_optax():

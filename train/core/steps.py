@@ -217,7 +217,8 @@ def eval_step(
     mean: np.ndarray | None = None,
     std: np.ndarray | None = None,
 ) -> dict[str, jax.Array]:
-    """Deterministic forward pass; sums over the examples where ``batch["mask"]`` is 1.
+    """Deterministic forward pass; sums over the examples where ``batch["mask"]`` is 1 (the
+    padding examples, 0, are left out even where their loss is not finite).
 
     Returns:
       ``{"loss_sum", "correct", "count"}`` for the batch.
@@ -228,7 +229,7 @@ def eval_step(
     mask = batch["mask"]
     correct = (jnp.argmax(logits, -1) == batch["label"]).astype(jnp.float32)
     return {
-        "loss_sum": jnp.sum(losses * mask),
+        "loss_sum": jnp.sum(jnp.where(mask > 0, losses, 0.0)),
         "correct": jnp.sum(correct * mask),
         "count": jnp.sum(mask),
     }
