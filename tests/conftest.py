@@ -138,10 +138,13 @@ def pooler_name(request):
 
 @contextlib.contextmanager
 def mock_tfds(num_examples: int):
-    """Random TFDS data; ``is_prepared`` is patched because the mock has no files on disk."""
+    """Random TFDS data; ``is_prepared`` and the file format (the mock's metadata says tfrecord)
+    are patched because the mock has no files on disk."""
+    array_record = mock.PropertyMock(return_value=tfds.core.FileFormat.ARRAY_RECORD)
     with (
         tfds.testing.mock_data(num_examples=num_examples),
         mock.patch.object(tfds.core.DatasetBuilder, "is_prepared", return_value=True),
+        mock.patch.object(tfds.core.DatasetInfo, "file_format", new_callable=lambda: array_record),
     ):
         yield
 

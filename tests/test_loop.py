@@ -188,6 +188,23 @@ def test_a_run_killed_while_its_first_checkpoint_was_written_starts_over(tmp_pat
                 loop.train_and_evaluate(_config(num_epochs=2), str(tmp_path))
 
 
+def test_the_saved_config_holds_the_data_dir_as_an_absolute_path(tmp_path, monkeypatch):
+    """train.evaluate reads it back from wherever it runs (a relative one was saved as typed)."""
+
+    class Reached(Exception):
+        pass
+
+    def setup(*args):
+        raise Reached
+
+    monkeypatch.setattr(loop, "_setup", setup)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(Reached):
+        loop.train_and_evaluate(_config(data_dir="data/"), str(tmp_path / "run"))
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert saved["data_dir"] == str(tmp_path / "data")
+
+
 def test_checkpoints_without_their_config_are_refused(tmp_path):
     (tmp_path / "checkpoints" / "22").mkdir(parents=True)
     with pytest.raises(run_config.ConfigError, match=r"holds checkpoints or finished epochs but no "

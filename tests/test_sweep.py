@@ -22,7 +22,7 @@ from PIL import Image
 
 from train import report, sweep
 from train.core import input_pipeline, loop, run_files
-from train.study import run_records, runner, stats
+from train.study import plan, run_records, runner, stats
 
 # Every end-to-end sweep uses the same shapes (digits, batch 64) so compiled steps are shared.
 TINY = ["--datasets", "digits", "--batch-size", "64", "--quiet"]
@@ -78,6 +78,7 @@ def copy_of(done_sweep, tmp_path):
     [
         (["--poolers", "max,nope"], "unknown pooler(s) nope"),
         (["--datasets", "imagenet"], "unknown dataset(s) imagenet"),
+        (["--datasets", "digits,"], "--datasets: an empty item in 'digits,'"),
         (["--seeds", "0"], "--seeds must be between 1 and 2**32 = 4294967296, got 0"),
         (["--seeds", str(2**32 + 1)], "--seeds must be between 1 and 2**32"),
         (["--seeds", "two"], "--seeds"),
@@ -401,6 +402,37 @@ def test_a_sigterm_outside_training_stops_the_sweep_with_its_report(tmp_path, mo
         signal.signal(signal.SIGTERM, previous)
     assert [r["status"] for r in read_csv(workdir)] == ["interrupted", "not started"]
     assert "rerun the same command to resume" in capsys.readouterr().err
+
+
+def test_a_dataset_that_cannot_be_read_stops_the_sweep_before_any_run(tmp_path, capsys):
+    """One line and exit 2 before anything is trained or written (before: every run of it
+    failed in turn, each retrying the read, and the sweep exited 1)."""
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    argv = ("--poolers", "max,avg", "--datasets", "digits,mnist", "--data-dir", str(empty))
+    assert run_sweep(tmp_path / "w", *argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: dataset 'mnist' is not prepared in ") and err.count("\n") == 1
+    assert not (tmp_path / "w" / "runs").exists()
+    assert run_sweep(tmp_path / "w", *argv, "--dry-run") == 0  # listing needs no data
+
+
+def test_a_dataset_a_sweep_cannot_read_is_read_once(tmp_path, monkeypatch):
+    loads = []
+
+    def unreadable(name, data_dir=None):
+        loads.append(name)
+        raise input_pipeline.DataError(f"dataset {name!r} cannot be read here")
+
+    monkeypatch.setattr(input_pipeline, "load", unreadable)
+    plans = [
+        plan.plan_entry(e, plan.make_config(e, epochs=1), str(tmp_path))
+        for e in plan.entries(["max", "avg"], ["digits"], 1)
+    ]
+    outcome = runner.sweep(plans, str(tmp_path), verbose=False)
+    assert len(outcome["failed"]) == 2 and loads == ["digits"]
+    record = json.loads((tmp_path / "runs/digits/avg/s0" / run_records.RUN_FILE).read_text())
+    assert record["error"] == "DataError: dataset 'digits' cannot be read here"
 
 
 def test_an_unreadable_sweep_record_is_refused_and_kept(tmp_path, capsys):

@@ -35,8 +35,8 @@ A failed run (non-finite loss or any exception) is recorded with its error and t
 At the end ``<workdir>/report/`` is rewritten from all run directories (see :mod:`train.report`)
 and ``<workdir>/sweep.json`` keeps every command that ran in the workdir with the runs it planned
 (the report lists those it never started as ``not started``). Exit codes: 0 all runs
-done, 1 some run failed, 2 bad flags (one line on stderr), 128+N stopped by signal N (rerun to
-resume). Runs execute one after another in this process (compiled steps are reused across seeds).
+done, 1 some run failed, 2 bad flags or a dataset that cannot be read (one line on stderr,
+before any run), 128+N stopped by signal N (rerun to resume). Runs execute one after another in this process (compiled steps are reused across seeds).
 """
 
 from __future__ import annotations
@@ -149,6 +149,19 @@ def build_plans(argv: list[str]) -> tuple[list[plan.Plan], str]:
     return plans, workdir
 
 
+def _check_data(plans: list[plan.Plan]) -> None:
+    """Every dataset the sweep will train on can be read (a missing or damaged one is one line
+    and exit 2 before any run, not a failure of each of its runs)."""
+    from train.core import input_pipeline
+
+    sources = dict.fromkeys((p.config.dataset, p.config.data_dir) for p in plans if p.runs)
+    for name, data_dir in sources:
+        try:
+            input_pipeline.check(name, data_dir)
+        except input_pipeline.DataError as e:
+            raise cli.UsageError(str(e)) from e
+
+
 def _seeds_together(choice: str) -> bool:
     """``--seeds-together``: ``auto`` is on where JAX's backend is not the CPU.
 
@@ -178,6 +191,7 @@ def run(argv: list[str]) -> int:
         print(f"sweep in {workdir}: {len(plans)} runs")
         print("\n".join(plan.describe(plans)))
         return 0
+    _check_data(plans)
     t0 = time.perf_counter()
     try:
         index = record_command(workdir, "python -m train.sweep " + shlex.join(argv[1:]), plans)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
+import os
 from typing import Any
 
 import numpy as np
@@ -70,7 +71,8 @@ def load(name: str, data_dir: str | None = None, *, digits_seed: int = 0) -> Dat
 
     Args:
       name: one of :data:`DATASETS`.
-      data_dir: TFDS data dir (ignored for ``digits``); ``None`` means the TFDS default.
+      data_dir: TFDS data dir (ignored for ``digits``; see :func:`resolve_data_dir`); ``None``
+        means the TFDS default.
       digits_seed: seed of the fixed 80/20 split of scikit-learn's digits.
 
     Returns:
@@ -78,13 +80,15 @@ def load(name: str, data_dir: str | None = None, *, digits_seed: int = 0) -> Dat
 
     Raises:
       ValueError: unknown dataset name.
-      DataError: the TFDS dataset is not prepared and cannot be prepared here.
+      DataError: the TFDS dataset is not prepared and cannot be prepared here, or cannot be read
+        (not a directory, another file format, missing or damaged files); the message is one
+        line that says which.
     """
     if name not in DATASETS:
         raise ValueError(f"unknown dataset {name!r}; choose one of: {', '.join(DATASETS)}")
     if name == "digits":
         return _load_digits(digits_seed)
-    return _load_tfds(name, data_dir)
+    return _load_tfds(name, resolve_data_dir(data_dir))
 
 
 def _load_digits(seed: int) -> Dataset:
@@ -105,32 +109,128 @@ def _load_digits(seed: int) -> Dataset:
     )
 
 
-def _prepare_hint(name: str, data_dir: str | None, reason: str) -> str:
-    where = data_dir if data_dir is not None else "~/tensorflow_datasets (TFDS's default)"
+def resolve_data_dir(data_dir: str | None) -> str | None:
+    """``data_dir`` as it is used and saved: ``None`` (or an empty string) for TFDS's default,
+    else the absolute path with ``~`` expanded, so a run's saved config finds its data from any
+    directory (TFDS itself expands neither)."""
+    if data_dir is None or not str(data_dir).strip():
+        return None
+    return os.path.abspath(os.path.expanduser(str(data_dir)))
+
+
+def _first_line(e: BaseException) -> str:
+    first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+    # TensorStore and TFDS append reprs of bound methods and file specs: noise in one line.
+    first = first.split(" See full TensorStore details")[0]
+    return first if len(first) <= 160 else first[:157] + "..."
+
+
+def _where(builder: Any, data_dir: str | None) -> str:
+    return data_dir if data_dir is not None else f"{builder.data_dir_root} (TFDS's default)"
+
+
+def _prepare_hint(name: str, where: str, reason: str) -> str:
     return (
         f"dataset {name!r} is not prepared in {where} ({reason}): point --data-dir at a TFDS "
         f"data dir holding it, or run once with network access after pip install '.[prepare]'"
     )
 
 
-def _load_tfds(name: str, data_dir: str | None) -> Dataset:
-    import tensorflow_datasets as tfds
+def _why_not_prepared(builder: Any, name: str) -> str:
+    """What the data dir holds instead of a prepared ``name`` at TFDS's version."""
+    folder = os.path.join(builder.data_dir_root, name)
+    if not os.path.isdir(folder):
+        return f"no folder {folder}"
+    try:
+        versions = sorted(v for v in os.listdir(folder) if v[:1].isdigit())
+    except OSError as e:
+        return f"{folder} cannot be read: {e.strerror or e}"
+    if str(builder.version) not in versions:
+        held = f"it holds version {', '.join(versions)}; " if versions else ""
+        return f"{held}this TFDS reads version {builder.version}"
+    if not os.access(builder.data_dir, os.R_OK | os.X_OK):
+        return f"{builder.data_dir} cannot be read: permission denied"
+    return f"{builder.data_dir} lacks its dataset_info.json"
 
-    builder = tfds.builder(name, data_dir=data_dir)
-    if not builder.is_prepared():
+
+def check(name: str, data_dir: str | None = None) -> None:
+    """Whether :func:`load` can read ``name`` from ``data_dir``, without reading it: a sweep asks
+    before its first run.  A dataset that is not prepared passes where TensorFlow is installed
+    (:func:`load` then tries to prepare it).
+
+    Raises:
+      ValueError: unknown dataset name.
+      DataError: as :func:`load` would, for what can be told from the folders and metadata.
+    """
+    if name not in DATASETS:
+        raise ValueError(f"unknown dataset {name!r}; choose one of: {', '.join(DATASETS)}")
+    if name != "digits":
+        import tensorflow_datasets as tfds
+
+        _prepared_builder(tfds, name, resolve_data_dir(data_dir), prepare=False)
+
+
+def _prepared_builder(tfds: Any, name: str, data_dir: str | None, *, prepare: bool = True):
+    """The TFDS builder of ``name`` in ``data_dir``, prepared (where ``prepare`` and TensorFlow
+    allow) and in array_record form; :class:`DataError` saying why not."""
+    if data_dir is not None and os.path.exists(data_dir) and not os.path.isdir(data_dir):
+        raise DataError(f"the data dir {data_dir} is not a directory")
+    try:
+        builder = tfds.builder(name, data_dir=data_dir)
+        prepared = builder.is_prepared()
+    except Exception as e:  # e.g. an unreadable dataset_info.json
+        _unless_interrupted(e)
+        where = data_dir if data_dir is not None else "TFDS's default data dir"
+        raise DataError(f"dataset {name!r} in {where} cannot be read: {_first_line(e)}") from e
+    if not prepared:
+        reason = _why_not_prepared(builder, name)
         if importlib.util.find_spec("tensorflow") is None:
-            raise DataError(_prepare_hint(name, data_dir, "TensorFlow is not installed"))
+            where = _where(builder, data_dir)
+            raise DataError(_prepare_hint(name, where, f"{reason}; TensorFlow is not installed"))
+        if not prepare:
+            return builder
         try:
             builder.download_and_prepare(file_format="array_record")
         except Exception as e:  # network, disk, TFDS: all mean "prepare it elsewhere"
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            if len(first) > 100:
-                first = first[:97] + "..."
-            raise DataError(_prepare_hint(name, data_dir, f"preparing it failed: {first}")) from e
-    num_classes = int(builder.info.features["label"].num_classes)
-    train = _read_split(tfds.data_source(name, split="train", data_dir=data_dir, download=False))
-    test = _read_split(tfds.data_source(name, split="test", data_dir=data_dir, download=False))
-    return Dataset(name=name, train=train, test=test, num_classes=num_classes)
+            _unless_interrupted(e)
+            where = _where(builder, data_dir)
+            reason = f"preparing it failed: {_first_line(e)}"
+            raise DataError(_prepare_hint(name, where, reason)) from e
+    file_format = getattr(builder.info.file_format, "value", builder.info.file_format)
+    if file_format != "array_record":
+        raise DataError(
+            f"dataset {name!r} in {builder.data_dir} is in {file_format} format, and jaxpool reads "
+            f"array_record: prepare a copy in another data dir (tfds build {name} "
+            "--file_format=array_record --data_dir DIR) and point --data-dir at it"
+        )
+    return builder
+
+
+def _load_tfds(name: str, data_dir: str | None) -> Dataset:
+    import tensorflow_datasets as tfds
+
+    builder = _prepared_builder(tfds, name, data_dir)
+    try:
+        num_classes = int(builder.info.features["label"].num_classes)
+        splits = [
+            _read_split(tfds.data_source(name, split=split, data_dir=data_dir, download=False))
+            for split in ("train", "test")
+        ]
+    except Exception as e:  # missing, cut or unreadable record files
+        _unless_interrupted(e)
+        raise DataError(
+            f"dataset {name!r} in {builder.data_dir} cannot be read ({_first_line(e)}): prepare "
+            "it again, or point --data-dir at a complete copy"
+        ) from e
+    return Dataset(name=name, train=splits[0], test=splits[1], num_classes=num_classes)
+
+
+def _unless_interrupted(e: Exception) -> None:
+    """A Ctrl-C that a library turned into its own error stops the command, as Ctrl-C does."""
+    from train.core import interrupts
+
+    if interrupts.received():
+        raise KeyboardInterrupt from e
 
 
 def _read_split(source: Any) -> Split:
@@ -148,11 +248,19 @@ def _read_split(source: Any) -> Split:
     return Split(np.concatenate(images), np.concatenate(labels))
 
 
-def channel_stats(split: Split) -> tuple[np.ndarray, np.ndarray]:
-    """Per-channel mean and standard deviation of ``split`` after scaling to [0, 1]."""
-    x = split.images.astype(np.float64) / 255.0
-    mean = x.mean(axis=(0, 1, 2))
-    std = np.maximum(x.std(axis=(0, 1, 2)), 1e-6)
+def channel_stats(split: Split, chunk: int = 1024) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel mean and standard deviation of ``split`` after scaling to [0, 1], in float64
+    (two passes, ``chunk`` images at a time: a float64 copy of CIFAR's training split would
+    take 1.2 GB)."""
+    images = split.images
+    count = images.shape[0] * images.shape[1] * images.shape[2]
+    parts = range(0, images.shape[0], chunk)
+    total = sum(images[i : i + chunk].sum(axis=(0, 1, 2), dtype=np.float64) for i in parts)
+    mean = total / (255.0 * count)
+    squares = sum(
+        np.square(images[i : i + chunk] / 255.0 - mean).sum(axis=(0, 1, 2)) for i in parts
+    )
+    std = np.maximum(np.sqrt(squares / count), 1e-6)
     return mean.astype(np.float32), std.astype(np.float32)
 
 

@@ -342,9 +342,12 @@ class _RunDir:
     def write_config(self) -> None:
         if not self.lead:
             return
+        saved = json.loads(self.config.to_json_best_effort())
+        if "data_dir" in saved:  # absolute: train.evaluate finds the data from any directory
+            saved["data_dir"] = input_pipeline.resolve_data_dir(saved["data_dir"])
         try:
             os.makedirs(self.workdir, exist_ok=True)
-            run_files.write_json(self.config_path, json.loads(self.config.to_json_best_effort()))
+            run_files.write_json(self.config_path, saved)
         except OSError as e:  # e.g. a read-only directory
             raise ConfigError(f"cannot write to workdir {self.workdir}: {e.strerror or e}") from e
 

@@ -76,8 +76,13 @@ class Plan:
         return self.action in ("resume", "new", "retry")
 
 
-def _split(text: str) -> list[str]:
-    return [t.strip() for t in text.split(",") if t.strip()]
+def _split(text: str, flag: str) -> list[str]:
+    """The comma-separated items of ``text``; an empty one (``"digits,"``) is refused, as
+    ``--poolers`` refuses it."""
+    items = [t.strip() for t in text.split(",")]
+    if "" in items:
+        raise cli.UsageError(f"{flag}: an empty item in {text!r}")
+    return items
 
 
 def _refuse_repeats(items: Sequence[str], values: Sequence[Any], flag: str) -> None:
@@ -91,7 +96,7 @@ def _refuse_repeats(items: Sequence[str], values: Sequence[Any], flag: str) -> N
 def parse_datasets(text: str) -> list[str]:
     from train.core import input_pipeline
 
-    names = _split(text)
+    names = _split(text, "--datasets")
     unknown = [n for n in names if n not in input_pipeline.DATASETS]
     if unknown or not names:
         raise cli.UsageError(
@@ -105,8 +110,10 @@ def parse_datasets(text: str) -> list[str]:
 def parse_temperatures(text: str | None) -> list[float]:
     if text is None:
         return []
+    if not text.strip():
+        raise cli.UsageError("--tdgs-init-temperatures is empty")
     values = []
-    for item in _split(text):
+    for item in _split(text, "--tdgs-init-temperatures"):
         try:
             value = float(item)
         except ValueError:
@@ -116,9 +123,7 @@ def parse_temperatures(text: str | None) -> list[float]:
                 f"--tdgs-init-temperatures needs positive numbers separated by commas, got {item!r}"
             )
         values.append(value)
-    if not values:
-        raise cli.UsageError("--tdgs-init-temperatures is empty")
-    _refuse_repeats(_split(text), values, "--tdgs-init-temperatures")
+    _refuse_repeats(_split(text, "--tdgs-init-temperatures"), values, "--tdgs-init-temperatures")
     return values
 
 

@@ -116,7 +116,8 @@ def run_group(
 
     ``on_epoch``: called with ``(index of the plan, its epoch's metrics)``.
     ``datasets``: datasets already read by this process, by ``(name, data_dir)``; the group's is
-    read and added when missing, so a sweep decodes each dataset once (seconds per run).
+    read and added when missing, so a sweep decodes each dataset once (seconds per run); one that
+    could not be read is kept as its error (a failed download is not tried again per run).
 
     Returns:
       The records, one per plan: ``status`` (``done``/``failed``/``stopped``) and ``error``
@@ -146,8 +147,13 @@ def run_group(
         if datasets is not None:
             source = (config.dataset, config.data_dir)
             if source not in datasets:
-                datasets[source] = input_pipeline.load(*source)
+                try:
+                    datasets[source] = input_pipeline.load(*source)
+                except input_pipeline.DataError as e:  # the next runs fail alike, at once
+                    datasets[source] = e
             data = datasets[source]
+            if isinstance(data, input_pipeline.DataError):
+                raise data
         if len(plans) == 1:
             show = None if on_epoch is None else (lambda row: on_epoch(0, row))
             try:
