@@ -27,6 +27,7 @@ def test_digits_is_fixed_80_20_split_of_uint8_images(digits):
     assert len(digits.train) == 1438
     assert digits.train.images.dtype == np.uint8 and digits.train.labels.dtype == np.int32
     assert digits.train.images.max() == 255 and digits.train.images.min() == 0
+    assert digits.version.startswith("scikit-learn ")
     again = input_pipeline.load("digits")
     np.testing.assert_array_equal(again.test.labels, digits.test.labels)
     np.testing.assert_array_equal(again.test.images, digits.test.images)
@@ -44,6 +45,7 @@ def test_tfds_datasets_load_into_memory(name, shape, classes):
     assert len(data.train) == 12 and len(data.test) == 12
     assert data.train.images.dtype == np.uint8
     assert data.train.labels.max() < classes
+    assert data.version == str(tfds.builder_cls(name).VERSION)
 
 
 def test_missing_tfds_data_is_a_data_error(tmp_path):

@@ -164,7 +164,8 @@ def test_a_run_killed_while_its_first_checkpoint_was_written_starts_over(tmp_pat
     assert [row["epoch"] for row in killed] == [1] and not run_files.checkpoint_steps(tmp_path)
     loop.train_and_evaluate(config, str(tmp_path))
     assert _without_timing(_rows(tmp_path)) == _without_timing(killed)
-    assert _summary(tmp_path)["status"] == "done"
+    summary = _summary(tmp_path)
+    assert summary["status"] == "done" and summary["dataset_version"].startswith("scikit-learn ")
 
     class Reached(Exception):
         pass

@@ -42,9 +42,11 @@ for pooler in poolers:
         out[pooler] = loop.train_and_evaluate(config, f"{workdir}/{pooler}")
         continue
     config.update(batch_size=16, data_dir="/nonexistent")
+    # as conftest.mock_tfds: the mock has no files, and its metadata says tfrecord
+    array_record = mock.PropertyMock(return_value=tfds.core.FileFormat.ARRAY_RECORD)
     with tfds.testing.mock_data(num_examples=48), mock.patch.object(
         tfds.core.DatasetBuilder, "is_prepared", return_value=True
-    ):
+    ), mock.patch.object(tfds.core.DatasetInfo, "file_format", new_callable=lambda: array_record):
         out[pooler] = loop.train_and_evaluate(config, f"{workdir}/{pooler}")
 print(json.dumps(out))
 """

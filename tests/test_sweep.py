@@ -9,15 +9,13 @@ import shutil
 import signal
 import subprocess
 import sys
-from unittest import mock
 
 import jax
 import jax.numpy as jnp
 import matplotlib.image
 import numpy as np
 import pytest
-import tensorflow_datasets as tfds
-from conftest import ROOT, drop_a_ctrl_c
+from conftest import ROOT, drop_a_ctrl_c, mock_tfds
 from PIL import Image
 
 from train import report, sweep
@@ -311,10 +309,7 @@ def test_sweep_on_mock_tfds_mnist(tmp_path):
     workdir = tmp_path / "w"
     argv = ["sweep", "--workdir", str(workdir), "--datasets", "mnist", "--poolers", "max"]
     argv += ["--seeds", "1", "--epochs", "1", "--batch-size", "64", "--data-dir", "/nowhere"]
-    with (
-        tfds.testing.mock_data(num_examples=128),
-        mock.patch.object(tfds.core.DatasetBuilder, "is_prepared", return_value=True),
-    ):
+    with mock_tfds(num_examples=128):
         assert sweep.main([*argv, "--quiet"]) == 0
     (row,) = read_csv(workdir)
     assert (row["dataset"], row["pooler"], row["status"], row["epochs"]) == (

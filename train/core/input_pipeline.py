@@ -54,12 +54,15 @@ class Dataset:
       train: the training split.
       test: the evaluation split.
       num_classes: number of label classes.
+      version: what was read: the TFDS dataset's version (``3.0.1``), or the scikit-learn
+        release whose digits these are.
     """
 
     name: str
     train: Split
     test: Split
     num_classes: int
+    version: str = ""
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
@@ -92,6 +95,7 @@ def load(name: str, data_dir: str | None = None, *, digits_seed: int = 0) -> Dat
 
 
 def _load_digits(seed: int) -> Dataset:
+    import sklearn
     from sklearn import datasets as sk_datasets
 
     digits = sk_datasets.load_digits()
@@ -106,6 +110,7 @@ def _load_digits(seed: int) -> Dataset:
         train=Split(images[tr], labels[tr]),
         test=Split(images[te], labels[te]),
         num_classes=10,
+        version=f"scikit-learn {sklearn.__version__}",
     )
 
 
@@ -222,7 +227,8 @@ def _load_tfds(name: str, data_dir: str | None) -> Dataset:
             f"dataset {name!r} in {builder.data_dir} cannot be read ({_first_line(e)}): prepare "
             "it again, or point --data-dir at a complete copy"
         ) from e
-    return Dataset(name=name, train=splits[0], test=splits[1], num_classes=num_classes)
+    version = str(builder.version)
+    return Dataset(name, train=splits[0], test=splits[1], num_classes=num_classes, version=version)
 
 
 def _unless_interrupted(e: Exception) -> None:

@@ -31,7 +31,8 @@ Files written to ``workdir`` (by process 0):
   :func:`train.core.models.pooler_report`), rewritten every epoch.
 - ``summary.json``: written when the run ends, keys: ``status`` (``"done"``, ``"stopped"`` by
   ``stop_after_epochs``, ``"interrupted"`` by a signal, ``"failed"`` on a non-finite loss),
-  ``dataset``, ``pooler``, ``pooler_kwargs``, ``seed``, ``num_epochs`` (configured),
+  ``dataset``, ``dataset_version`` (TFDS's version of it, or the scikit-learn release for
+  digits), ``pooler``, ``pooler_kwargs``, ``seed``, ``num_epochs`` (configured),
   ``epochs_completed``, ``final`` (the last ``metrics.jsonl`` object, or null),
   ``best_test_accuracy``, ``best_epoch``, ``param_count``, ``pooler_param_count``,
   ``num_devices``, ``num_processes``,
@@ -247,6 +248,7 @@ class _RunDir:
         self.workdir = os.path.abspath(workdir)
         self.lead = lead
         self.seeds_in_program = 1  # how many runs train as one program with this one
+        self.dataset_version = ""
         self.spec: RunSpec | None = None
         self.config_path = os.path.join(self.workdir, "config.json")
         self.metrics_path = os.path.join(self.workdir, "metrics.jsonl")
@@ -307,6 +309,7 @@ class _RunDir:
             )
 
     def describe(self, data: input_pipeline.Dataset) -> None:
+        self.dataset_version = data.version
         self.spec = run_config.describe(
             self.config, data.image_shape, data.num_classes, len(data.train)
         )
@@ -446,7 +449,9 @@ class _RunDir:
         if self.lead:
             run_files.write_json(
                 os.path.join(self.workdir, "summary.json"),
-                run_metrics.summary(status, self.spec, self.history, params, self.workdir),
+                run_metrics.summary(
+                    status, self.spec, self.history, params, self.workdir, self.dataset_version
+                ),
             )
 
     def last_step_text(self) -> str:

@@ -66,13 +66,19 @@ def epoch_row(
 
 
 def summary(
-    status: str, spec: run_config.RunSpec, history: list[dict[str, Any]], params, workdir: str
+    status: str,
+    spec: run_config.RunSpec,
+    history: list[dict[str, Any]],
+    params,
+    workdir: str,
+    dataset_version: str = "",
 ) -> dict[str, Any]:
     """``summary.json``: the run's status, identity, final and best epochs, and sizes."""
     best = max(history, key=lambda r: r["test_accuracy"]) if history else None
     return {
         "status": status,
         "dataset": spec.dataset,
+        "dataset_version": dataset_version,
         "pooler": spec.pooler,
         "pooler_kwargs": spec.pooler_kwargs,
         "seed": spec.seed,

@@ -43,6 +43,7 @@ def environment() -> dict[str, Any]:
     import flax
     import jax
     import optax
+    import tensorflow_datasets as tfds
 
     import jaxpool
 
@@ -53,6 +54,7 @@ def environment() -> dict[str, Any]:
             "jax": jax.__version__,
             "flax": flax.__version__,
             "optax": optax.__version__,
+            "tensorflow_datasets": tfds.__version__,
             "jaxpool": jaxpool.__version__,
         },
     }
