@@ -9,6 +9,7 @@ import sys
 import time
 
 import pytest
+from conftest import ROOT
 
 from train.benchmarks import accelerator_check
 
@@ -271,7 +272,11 @@ def test_data_dir_and_time_limit_are_checked_before_any_step(tmp_path, monkeypat
         accelerator_check.check_data_dir(str(tmp_path), ("determinism",))
     (tmp_path / "mnist" / "3.0.1" / "dataset_info.json").write_text("{}")
     (tmp_path / "mnist" / "3.0.1" / "mnist-train.array_record-00000-of-00001").write_text("")
-    accelerator_check.check_data_dir(str(tmp_path), accelerator_check.DATA_GROUPS)
+    with pytest.raises(ValueError, match=r"--check-data-dir .*: dataset 'mnist' in .* cannot be"):
+        accelerator_check.check_data_dir(str(tmp_path), ("determinism",))  # TFDS cannot read it
+    shared = ROOT.parent / "shared" / "tfds"
+    if (shared / "mnist").is_dir():  # the real one passes
+        accelerator_check.check_data_dir(str(shared), accelerator_check.DATA_GROUPS)
     monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path / "nowhere"))  # no flag: TFDS's default
     with pytest.raises(ValueError, match=r"TFDS's default data dir \(no --check-data-dir\)"):
         accelerator_check.check_data_dir(None, ("sweep",))

@@ -289,8 +289,9 @@ DATA_GROUPS = ("determinism", "sweep", "paths", "graphs", "seeds")
 
 def check_data_dir(data_dir: str | None, groups: Sequence[str]) -> None:
     """``--check-data-dir``, where a selected step trains: a directory holding a prepared TFDS
-    ``mnist`` (``mnist/<version>/dataset_info.json`` and array_record files), checked before the
-    steps, so that a typo does not cost the test suite's minutes first.  None: TFDS's default
+    ``mnist`` (``mnist/<version>/dataset_info.json`` and array_record files, at the version this
+    TFDS reads), checked before the steps, so that a typo does not cost the test suite's minutes
+    first.  None: TFDS's default
     directory (``$TFDS_DATA_DIR``, else ``~/tensorflow_datasets``), checked the same way."""
     if not set(groups) & set(DATA_GROUPS):
         return
@@ -312,6 +313,12 @@ def check_data_dir(data_dir: str | None, groups: Sequence[str]) -> None:
             f"{flag} {data_dir} holds no prepared TFDS mnist (no {mnist}/<version>/ with "
             "dataset_info.json and array_record files); give the TFDS data dir that holds MNIST"
         )
+    from train.core import input_pipeline  # TFDS's own checks (version, format); no JAX
+
+    try:
+        input_pipeline.check("mnist", data_dir)
+    except input_pipeline.DataError as e:
+        raise ValueError(f"{flag} {data_dir}: {e}") from e
 
 
 def check_seconds(total_seconds: int | None) -> None:
