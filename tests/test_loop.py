@@ -175,17 +175,24 @@ def test_a_run_killed_while_its_first_checkpoint_was_written_starts_over(tmp_pat
 
     monkeypatch.setattr(loop, "_setup", setup)
     shutil.rmtree(tmp_path / "checkpoints")  # as the kill left it, or deleted by hand
-    for epochs, with_summary in (([1, 2], False), ([1], True), ([1], False)):
+    stopped_before_training = {"status": "interrupted", "epochs_completed": 0}
+    cases = [  # (epochs in metrics.jsonl, summary.json, starts over)
+        ([1, 2], None, False),  # checkpoints deleted by hand: more than one epoch to keep
+        ([1], {"status": "interrupted", "epochs_completed": 1}, False),  # the row's own summary
+        ([1], None, True),
+        ([1], stopped_before_training, True),  # an earlier attempt's, from before the row
+    ]
+    for epochs, summary, starts_over in cases:
         lines = "".join(json.dumps(_metrics_row(epoch)) + "\n" for epoch in epochs)
         (tmp_path / "metrics.jsonl").write_text(lines)
         (tmp_path / "summary.json").unlink(missing_ok=True)
-        if with_summary:
-            (tmp_path / "summary.json").write_text(json.dumps({"status": "interrupted"}))
-        if with_summary or len(epochs) > 1:
-            with pytest.raises(run_config.ConfigError, match="but no checkpoint to continue"):
+        if summary is not None:
+            (tmp_path / "summary.json").write_text(json.dumps(summary))
+        if starts_over:
+            with pytest.raises(Reached):  # past the workdir's checks
                 loop.train_and_evaluate(_config(num_epochs=2), str(tmp_path))
         else:
-            with pytest.raises(Reached):  # past the workdir's checks
+            with pytest.raises(run_config.ConfigError, match="but no checkpoint to continue"):
                 loop.train_and_evaluate(_config(num_epochs=2), str(tmp_path))
 
 

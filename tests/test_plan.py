@@ -44,7 +44,9 @@ def test_parsers_reject_what_they_do_not_know():
         (plan.parse_datasets, "digits,mnist,digits", "--datasets: digits listed twice"),
         (plan.parse_temperatures, "1,nan", "got 'nan'"),
         (plan.parse_temperatures, "0", "got '0'"),
-        (plan.parse_temperatures, ",", "is empty"),
+        (plan.parse_temperatures, " ", "--tdgs-init-temperatures is empty"),
+        (plan.parse_temperatures, "1,", "--tdgs-init-temperatures: an empty item in '1,'"),
+        (plan.parse_datasets, "digits,", "--datasets: an empty item in 'digits,'"),
         (plan.parse_temperatures, "0.5,1,0.50", "--tdgs-init-temperatures: 0.50 listed twice"),
     ]:
         with pytest.raises(cli.UsageError, match=re.escape(message)):

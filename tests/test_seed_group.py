@@ -64,9 +64,10 @@ def _assert_same_metrics(got: dict, want: dict) -> None:
 
 def _assert_seeds_differ(first: dict, second: dict) -> None:
     """Two seeds' losses differ by more than 1%, five times the CPU tolerance of
-    :func:`_assert_same_metrics`, so that check would notice swapped or shared seeds.  How far two
-    seeds land apart is itself random: with the reference paths (what a GPU or TPU runs) seeds 3
-    and 0 ended 1.5% apart in test loss, with CPU's fast paths further."""
+    :func:`_assert_same_metrics`, so that check would notice swapped or shared seeds on CPU
+    (elsewhere its tolerance is wider, and the first-step test tells the seeds apart).  How far
+    two seeds land apart is itself random: with the reference paths (what a GPU or TPU runs)
+    seeds 3 and 0 ended 1.5% apart in test loss, with CPU's fast paths further."""
     apart = max(abs(first[k] - second[k]) / first[k] for k in ("train_loss", "test_loss"))
     assert apart > 1e-2, apart
 

@@ -8,8 +8,9 @@ Run::
 It prints one line, ``<run dir>: test accuracy 98.71% (loss 0.0412) after 10 epochs ...``, and with
 ``--json`` one JSON object instead.  The run's ``config.json`` gives the dataset, model and
 preprocessing; ``--pooler-kwargs`` are merged into its ``pooler_kwargs``; ``--data-dir`` overrides
-its TFDS data dir.  Exit codes: 0, or 2 with one line on stderr for a usage error (no run
-directory, no readable checkpoint, kwargs that change the parameters or are not the pooler's).
+its TFDS data dir.  Exit codes: 0; 2 with one line on stderr for a usage error (no run
+directory, no readable checkpoint, kwargs that change the parameters or are not the pooler's,
+data that cannot be read); 130 or 143 stopped by Ctrl-C or SIGTERM (nothing is written).
 """
 
 from __future__ import annotations

@@ -29,14 +29,17 @@ Rerunning the same command is cheap and safe:
   conflict, skipped and reported, if it holds a checkpoint or a finished epoch (without either it
   starts over), and so is a run trained for more epochs than ``--epochs`` and an unfinished run
   with finished epochs but no checkpoint (training anew would overwrite them); one killed while its
-  first checkpoint was written (epoch 1's row alone, no ``summary.json``) starts over instead.
+  first checkpoint was written (epoch 1's row alone, no checkpoint, no summary of a finished
+  epoch) starts over instead.
 
 A failed run (non-finite loss or any exception) is recorded with its error and the sweep goes on.
 At the end ``<workdir>/report/`` is rewritten from all run directories (see :mod:`train.report`)
 and ``<workdir>/sweep.json`` keeps every command that ran in the workdir with the runs it planned
 (the report lists those it never started as ``not started``). Exit codes: 0 all runs
-done, 1 some run failed, 2 bad flags or a dataset that cannot be read (one line on stderr,
-before any run), 128+N stopped by signal N (rerun to resume). Runs execute one after another in this process (compiled steps are reused across seeds).
+done, 1 some run failed, 2 bad flags or a dataset that is missing, not prepared, in another
+file format or with unreadable metadata (one line on stderr, before any run; damaged record files
+are found when the dataset is read, and fail its runs), 128+N stopped by signal N (rerun to
+resume). Runs execute one after another in this process (compiled steps are reused across seeds).
 """
 
 from __future__ import annotations

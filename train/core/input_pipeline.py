@@ -115,11 +115,13 @@ def _load_digits(seed: int) -> Dataset:
 
 
 def resolve_data_dir(data_dir: str | None) -> str | None:
-    """``data_dir`` as it is used and saved: ``None`` (or an empty string) for TFDS's default,
-    else the absolute path with ``~`` expanded, so a run's saved config finds its data from any
-    directory (TFDS itself expands neither)."""
+    """``data_dir`` as it is used and saved: ``None`` (or an empty string) for TFDS's default, a
+    URL (``gs://...``) as given, else the absolute path with ``~`` expanded, so a run's saved
+    config finds its data from any directory (TFDS itself expands neither)."""
     if data_dir is None or not str(data_dir).strip():
         return None
+    if "://" in str(data_dir):
+        return str(data_dir)
     return os.path.abspath(os.path.expanduser(str(data_dir)))
 
 
@@ -131,7 +133,7 @@ def _first_line(e: BaseException) -> str:
 
 
 def _where(builder: Any, data_dir: str | None) -> str:
-    return data_dir if data_dir is not None else f"{builder.data_dir_root} (TFDS's default)"
+    return data_dir if data_dir is not None else f"TFDS's default {builder.data_dir_root}"
 
 
 def _prepare_hint(name: str, where: str, reason: str) -> str:
@@ -178,7 +180,7 @@ def check(name: str, data_dir: str | None = None) -> None:
 def _prepared_builder(tfds: Any, name: str, data_dir: str | None, *, prepare: bool = True):
     """The TFDS builder of ``name`` in ``data_dir``, prepared (where ``prepare`` and TensorFlow
     allow) and in array_record form; :class:`DataError` saying why not."""
-    if data_dir is not None and os.path.exists(data_dir) and not os.path.isdir(data_dir):
+    if data_dir is not None and os.path.isfile(data_dir):
         raise DataError(f"the data dir {data_dir} is not a directory")
     try:
         builder = tfds.builder(name, data_dir=data_dir)

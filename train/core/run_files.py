@@ -109,15 +109,23 @@ def has_results(run_dir: str | os.PathLike) -> bool:
 def stopped_saving_first_checkpoint(run_dir: str | os.PathLike) -> bool:
     """Whether a run was killed (SIGKILL, a crash, a preempted machine) after writing its first
     epoch's ``metrics.jsonl`` row and before that epoch's checkpoint was finalised: epoch 1's row
-    alone, no finalised checkpoint and no ``summary.json``.  Nothing there can be continued, and
-    training the same config again reproduces that row, so starting over loses nothing (a run
-    whose checkpoints were deleted by hand has a summary or more epochs, and stays refused)."""
+    alone, no finalised checkpoint, and no ``summary.json`` or one from before that row (an
+    earlier attempt stopped before its first epoch: ``epochs_completed`` 0).  Nothing there can
+    be continued, and training the same config again reproduces that row, so starting over loses
+    nothing (a run whose checkpoints were deleted by hand has a summary of its epochs or more
+    rows, and stays refused)."""
     metrics = read_metrics(os.path.join(run_dir, "metrics.jsonl"), math.inf)
-    return (
-        [row["epoch"] for row in metrics] == [1]
-        and not checkpoint_steps(run_dir)
-        and not os.path.lexists(os.path.join(run_dir, "summary.json"))
-    )
+    if [row["epoch"] for row in metrics] != [1] or checkpoint_steps(run_dir):
+        return False
+    summary_path = os.path.join(run_dir, "summary.json")
+    if not os.path.lexists(summary_path):
+        return True
+    try:
+        with open(summary_path, encoding="utf-8") as f:
+            summary = json.load(f)
+    except (OSError, ValueError):
+        return False
+    return isinstance(summary, dict) and summary.get("epochs_completed") == 0
 
 
 def changed_run_fields(

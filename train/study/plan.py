@@ -98,9 +98,9 @@ def parse_datasets(text: str) -> list[str]:
 
     names = _split(text, "--datasets")
     unknown = [n for n in names if n not in input_pipeline.DATASETS]
-    if unknown or not names:
+    if unknown:
         raise cli.UsageError(
-            f"unknown dataset(s) {', '.join(unknown) or repr(text)} in --datasets; choose from: "
+            f"unknown dataset(s) {', '.join(unknown)} in --datasets; choose from: "
             f"{', '.join(input_pipeline.DATASETS)}"
         )
     _refuse_repeats(names, names, "--datasets")
