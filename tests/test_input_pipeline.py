@@ -119,6 +119,7 @@ def test_data_dirs_are_absolute_with_the_home_expanded(monkeypatch, tmp_path):
         input_pipeline.resolve_data_dir("") is None
         and input_pipeline.resolve_data_dir(None) is None
     )
+    assert input_pipeline.resolve_data_dir("gs://bucket/tfds") == "gs://bucket/tfds"  # as given
 
 
 def test_unknown_dataset_lists_the_choices():
