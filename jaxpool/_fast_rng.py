@@ -34,6 +34,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxpool import _windows
+
 _F32 = jnp.float32
 
 # Where 'auto' takes the fast generator on CPU: the table above.
@@ -113,6 +115,11 @@ def threefry_bits(
     is fused into, and repeated in, every loop that reads the result.
     """
     shape = tuple(shape)
+    if not _windows.is_concrete(shape):
+        raise ValueError(
+            f"implementation='fast' draws its noise for inputs of known size; got shape {shape} "
+            "(symbolic, as in jax.export): use implementation='auto' or 'reference'"
+        )
     if not shape:
         return threefry_bits(seed, (1,), transform).reshape(())
     axis = len(shape) - 2 if len(shape) >= 3 else len(shape) - 1

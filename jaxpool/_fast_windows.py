@@ -56,8 +56,9 @@ TREE_MIN_ELEMENTS = 256 * 32 * 32 * 16  # 2**22
 
 
 def tree_wins(size: int) -> bool:
-    """Whether tree pooling's fast path was measured faster for an input of ``size`` elements."""
-    return size >= TREE_MIN_ELEMENTS
+    """Whether tree pooling's fast path was measured faster for an input of ``size`` elements
+    (False for a symbolic size: ``jax.export`` with a polymorphic batch)."""
+    return _windows.is_concrete((size,)) and size >= TREE_MIN_ELEMENTS
 
 
 def broadcast_param(param: jax.Array, shape: tuple[int, ...]) -> jax.Array:

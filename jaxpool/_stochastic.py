@@ -73,7 +73,10 @@ def stochastic_pool(
     batched, unbatched = _windows.check_input(x)
     spec = _windows.window_spec(batched.shape[1:3], window_shape, strides, padding)
     masks = _windows.valid_masks(spec)
-    fast = _windows.use_fast(implementation, _fast_rng.STOCHASTIC_WINS) and not deterministic
+    fast = (
+        _windows.use_fast(implementation, _fast_rng.STOCHASTIC_WINS, batched.shape)
+        and not deterministic
+    )
     values = _window_ops.f32(_windows.window_elements(batched, spec))
     # A window whose largest activation is +inf (the limit of a growing one: it takes all the
     # probability) outputs +inf; one holding a NaN outputs NaN.  Decided per window, from its
@@ -169,7 +172,7 @@ def gumbel_softmax(
         raise ValueError(
             f"logits must have a floating dtype (float32, bfloat16, float16, ...); got {logits.dtype}"
         )
-    if _windows.use_fast(implementation, _fast_rng.GUMBEL_WINS):
+    if _windows.use_fast(implementation, _fast_rng.GUMBEL_WINS, logits.shape):
         gumbels = _fast_rng.gumbel(key, logits.shape)
     else:
         gumbels = jax.random.gumbel(key, logits.shape, _F32)
@@ -253,7 +256,7 @@ def tdgs_pool(
     spec = _windows.window_spec(batched.shape[1:3], window_shape, strides, padding)
     n, c = batched.shape[0], batched.shape[-1]
     temperature = _temperature_for(temperature, spec, c)
-    if _windows.use_fast(implementation, _fast_tdgs.TDGS_WINS):
+    if _windows.use_fast(implementation, _fast_tdgs.TDGS_WINS, batched.shape):
         y = _fast_tdgs.tdgs_pool(batched, temperature, spec, key, deterministic, tau, eps)
         return _windows.to_output(y, x.dtype, unbatched)
     values = _window_ops.f32(_windows.window_elements(batched, spec))

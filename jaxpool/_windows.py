@@ -410,13 +410,20 @@ def check_implementation(implementation: str) -> str:
     return implementation
 
 
-def use_fast(implementation: str, measured_faster_on_cpu: bool) -> bool:
+def use_fast(implementation: str, measured_faster_on_cpu: bool, shape: Sequence = ()) -> bool:
     """Whether a pooler takes its fast path: always for ``'fast'``, never for ``'reference'``;
-    for ``'auto'`` only on the CPU backend and only where ``measured_faster_on_cpu`` (the fast
-    paths were measured on XLA:CPU alone, so GPU and TPU run the reference)."""
+    for ``'auto'`` only on the CPU backend, only where ``measured_faster_on_cpu`` (the fast
+    paths were measured on XLA:CPU alone, so GPU and TPU run the reference), and only for an
+    input ``shape`` of known sizes: a symbolic one (``jax.export`` with a polymorphic batch)
+    takes the reference, which works for any size (the fast noise generator needs the size)."""
     if check_implementation(implementation) == "auto":
-        return measured_faster_on_cpu and on_measured_backend()
+        return measured_faster_on_cpu and on_measured_backend() and is_concrete(shape)
     return implementation == "fast"
+
+
+def is_concrete(shape: Sequence) -> bool:
+    """Whether every size in ``shape`` is a number (not a ``jax.export`` symbolic dimension)."""
+    return all(isinstance(d, int | np.integer) for d in shape)
 
 
 def on_measured_backend() -> bool:

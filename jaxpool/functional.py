@@ -19,7 +19,9 @@ modules, chosen by the keyword-only ``implementation``:
 - ``'fast'``: the fast path where one exists for these arguments, else the reference;
 - ``'auto'`` (default): the fast path only on a backend and window geometry where it was measured
   faster (each function says where: the tables are in the fast modules' docstrings); on GPU and
-  TPU, where nothing was measured, the reference.
+  TPU, where nothing was measured, the reference.  Where a fast path needs the input's size
+  (tree's choice, the fast noise generator) and the size is symbolic (``jax.export`` with a
+  polymorphic batch), the reference; ``'fast'`` then raises for the noise generator.
 
 A fast path computes the same values and gradients up to float rounding and has forward mode too,
 but a stochastic fast path draws its noise from its own generator (:mod:`jaxpool._fast_rng`):

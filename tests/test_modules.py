@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import chex
@@ -172,6 +173,37 @@ def test_vmap_over_unbatched_inputs(pooler_name):
     batched, per_example, sampled = outputs(jax.random.normal(jax.random.key(0), (3, 6, 6, 2)))
     np.testing.assert_allclose(per_example, batched, rtol=1e-6, atol=1e-6)
     chex.assert_shape(sampled, batched.shape)
+
+
+def test_export_with_a_symbolic_batch(pooler_name):
+    """``jax.export`` with a polymorphic batch, as for serving: every layer traces with a symbolic
+    batch size in both modes ('auto' then takes the reference path where the fast one needs the
+    size: tree's choice, the fast noise generator) and the exported program gives the reference
+    layer's output at any batch size.  Before, tree, stochastic and TDGS failed to trace."""
+    module = jaxpool.create(pooler_name)
+    one_path = "implementation" not in {f.name for f in dataclasses.fields(module)}
+    reference = module if one_path else jaxpool.create(pooler_name, implementation="reference")
+    x = jax.random.normal(jax.random.key(0), (3, 6, 6, 2))
+    variables, _ = init_and_apply(module, x, deterministic=True)
+    (batch,) = jax.export.symbolic_shape("b")
+    key = jax.random.key(4)
+    for det in (True, False):
+
+        def apply(variables, x, key, det=det, module=module):
+            return module.apply(variables, x, deterministic=det, rngs={"pooling": key})
+
+        spec = jax.ShapeDtypeStruct((batch, 6, 6, 2), x.dtype)
+        exported = jax.export.export(jax.jit(apply))(variables, spec, key)
+        for n in (1, 3):
+            want = apply(variables, x[:n], key, module=reference)
+            chex.assert_trees_all_close(exported.call(variables, x[:n], key), want, rtol=1e-5,
+                                        atol=1e-6)  # fmt: skip
+    if pooler_name == "stochastic":  # the fast generator, asked for, says why it cannot
+        fast = jaxpool.create(pooler_name, implementation="fast")
+        with pytest.raises(ValueError, match=r"implementation='fast' draws its noise for inputs"):
+            jax.export.export(
+                jax.jit(lambda v, x, k: fast.apply(v, x, deterministic=False, rngs={"pooling": k}))
+            )(variables, spec, key)
 
 
 def test_fast_path_matches_general_path(pooler_name, monkeypatch):
