@@ -95,12 +95,12 @@ def test_evaluation_needs_only_its_own_batch_to_divide_the_devices(
     assert (config.batch_size, config.eval_batch_size, config.microbatch_size) == (devices, want, 0)
 
 
-@pytest.mark.usefixtures("highest_precision")  # two programs (batches of 64 and of 2000)
 def test_an_evaluation_batch_larger_than_the_training_split_is_evaluated(s3_run, tmp_path):
     """A run whose config asks for evaluation batches of 2000 (training evaluates digits' 359
     test images so, in one batch; its 1438 training images play no part): train.evaluate refused
-    it for the training split's size.  Compared with the run's own evaluation in batches of 64:
-    another program, so the loss to float32 rounding and the accuracy to one near-tie."""
+    it for the training split's size.  Compared with the run's own evaluation in batches of 64,
+    at the same (default) matmul precision: another program, which may sum in another order, so
+    the loss to 1e-4 and the accuracy to one near-tie."""
     workdir, final = s3_run
     copy = shutil.copytree(workdir, tmp_path / "run")
     with open(copy / "config.json") as f:
@@ -108,8 +108,9 @@ def test_an_evaluation_batch_larger_than_the_training_split_is_evaluated(s3_run,
     config["eval_batch_size"] = 2000
     (copy / "config.json").write_text(json.dumps(config))
     result = evaluate.evaluate_run(str(copy))
-    assert abs(result["test_accuracy"] - final["test_accuracy"]) <= 1 / 359
-    assert result["test_loss"] == pytest.approx(final["test_loss"], rel=1e-5)
+    flips = abs(round(result["test_accuracy"] * 359) - round(final["test_accuracy"] * 359))
+    assert flips <= 1, flips
+    assert result["test_loss"] == pytest.approx(final["test_loss"], rel=1e-4)
 
 
 def test_pooler_kwargs_that_change_the_parameters_are_refused_before_reading_checkpoints():
