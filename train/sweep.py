@@ -153,8 +153,9 @@ def build_plans(argv: list[str]) -> tuple[list[plan.Plan], str]:
 
 
 def _check_data(plans: list[plan.Plan]) -> None:
-    """Every dataset the sweep will train on can be read (a missing or damaged one is one line
-    and exit 2 before any run, not a failure of each of its runs)."""
+    """Every dataset the sweep will train on is there as far as its folders and metadata tell
+    (one missing, not prepared or in another format is one line and exit 2 before any run, not a
+    failure of each of its runs)."""
     from train.core import input_pipeline
 
     sources = dict.fromkeys((p.config.dataset, p.config.data_dir) for p in plans if p.runs)
