@@ -155,7 +155,8 @@ def run_group(
                     datasets[source] = e
             data = datasets[source]
             if isinstance(data, input_pipeline.DataError):
-                raise input_pipeline.DataError(str(data))  # a new one: the old one's traceback
+                # anew: re-raising the kept one would grow its traceback with every run
+                raise input_pipeline.DataError(str(data))
         if len(plans) == 1:
             show = None if on_epoch is None else (lambda row: on_epoch(0, row))
             try:
