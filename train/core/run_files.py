@@ -47,6 +47,17 @@ def write_text(path: str, text: str) -> None:
         raise
 
 
+def read_json(path: str | os.PathLike) -> dict[str, Any] | None:
+    """The JSON object in ``path``, or None when it is missing, unreadable (not UTF-8, not JSON)
+    or not an object: a run directory's files are read tolerantly, a damaged one reads as absent."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except (OSError, ValueError):  # ValueError: not JSON, or not UTF-8
+        return None
+    return data if isinstance(data, dict) else None
+
+
 def _number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
@@ -120,12 +131,7 @@ def stopped_saving_first_checkpoint(run_dir: str | os.PathLike) -> bool:
     summary_path = os.path.join(run_dir, "summary.json")
     if not os.path.lexists(summary_path):
         return True
-    try:
-        with open(summary_path, encoding="utf-8") as f:
-            summary = json.load(f)
-    except (OSError, ValueError):
-        return False
-    return isinstance(summary, dict) and summary.get("epochs_completed") == 0
+    return (read_json(summary_path) or {}).get("epochs_completed") == 0
 
 
 def changed_run_fields(

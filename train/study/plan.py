@@ -185,7 +185,7 @@ def plan_entry(entry: Entry, config, workdir: str, *, retry_failed: bool = False
     def plan(action: str, detail: str) -> Plan:
         return Plan(entry, config, path, action, detail)
 
-    old_config = run_records.read_json(os.path.join(path, "config.json"))
+    old_config = run_files.read_json(os.path.join(path, "config.json"))
     steps = run_files.checkpoint_steps(path)
     diff = run_files.changed_run_fields(old_config, config) if old_config else []
     if diff and run_files.has_results(path):
@@ -196,7 +196,7 @@ def plan_entry(entry: Entry, config, workdir: str, *, retry_failed: bool = False
         )
     if diff:  # nothing to keep there: start over with these settings, as train.main does
         return plan("new", f"starts over with other {', '.join(diff)}: no checkpoint")
-    summary = run_records.read_json(os.path.join(path, "summary.json")) or {}
+    summary = run_files.read_json(os.path.join(path, "summary.json")) or {}
     completed = summary.get("epochs_completed")
     completed = completed if isinstance(completed, int) else 0
     metrics = run_files.read_metrics(os.path.join(path, "metrics.jsonl"), math.inf)
@@ -207,7 +207,7 @@ def plan_entry(entry: Entry, config, workdir: str, *, retry_failed: bool = False
             f"{path} holds a run trained for {trained} epochs, more than --epochs "
             f"{config.num_epochs}; ask for {trained} or more, or use another --workdir",
         )
-    info = run_records.read_json(os.path.join(path, run_records.RUN_FILE)) or {}
+    info = run_files.read_json(os.path.join(path, run_records.RUN_FILE)) or {}
     final = summary.get("final") if isinstance(summary.get("final"), dict) else {}
     if (
         old_config

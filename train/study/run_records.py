@@ -137,17 +137,6 @@ def _command_problem(command: Any) -> str:
     return ""
 
 
-def read_json(path: str) -> dict[str, Any] | None:
-    """The JSON object in ``path``, or None when it is missing, unreadable (not UTF-8, not JSON)
-    or not an object: a run directory's files are read tolerantly, a damaged one reads as absent."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-    except (OSError, ValueError):  # ValueError: not JSON, or not UTF-8
-        return None
-    return data if isinstance(data, dict) else None
-
-
 @dataclasses.dataclass
 class Run:
     """Everything the report needs from one run directory.
@@ -228,8 +217,8 @@ class Run:
 def load_run(path: str) -> Run | None:
     """Reads one run directory; None when it holds no readable config (``config.json``, or the
     one in the sweep's record)."""
-    info = read_json(os.path.join(path, RUN_FILE)) or {}
-    trained = read_json(os.path.join(path, "config.json"))
+    info = run_files.read_json(os.path.join(path, RUN_FILE)) or {}
+    trained = run_files.read_json(os.path.join(path, "config.json"))
     planned = info.get("config") if isinstance(info.get("config"), dict) else None
     if trained and planned and run_files.changed_run_fields(trained, planned):
         info, planned = {}, None  # the record of another run, refused here: not this run's
@@ -237,7 +226,7 @@ def load_run(path: str) -> Run | None:
     config = planned if _valid_config(planned) else trained
     if not _valid_config(config):
         return None
-    summary = read_json(os.path.join(path, "summary.json")) or {}
+    summary = run_files.read_json(os.path.join(path, "summary.json")) or {}
     completed = summary.get("epochs_completed")
     metrics = run_files.read_metrics(
         os.path.join(path, "metrics.jsonl"), math.inf if completed is None else completed
@@ -266,7 +255,7 @@ def load_run(path: str) -> Run | None:
         error=error,
         metrics=metrics,
         summary=summary,
-        pooler_params=read_json(os.path.join(path, "pooler_params.json")) or {},
+        pooler_params=run_files.read_json(os.path.join(path, "pooler_params.json")) or {},
         info=info,
         setup={k: config[k] for k in SETUP_FIELDS if k in config},
     )

@@ -199,7 +199,7 @@ def run_group(
         if isinstance(outcome, Exception):
             _record_failure(plan, record, outcome)
         else:
-            summary = run_records.read_json(os.path.join(plan.run_dir, "summary.json")) or {}
+            summary = run_files.read_json(os.path.join(plan.run_dir, "summary.json")) or {}
             record["status"] = summary.get("status", "done")
         record.update(finished=_now(), seconds=seconds)
         _write_record(plan, record)
@@ -402,7 +402,7 @@ def sweep(
                 name = f" {p.entry.name()}" if len(group) > 1 else ""
                 if record["status"] == "done":
                     outcome["done"].append(p)
-                    summary = run_records.read_json(os.path.join(p.run_dir, "summary.json")) or {}
+                    summary = run_files.read_json(os.path.join(p.run_dir, "summary.json")) or {}
                     acc = (summary.get("final") or {}).get("test_accuracy", math.nan)
                     print(
                         f"      done{name}: test accuracy {acc:.2%} ({seconds:.1f} s)", flush=True
