@@ -399,3 +399,47 @@ def test_an_unnamed_device_is_unknown_not_a_cpu():
     lines = accelerator_check.summary([], {}, accelerator_check.UNNAMED_DEVICE, timed)
     assert accelerator_check.UNKNOWN_DEVICE_NOTE in lines
     assert accelerator_check.NO_GPU_NOTE not in lines
+
+
+def test_a_relative_data_dir_reaches_the_steps_as_an_absolute_path(tmp_path, monkeypatch):
+    # The steps run in the repository root: a data dir relative to the user's directory would
+    # point elsewhere there (or into site-packages for an installed jaxpool).
+    seen = {}
+
+    def fake_plan(out, data_dir, workers):
+        seen["data_dir"] = data_dir
+        return []
+
+    monkeypatch.setattr(accelerator_check, "plan", fake_plan)
+    monkeypatch.setattr(accelerator_check, "check_data_dir", lambda data_dir, groups: None)
+    monkeypatch.chdir(tmp_path)
+    accelerator_check.run("out", "data", 1, ("sweep",))
+    assert seen["data_dir"] == str(tmp_path / "data")
+    accelerator_check.run("out2", "~/data", 1, ("sweep",))
+    assert seen["data_dir"] == os.path.expanduser("~/data")
+    accelerator_check.run("out3", "gs://bucket/tfds", 1, ("sweep",))
+    assert seen["data_dir"] == "gs://bucket/tfds"
+
+
+def test_the_tests_step_needs_a_checkouts_suite_and_pytest(tmp_path, monkeypatch):
+    accelerator_check.check_tests(accelerator_check.GROUPS)  # this checkout has both
+    monkeypatch.setattr(accelerator_check, "REPO_ROOT", str(tmp_path))  # as installed: no tests/
+    accelerator_check.check_tests(("sweep", "bench"))  # not asked for: not checked
+    with pytest.raises(
+        ValueError,
+        match=r"--check-steps tests: no test suite in .*tests \(the tests come with a checkout.*"
+        r"leave the tests out: --check-steps determinism,sweep,paths,graphs,seeds,bench$",
+    ):
+        accelerator_check.check_tests(accelerator_check.GROUPS)
+    with pytest.raises(ValueError, match=r"--check-steps tests: no test suite"):
+        accelerator_check.run(str(tmp_path / "out"), None, 1, ("tests",))
+    assert not (tmp_path / "out").exists()
+    monkeypatch.setattr(accelerator_check, "REPO_ROOT", str(ROOT))
+    find_spec = accelerator_check.importlib.util.find_spec
+    monkeypatch.setattr(
+        accelerator_check.importlib.util,
+        "find_spec",
+        lambda name, *args: None if name == "xdist" else find_spec(name, *args),
+    )
+    with pytest.raises(ValueError, match=r"--check-steps tests: pytest-xdist not installed \(pip"):
+        accelerator_check.check_tests(("tests",))

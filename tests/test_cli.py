@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+import sys
 
 import pytest
 from absl import flags
@@ -104,3 +105,47 @@ def test_a_signal_outside_training_is_one_line_and_128_plus_its_number(signum, m
     finally:
         signal.signal(signum, previous)
     assert capsys.readouterr().err == message + "\n"
+
+
+@pytest.fixture
+def own_configs_package(tmp_path, monkeypatch):
+    """A user's ``configs`` package with an ``mnist.py``, first on the import path (as the current
+    directory is under ``python -m``); jaxpool's ``configs`` modules are restored afterwards."""
+    (tmp_path / "configs").mkdir()
+    (tmp_path / "configs" / "__init__.py").write_text("")
+    (tmp_path / "configs" / "mnist.py").write_text("def get_config():\n    return 'theirs'\n")
+    saved = {k: m for k, m in sys.modules.items() if k == "configs" or k.startswith("configs.")}
+    for name in saved:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    yield tmp_path / "configs"
+    for name in [k for k in sys.modules if k == "configs" or k.startswith("configs.")]:
+        del sys.modules[name]
+    sys.modules.update(saved)
+
+
+def test_bundled_configs_are_jaxpools_own():
+    config = cli.bundled_config("digits")
+    assert config.dataset == "digits" and config.pooler == "max"
+    assert cli.bundled_config("default").dataset == "mnist"
+
+
+def test_a_users_configs_package_is_not_taken_for_jaxpools(own_configs_package):
+    # Its mnist.py would silently replace ours; without one, the import fails: both say why.
+    with pytest.raises(
+        cli.UsageError,
+        match=rf"configs.mnist is {own_configs_package}/mnist.py, not jaxpool's: a 'configs' "
+        r"package or module earlier on the import path \(often the current directory\) hides "
+        r"jaxpool's; run from another directory$",
+    ):
+        cli.bundled_config("mnist")
+    try:  # an editable install's finder may still find jaxpool's own digits.py: also right
+        config = cli.bundled_config("digits")
+    except cli.UsageError as e:
+        assert str(e) == (
+            "cannot load jaxpool's configs/digits.py: a 'configs' package or module earlier on "
+            "the import path (often the current directory) hides jaxpool's; run from another "
+            f"directory ({own_configs_package}/__init__.py)"
+        )
+    else:
+        assert config.dataset == "digits"

@@ -5,9 +5,12 @@ functions included)."""
 from __future__ import annotations
 
 import ast
+import importlib.metadata
 import pathlib
+import re
 import subprocess
 import sys
+import tomllib
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 STUDY_MODULES = (
@@ -93,3 +96,36 @@ def test_train_has_no_import_cycles():
 
     cycles = [c for name in graph if (c := cycle_from(name))]
     assert not cycles, f"import cycles: {cycles[:3]}"
+
+
+def _normalized(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def test_the_version_and_the_dependencies_are_pyprojects():
+    # Every third-party package imported by jaxpool/, train/ or configs/ is a declared dependency
+    # (not one that happens to arrive with another), and jaxpool.__version__ is the package's.
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    declared = {_normalized(re.split(r"[<>=!~;\[ ]", d)[0]) for d in project["dependencies"]}
+    import jaxpool
+
+    assert jaxpool.__version__ == project["version"]
+    imported = set()
+    for package in ("jaxpool", "train", "configs"):
+        for path in (ROOT / package).rglob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, ast.Import):
+                    imported |= {alias.name.split(".")[0] for alias in node.names}
+                elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                    imported.add(node.module.split(".")[0])
+    third_party = imported - set(sys.stdlib_module_names) - {"jaxpool", "train", "configs"}
+    distributions = importlib.metadata.packages_distributions()
+    undeclared = {
+        module: distributions.get(module)
+        for module in third_party
+        if not {_normalized(d) for d in distributions.get(module, [module])} & declared
+    }
+    # jaxlib comes with jax (which pins it); tensorflow only with the 'prepare' extra, imported
+    # where a dataset is prepared from scratch.
+    undeclared = {m: d for m, d in undeclared.items() if m not in ("jaxlib", "tensorflow")}
+    assert not undeclared, f"imported but not in pyproject's dependencies: {undeclared}"

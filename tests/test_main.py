@@ -251,3 +251,43 @@ def test_help_lists_the_shortcut_flags():
     assert proc.returncode == 0, proc.stderr
     for flag in ("--pooler", "--dataset", "--epochs", "--batch-size", "--learning-rate"):
         assert flag in proc.stdout
+
+
+def test_a_configs_package_in_the_current_directory_is_refused(tmp_path):
+    # python -m puts the current directory first: a project's own configs/mnist.py would be
+    # trained with instead of jaxpool's.
+    (tmp_path / "configs").mkdir()
+    (tmp_path / "configs" / "__init__.py").write_text("")
+    (tmp_path / "configs" / "mnist.py").write_text("def get_config():\n    return None\n")
+    env = dict(_env(1), PYTHONPATH=str(ROOT))
+    proc = subprocess.run(
+        [sys.executable, "-m", "train.main", "--workdir", str(tmp_path / "run")],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip() == (
+        f"error: configs.mnist is {tmp_path}/configs/mnist.py, not jaxpool's: a 'configs' "
+        "package or module earlier on the import path (often the current directory) hides "
+        "jaxpool's; run from another directory"
+    )
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_bundled_config_named_from_elsewhere_says_where_the_configs_are(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "train.main", "--config", "configs/digits.py"],
+        cwd=tmp_path,
+        env=dict(_env(1), PYTHONPATH=str(ROOT)),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip() == (
+        f"error: cannot load --config configs/digits.py: no such file in {tmp_path}; jaxpool's "
+        f"own configs are in {ROOT / 'configs'}: --config {ROOT / 'configs' / 'digits.py'}"
+    )

@@ -470,3 +470,19 @@ def test_each_dataset_is_read_once_per_sweep(tmp_path, monkeypatch):
     assert run_sweep(tmp_path / "w", "--poolers", "max,avg", "--seeds", "2", "--epochs", "1") == 0
     assert loads == ["digits"]  # four runs, one read
     assert [r["status"] for r in read_csv(tmp_path / "w")] == ["done"] * 4
+
+
+def test_code_commit_is_none_for_an_install_inside_another_repository(tmp_path, monkeypatch):
+    # e.g. pip install --target into a project's folder: that project's commit is not ours.
+    def git(*args):
+        subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True)
+
+    git("init", "-q")
+    (tmp_path / "site" / "train").mkdir(parents=True)
+    (tmp_path / "site" / "train" / "cli.py").write_text("")
+    git("add", ".")
+    git("-c", "user.name=u", "-c", "user.email=u@x", "commit", "-q", "-m", "other project")
+    monkeypatch.setattr(runner.cli, "__file__", str(tmp_path / "site" / "train" / "cli.py"))
+    assert runner.code_commit() is None
+    monkeypatch.setattr(runner.cli, "__file__", str(tmp_path / "train" / "cli.py"))  # its root
+    assert runner.code_commit() is not None

@@ -126,6 +126,7 @@ def _run_cli(argv: Sequence[str]) -> int:
             groups = accelerator_check.parse_groups(_CHECK_STEPS.value)
             accelerator_check.check_out_dir(_CHECK_DIR.value)
             accelerator_check.check_data_dir(_CHECK_DATA_DIR.value, groups)
+            accelerator_check.check_tests(groups)
         except ValueError as e:
             raise cli.UsageError(str(e)) from e
         return accelerator_check.run(

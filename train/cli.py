@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import sys
 from collections.abc import Callable, Mapping, Sequence
@@ -168,6 +169,38 @@ def parse_poolers(text: str) -> list[str]:
     if repeated:
         raise ValueError(f"--poolers: {', '.join(repeated)} listed twice; {allowed}")
     return names
+
+
+# jaxpool's config files: the ``configs`` package installed beside ``train``.
+CONFIGS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
+
+
+def bundled_config(name: str) -> Any:
+    """``configs/<name>.py``'s ``get_config()`` (an ``ml_collections.ConfigDict``).  UsageError
+    where ``import configs`` finds another package than jaxpool's (a user's ``configs/`` or
+    ``configs.py`` earlier on the path, e.g. in the current directory), whose ``mnist.py`` would
+    otherwise silently stand in for ours."""
+    import importlib
+
+    hint = (
+        "a 'configs' package or module earlier on the import path (often the current directory) "
+        "hides jaxpool's; run from another directory"
+    )
+    try:
+        module = importlib.import_module(f"configs.{name}")
+    except ImportError as e:
+        found = getattr(sys.modules.get("configs"), "__file__", None)
+        if found and not _in_configs_dir(found):
+            raise UsageError(f"cannot load jaxpool's configs/{name}.py: {hint} ({found})") from e
+        raise UsageError(f"cannot load jaxpool's configs/{name}.py: {first_line(e)}") from e
+    if not _in_configs_dir(module.__file__ or ""):
+        raise UsageError(f"configs.{name} is {module.__file__}, not jaxpool's: {hint}")
+    return module.get_config()
+
+
+def _in_configs_dir(path: str) -> bool:
+    folder = os.path.dirname(os.path.abspath(path))
+    return os.path.isdir(CONFIGS_DIR) and os.path.samefile(folder, CONFIGS_DIR)
 
 
 def first_line(e: BaseException) -> str:

@@ -120,7 +120,7 @@ def build_config():
             raise cli.UsageError(
                 f"unknown dataset {dataset!r}; choose one of: {', '.join(input_pipeline.DATASETS)}"
             )
-        config = importlib.import_module(f"configs.{dataset}").get_config()
+        config = cli.bundled_config(dataset)
     from train.core import run_config
 
     try:  # before the shortcut flags set fields a locked config file may lack
@@ -190,6 +190,12 @@ def load_config_file(path: str) -> ml_collections.ConfigDict:
     """
     file, *arg = path.split(":", 1)
     if not os.path.isfile(file):
+        bundled = os.path.join(cli.CONFIGS_DIR, os.path.basename(file))
+        if os.path.isfile(bundled) and os.path.basename(os.path.dirname(file)) == "configs":
+            raise cli.UsageError(  # a config of jaxpool's named from outside a checkout
+                f"cannot load --config {file}: no such file in {os.getcwd()}; jaxpool's own "
+                f"configs are in {cli.CONFIGS_DIR}: --config {bundled}"
+            )
         raise cli.UsageError(f"cannot load --config {file}: no such file")
     loader = importlib.machinery.SourceFileLoader("config_file", file)
     module = importlib.util.module_from_spec(importlib.util.spec_from_loader(loader.name, loader))

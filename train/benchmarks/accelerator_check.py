@@ -37,13 +37,14 @@ that names the device (a first step, always run, asks JAX):
 ``--check-steps`` picks some of them by the names above, and ``--check-seconds`` (at least
 :data:`MIN_STEP_SECONDS`) bounds the whole check: each step then gets at most the time left (less
 :data:`STOP_GRACE_SECONDS`), and a step with under :data:`MIN_STEP_SECONDS` left is skipped (a
-machine lent for a fixed time still gets its summary).  The output directory, the data dir and the
-time limit are checked before any step, and the bench's own flags are refused with ``--check`` (its
-bench step runs with the defaults).  A step past its limit gets SIGINT, so that a training run or
-sweep saves what it has and pytest prints its summary, and :data:`STOP_GRACE_SECONDS` later it is
-killed with every process it started (pytest's workers too), so nothing keeps the device after the
-check.  ``summary.txt`` is rewritten before and after every step: a check killed from outside (a
-lent machine's time limit) leaves what it measured; SIGTERM or SIGHUP stops the running step first.
+machine lent for a fixed time still gets its summary).  The output directory, the data dir, the
+test suite (a checkout's ``tests/`` and pytest) and the time limit are checked before any step,
+and the bench's own flags are refused with ``--check`` (its bench step runs with the defaults).
+A step past its limit gets SIGINT, so that a training run or sweep saves what it has and pytest
+prints its summary, and :data:`STOP_GRACE_SECONDS` later it is killed with every process it
+started (pytest's workers too), so nothing keeps the device after the check.  ``summary.txt`` is
+rewritten before and after every step: a check killed from outside (a lent machine's time limit)
+leaves what it measured; SIGTERM or SIGHUP stops the running step first.
 
 Everything goes to ``--check-dir`` (default ``runs/accelerator-check``): each step's log
 (:func:`log_name`), the bench JSON, the run directories and ``summary.txt``.  It must be new or
@@ -55,6 +56,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import importlib.util
 import json
 import os
 import re
@@ -295,7 +297,10 @@ def check_data_dir(data_dir: str | None, groups: Sequence[str]) -> None:
     directory (``$TFDS_DATA_DIR``, else ``~/tensorflow_datasets``), checked the same way."""
     if not set(groups) & set(DATA_GROUPS):
         return
+    from train.core import input_pipeline  # TFDS's own checks (version, format); no JAX
+
     flag = "--check-data-dir"
+    data_dir = input_pipeline.resolve_data_dir(data_dir)
     if data_dir is None:
         data_dir = os.environ.get("TFDS_DATA_DIR") or os.path.expanduser("~/tensorflow_datasets")
         flag = "TFDS's default data dir (no --check-data-dir)"
@@ -313,12 +318,33 @@ def check_data_dir(data_dir: str | None, groups: Sequence[str]) -> None:
             f"{flag} {data_dir} holds no prepared TFDS mnist (no {mnist}/<version>/ with "
             "dataset_info.json and array_record files); give the TFDS data dir that holds MNIST"
         )
-    from train.core import input_pipeline  # TFDS's own checks (version, format); no JAX
-
     try:
         input_pipeline.check("mnist", data_dir)
     except input_pipeline.DataError as e:
         raise ValueError(f"{flag} {data_dir}: {e}") from e
+
+
+def check_tests(groups: Sequence[str]) -> None:
+    """The tests step runs ``pytest -n N tests`` in the checkout this code comes from: it needs
+    that ``tests/`` folder (an installed jaxpool has none) and pytest with pytest-xdist (the
+    ``dev`` extra), checked before any step."""
+    if "tests" not in groups:
+        return
+    tests = os.path.join(REPO_ROOT, "tests")
+    leave_out = ",".join(g for g in GROUPS if g != "tests" and g in groups) or "bench"
+    if not os.path.isfile(os.path.join(tests, "conftest.py")):
+        raise ValueError(
+            f"--check-steps tests: no test suite in {tests} (the tests come with a checkout of "
+            f"jaxpool, not with an installed one); run the check from a checkout, or leave the "
+            f"tests out: --check-steps {leave_out}"
+        )
+    modules = {"pytest": "pytest", "xdist": "pytest-xdist"}  # module -> distribution
+    missing = [dist for name, dist in modules.items() if importlib.util.find_spec(name) is None]
+    if missing:
+        raise ValueError(
+            f"--check-steps tests: {' and '.join(missing)} not installed (pip install -e "
+            f"'.[dev]'), or leave the tests out: --check-steps {leave_out}"
+        )
 
 
 def check_seconds(total_seconds: int | None) -> None:
@@ -550,10 +576,14 @@ def run(
     measured; SIGTERM, SIGHUP and SIGINT stop the running step, write the summary and return
     128 + the signal's number."""
     # This process never starts JAX: it would hold the device the steps need.
+    from train.core import input_pipeline
+
     check_out_dir(out)
     check_data_dir(data_dir, groups)
+    check_tests(groups)
     check_seconds(total_seconds)
-    out = os.path.abspath(out)  # the steps run in the repository root
+    out = os.path.abspath(out)  # the steps run in the repository root: absolute paths
+    data_dir = input_pipeline.resolve_data_dir(data_dir)
     os.makedirs(out, exist_ok=True)
     steps = [s for s in plan(out, data_dir, workers) if s.group in (DEVICE_STEP, *groups)]
     deadline = None if total_seconds is None else time.monotonic() + total_seconds

@@ -139,7 +139,8 @@ def _where(builder: Any, data_dir: str | None) -> str:
 def _prepare_hint(name: str, where: str, reason: str) -> str:
     return (
         f"dataset {name!r} is not prepared in {where} ({reason}): point --data-dir at a TFDS "
-        f"data dir holding it, or run once with network access after pip install '.[prepare]'"
+        "data dir holding it, or run once with network access and TensorFlow (jaxpool's "
+        "'prepare' extra: pip install '.[prepare]' in a checkout)"
     )
 
 

@@ -319,9 +319,7 @@ def check_fields(config: ml_collections.ConfigDict) -> None:
 
 @functools.cache
 def _default_config() -> ml_collections.ConfigDict:
-    from configs import default
-
-    return default.get_config()
+    return cli.bundled_config("default")
 
 
 IMPLEMENTATIONS = ("auto", "reference", "fast")

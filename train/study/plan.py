@@ -8,7 +8,6 @@ in its docstring.
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import math
 import os
 from collections.abc import Sequence
@@ -161,7 +160,7 @@ def make_config(
     learning_rate: float | None = None,
 ):
     """``configs/<dataset>.py`` with the entry's pooler, kwargs and seed and the given overrides."""
-    config = importlib.import_module(f"configs.{entry.dataset}").get_config()
+    config = cli.bundled_config(entry.dataset)
     config.pooler = entry.pooler
     config.pooler_kwargs = entry.kwargs
     config.seed = entry.seed

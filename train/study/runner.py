@@ -66,7 +66,8 @@ def environment() -> dict[str, Any]:
 
 def code_commit() -> str | None:
     """The git commit of the checkout this code runs from, with `` (modified)`` where tracked
-    files have uncommitted changes, or None outside a git checkout (e.g. installed from a wheel)."""
+    files have uncommitted changes, or None outside a checkout of jaxpool (e.g. installed from a
+    wheel, also into a folder inside some other git repository)."""
     root = os.path.dirname(os.path.dirname(os.path.abspath(cli.__file__)))
 
     def git(*args: str) -> str | None:
@@ -78,6 +79,9 @@ def code_commit() -> str | None:
             return None
         return out.stdout.strip() if out.returncode == 0 else None
 
+    top = git("rev-parse", "--show-toplevel")  # None, or another repository holding an install
+    if not top or not os.path.samefile(top, root):
+        return None
     commit = git("rev-parse", "HEAD")
     if not commit:
         return None

@@ -56,7 +56,7 @@ def t_quantile(p: float, df: int) -> float:
     if not 0.0 < p < 1.0:
         raise ValueError(f"p must be in (0, 1), got {p}")
     # Imported here: scipy.stats takes ~0.5 s to import, which every command of the study would
-    # otherwise spend before parsing its flags. scipy ships with scikit-learn, a dependency.
+    # otherwise spend before parsing its flags.
     from scipy import stats as scipy_stats
 
     return float(scipy_stats.t.ppf(p, df))
