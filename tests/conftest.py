@@ -9,6 +9,7 @@ import pathlib
 import signal
 import subprocess
 import sys
+from collections.abc import Iterator
 from unittest import mock
 
 import jax
@@ -58,6 +59,32 @@ def assert_gradients_close(a, b) -> None:
     jax.tree_util.tree_map(
         lambda u, v: np.testing.assert_allclose(u, v, rtol=1e-4, atol=1e-6 * scale), mu_a, mu_b
     )
+
+
+@contextlib.contextmanager
+def held_by_another_process(run_dir) -> Iterator[int]:
+    """``run_dir`` locked (:func:`train.core.run_files.locked_run_dir`) by another process, as a
+    second ``train.main`` or sweep training it holds it; yields that process's id."""
+    script = (
+        "import sys\n"
+        "from train.core import run_files\n"
+        "with run_files.locked_run_dir(sys.argv[1]):\n"
+        "    print('held', flush=True)\n"
+        "    sys.stdin.read()\n"
+    )
+    holder = subprocess.Popen(
+        [sys.executable, "-c", script, str(run_dir)],
+        cwd=ROOT,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        yield holder.pid
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=60)
 
 
 def run_on_cpu_devices(script: str, devices: int = 8, flags: str = "", timeout: int = 300) -> str:

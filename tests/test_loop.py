@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from conftest import assert_gradients_close, drop_a_ctrl_c, mock_tfds
+from conftest import assert_gradients_close, drop_a_ctrl_c, held_by_another_process, mock_tfds
 
 from configs import default, digits
 from train.core import checkpointing, interrupts, loop, models, run_config, run_files, steps
@@ -194,6 +194,74 @@ def test_a_run_killed_while_its_first_checkpoint_was_written_starts_over(tmp_pat
         else:
             with pytest.raises(run_config.ConfigError, match="but no checkpoint to continue"):
                 loop.train_and_evaluate(_config(num_epochs=2), str(tmp_path))
+
+
+def test_a_workdir_another_process_trains_is_refused(tmp_path):
+    # Two train.main on one workdir interleaved their rows and checkpoints; with two poolers,
+    # the second took over the first's checkpoints under its own name.
+    workdir = tmp_path / "run"
+    with held_by_another_process(workdir) as pid:
+        with pytest.raises(
+            run_config.ConfigError,
+            match=rf"^workdir {workdir} is in use: process {pid} is training this run; wait for "
+            r"it to end, or use another --workdir$",
+        ):
+            loop.train_and_evaluate(_config(num_epochs=1), str(workdir))
+        assert not (workdir / "config.json").exists()
+    with run_files.locked_run_dir(str(workdir)):  # this process's own hold (a sweep's) is fine
+        loop.train_and_evaluate(_config(num_epochs=1), str(workdir))
+    assert [row["epoch"] for row in _rows(workdir)] == [1]
+
+
+def test_locks_are_reentrant_in_a_process_and_released_at_the_end(tmp_path):
+    with run_files.locked_run_dir(str(tmp_path)):
+        with run_files.locked_run_dir(str(tmp_path / ".")):  # the same directory, held again
+            pass
+        with pytest.raises(AssertionError):  # still held: another process cannot take it
+            with held_by_another_process(tmp_path):
+                pass
+    with held_by_another_process(tmp_path) as pid:  # released
+        assert (tmp_path / run_files.LOCK_FILE).read_text() == f"{pid}\n"
+        with pytest.raises(run_files.RunDirInUse, match=rf"is in use: process {pid} is"):
+            with run_files.locked_run_dir(str(tmp_path)):
+                pass
+
+
+def test_a_failed_checkpoint_write_stops_the_run_where_it_resumes(tmp_path, monkeypatch):
+    """A save that fails in the background (a full disk) surfaces before the next epoch's row is
+    written, as one line; the run resumes from what its checkpoints cover, to an uninterrupted
+    run's figures.  (It surfaced one save later, after that row: a failed first checkpoint left
+    two rows and no checkpoint, which no rerun would take.)"""
+    manager = checkpointing.ocp.CheckpointManager
+    saved, wait = [], manager.wait_until_finished
+
+    def save(self, step, *args, **kwargs):
+        result = manager_save(self, step, *args, **kwargs)
+        saved.append(step)  # pending: the next wait fails
+        return result
+
+    def failing_wait(self):
+        wait(self)
+        if saved:
+            saved.clear()
+            raise ValueError(
+                'RESOURCE_EXHAUSTED: Error writing "params" in OCDBT database: Failed to write '
+                "53342 bytes to file 12: No space left on device [os_error_code='28']"
+            )
+
+    manager_save = manager.save
+    with monkeypatch.context() as patch:
+        patch.setattr(manager, "save", save)
+        patch.setattr(manager, "wait_until_finished", failing_wait)
+        with pytest.raises(
+            run_files.WriteError,
+            match=rf"^cannot write a checkpoint in {tmp_path}/checkpoints: No space left on device$",
+        ):
+            loop.train_and_evaluate(_config(num_epochs=2), str(tmp_path))
+    assert [row["epoch"] for row in _rows(tmp_path)] == [1]
+    loop.train_and_evaluate(_config(num_epochs=2), str(tmp_path))
+    loop.train_and_evaluate(_config(num_epochs=2), str(tmp_path / "uninterrupted"))
+    assert _without_timing(_rows(tmp_path)) == _without_timing(_rows(tmp_path / "uninterrupted"))
 
 
 def test_the_saved_config_holds_the_data_dir_as_an_absolute_path(tmp_path, monkeypatch):

@@ -291,3 +291,19 @@ def test_a_bundled_config_named_from_elsewhere_says_where_the_configs_are(tmp_pa
         f"error: cannot load --config configs/digits.py: no such file in {tmp_path}; jaxpool's "
         f"own configs are in {ROOT / 'configs'}: --config {ROOT / 'configs' / 'digits.py'}"
     )
+
+
+def test_a_write_error_is_one_line_and_exit_1(tmp_path, monkeypatch, capsys):
+    from train import main
+    from train.core import loop, run_config, run_files
+
+    def full(config, workdir, **kwargs):
+        raise run_files.WriteError(f"cannot write a checkpoint in {workdir}: No space left")
+
+    monkeypatch.setattr(loop, "train_and_evaluate", full)
+    monkeypatch.setattr(run_config, "enable_compilation_cache", lambda: None)
+    assert main.main(["train.main", "--dataset", "digits", "--workdir", str(tmp_path)]) == 1
+    assert capsys.readouterr().err == (
+        f"error: cannot write a checkpoint in {tmp_path}: No space left; fix that (room, "
+        "permissions) and rerun to resume\n"
+    )

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import matplotlib.image
 import numpy as np
 import pytest
-from conftest import ROOT, drop_a_ctrl_c, mock_tfds
+from conftest import ROOT, drop_a_ctrl_c, held_by_another_process, mock_tfds
 from PIL import Image
 
 from train import report, sweep
@@ -486,3 +486,28 @@ def test_code_commit_is_none_for_an_install_inside_another_repository(tmp_path, 
     assert runner.code_commit() is None
     monkeypatch.setattr(runner.cli, "__file__", str(tmp_path / "train" / "cli.py"))  # its root
     assert runner.code_commit() is not None
+
+
+def test_a_run_another_process_trains_is_left_to_it(tmp_path, capsys):
+    # Two sweeps on one workdir: each run is trained by one of them, never by both at once.
+    held = tmp_path / "runs" / "digits" / "max" / "s0"
+    with held_by_another_process(held) as pid:
+        assert run_sweep(tmp_path, "--poolers", "max", "--seeds", "2", "--epochs", "1") == 1
+        assert not (held / run_records.RUN_FILE).exists()  # its record is the other's to write
+    out = capsys.readouterr().out
+    assert f"in use: process {pid} is training it; rerun the sweep once that has ended" in out
+    assert "1 trained, 0 already done, 1 failed" in out
+    assert run_sweep(tmp_path, "--poolers", "max", "--seeds", "2", "--epochs", "1") == 0
+    assert "1 trained, 1 already done, 0 failed" in capsys.readouterr().out
+
+
+def test_a_full_disk_stops_the_sweep_in_one_line(tmp_path, monkeypatch, capsys):
+    def full(*args, **kwargs):
+        raise OSError(28, "No space left on device", str(tmp_path / "report" / "report.md"))
+
+    monkeypatch.setattr(sweep, "sweep", full)
+    assert run_sweep(tmp_path, "--poolers", "max", "--epochs", "1") == 1
+    assert capsys.readouterr().err == (
+        f"error: cannot write {tmp_path}/report/report.md: No space left on device; the sweep "
+        "stopped: fix that (room, permissions) and rerun the same command to resume\n"
+    )

@@ -225,6 +225,26 @@ def set_xla_options(cpu_tuning: bool = True) -> None:
         xla_cpu.prefer_wide_vectors()
 
 
+def _drop_orbax_thread_errors(record: logging.LogRecord) -> bool:
+    """False for orbax's own error logs: a failed asynchronous save (a full disk) logs a
+    traceback from each of its threads, hundreds of lines, and then raises the error in the
+    command, which says it in one line (as it does a checkpoint it cannot read)."""
+    return f"{os.sep}orbax{os.sep}" not in record.pathname
+
+
+def _quiet_closed_event_loops(hook: Callable) -> Callable:
+    """``sys.excepthook`` without TensorStore's "Event loop is closed": after a failed save
+    (or read), its callbacks still call into orbax's finished event loops, and each prints a
+    traceback that says nothing about the error the command reports."""
+
+    def quiet(kind, value, tb):
+        if kind is RuntimeError and str(value) == "Event loop is closed":
+            return
+        hook(kind, value, tb)
+
+    return quiet
+
+
 def run_main(run: Callable[[Sequence[str]], int], argv: Sequence[str] | None = None) -> int:
     """Runs ``run(argv)``; a :class:`UsageError` becomes ``error: ...`` on stderr and exit code 2,
     Ctrl-C outside training ``interrupted`` and exit code 130 (also one that Python dropped in a
@@ -241,8 +261,10 @@ def run_main(run: Callable[[Sequence[str]], int], argv: Sequence[str] | None = N
     logging.getLogger("train").setLevel(logging.INFO)
     # TFDS and orbax log through absl; their warnings are noise for a CLI (errors still show).
     logging.getLogger("absl").setLevel(logging.ERROR)
+    logging.getLogger("absl").addFilter(_drop_orbax_thread_errors)
     from train.core import interrupts
 
+    hook, sys.excepthook = sys.excepthook, _quiet_closed_event_loops(sys.excepthook)
     try:
         with interrupts.recorded() as dropped:
             status = run(argv)
@@ -252,6 +274,8 @@ def run_main(run: Callable[[Sequence[str]], int], argv: Sequence[str] | None = N
     except KeyboardInterrupt:  # Ctrl-C or SIGTERM outside training (which saves and exits itself)
         print(_interrupted(dropped), file=sys.stderr)
         return interrupts.exit_code(dropped)
+    finally:
+        sys.excepthook = hook
     if status == 0 and dropped:  # a Ctrl-C that Python dropped and no training took
         print(_interrupted(dropped), file=sys.stderr)
         return interrupts.exit_code(dropped)

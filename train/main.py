@@ -321,7 +321,7 @@ def run(argv: list[str]) -> int:
 
     import jax
 
-    from train.core import input_pipeline, loop, run_config
+    from train.core import input_pipeline, loop, run_config, run_files
 
     try:
         run_config.validate_config(config)
@@ -340,6 +340,9 @@ def run(argv: list[str]) -> int:
         raise cli.UsageError(str(e)) from e
     except loop.NonFiniteLossError as e:
         print(f"error: {e}", file=sys.stderr)
+        return cli.EXIT_FAILED
+    except run_files.WriteError as e:
+        print(f"error: {e}; fix that (room, permissions) and rerun to resume", file=sys.stderr)
         return cli.EXIT_FAILED
     except loop.Interrupted as e:
         print(str(e), file=sys.stderr)

@@ -9,15 +9,18 @@ again, its new checkpoint replaces the unreadable one.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
+import re
+from collections.abc import Iterator
 from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
 
-from train.core import interrupts
+from train.core import interrupts, run_files
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +57,7 @@ class Checkpoints:
             options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True),
         )
         self._unreadable: set[int] = set()  # steps restore_latest could not read
+        self._closed = False
 
     def all_steps(self) -> list[int]:
         """Steps of the finalised checkpoints, oldest first (unfinished writes are not listed)."""
@@ -81,8 +85,20 @@ class Checkpoints:
             self._manager.delete(step)
             self._unreadable.discard(step)
         args = ocp.args.Composite(item=ocp.args.StandardSave(item), meta=ocp.args.JsonSave(meta))
-        self._manager.save(step, args=args, force=True)
+        with self._writing(f"the checkpoint of step {step}"):
+            self._manager.save(step, args=args, force=True)
         return True
+
+    @contextlib.contextmanager
+    def _writing(self, what: str) -> Iterator[None]:
+        """Orbax's error from writing ``what`` as a :class:`run_files.WriteError` in one line
+        (orbax raises a save's error at the next save or wait, whatever it was)."""
+        try:
+            yield
+        except Exception as e:
+            raise run_files.WriteError(
+                f"cannot write {what} in {self.directory}: {_reason(e)}"
+            ) from e
 
     def restore_latest(self, target: Any) -> Restored | None:
         """Restores the newest readable checkpoint into the structure of ``target``.
@@ -114,9 +130,7 @@ class Checkpoints:
                     # A Ctrl-C while reading, which orbax turns into an error of its own: the
                     # checkpoint is not damaged, and the command stops.
                     raise KeyboardInterrupt from e
-                reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
-                # TensorStore appends the repr of a bound method: noise in a one-line reason.
-                reason = reason.split(" See full TensorStore details")[0][:300]
+                reason = _reason(e)
                 logger.warning(
                     "checkpoint at step %d is unreadable (%s); trying an older one", step, reason
                 )
@@ -127,10 +141,41 @@ class Checkpoints:
         return None
 
     def wait(self) -> None:
-        """Blocks until pending asynchronous saves are on disk."""
-        self._manager.wait_until_finished()
+        """Blocks until pending asynchronous saves are on disk.
+
+        Raises:
+          run_files.WriteError: a pending save failed.
+        """
+        with self._writing("a checkpoint"):
+            self._manager.wait_until_finished()
 
     def close(self) -> None:
-        """Waits for pending saves and releases the manager."""
-        self._manager.wait_until_finished()
-        self._manager.close()
+        """Waits for pending saves and releases the manager; closing it again does nothing.
+
+        Raises:
+          run_files.WriteError: a pending save failed (the manager is released all the same).
+        """
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self.wait()
+        finally:
+            self._manager.close()
+
+    def close_quietly(self) -> None:
+        """:meth:`close` after a failure: a pending save's error is logged, not raised."""
+        try:
+            self.close()
+        except Exception as e:
+            logger.warning("%s", _reason(e))
+
+
+def _reason(e: BaseException) -> str:
+    """An exception's first line, without TensorStore's appended repr of a bound method; for a
+    TensorStore error from the system (``[os_error_code='28']``), the system's words for it."""
+    reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+    code = re.search(r"\[os_error_code='(\d+)'\]", reason)
+    if code:
+        return os.strerror(int(code.group(1)))
+    return reason.split(" See full TensorStore details")[0][:300]

@@ -52,7 +52,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import jax
@@ -130,9 +130,12 @@ def train_and_evaluate(
 
     Raises:
       ConfigError: invalid config (``pooler_kwargs`` included, traced on the dataset's input),
-        a workdir holding a different run or more epochs than asked for, or a workdir that is
-        a file or cannot be created.
+        a workdir holding a different run or more epochs than asked for, a workdir that is a
+        file or cannot be created, or one another process is training
+        (:func:`run_files.locked_run_dir`, held while training).
       input_pipeline.DataError: the dataset cannot be read.
+      run_files.WriteError: a checkpoint or a run file could not be written (a full disk); the
+        run resumes from its last checkpoint when rerun.
       NonFiniteLossError: the loss became NaN/inf; the last good checkpoint stays.
       Interrupted: SIGINT/SIGTERM; a checkpoint of the exact position was saved first (when the
         signal came while the finished run was saved, that save completes: status ``done``).
@@ -172,7 +175,8 @@ def train_seed_group(
       ValueError: configs that differ in more than their seeds.
       RunRefused: in a group, a run whose workdir its checks refuse (nothing was trained).
       PositionMismatch: runs at different positions (nothing was trained).
-      ConfigError, input_pipeline.DataError, Interrupted: as :func:`train_and_evaluate`.
+      ConfigError, input_pipeline.DataError, run_files.WriteError, Interrupted: as
+        :func:`train_and_evaluate`.
     """
     _check_group(configs, workdirs)
     for config in configs:
@@ -183,16 +187,26 @@ def train_seed_group(
     ]
     for run in runs:
         run.seeds_in_program = len(runs)
-    _each_run(runs, _RunDir.check_workdir)
+    _each_run(runs, _RunDir.check_workdir)  # before the data: a refusal costs nothing
     if data is None:
         data = input_pipeline.load(configs[0].dataset, configs[0].data_dir)
     elif data.name != configs[0].dataset:
         raise ValueError(f"data holds {data.name!r}, the configs train on {configs[0].dataset!r}")
     for run in runs:
         run.describe(data)
-    _each_run(runs, _RunDir.check_trained)
-    _each_run(runs, _RunDir.write_config)
-    return _epochs(runs, _setup(runs, data), on_epoch)
+    with contextlib.ExitStack() as held:
+        held.callback(_release, runs)  # a failure's checkpoint managers closed, then the locks
+        _each_run(runs, lambda run: run.lock(held))
+        _each_run(runs, _RunDir.check_workdir)  # again, now that no other process writes there
+        _each_run(runs, _RunDir.check_trained)
+        _each_run(runs, _RunDir.write_config)
+        return _epochs(runs, _setup(runs, data), on_epoch)
+
+
+def _release(runs: Sequence[_RunDir]) -> None:
+    for run in runs:
+        if run.ckpt is not None:
+            run.ckpt.close_quietly()  # closed already where the run ended as it should
 
 
 def _each_run(runs: Sequence[_RunDir], check: Callable[[_RunDir], None]) -> None:
@@ -308,6 +322,21 @@ class _RunDir:
                 "workdir %s held an untrained run; starting this config there", self.workdir
             )
 
+    def lock(self, held: contextlib.ExitStack) -> None:
+        """Holds the run directory (:func:`run_files.locked_run_dir`) until ``held`` closes, so
+        no other process trains it meanwhile; the lead process only (the others write nothing)."""
+        if not self.lead:
+            return
+        try:
+            held.enter_context(run_files.locked_run_dir(self.workdir))
+        except run_files.RunDirInUse as e:
+            raise ConfigError(
+                f"workdir {self.workdir} is in use: {e.holder} is training this run; wait for it "
+                "to end, or use another --workdir"
+            ) from e
+        except OSError as e:  # e.g. a read-only directory
+            raise ConfigError(f"cannot write to workdir {self.workdir}: {e.strerror or e}") from e
+
     def describe(self, data: input_pipeline.Dataset) -> None:
         self.dataset_version = data.version
         self.spec = run_config.describe(
@@ -403,9 +432,10 @@ class _RunDir:
             )
         if self.lead:
             # Drop epochs the checkpoint does not cover; atomic, so a signal cannot empty it.
-            run_files.write_text(
-                self.metrics_path, "".join(json.dumps(row) + "\n" for row in self.history)
-            )
+            with _writing(self.metrics_path):
+                run_files.write_text(
+                    self.metrics_path, "".join(json.dumps(row) + "\n" for row in self.history)
+                )
         return None if restored is None else restored.item
 
     # -- while training
@@ -432,33 +462,53 @@ class _RunDir:
         self.ckpt.save(step, item, {**self.meta, _LAYOUT: self.layout()}, replace=replace)
 
     def record_epoch(self, row: dict[str, Any], params, report_inputs) -> None:
+        """Appends the epoch's row, once the previous epoch's checkpoint is on disk: a failed
+        save (a full disk) stops the run with the rows its checkpoints cover, plus this epoch's
+        unsaved one at most (which a rerun drops), so the run stays resumable."""
+        self.ckpt.wait()
         self.history.append(row)
         self.meta = run_metrics.epoch_start(self.meta["epoch"] + 1, self.spec.seed)
         if not self.lead:
             return
-        with open(self.metrics_path, "a") as f:
-            f.write(json.dumps(row) + "\n")
-        run_files.write_json(
-            os.path.join(self.workdir, "pooler_params.json"),
-            models.pooler_report(params, self.spec.pooler, self.spec.pooler_kwargs, report_inputs),
-        )
+        with _writing(self.metrics_path):
+            with open(self.metrics_path, "a") as f:
+                f.write(json.dumps(row) + "\n")
+        path = os.path.join(self.workdir, "pooler_params.json")
+        with _writing(path):
+            run_files.write_json(
+                path,
+                models.pooler_report(
+                    params, self.spec.pooler, self.spec.pooler_kwargs, report_inputs
+                ),
+            )
 
     def close(self, status: str, params) -> None:
         """Waits for the checkpoints and writes ``summary.json``."""
         self.ckpt.close()
         if self.lead:
-            run_files.write_json(
-                os.path.join(self.workdir, "summary.json"),
-                run_metrics.summary(
-                    status, self.spec, self.history, params, self.workdir, self.dataset_version
-                ),
-            )
+            path = os.path.join(self.workdir, "summary.json")
+            with _writing(path):
+                run_files.write_json(
+                    path,
+                    run_metrics.summary(
+                        status, self.spec, self.history, params, self.workdir, self.dataset_version
+                    ),
+                )
 
     def last_step_text(self) -> str:
         saved = self.ckpt.all_steps()
         if not saved:
             return f"none in {self.ckpt.directory}"
         return f"step {saved[-1]} in {self.ckpt.directory}"
+
+
+@contextlib.contextmanager
+def _writing(path: str) -> Iterator[None]:
+    """An OSError writing ``path`` as a :class:`run_files.WriteError` in one line."""
+    try:
+        yield
+    except OSError as e:
+        raise run_files.WriteError(f"cannot write {path}: {e.strerror or e}") from e
 
 
 def _epoch_list(epochs: Sequence[int]) -> str:

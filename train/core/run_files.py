@@ -7,7 +7,13 @@ import json
 import math
 import os
 import secrets
+from collections.abc import Iterator
 from typing import Any
+
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks; nothing keeps two processes apart there
+    fcntl = None
 
 import ml_collections
 
@@ -21,6 +27,74 @@ RUN_FIELDS = (
     "seed",
     "standardize",
 )
+
+
+LOCK_FILE = ".lock"  # in a run directory, held by the process that trains the run
+
+
+class RunDirInUse(Exception):
+    """Another process holds the run directory's lock: it is training that run.
+
+    Attributes:
+      holder: ``"process <pid>"``, or ``"another process"`` where its lock file says no pid.
+    """
+
+    def __init__(self, run_dir: str, holder: str):
+        super().__init__(
+            f"{run_dir} is in use: {holder} is training this run; wait for it to end, or use "
+            "another directory"
+        )
+        self.holder = holder
+
+
+class WriteError(Exception):
+    """A run's files or checkpoint could not be written (a full disk, lost permissions); the
+    message says which and why.  What is on disk stays resumable from its last checkpoint."""
+
+
+_held: dict[str, list] = {}  # run directory -> [its open lock file, depth], in this process
+
+
+@contextlib.contextmanager
+def locked_run_dir(run_dir: str) -> Iterator[None]:
+    """Holds ``<run_dir>/.lock`` (an advisory ``flock``; the system drops it when the process
+    ends, however it ends) while one process trains the run: two ``train.main``, or two sweeps,
+    on one run directory would otherwise interleave its metrics and checkpoints.  Creates the
+    directory.  Re-entrant within a process (a sweep holds it around a run, its training again).
+
+    Raises:
+      RunDirInUse: another process holds it; the message names its process id.
+      OSError: the directory or its lock file cannot be made.
+    """
+    key = os.path.realpath(run_dir)
+    if key in _held:
+        _held[key][1] += 1
+    else:
+        os.makedirs(run_dir, exist_ok=True)
+        lock = open(os.path.join(run_dir, LOCK_FILE), "a+")
+        try:
+            if fcntl is not None:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.seek(0)
+            pid = lock.read().strip()
+            lock.close()
+            holder = f"process {pid}" if pid.isdigit() else "another process"
+            raise RunDirInUse(run_dir, holder) from None
+        except BaseException:
+            lock.close()
+            raise
+        lock.seek(0)
+        lock.truncate()
+        lock.write(f"{os.getpid()}\n")
+        lock.flush()
+        _held[key] = [lock, 1]
+    try:
+        yield
+    finally:
+        _held[key][1] -= 1
+        if not _held[key][1]:
+            _held.pop(key)[0].close()  # closing the file releases the lock
 
 
 def write_json(path: str, obj: Any) -> None:
@@ -38,7 +112,7 @@ def write_text(path: str, text: str) -> None:
     tmp = os.path.join(folder, f".{name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
-        with os.fdopen(fd, "w") as f:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
         os.replace(tmp, path)
     except BaseException:

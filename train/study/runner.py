@@ -118,7 +118,9 @@ def run_group(
     """Trains (or resumes) a group of planned runs (:func:`group_plans`) and records each
     outcome in its ``sweep_run.json``: one plan as ``loop.train_and_evaluate``, several as
     ``loop.train_seed_group`` (one program for their seeds).  A run that cannot start (its run
-    directory cannot be made, or its own workdir checks refuse it) fails alone; the others train.
+    directory cannot be made, another process trains it, or its own workdir checks refuse it)
+    fails alone; the others train.  Each run directory is held
+    (:func:`run_files.locked_run_dir`) from before its record is written until its end.
 
     ``on_epoch``: called with ``(index of the plan, its epoch's metrics)``.
     ``datasets``: datasets already read by this process, by ``(name, data_dir)``; the group's is
@@ -126,24 +128,34 @@ def run_group(
     could not be read is kept as its error (a failed download is not tried again per run).
 
     Returns:
-      The records, one per plan: ``status`` (``done``/``failed``/``stopped``) and ``error``
-      among others.
+      The records, one per plan: ``status`` (``done``/``failed``/``stopped``, or ``in use``
+      for a run another process holds, whose record is left to it) and ``error`` among others.
 
     Raises:
       loop.Interrupted, KeyboardInterrupt: after recording ``interrupted``; the sweep stops.
     """
+    with contextlib.ExitStack() as held:  # each run's directory, while this process trains it
+        records: list[Any] = []
+        for plan in plans:
+            try:
+                held.enter_context(run_files.locked_run_dir(plan.run_dir))
+                records.append(_start_record(plan, env, len(plans)))
+            except run_files.RunDirInUse as e:  # its record is the other process's
+                logger.error("%s not run: %s", plan.entry.name(), e)
+                records.append(_in_use(plan, e))
+            except OSError as e:  # e.g. the run directory's path is a file: nowhere to record it
+                logger.error("%s failed: cannot use %s: %s", plan.entry.name(), plan.run_dir, e)
+                records.append(_unrecorded(plan, e))
+        failed = {i for i, record in enumerate(records) if record["status"] != "running"}
+        if failed:
+            return _without(failed, plans, records, env, on_epoch, datasets)
+        return _train_group(plans, records, env, on_epoch, datasets)
+
+
+def _train_group(plans, records, env, on_epoch, datasets) -> list[dict[str, Any]]:
+    """:func:`run_group` once every run's directory is held and its record started."""
     from train.core import input_pipeline, loop
 
-    records: list[Any] = []
-    for plan in plans:
-        try:
-            records.append(_start_record(plan, env, len(plans)))
-        except OSError as e:  # e.g. the run directory's path is a file: nowhere to record it
-            logger.error("%s failed: cannot use %s: %s", plan.entry.name(), plan.run_dir, e)
-            records.append(_unrecorded(plan, e))
-    failed = {i for i, record in enumerate(records) if record["status"] == "failed"}
-    if failed:
-        return _without(failed, plans, records, env, on_epoch, datasets)
     t0 = time.perf_counter()
     refused: loop.RunRefused | None = None
     one_by_one = False
@@ -227,6 +239,17 @@ def _without(failed: set[int], plans, records, env, on_epoch, datasets) -> list[
     return records
 
 
+def _in_use(plan: Plan, e: Any) -> dict[str, Any]:
+    """The record of a run another process is training (not written: that one writes it)."""
+    return {
+        "label": plan.entry.label,
+        "seed": plan.entry.seed,
+        "status": "in use",
+        "error": f"{e.holder} is training it; rerun the sweep once that has ended",
+        "error_type": type(e).__name__,
+    }
+
+
 def _unrecorded(plan: Plan, e: OSError) -> dict[str, Any]:
     """The record of a run whose directory could not be made (it is not written anywhere)."""
     return {
@@ -275,7 +298,12 @@ def _record_failure(plan: Plan, record: dict[str, Any], e: Exception) -> None:
     to report) and records it."""
     from train.core import input_pipeline, loop, run_config
 
-    expected = (loop.NonFiniteLossError, run_config.ConfigError, input_pipeline.DataError)
+    expected = (
+        loop.NonFiniteLossError,
+        run_config.ConfigError,
+        input_pipeline.DataError,
+        run_files.WriteError,
+    )
     logger.error(
         "%s failed: %s",
         plan.entry.name(),

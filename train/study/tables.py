@@ -39,6 +39,7 @@ import csv
 import dataclasses
 import datetime
 import glob
+import io
 import json
 import logging
 import math
@@ -48,6 +49,7 @@ from typing import Any
 
 import numpy as np
 
+from train.core import run_files
 from train.study import plots as report_plots
 from train.study import stats
 from train.study.run_records import (
@@ -138,11 +140,13 @@ def best_epoch(metrics: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
 
 
 def write_csv(runs: Sequence[Run], workdir: str, path: str) -> None:
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=CSV_FIELDS, lineterminator="\n")
-        writer.writeheader()
-        for run in runs:
-            writer.writerow(csv_row(run, workdir))
+    """One row per run (:func:`csv_row`); written atomically (a full disk leaves the old file)."""
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=CSV_FIELDS, lineterminator="\n")
+    writer.writeheader()
+    for run in runs:
+        writer.writerow(csv_row(run, workdir))
+    run_files.write_text(path, text.getvalue())
 
 
 # --------------------------------------------------------------------------- per-pooler table
@@ -606,8 +610,7 @@ def write(workdir: str) -> dict[str, Any]:
     write_csv(runs, workdir, csv_path)
     plots = report_plots.draw_all(runs, out, BASELINE)
     md_path = os.path.join(out, "report.md")
-    with open(md_path, "w") as f:
-        f.write(markdown(runs, workdir, plots))
+    run_files.write_text(md_path, markdown(runs, workdir, plots))
     return {
         "dir": out,
         "csv": csv_path,
