@@ -163,6 +163,10 @@ class Checkpoints:
         finally:
             self._manager.close()
 
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
     def close_quietly(self) -> None:
         """:meth:`close` after a failure: a pending save's error is logged, not raised."""
         try:

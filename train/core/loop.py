@@ -205,8 +205,8 @@ def train_seed_group(
 
 def _release(runs: Sequence[_RunDir]) -> None:
     for run in runs:
-        if run.ckpt is not None:
-            run.ckpt.close_quietly()  # closed already where the run ended as it should
+        if run.ckpt is not None and not run.ckpt.closed:  # open only after a failure
+            run.ckpt.close_quietly()
 
 
 def _each_run(runs: Sequence[_RunDir], check: Callable[[_RunDir], None]) -> None:
