@@ -236,7 +236,8 @@ def tdgs_pool(
       implementation: ``'auto'``, ``'reference'`` or ``'fast'`` (see :mod:`jaxpool.functional`).
         The reference draws one Gumbel per window element with ``jax.random.gumbel``; the fast
         path (:mod:`jaxpool._fast_tdgs`) with :func:`jaxpool._fast_rng.gumbel`, the same
-        distribution but other numbers, so the two draw different samples from one key.
+        distribution but other numbers, so the two draw different samples from one key.  Their
+        second derivatives in training mode differ (take the reference for ``jax.hessian``).
         ``'auto'``: the fast path on CPU, the reference elsewhere (measurements: :mod:`jaxpool._fast_tdgs`).
 
     Returns:

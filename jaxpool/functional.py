@@ -23,14 +23,23 @@ modules, chosen by the keyword-only ``implementation``:
   (tree's choice, the fast noise generator) and the size is symbolic (``jax.export`` with a
   polymorphic batch), the reference; ``'fast'`` then raises for the noise generator.
 
-A fast path computes the same values and gradients up to float rounding and has forward mode too,
-but a stochastic fast path draws its noise from its own generator (:mod:`jaxpool._fast_rng`):
-the same distributions as ``jax.random``, other random numbers.  So a key gives different samples
-under ``'reference'`` and ``'fast'``.
+A fast path computes the same values and gradients up to float rounding for finite inputs and has
+forward mode too, but a stochastic fast path draws its noise from its own generator
+(:mod:`jaxpool._fast_rng`): the same distributions as ``jax.random``, other random numbers.  So a
+key gives different samples under ``'reference'`` and ``'fast'``.  Second derivatives may differ:
+TDGS's fast rule in training mode differentiates its straight-through estimator once, so
+``jax.hessian`` there is not the reference's (both are derivatives of an estimator, not of the
+sample); take ``implementation='reference'`` for second-order work.
+
+Non-finite inputs: max propagates NaN and ±inf; stochastic, TDGS and SoftPool take the limits
+their docstrings state.  Where an infinity meets a zero or an opposite weight (avg's and mixed's
+means of +inf and -inf, gated and tree mixtures, LP, LIP's normalisation, S3Pool's expectation,
+whose other grid blocks weigh an entry 0) the output may be NaN, and the reference and fast
+paths may put NaN in different places.
 
 Stochastic functions take an explicit ``key`` and raise without one unless ``deterministic=True``.
-As with ``jax.random``, a ``vmap`` over keys equals a loop over them, and the samples do not depend
-on how the batch is sharded.  The stochastic poolers are written in :mod:`jaxpool._stochastic` and
+As with ``jax.random`` (under its default threefry PRNG; not under ``rbg``), a ``vmap`` over keys
+equals a loop over them, and the samples do not depend on how the batch is sharded.  The stochastic poolers are written in :mod:`jaxpool._stochastic` and
 :mod:`jaxpool._s3`; the poolers that came after the study's papers, reference implementations
 only, in :mod:`jaxpool._weighted` (SoftPool, LP/GeM, LIP), :mod:`jaxpool._antialiased` (MaxBlurPool)
 and :mod:`jaxpool._fractional` (fractional max pooling); all are exported from here.
