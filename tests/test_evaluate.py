@@ -124,3 +124,13 @@ def test_pooler_kwargs_that_change_the_parameters_are_refused_before_reading_che
     evaluate._check_same_parameters(spec({}), spec({}), {"per": "channel"})  # the default: same
     with pytest.raises(evaluate.cli.UsageError, match=r"change the model's parameters \(pool1/"):
         evaluate._check_same_parameters(spec({"per": "layer"}), spec({}), {"per": "layer"})
+
+
+def test_a_run_whose_first_checkpoint_is_being_written_says_so(s3_run, tmp_path, capsys, caplog):
+    shutil.copy(os.path.join(s3_run[0], "config.json"), tmp_path / "config.json")
+    (tmp_path / "checkpoints" / "22.orbax-checkpoint-tmp").mkdir(parents=True)
+    assert evaluate.main(["evaluate", str(tmp_path)]) == 2
+    assert capsys.readouterr().err == (
+        f"error: {tmp_path} holds no finished checkpoint yet in {tmp_path}/checkpoints\n"
+    )
+    assert "still being written, or the process was stopped while saving" in caplog.text

@@ -8,6 +8,7 @@ import json
 import math
 import os
 import pathlib
+import shlex
 import subprocess
 import sys
 
@@ -686,3 +687,11 @@ def test_two_sweeps_recording_commands_at_once_lose_none(tmp_path):
     commands = [c["command"] for c in run_records.read_sweep_record(str(tmp_path))["commands"]]
     assert sorted(commands) == sorted(f"{n} {i}" for n in "ab" for i in range(40))
     assert not [n for n in os.listdir(tmp_path) if n.endswith(".tmp")]
+
+
+def test_the_rebuild_command_is_quoted_for_the_shell(tmp_path):
+    workdir = tmp_path / "my sweep's runs"
+    make_run(workdir, "digits", "max", 0, [0.90])
+    md = tables.markdown(run_records.collect(str(workdir)), str(workdir), {})
+    assert f"rebuild it with `python -m train.report {shlex.quote(str(workdir))}`" in md
+    assert shlex.split(f"python -m train.report {shlex.quote(str(workdir))}")[-1] == str(workdir)

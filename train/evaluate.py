@@ -94,9 +94,12 @@ def evaluate_run(
     target = {"step": state.step, "params": state.params, "opt_state": state.opt_state}
     try:
         restored = ckpt.restore_latest(target)
+        finished = ckpt.all_steps()
     finally:
         ckpt.close()
-    if restored is None:  # none at all, or none whose parameters fit these pooler settings
+    if not finished:  # none finalised: the first one is being written, or its writing was cut
+        raise cli.UsageError(f"{run_dir} holds no finished checkpoint yet in {checkpoints}")
+    if restored is None:  # none whose parameters fit these pooler settings
         raise cli.UsageError(
             f"{run_dir} holds no checkpoint readable as {config.pooler} with pooler_kwargs "
             f"{json.dumps(config.pooler_kwargs.to_dict())}"

@@ -328,7 +328,7 @@ def run(argv: list[str]) -> int:
     except run_config.ConfigError as e:
         raise cli.UsageError(str(e)) from e
     run_config.enable_compilation_cache()
-    workdir = _WORKDIR.value or os.path.join(
+    workdir = os.path.expanduser(_WORKDIR.value or "") or os.path.join(  # '~/x' quoted, too
         "runs", f"{config.dataset}-{config.pooler}-s{config.seed}"
     )
     lead = jax.process_index() == 0

@@ -131,7 +131,7 @@ def build_plans(argv: list[str]) -> tuple[list[plan.Plan], str]:
     if _EPOCHS.value is not None and _EPOCHS.value < 1:
         raise cli.UsageError(f"--epochs must be >= 1, got {_EPOCHS.value}")
     temperatures = plan.parse_temperatures(_TEMPERATURES.value)
-    workdir = _WORKDIR.value
+    workdir = os.path.expanduser(_WORKDIR.value)  # '~/x' quoted, too
     if os.path.exists(workdir) and not os.path.isdir(workdir):
         raise cli.UsageError(f"--workdir {workdir} exists and is not a directory")
     try:

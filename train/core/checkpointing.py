@@ -114,8 +114,8 @@ class Checkpoints:
         for name in sorted(os.listdir(self.directory)):
             if not name.isdigit() and name.split(".")[0].isdigit():
                 logger.warning(
-                    "ignoring %s: a checkpoint whose writing did not finish (the process was "
-                    "stopped while saving)",
+                    "ignoring %s: a checkpoint whose writing has not finished (still being "
+                    "written, or the process was stopped while saving)",
                     os.path.join(self.directory, name),
                 )
         skipped = []

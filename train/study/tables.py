@@ -44,6 +44,7 @@ import json
 import logging
 import math
 import os
+import shlex
 from collections.abc import Sequence
 from typing import Any
 
@@ -435,7 +436,9 @@ def _provenance(runs: Sequence[Run], workdir: str) -> list[str]:
     if finished:
         lines.append(f"- Runs finished between {finished[0]} and {finished[-1]}")
     now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
-    lines.append(f"- Report written {now}; rebuild it with `python -m train.report {workdir}`")
+    lines.append(
+        f"- Report written {now}; rebuild it with `python -m train.report {shlex.quote(workdir)}`"
+    )
     lines.append("")
     return lines
 
