@@ -120,6 +120,15 @@ def test_a_workdir_of_another_run_is_refused(tmp_path):
         loop.train_and_evaluate(_config(pooler="max"), str(tmp_path))
 
 
+def test_a_workdir_that_is_a_broken_symbolic_link_says_so(tmp_path):
+    (tmp_path / "run").symlink_to(tmp_path / "gone")
+    with pytest.raises(
+        run_config.ConfigError,
+        match=rf"workdir {tmp_path}/run is a symbolic link to {tmp_path}/gone, which does not",
+    ):
+        loop.train_and_evaluate(_config(), str(tmp_path / "run"))
+
+
 def _metrics_row(epoch):
     return {"epoch": epoch, "test_accuracy": 0.7, "train_seconds": 1.0, "images_per_second": 9.0,
             "includes_startup": epoch == 1}  # fmt: skip

@@ -511,3 +511,12 @@ def test_a_full_disk_stops_the_sweep_in_one_line(tmp_path, monkeypatch, capsys):
         f"error: cannot write {tmp_path}/report/report.md: No space left on device; the sweep "
         "stopped: fix that (room, permissions) and rerun the same command to resume\n"
     )
+
+
+def test_a_workdir_that_is_a_broken_symbolic_link_is_refused(tmp_path, capsys):
+    (tmp_path / "w").symlink_to(tmp_path / "gone")
+    assert run_sweep(tmp_path / "w", "--poolers", "max") == 2
+    assert capsys.readouterr().err == (
+        f"error: --workdir {tmp_path}/w is a symbolic link to {tmp_path}/gone, which does not "
+        "exist; create it or use another --workdir\n"
+    )

@@ -134,6 +134,11 @@ def build_plans(argv: list[str]) -> tuple[list[plan.Plan], str]:
     workdir = os.path.expanduser(_WORKDIR.value)  # '~/x' quoted, too
     if os.path.exists(workdir) and not os.path.isdir(workdir):
         raise cli.UsageError(f"--workdir {workdir} exists and is not a directory")
+    if os.path.islink(workdir) and not os.path.exists(workdir):
+        raise cli.UsageError(
+            f"--workdir {workdir} is a symbolic link to {os.readlink(workdir)}, which does not "
+            "exist; create it or use another --workdir"
+        )
     try:
         tables.check_report_dir(workdir)  # before hours of training, not after
     except ValueError as e:

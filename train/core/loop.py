@@ -279,6 +279,11 @@ class _RunDir:
         writes there, or that holds another run with results, is refused."""
         if os.path.exists(self.workdir) and not os.path.isdir(self.workdir):
             raise ConfigError(f"workdir {self.workdir} exists and is not a directory")
+        if os.path.islink(self.workdir) and not os.path.exists(self.workdir):
+            raise ConfigError(
+                f"workdir {self.workdir} is a symbolic link to {os.readlink(self.workdir)}, "
+                "which does not exist; create it or use another --workdir"
+            )
         checkpoints = os.path.join(self.workdir, "checkpoints")
         if os.path.exists(checkpoints) and not os.path.isdir(checkpoints):
             raise ConfigError(
