@@ -695,3 +695,19 @@ def test_the_rebuild_command_is_quoted_for_the_shell(tmp_path):
     md = tables.markdown(run_records.collect(str(workdir)), str(workdir), {})
     assert f"rebuild it with `python -m train.report {shlex.quote(str(workdir))}`" in md
     assert shlex.split(f"python -m train.report {shlex.quote(str(workdir))}")[-1] == str(workdir)
+
+
+def test_runs_resumed_on_other_devices_are_counted_per_epoch(tmp_path):
+    # s0 trained 2 epochs on 8 devices, then its last on 1; s1 all on 1 (sweep_run.json: 1 each).
+    for seed, devices in ((0, ("cpu × 8", "cpu × 8", "cpu × 1")), (1, ("cpu × 1",) * 3)):
+        path = make_run(tmp_path, "digits", "max", seed, [0.5, 0.6, 0.7])
+        with open(os.path.join(path, "metrics.jsonl")) as f:
+            rows = [json.loads(line) for line in f]
+        with open(os.path.join(path, "metrics.jsonl"), "w") as f:
+            for row, device in zip(rows, devices, strict=True):
+                f.write(json.dumps({**row, "device": device}) + "\n")
+    md = tables.markdown(run_records.collect(str(tmp_path)), str(tmp_path), {})
+    assert "- Device: cpu × 1 (4 of the runs' 6 epochs), cpu × 8 (2 of the runs' 6 epochs)\n" in md
+    one = tmp_path / "one device"
+    make_run(one, "digits", "max", 0, [0.5, 0.6, 0.7])  # rows without the key: sweep_run.json's
+    assert "- Device: cpu × 1\n" in tables.markdown(run_records.collect(str(one)), str(one), {})

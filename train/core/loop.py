@@ -25,7 +25,8 @@ Files written to ``workdir`` (by process 0):
     the first epoch each call of this function trains (of a new or a resumed run), whose time
     may include compiling the step or loading it from the cache, and ``seeds_in_program``: how
     many seeds trained together (1 for a separate run; a seed group's wall time is shared
-    equally among its seeds).
+    equally among its seeds), ``device``: the device kind and count it trained on
+    (``"cpu × 8"``).
 
 - ``pooler_params.json``: the learned pooler parameters in readable form (see
   :func:`train.core.models.pooler_report`), rewritten every epoch.
@@ -742,6 +743,7 @@ def _evaluate_epoch(runs: Sequence[_RunDir], setup: _Setup, state, on_epoch) -> 
     )  # fmt: skip
     per_run = group.per_run(sums)
     eval_seconds = (time.perf_counter() - t0) / len(runs)
+    device = f"{jax.devices()[0].device_kind} × {jax.device_count()}"
     step = _step(state)
     items = group.items(state)
     for i, (run, run_sums, item) in enumerate(zip(runs, per_run, items, strict=True)):
@@ -751,6 +753,7 @@ def _evaluate_epoch(runs: Sequence[_RunDir], setup: _Setup, state, on_epoch) -> 
             run.meta["epoch"], step, run.meta, _test_metrics(run_sums), eval_seconds
         )
         row["seeds_in_program"] = len(runs)
+        row["device"] = device  # per epoch: a resumed run may have trained elsewhere before
         params = item["params"]
         run.record_epoch(row, params, _report_inputs(spec, params, setup.probe))
         # replace: a checkpoint a signal took at this very step still marks the epoch open.

@@ -416,6 +416,16 @@ def _provenance(runs: Sequence[Run], workdir: str) -> list[str]:
             if r.info.get("device_kind")
         }
     )
+    # Per epoch where the rows say it (a run resumed on another machine or device count trained
+    # on both; sweep_run.json holds its last command's device only).
+    by_epochs: dict[str, int] = {}
+    for r in runs:
+        for row in r.metrics:
+            if isinstance(row.get("device"), str):
+                by_epochs[row["device"]] = by_epochs.get(row["device"], 0) + 1
+    if len(by_epochs) > 1:
+        epochs = sum(len(r.metrics) for r in runs)
+        devices = [f"{d} ({n} of the runs' {epochs} epochs)" for d, n in sorted(by_epochs.items())]
     lines.append(f"- Device: {', '.join(devices) if devices else 'unknown'}")
     # Per epoch (metrics.jsonl), as a run may have trained some epochs in a group and some alone:
     # an epoch counts where it finished.  The run directories behind the published results
