@@ -75,7 +75,7 @@ def test_an_unfinished_write_is_reported(tmp_path, caplog):
     with caplog.at_level("WARNING", logger="train.core.checkpointing"):
         restored = checkpointing.Checkpoints(tmp_path / "checkpoints").restore_latest(_item(0))
     assert restored.step == 1
-    assert "2.orbax-checkpoint-tmp-1234" in caplog.text and "did not finish" in caplog.text
+    assert "2.orbax-checkpoint-tmp-1234" in caplog.text and "has not finished" in caplog.text
     assert run_files.checkpoint_steps(tmp_path) == [1]
 
 

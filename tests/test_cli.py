@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import signal
 import sys
+import types
 
 import pytest
 from absl import flags
@@ -149,3 +150,19 @@ def test_a_users_configs_package_is_not_taken_for_jaxpools(own_configs_package):
         )
     else:
         assert config.dataset == "digits"
+
+
+def test_closed_event_loop_tracebacks_are_kept_out_of_both_hooks():
+    # TensorStore's callbacks after a failed save print these through either hook.
+    seen = []
+    excepthook, unraisablehook = cli._quiet_closed_event_loops(
+        lambda kind, value, tb: seen.append(value), lambda unraisable: seen.append(unraisable)
+    )
+    closed, other = RuntimeError("Event loop is closed"), RuntimeError("something else")
+    excepthook(RuntimeError, closed, None)
+    unraisablehook(types.SimpleNamespace(exc_value=closed))
+    assert seen == []
+    excepthook(RuntimeError, other, None)
+    unraisable = types.SimpleNamespace(exc_value=other)
+    unraisablehook(unraisable)
+    assert seen == [other, unraisable]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import math
@@ -234,6 +235,25 @@ def test_locks_are_reentrant_in_a_process_and_released_at_the_end(tmp_path):
         with pytest.raises(run_files.RunDirInUse, match=rf"is in use: process {pid} is"):
             with run_files.locked_run_dir(str(tmp_path)):
                 pass
+
+
+def test_a_filesystem_without_locks_trains_with_a_warning(tmp_path, monkeypatch, caplog):
+    def no_locks(file, operation):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(run_files.fcntl, "flock", no_locks)
+    with run_files.locked_run_dir(str(tmp_path)):
+        pass
+    assert f"cannot lock {tmp_path} (No locks available): nothing keeps another" in caplog.text
+
+
+def test_a_held_workdir_is_refused_before_its_data_is_read(tmp_path, monkeypatch):
+    def load(*args):
+        raise AssertionError("read the data of a run it then refused")
+
+    monkeypatch.setattr(loop.input_pipeline, "load", load)
+    with held_by_another_process(tmp_path), pytest.raises(run_config.ConfigError, match="in use"):
+        loop.train_and_evaluate(_config(), str(tmp_path))
 
 
 def test_a_failed_checkpoint_write_stops_the_run_where_it_resumes(tmp_path, monkeypatch):

@@ -19,6 +19,7 @@ from PIL import Image
 
 import jaxpool
 from train import report
+from train.core import run_files
 from train.study import plots as report_plots
 from train.study import run_records, stats, tables
 
@@ -711,3 +712,22 @@ def test_runs_resumed_on_other_devices_are_counted_per_epoch(tmp_path):
     one = tmp_path / "one device"
     make_run(one, "digits", "max", 0, [0.5, 0.6, 0.7])  # rows without the key: sweep_run.json's
     assert "- Device: cpu × 1\n" in tables.markdown(run_records.collect(str(one)), str(one), {})
+
+
+def test_a_file_that_cannot_be_written_is_named_not_its_temporary_copy(tmp_path, monkeypatch):
+    path = str(tmp_path / "missing" / "report.md")
+    with pytest.raises(FileNotFoundError) as raised:
+        run_files.write_text(path, "x")
+    assert raised.value.filename == path
+    real_fdopen = os.fdopen
+
+    def full(fd, *args, **kwargs):
+        f = real_fdopen(fd, *args, **kwargs)
+        f.write = lambda text: (_ for _ in ()).throw(OSError(28, "No space left on device"))
+        return f
+
+    monkeypatch.setattr(run_files.os, "fdopen", full)
+    with pytest.raises(OSError, match="No space left on device") as raised:
+        run_files.write_text(str(tmp_path / "report.md"), "x")
+    assert raised.value.filename == str(tmp_path / "report.md")
+    assert os.listdir(tmp_path) == []  # the temporary copy removed

@@ -520,3 +520,24 @@ def test_a_workdir_that_is_a_broken_symbolic_link_is_refused(tmp_path, capsys):
         f"error: --workdir {tmp_path}/w is a symbolic link to {tmp_path}/gone, which does not "
         "exist; create it or use another --workdir\n"
     )
+
+
+def test_a_checkpoint_that_cannot_be_written_stops_the_sweep(tmp_path, monkeypatch, capsys):
+    # A full disk fails every later run too, each after an epoch of training: the sweep stops.
+    trained = []
+
+    def full(config, workdir, **kwargs):
+        trained.append(workdir)
+        raise run_files.WriteError(f"cannot write a checkpoint in {workdir}: No space left")
+
+    monkeypatch.setattr(loop, "train_and_evaluate", full)
+    assert run_sweep(tmp_path, "--poolers", "max,avg", "--epochs", "1") == 1
+    run = tmp_path / "runs" / "digits" / "max" / "s0"
+    assert trained == [str(run)]
+    assert capsys.readouterr().err.endswith(
+        f"error: cannot write a checkpoint in {run}: No space left; the sweep stopped: fix that "
+        "(room, permissions) and rerun the same command to resume\n"
+    )
+    record = json.loads((run / run_records.RUN_FILE).read_text())
+    assert (record["status"], record["error_type"]) == ("failed", "WriteError")
+    assert (tmp_path / "report" / "report.md").exists()

@@ -229,20 +229,28 @@ def _drop_orbax_thread_errors(record: logging.LogRecord) -> bool:
     """False for orbax's own error logs: a failed asynchronous save (a full disk) logs a
     traceback from each of its threads, hundreds of lines, and then raises the error in the
     command, which says it in one line (as it does a checkpoint it cannot read)."""
-    return f"{os.sep}orbax{os.sep}" not in record.pathname
+    return f"{os.sep}orbax{os.sep}checkpoint{os.sep}" not in record.pathname
 
 
-def _quiet_closed_event_loops(hook: Callable) -> Callable:
-    """``sys.excepthook`` without TensorStore's "Event loop is closed": after a failed save
-    (or read), its callbacks still call into orbax's finished event loops, and each prints a
-    traceback that says nothing about the error the command reports."""
+def _closed_event_loop(error: BaseException | None) -> bool:
+    return isinstance(error, RuntimeError) and str(error) == "Event loop is closed"
 
-    def quiet(kind, value, tb):
-        if kind is RuntimeError and str(value) == "Event loop is closed":
-            return
-        hook(kind, value, tb)
 
-    return quiet
+def _quiet_closed_event_loops(excepthook: Callable, unraisablehook: Callable):
+    """``sys.excepthook`` and ``sys.unraisablehook`` without TensorStore's "Event loop is
+    closed": after a failed save (or read), its callbacks still call into orbax's finished event
+    loops, and each prints a traceback (through either hook) that says nothing about the error
+    the command reports."""
+
+    def quiet_excepthook(kind, value, tb):
+        if not _closed_event_loop(value):
+            excepthook(kind, value, tb)
+
+    def quiet_unraisablehook(unraisable):
+        if not _closed_event_loop(unraisable.exc_value):
+            unraisablehook(unraisable)
+
+    return quiet_excepthook, quiet_unraisablehook
 
 
 def run_main(run: Callable[[Sequence[str]], int], argv: Sequence[str] | None = None) -> int:
@@ -264,7 +272,8 @@ def run_main(run: Callable[[Sequence[str]], int], argv: Sequence[str] | None = N
     logging.getLogger("absl").addFilter(_drop_orbax_thread_errors)
     from train.core import interrupts
 
-    hook, sys.excepthook = sys.excepthook, _quiet_closed_event_loops(sys.excepthook)
+    hooks = sys.excepthook, sys.unraisablehook
+    sys.excepthook, sys.unraisablehook = _quiet_closed_event_loops(*hooks)
     try:
         with interrupts.recorded() as dropped:
             status = run(argv)
@@ -275,7 +284,7 @@ def run_main(run: Callable[[Sequence[str]], int], argv: Sequence[str] | None = N
         print(_interrupted(dropped), file=sys.stderr)
         return interrupts.exit_code(dropped)
     finally:
-        sys.excepthook = hook
+        sys.excepthook, sys.unraisablehook = hooks
     if status == 0 and dropped:  # a Ctrl-C that Python dropped and no training took
         print(_interrupted(dropped), file=sys.stderr)
         return interrupts.exit_code(dropped)

@@ -93,8 +93,8 @@ def evaluate_run(
     ckpt = checkpointing.Checkpoints(checkpoints)
     target = {"step": state.step, "params": state.params, "opt_state": state.opt_state}
     try:
+        finished = ckpt.all_steps()  # first: one finalised in between is then restored
         restored = ckpt.restore_latest(target)
-        finished = ckpt.all_steps()
     finally:
         ckpt.close()
     if not finished:  # none finalised: the first one is being written, or its writing was cut

@@ -36,7 +36,7 @@ A failed run (non-finite loss or any exception) is recorded with its error and t
 A run another process is training (a second sweep on the same workdir, or ``train.main`` on the
 run's directory: each holds the run's ``.lock`` while it trains) is left to it, reported ``in
 use`` and counted as failed; two sweeps on one workdir so share its runs. A full disk stops the
-sweep (one line, exit 1); a rerun resumes. At the end ``<workdir>/report/`` is rewritten from all run directories (see :mod:`train.report`)
+sweep (one line, exit 1: a checkpoint or record that cannot be written); a rerun resumes. At the end ``<workdir>/report/`` is rewritten from all run directories (see :mod:`train.report`)
 and ``<workdir>/sweep.json`` keeps every command that ran in the workdir with the runs it planned
 (the report lists those it never started as ``not started``). Exit codes: 0 all runs
 done, 1 some run failed, 2 bad flags or a dataset that is missing, not prepared, in another
@@ -193,7 +193,7 @@ def _seeds_together(choice: str) -> bool:
 
 def run(argv: list[str]) -> int:
     """Parses ``argv``, runs the sweep (or lists it) and returns the exit code."""
-    from train.core import interrupts, loop, run_config
+    from train.core import interrupts, loop, run_config, run_files
 
     if cli.wants_help(argv):
         cli.print_help(__doc__, _FLAGS)
@@ -227,10 +227,15 @@ def run(argv: list[str]) -> int:
     except KeyboardInterrupt:  # Ctrl-C or SIGTERM outside training (train.core.interrupts)
         print("interrupted; report written; rerun the same command to resume", file=sys.stderr)
         return interrupts.exit_code(interrupts.received())
-    except OSError as e:  # recording a run or writing the report: a full disk stops the sweep
+    except (OSError, run_files.WriteError) as e:  # a full disk stops the sweep
+        what = (
+            f"cannot write {e.filename or f'in {workdir}'}: {e.strerror or e}"
+            if isinstance(e, OSError)
+            else str(e)
+        )
         print(
-            f"error: cannot write {e.filename or f'in {workdir}'}: {e.strerror or e}; the sweep "
-            "stopped: fix that (room, permissions) and rerun the same command to resume",
+            f"error: {what}; the sweep stopped: fix that (room, permissions) and rerun the same "
+            "command to resume",
             file=sys.stderr,
         )
         return EXIT_FAILED

@@ -75,13 +75,16 @@ class Checkpoints:
         Returns:
           False (and saves nothing) if ``step`` already exists, unless ``replace`` or
           :meth:`restore_latest` found it unreadable: then it is deleted and replaced.
+
+        Raises:
+          run_files.WriteError: this save, or an earlier one still pending, failed.
         """
+        self.wait()  # an earlier save's error is that one's, not this step's
         if step in self._manager.all_steps():
             if not replace and step not in self._unreadable:
                 return False
             if step in self._unreadable:
                 logger.warning("replacing the unreadable checkpoint at step %d", step)
-            self._manager.wait_until_finished()
             self._manager.delete(step)
             self._unreadable.discard(step)
         args = ocp.args.Composite(item=ocp.args.StandardSave(item), meta=ocp.args.JsonSave(meta))
@@ -160,7 +163,11 @@ class Checkpoints:
         self._closed = True
         try:
             self.wait()
-        finally:
+        except run_files.WriteError:
+            with contextlib.suppress(Exception):  # its own error, if any, is the same failure
+                self._manager.close()
+            raise
+        with self._writing("a checkpoint"):
             self._manager.close()
 
     @property
@@ -172,7 +179,7 @@ class Checkpoints:
         try:
             self.close()
         except Exception as e:
-            logger.warning("%s", _reason(e))
+            logger.warning("%s: %s", self.directory, _reason(e))
 
 
 def _reason(e: BaseException) -> str:

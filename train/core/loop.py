@@ -188,17 +188,22 @@ def train_seed_group(
     ]
     for run in runs:
         run.seeds_in_program = len(runs)
-    _each_run(runs, _RunDir.check_workdir)  # before the data: a refusal costs nothing
-    if data is None:
-        data = input_pipeline.load(configs[0].dataset, configs[0].data_dir)
-    elif data.name != configs[0].dataset:
-        raise ValueError(f"data holds {data.name!r}, the configs train on {configs[0].dataset!r}")
-    for run in runs:
-        run.describe(data)
     with contextlib.ExitStack() as held:
-        held.callback(_release, runs)  # a failure's checkpoint managers closed, then the locks
+        # Held from here to the end, so that no other process trains a run meanwhile; a new
+        # workdir is made (and held) once the data is read, so a refusal leaves nothing behind.
+        _each_run(runs, lambda run: run.lock(held) if os.path.isdir(run.workdir) else None)
+        _each_run(runs, _RunDir.check_workdir)  # before the data: a refusal costs nothing
+        if data is None:
+            data = input_pipeline.load(configs[0].dataset, configs[0].data_dir)
+        elif data.name != configs[0].dataset:
+            raise ValueError(
+                f"data holds {data.name!r}, the configs train on {configs[0].dataset!r}"
+            )
+        for run in runs:
+            run.describe(data)
         _each_run(runs, lambda run: run.lock(held))
-        _each_run(runs, _RunDir.check_workdir)  # again, now that no other process writes there
+        held.callback(_release, runs)  # a failure's checkpoint managers, closed before the locks
+        _each_run(runs, _RunDir.check_workdir)  # again: another process may have written there
         _each_run(runs, _RunDir.check_trained)
         _each_run(runs, _RunDir.write_config)
         return _epochs(runs, _setup(runs, data), on_epoch)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
+import logging
 import math
 import os
 import secrets
@@ -52,6 +54,9 @@ class WriteError(Exception):
     message says which and why.  What is on disk stays resumable from its last checkpoint."""
 
 
+# A filesystem without flock (some network and FUSE mounts) says so with one of these.
+_NO_LOCKS = {errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOSYS}
+logger = logging.getLogger(__name__)
 _held: dict[str, list] = {}  # run directory -> [its open lock file, depth], in this process
 
 
@@ -81,6 +86,16 @@ def locked_run_dir(run_dir: str) -> Iterator[None]:
             lock.close()
             holder = f"process {pid}" if pid.isdigit() else "another process"
             raise RunDirInUse(run_dir, holder) from None
+        except OSError as e:
+            if e.errno not in _NO_LOCKS:
+                lock.close()
+                raise
+            logger.warning(  # said, not refused: such a filesystem trained before the lock too
+                "cannot lock %s (%s): nothing keeps another process from training this run "
+                "at the same time",
+                run_dir,
+                e.strerror,
+            )
         except BaseException:
             lock.close()
             raise
@@ -110,14 +125,19 @@ def write_text(path: str, text: str) -> None:
     # O_EXCL on a fresh name: created with the umask's permissions, as open(path, "w") would be
     # (tempfile.mkstemp's are 0600, and reading the umask means setting it, process-wide).
     tmp = os.path.join(folder, f".{name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    except OSError as e:  # named after the file the caller writes, not the temporary one
+        raise OSError(e.errno, e.strerror, path) from e
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(OSError):
             os.remove(tmp)
+        if isinstance(e, OSError):
+            raise OSError(e.errno, e.strerror, path) from e
         raise
 
 

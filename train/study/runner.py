@@ -133,6 +133,9 @@ def run_group(
 
     Raises:
       loop.Interrupted, KeyboardInterrupt: after recording ``interrupted``; the sweep stops.
+      run_files.WriteError: after recording the runs as failed: a checkpoint or run file could
+        not be written (a full disk), which the next runs would meet too; the sweep stops.
+      OSError: a record could not be written.
     """
     with contextlib.ExitStack() as held:  # each run's directory, while this process trains it
         records: list[Any] = []
@@ -141,7 +144,6 @@ def run_group(
                 held.enter_context(run_files.locked_run_dir(plan.run_dir))
                 records.append(_start_record(plan, env, len(plans)))
             except run_files.RunDirInUse as e:  # its record is the other process's
-                logger.error("%s not run: %s", plan.entry.name(), e)
                 records.append(_in_use(plan, e))
             except OSError as e:  # e.g. the run directory's path is a file: nowhere to record it
                 logger.error("%s failed: cannot use %s: %s", plan.entry.name(), plan.run_dir, e)
@@ -219,6 +221,9 @@ def _train_group(plans, records, env, on_epoch, datasets) -> list[dict[str, Any]
             record["status"] = summary.get("status", "done")
         record.update(finished=_now(), seconds=seconds)
         _write_record(plan, record)
+    for outcome in outcomes:
+        if isinstance(outcome, run_files.WriteError):  # a full disk: the next runs would fail too
+            raise outcome
     return records
 
 
@@ -404,7 +409,8 @@ def sweep(
       ``{"done": [...], "failed": [...], "skipped": [...]}`` (skipped = already done before).
 
     Raises:
-      loop.Interrupted, KeyboardInterrupt: the report is written first.
+      loop.Interrupted, KeyboardInterrupt, run_files.WriteError, OSError: the report is written
+        first (where it can be).
     """
     outcome: dict[str, list[Plan]] = {"done": [], "failed": [], "skipped": []}
     env = environment()
