@@ -178,6 +178,8 @@ class Checkpoints:
         """:meth:`close` after a failure: a pending save's error is logged, not raised."""
         try:
             self.close()
+        except run_files.WriteError as e:  # names the directory itself
+            logger.warning("%s", e)
         except Exception as e:
             logger.warning("%s: %s", self.directory, _reason(e))
 
