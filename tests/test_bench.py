@@ -182,6 +182,7 @@ def test_cli_bad_flags_exit_2_with_one_line(tmp_path):
         ),
         (["--check", "--poolers", "max", "--repeats", "3"], "error: --poolers, --repeats: the"),
         (["--check-steps", "tests"], "error: --check-steps: options of --check only"),
+        (["--skip-cnn", "--cnn-input", "28,28,1"], "error: --cnn-input: the CNN's input, and"),
     ]
     # Started together: each pays Python and JAX start-up, nothing is measured.  On the CPU, so
     # that no accelerator's start-up log joins the one line expected on stderr.

@@ -144,6 +144,8 @@ def _run_cli(argv: Sequence[str]) -> int:
         if _REPEATS.value < 1:
             raise ValueError(f"--repeats must be >= 1; got {_REPEATS.value}")
         cnn_input = parse_cnn_input(_CNN_INPUT.value)
+        if _SKIP_CNN.value:
+            _refuse_flags(argv, ("cnn-input",), "the CNN's input, and --skip-cnn skips the CNN")
         check_json_path(_JSON.value)
         if not _SKIP_CNN.value:
             measure.check_cnn_input(poolers, cnn_input)
