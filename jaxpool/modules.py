@@ -427,6 +427,7 @@ class TDGSPool(_WindowedPool):
 
       >>> layer = jaxpool.TDGSPool()
       >>> x = jnp.ones((1, 8, 8, 4))
+      >>> k1, k2, k3 = jax.random.split(jax.random.key(0), 3)
       >>> variables = layer.init({"params": k1, "pooling": k2}, x, deterministic=False)
       >>> jax.tree_util.tree_map(jnp.shape, variables)
       {'params': {'temperature': (4, 4, 4)}}
