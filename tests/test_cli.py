@@ -166,3 +166,19 @@ def test_closed_event_loop_tracebacks_are_kept_out_of_both_hooks():
     unraisable = types.SimpleNamespace(exc_value=other)
     unraisablehook(unraisable)
     assert seen == [other, unraisable]
+
+
+def test_a_backend_that_fails_without_a_message_is_named(monkeypatch):
+    import jax
+
+    def missing_plugin():  # jaxlib 0.10 with JAX_PLATFORMS=cuda and no CUDA plugin
+        raise AssertionError
+
+    monkeypatch.setattr(jax, "devices", missing_plugin)
+    monkeypatch.setenv("JAX_PLATFORMS", "cuda")
+    with pytest.raises(
+        cli.UsageError,
+        match=r"^JAX cannot start: no backend for JAX_PLATFORMS='cuda' \(is that platform's jax "
+        r"plugin installed, e.g. jax\[cuda13\]\?\); unset JAX_PLATFORMS to let JAX choose$",
+    ):
+        cli.start_backend()

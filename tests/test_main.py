@@ -307,3 +307,26 @@ def test_a_write_error_is_one_line_and_exit_1(tmp_path, monkeypatch, capsys):
         f"error: cannot write a checkpoint in {tmp_path}: No space left; fix that (room, "
         "permissions) and rerun to resume\n"
     )
+
+
+def test_a_jax_that_cannot_start_is_one_line_and_exit_2(tmp_path):
+    # e.g. JAX_PLATFORMS=cuda where the CUDA plugin is missing: a traceback from wherever JAX
+    # was first used.  A platform no JAX knows, so that the test means the same on a GPU.
+    env = dict(os.environ, JAX_PLATFORMS="nosuchplatform")
+    commands = [
+        ["train.main", "--dataset", "digits", "--workdir", str(tmp_path / "run")],
+        ["train.sweep", "--datasets", "digits", "--workdir", str(tmp_path / "sweep")],
+        ["train.evaluate", str(tmp_path)],
+    ]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", *command], cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True
+        )
+        for command in commands
+    ]
+    for proc in procs:
+        _, stderr = proc.communicate(timeout=120)
+        assert proc.returncode == 2, stderr
+        assert stderr.startswith("error: JAX cannot start: Unable to initialize backend ")
+        assert stderr.count("\n") == 1 and "nosuchplatform" in stderr
+    assert sorted(os.listdir(tmp_path)) == []

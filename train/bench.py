@@ -153,6 +153,7 @@ def _run_cli(argv: Sequence[str]) -> int:
         raise cli.UsageError(str(e)) from e
     # Before JAX allocates anything large: see keep_freed_memory.
     malloc = measure.keep_freed_memory()
+    cli.start_backend()
     results = measure.run(
         poolers,
         _REPEATS.value,

@@ -203,6 +203,27 @@ def _in_configs_dir(path: str) -> bool:
     return os.path.isdir(CONFIGS_DIR) and os.path.samefile(folder, CONFIGS_DIR)
 
 
+def start_backend() -> None:
+    """Starts JAX's backend, so that a JAX that cannot start (``JAX_PLATFORMS`` naming a platform
+    whose plugin is missing, a failing driver) is one line and exit 2, not a traceback from
+    wherever JAX is first used.  After the XLA options and ``jax.distributed.initialize``."""
+    import jax
+
+    try:
+        jax.devices()
+    except (RuntimeError, AssertionError) as e:  # jaxlib 0.10 asserts for a missing CUDA plugin
+        platforms = os.environ.get("JAX_PLATFORMS", "")
+        why = (
+            first_line(e)
+            if str(e).strip()
+            else (
+                f"no backend for JAX_PLATFORMS={platforms!r} (is that platform's jax plugin "
+                "installed, e.g. jax[cuda13]?); unset JAX_PLATFORMS to let JAX choose"
+            )
+        )
+        raise UsageError(f"JAX cannot start: {why}") from e
+
+
 def first_line(e: BaseException) -> str:
     """The first line of an exception's message, or its type name when the message is empty."""
     text = str(e).strip()

@@ -175,6 +175,7 @@ def run(argv: Sequence[str]) -> int:
         raise cli.UsageError(f"--pooler-kwargs must be a JSON object; {e}") from e
     if not isinstance(kwargs, dict):
         raise cli.UsageError(f"--pooler-kwargs must be a JSON object; got {_POOLER_KWARGS.value}")
+    cli.start_backend()
     result = evaluate_run(rest[1], kwargs, _DATA_DIR.value)
     if _JSON.value:
         print(json.dumps(result))

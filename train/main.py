@@ -319,6 +319,7 @@ def run(argv: list[str]) -> int:
         except Exception as e:  # a half-described cluster: say what failed, in one line
             raise cli.UsageError(f"jax.distributed.initialize() failed: {cli.first_line(e)}") from e
 
+    cli.start_backend()
     import jax
 
     from train.core import input_pipeline, loop, run_config, run_files

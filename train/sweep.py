@@ -121,6 +121,7 @@ def build_plans(argv: list[str]) -> tuple[list[plan.Plan], str]:
     rest = cli.parse_flags(_FLAGS, argv)
     if len(rest) > 1:
         raise cli.UsageError(f"unexpected arguments: {' '.join(rest[1:])}")
+    cli.start_backend()  # the configs are checked against the devices
     try:
         poolers = cli.parse_poolers(_POOLERS.value)
     except ValueError as e:
