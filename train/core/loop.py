@@ -474,8 +474,8 @@ class _RunDir:
 
     def record_epoch(self, row: dict[str, Any], params, report_inputs) -> None:
         """Appends the epoch's row, once the previous epoch's checkpoint is on disk: a failed
-        save (a full disk) stops the run with the rows its checkpoints cover, plus this epoch's
-        unsaved one at most (which a rerun drops), so the run stays resumable."""
+        save (a full disk) stops the run with the rows its checkpoints cover, plus at most the
+        row whose checkpoint failed (which a rerun drops), so the run stays resumable."""
         self.ckpt.wait()
         self.history.append(row)
         self.meta = run_metrics.epoch_start(self.meta["epoch"] + 1, self.spec.seed)
