@@ -82,6 +82,18 @@ def test_validate_config_names_the_field_and_the_allowed_values(field, value, me
         run_config.validate_config(config)
 
 
+def test_64_bit_mode_is_refused():
+    # JAX_ENABLE_X64=1: the step's int32 counters met int64 sums (a traceback on CPU), and where
+    # it ran the numbers differed from a float32 run's, silently.
+    before = jax.config.jax_enable_x64
+    jax.config.update("jax_enable_x64", True)
+    try:
+        with pytest.raises(run_config.ConfigError, match=r"^JAX_ENABLE_X64 is on: the CNN trains"):
+            run_config.validate_config(_config())
+    finally:
+        jax.config.update("jax_enable_x64", before)
+
+
 def test_a_config_without_a_field_is_refused():
     config = default.get_config()
     del config["batch_size"]
@@ -119,6 +131,13 @@ def test_a_workdir_of_another_run_is_refused(tmp_path):
     (tmp_path / "checkpoints" / "22").mkdir(parents=True)
     with pytest.raises(run_config.ConfigError, match="different pooler"):
         loop.train_and_evaluate(_config(pooler="max"), str(tmp_path))
+
+
+def test_a_workdir_whose_path_is_not_utf8_is_refused_before_training(tmp_path):
+    # Orbax cannot write there: it trained epoch 1, then failed at its checkpoint, every rerun.
+    workdir = os.fsdecode(os.fsencode(str(tmp_path)) + b"/run\xff")
+    with pytest.raises(run_config.ConfigError, match=r"is not valid UTF-8 \(orbax cannot"):
+        loop.train_and_evaluate(_config(), workdir)
 
 
 def test_a_workdir_that_is_a_broken_symbolic_link_says_so(tmp_path):
@@ -665,6 +684,13 @@ def test_enable_compilation_cache_points_jax_at_the_directory(tmp_path, monkeypa
         assert jax.config.jax_compilation_cache_dir == path
         monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", str(tmp_path / "env"))
         assert run_config.enable_compilation_cache() == str(tmp_path / "env")
+        # One that cannot be written is off, the variable's too (JAX would read it itself).
+        (tmp_path / "afile").write_text("")
+        monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", str(tmp_path / "afile" / "cache"))
+        assert run_config.enable_compilation_cache() == ""
+        assert jax.config.jax_compilation_cache_dir is None
+        undecodable = os.fsdecode(os.fsencode(str(tmp_path)) + b"/h\xff")  # a HOME of bytes
+        assert run_config.enable_compilation_cache(undecodable) == ""
     finally:
         jax.config.update("jax_compilation_cache_dir", old)
 

@@ -330,3 +330,24 @@ def test_a_jax_that_cannot_start_is_one_line_and_exit_2(tmp_path):
         assert stderr.startswith("error: JAX cannot start: Unable to initialize backend ")
         assert stderr.count("\n") == 1 and "nosuchplatform" in stderr
     assert sorted(os.listdir(tmp_path)) == []
+
+
+def test_a_closed_stdout_or_stderr_does_not_stop_training(tmp_path):
+    # `| head -1` made the next epoch line a BrokenPipeError (a traceback, training stopped);
+    # `2>&-` (sys.stderr None) failed every run before its first step.
+    run = [sys.executable, "-m", "train.main", "--dataset", "digits", "--epochs", "3"]
+    head = subprocess.run(
+        ["bash", "-c", '"$@" | head -1', "bash", *run, "--workdir", str(tmp_path / "a")],
+        cwd=ROOT, env=_env(1), capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert head.stdout.startswith("epoch 1/3 ") and head.stdout.count("\n") == 1
+    assert "Traceback" not in head.stderr and "Error" not in head.stderr, head.stderr[-2000:]
+    no_stderr = subprocess.run(
+        ["bash", "-c", '"$@" 2>&-; echo "exit $?"', "bash", *run, "--workdir", str(tmp_path / "b")],
+        cwd=ROOT, env=_env(1), capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert no_stderr.stdout.endswith("exit 0\n"), no_stderr.stdout[-2000:]
+    for workdir in ("a", "b"):
+        rows = (tmp_path / workdir / "metrics.jsonl").read_text().splitlines()
+        assert [json.loads(row)["epoch"] for row in rows] == [1, 2, 3]
+        assert json.loads((tmp_path / workdir / "summary.json").read_text())["status"] == "done"

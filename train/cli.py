@@ -34,11 +34,36 @@ def print_help(doc: str, flag_values: flags.FlagValues, module: str | None = Non
       module: the entry point's module name, for entry points that define their flags in
         absl's global ``flags.FLAGS``, which other modules share: only that module's flags.
     """
-    print(doc.strip())
-    print()
-    print(flag_values.module_help(module) if module else flag_values.get_help())
-    print(f"  {NO_CPU_TUNING}: leave XLA:CPU at its defaults (this command otherwise sets the")
-    print("    XLA:CPU flags measured faster for training: docs/performance-cpu-notes.md)")
+    out(doc.strip())
+    out()
+    out(flag_values.module_help(module) if module else flag_values.get_help())
+    out(f"  {NO_CPU_TUNING}: leave XLA:CPU at its defaults (this command otherwise sets the")
+    out("    XLA:CPU flags measured faster for training: docs/performance-cpu-notes.md)")
+
+
+_stdout_gone = False  # set by out() once stdout failed
+
+
+def out(text: str = "") -> None:
+    """Prints ``text`` on stdout, flushed (the commands' progress and results).  A stdout that
+    is gone (a closed pipe, ``| head``) or full is left alone from then on, not an error: the
+    training and the files it writes go on.  Characters the stream's encoding lacks (``×``
+    under ``PYTHONIOENCODING=ascii``) are escaped."""
+    global _stdout_gone
+    if _stdout_gone or sys.stdout is None:
+        return
+    try:
+        try:
+            print(text, flush=True)
+        except UnicodeEncodeError:
+            encoding = sys.stdout.encoding or "ascii"
+            print(text.encode(encoding, "backslashreplace").decode(encoding), flush=True)
+    except OSError:  # BrokenPipeError, ENOSPC, EIO
+        _stdout_gone = True
+        try:  # Python's own flush of stdout at exit would fail again, with a message
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError, AttributeError):
+            pass
 
 
 def _number_kind(flag: flags.Flag) -> str | None:
@@ -143,7 +168,7 @@ def epoch_printer(
     :func:`epoch_line` after ``indent``, flushed at once (the lines show progress)."""
 
     def show(row: Mapping[str, Any]) -> None:
-        print(indent + epoch_line(row, num_epochs, brief=brief), flush=True)
+        out(indent + epoch_line(row, num_epochs, brief=brief))
 
     return show
 

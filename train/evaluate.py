@@ -178,9 +178,9 @@ def run(argv: Sequence[str]) -> int:
     cli.start_backend()
     result = evaluate_run(rest[1], kwargs, _DATA_DIR.value)
     if _JSON.value:
-        print(json.dumps(result))
+        cli.out(json.dumps(result))
     else:
-        print(
+        cli.out(
             f"{result['run_dir']}: test accuracy {result['test_accuracy']:.2%} "
             f"(loss {result['test_loss']:.4f}) after {result['epochs_trained']} epochs "
             f"(step {result['step']}), "

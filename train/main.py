@@ -352,14 +352,16 @@ def run(argv: list[str]) -> int:
         with open(os.path.join(workdir, "summary.json")) as f:
             summary = json.load(f)
         if summary["status"] == "done" and final:
-            print(
+            cli.out(
                 f"done: {config.pooler} on {config.dataset}, {final['epoch']} epochs: "
                 f"test accuracy {final['test_accuracy']:.2%} "
                 f"(best {summary['best_test_accuracy']:.2%} at epoch {summary['best_epoch']}); "
                 f"outputs in {workdir}"
             )
         else:
-            print(f"{summary['status']} after epoch {summary['epochs_completed']}; rerun to resume")
+            cli.out(
+                f"{summary['status']} after epoch {summary['epochs_completed']}; rerun to resume"
+            )
     return 0
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import sys
 
+from train import cli
 from train.study.run_records import collect
 from train.study.tables import check_report_dir, write
 
@@ -16,7 +17,7 @@ def main(argv: list[str] | None = None) -> int:
     """``python -m train.report WORKDIR``: exit 0, or 2 with one line on stderr."""
     args = (sys.argv if argv is None else argv)[1:]
     if args in (["-h"], ["--help"]):
-        print(USAGE)
+        cli.out(USAGE)
         return 0
     if len(args) != 1 or args[0].startswith("-"):
         print(f"error: expected one WORKDIR argument; {USAGE}", file=sys.stderr)
@@ -35,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: no run directories under {os.path.join(workdir, 'runs')}", file=sys.stderr)
         return 2
     written = write(workdir)
-    print(f"report of {written['runs']} runs: {written['markdown']}, {written['csv']}")
+    cli.out(f"report of {written['runs']} runs: {written['markdown']}, {written['csv']}")
     return 0
 
 

@@ -201,8 +201,8 @@ def run(argv: list[str]) -> int:
         return 0
     plans, workdir = build_plans(argv)
     if _DRY_RUN.value:
-        print(f"sweep in {workdir}: {len(plans)} runs")
-        print("\n".join(plan.describe(plans)))
+        cli.out(f"sweep in {workdir}: {len(plans)} runs")
+        cli.out("\n".join(plan.describe(plans)))
         return 0
     _check_data(plans)
     t0 = time.perf_counter()
@@ -240,7 +240,7 @@ def run(argv: list[str]) -> int:
             file=sys.stderr,
         )
         return EXIT_FAILED
-    print(
+    cli.out(
         f"sweep: {len(plans)} runs: {len(outcome['done'])} trained, "
         f"{len(outcome['skipped'])} already done, {len(outcome['failed'])} failed; "
         f"report in {os.path.join(workdir, 'report', 'report.md')}"

@@ -285,6 +285,13 @@ class _RunDir:
         writes there, or that holds another run with results, is refused."""
         if os.path.exists(self.workdir) and not os.path.isdir(self.workdir):
             raise ConfigError(f"workdir {self.workdir} exists and is not a directory")
+        try:
+            self.workdir.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ConfigError(
+                f"workdir {self.workdir!r} is not valid UTF-8 (orbax cannot write its "
+                "checkpoints there); use another --workdir"
+            ) from None
         if os.path.islink(self.workdir) and not os.path.exists(self.workdir):
             raise ConfigError(
                 f"workdir {self.workdir} is a symbolic link to {os.readlink(self.workdir)}, "
@@ -635,7 +642,7 @@ def _epochs(runs: Sequence[_RunDir], setup: _Setup, on_epoch) -> list:
     group, state, mean, std = setup.group, setup.state, setup.mean, setup.std
     spec = runs[0].spec
     steps_per_epoch = spec.steps_per_epoch
-    show_bar = spec.progress and sys.stderr.isatty()
+    show_bar = spec.progress and sys.stderr is not None and sys.stderr.isatty()  # 2>&- : None
     for run in runs:
         run.meta["includes_startup"] = True  # the epoch this process starts in compiles the step
 

@@ -149,7 +149,8 @@ def enable_compilation_cache(path: str | None = None) -> str:
     ``~/.cache/jaxpool/xla``. Every compiled program is kept, however fast it compiled.
 
     Returns:
-      The cache directory, or "" when it cannot be created (the run goes on without it).
+      The cache directory, or "" when it cannot be written (the run goes on without it, and
+      without the one ``$JAX_COMPILATION_CACHE_DIR`` names).
     """
     path = (
         path
@@ -157,9 +158,16 @@ def enable_compilation_cache(path: str | None = None) -> str:
         or os.path.join(os.path.expanduser("~"), ".cache", "jaxpool", "xla")
     )
     try:
+        path.encode("utf-8")  # XLA takes no other path (a HOME of undecodable bytes)
         os.makedirs(path, exist_ok=True)
-    except OSError as e:  # a read-only home: run without the cache rather than fail
-        logger.warning("compilation cache disabled: cannot create %s (%s)", path, e)
+        probe = os.path.join(path, f".jaxpool-probe-{os.getpid()}")  # writable, not only there
+        with open(probe, "w"):
+            pass
+        os.remove(probe)
+    except (OSError, UnicodeEncodeError) as e:  # a read-only home: run without the cache
+        reason = "not valid UTF-8" if isinstance(e, UnicodeEncodeError) else e.strerror or e
+        logger.warning("compilation cache disabled: cannot write to %r (%s)", path, reason)
+        jax.config.update("jax_compilation_cache_dir", None)  # JAX reads its variable itself
         return ""
     jax.config.update("jax_compilation_cache_dir", path)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
@@ -168,7 +176,7 @@ def enable_compilation_cache(path: str | None = None) -> str:
 
 
 def validate_config(config: ml_collections.ConfigDict) -> None:
-    """Checks every field cheaply (no data, no compilation).
+    """Checks every field cheaply (no data, no compilation), and that JAX is not in 64-bit mode.
 
     Raises:
       ConfigError: naming the field, its value and what is allowed.
@@ -182,6 +190,11 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         return isinstance(v, int) and not isinstance(v, bool)
 
     check_fields(config)
+    need(
+        not jax.config.jax_enable_x64,
+        "JAX_ENABLE_X64 is on: the CNN trains in float32 with 32-bit counters, and 64-bit mode "
+        "changes its numbers (and breaks its step on CPU); unset JAX_ENABLE_X64 for this command",
+    )
     names = jaxpool.available()
     need(
         config.pooler in names,

@@ -328,7 +328,7 @@ def _group_printer(group: Sequence[Plan]) -> Callable[[int, dict[str, Any]], Non
 
     def on_epoch(index: int, row: dict[str, Any]) -> None:
         seed = f"seed {group[index].entry.seed}  " if len(group) > 1 else ""
-        print(f"      {seed}{cli.epoch_line(row, num_epochs, brief=True)}", flush=True)
+        cli.out(f"      {seed}{cli.epoch_line(row, num_epochs, brief=True)}")
 
     return on_epoch
 
@@ -420,7 +420,7 @@ def sweep(
             outcome["skipped"].append(p)
         elif not p.runs:
             outcome["failed"].append(p)
-            print(f"  skip {p.entry.name()}: {p.action}: {p.detail}", flush=True)
+            cli.out(f"  skip {p.entry.name()}: {p.action}: {p.detail}")
     groups = group_plans(plans, seeds_together)
     total = sum(len(g) for g in groups)
     try:
@@ -428,9 +428,9 @@ def sweep(
         for group in groups:
             for i, p in enumerate(group, start=started + 1):
                 detail = f" ({p.detail})" if p.detail else ""
-                print(f"[{i}/{total}] {p.entry.name()}: {p.action}{detail}", flush=True)
+                cli.out(f"[{i}/{total}] {p.entry.name()}: {p.action}{detail}")
             if len(group) > 1:
-                print(f"      {len(group)} seeds in one program", flush=True)
+                cli.out(f"      {len(group)} seeds in one program")
             started += len(group)
             t0 = time.perf_counter()
             on_epoch = _group_printer(group) if verbose else None
@@ -442,12 +442,10 @@ def sweep(
                     outcome["done"].append(p)
                     summary = run_files.read_json(os.path.join(p.run_dir, "summary.json")) or {}
                     acc = (summary.get("final") or {}).get("test_accuracy", math.nan)
-                    print(
-                        f"      done{name}: test accuracy {acc:.2%} ({seconds:.1f} s)", flush=True
-                    )
+                    cli.out(f"      done{name}: test accuracy {acc:.2%} ({seconds:.1f} s)")
                 else:
                     outcome["failed"].append(p)
-                    print(f"      {record['status']}{name}: {record['error']}", flush=True)
+                    cli.out(f"      {record['status']}{name}: {record['error']}")
         if command is not None:
             record_command_time(workdir, command[0], time.perf_counter() - command[1])
     finally:
