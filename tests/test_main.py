@@ -253,21 +253,25 @@ def test_help_lists_the_shortcut_flags():
         assert flag in proc.stdout
 
 
+def _run_elsewhere(cwd, *args: str) -> subprocess.CompletedProcess:
+    """train.main run from ``cwd`` (not the repository root), jaxpool on the path."""
+    return subprocess.run(
+        [sys.executable, "-m", "train.main", *args],
+        cwd=cwd,
+        env=dict(_env(1), PYTHONPATH=str(ROOT)),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
 def test_a_configs_package_in_the_current_directory_is_refused(tmp_path):
     # python -m puts the current directory first: a project's own configs/mnist.py would be
     # trained with instead of jaxpool's.
     (tmp_path / "configs").mkdir()
     (tmp_path / "configs" / "__init__.py").write_text("")
     (tmp_path / "configs" / "mnist.py").write_text("def get_config():\n    return None\n")
-    env = dict(_env(1), PYTHONPATH=str(ROOT))
-    proc = subprocess.run(
-        [sys.executable, "-m", "train.main", "--workdir", str(tmp_path / "run")],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    proc = _run_elsewhere(tmp_path, "--workdir", str(tmp_path / "run"))
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.strip() == (
         f"error: configs.mnist is {tmp_path}/configs/mnist.py, not jaxpool's: a 'configs' "
@@ -278,14 +282,7 @@ def test_a_configs_package_in_the_current_directory_is_refused(tmp_path):
 
 
 def test_a_bundled_config_named_from_elsewhere_says_where_the_configs_are(tmp_path):
-    proc = subprocess.run(
-        [sys.executable, "-m", "train.main", "--config", "configs/digits.py"],
-        cwd=tmp_path,
-        env=dict(_env(1), PYTHONPATH=str(ROOT)),
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    proc = _run_elsewhere(tmp_path, "--config", "configs/digits.py")
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.strip() == (
         f"error: cannot load --config configs/digits.py: no such file in {tmp_path}; jaxpool's "

@@ -508,15 +508,21 @@ def test_lp_powers_and_lip_logits_get_a_table_and_a_plot(tmp_path):
         assert f.read(8) == PNG_SIGNATURE
 
 
+def _set_per_epoch(run_dir, key, values):
+    """Sets ``key`` in each of the run's metrics.jsonl rows, epoch by epoch."""
+    path = os.path.join(run_dir, "metrics.jsonl")
+    with open(path) as f:
+        rows = [json.loads(line) for line in f]
+    with open(path, "w") as f:
+        for row, value in zip(rows, values, strict=True):
+            f.write(json.dumps({**row, key: value}) + "\n")
+
+
 def test_runs_trained_partly_in_a_seed_group_are_counted_per_epoch(tmp_path):
     # s0: 2 of 3 epochs in a group, its last command alone; s1: all in a group; s2: alone.
     for seed, grouped in ((0, (2, 2, 1)), (1, (2, 2, 2)), (2, (1, 1, 1))):
         path = make_run(tmp_path, "digits", "max", seed, [0.5, 0.6, 0.7])
-        with open(os.path.join(path, "metrics.jsonl")) as f:
-            rows = [json.loads(line) for line in f]
-        with open(os.path.join(path, "metrics.jsonl"), "w") as f:
-            for row, n in zip(rows, grouped, strict=True):
-                f.write(json.dumps({**row, "seeds_in_program": n}) + "\n")
+        _set_per_epoch(path, "seeds_in_program", grouped)
         info_path = os.path.join(path, run_records.RUN_FILE)
         with open(info_path) as f:
             info = json.load(f)
@@ -701,12 +707,9 @@ def test_the_rebuild_command_is_quoted_for_the_shell(tmp_path):
 def test_runs_resumed_on_other_devices_are_counted_per_epoch(tmp_path):
     # s0 trained 2 epochs on 8 devices, then its last on 1; s1 all on 1 (sweep_run.json: 1 each).
     for seed, devices in ((0, ("cpu × 8", "cpu × 8", "cpu × 1")), (1, ("cpu × 1",) * 3)):
-        path = make_run(tmp_path, "digits", "max", seed, [0.5, 0.6, 0.7])
-        with open(os.path.join(path, "metrics.jsonl")) as f:
-            rows = [json.loads(line) for line in f]
-        with open(os.path.join(path, "metrics.jsonl"), "w") as f:
-            for row, device in zip(rows, devices, strict=True):
-                f.write(json.dumps({**row, "device": device}) + "\n")
+        _set_per_epoch(
+            make_run(tmp_path, "digits", "max", seed, [0.5, 0.6, 0.7]), "device", devices
+        )
     md = tables.markdown(run_records.collect(str(tmp_path)), str(tmp_path), {})
     assert "- Device: cpu × 1 (4 of the runs' 6 epochs), cpu × 8 (2 of the runs' 6 epochs)\n" in md
     one = tmp_path / "one device"

@@ -246,22 +246,21 @@ def _without(failed: set[int], plans, records, env, on_epoch, datasets) -> list[
 
 def _in_use(plan: Plan, e: Any) -> dict[str, Any]:
     """The record of a run another process is training (not written: that one writes it)."""
-    return {
-        "label": plan.entry.label,
-        "seed": plan.entry.seed,
-        "status": "in use",
-        "error": f"{e.holder} is training it; rerun the sweep once that has ended",
-        "error_type": type(e).__name__,
-    }
+    why = f"{e.holder} is training it; rerun the sweep once that has ended"
+    return _unwritten(plan, "in use", why, e)
 
 
 def _unrecorded(plan: Plan, e: OSError) -> dict[str, Any]:
     """The record of a run whose directory could not be made (it is not written anywhere)."""
+    return _unwritten(plan, "failed", f"cannot use {plan.run_dir}: {e.strerror or e}", e)
+
+
+def _unwritten(plan: Plan, status: str, error: str, e: BaseException) -> dict[str, Any]:
     return {
         "label": plan.entry.label,
         "seed": plan.entry.seed,
-        "status": "failed",
-        "error": f"cannot use {plan.run_dir}: {e.strerror or e}",
+        "status": status,
+        "error": error,
         "error_type": type(e).__name__,
     }
 
