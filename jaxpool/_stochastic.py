@@ -163,7 +163,7 @@ def gumbel_softmax(
     Returns:
       An array shaped like ``logits`` that sums to 1 along ``axis``.
     """
-    _windows.check_positive(tau, "tau")
+    _windows.check_positive(tau, "tau", " (a divisor)", normal=True)
     if key is None:
         raise ValueError("gumbel_softmax needs a PRNG key: pass jax.random.key(seed) as `key`")
     _windows.check_key(key, "gumbel_softmax")
@@ -249,7 +249,7 @@ def tdgs_pool(
       The Concrete Distribution. ICLR 2017 (arXiv:1611.00712).
     """
     _windows.check_positive(eps, "eps", " (it keeps the temperature positive)", normal=True)
-    _windows.check_positive(tau, "tau")
+    _windows.check_positive(tau, "tau", " (a divisor)", normal=True)
     deterministic = _windows.check_flag(deterministic, "deterministic")
     if not deterministic:
         key = _windows.require_key(key, "tdgs_pool")

@@ -357,6 +357,7 @@ def check_key(key, fn: str) -> jax.Array:
 
 # The smallest normal float32: a smaller positive number is flushed to 0 by most backends.
 SMALLEST_NORMAL = float(np.finfo(np.float32).tiny)
+LARGEST_FLOAT32 = float(np.finfo(np.float32).max)
 
 
 def check_positive(value, name: str, why: str = "", *, normal: bool = False) -> None:
@@ -366,7 +367,7 @@ def check_positive(value, name: str, why: str = "", *, normal: bool = False) -> 
     passes."""
     if isinstance(value, jax.core.Tracer):
         return
-    if isinstance(value, str) or np.ndim(value) != 0:
+    if isinstance(value, str | bool | np.bool_) or np.ndim(value) != 0:
         raise ValueError(f"{name} must be a number > 0 (a scalar){why}; got {value!r}")
     try:
         number = float(np.asarray(value, np.float64))
@@ -374,6 +375,10 @@ def check_positive(value, name: str, why: str = "", *, normal: bool = False) -> 
         raise ValueError(f"{name} must be a number > 0{why}; got {value!r}") from e
     if not (number > 0 and math.isfinite(number)):
         raise ValueError(f"{name} must be finite and > 0{why}; got {value!r}")
+    if number > LARGEST_FLOAT32:  # the math runs in float32: it would be inf there
+        raise ValueError(
+            f"{name} must be at most {LARGEST_FLOAT32:.4g} (float32){why}; got {value!r}"
+        )
     if normal and number < SMALLEST_NORMAL:
         raise ValueError(
             f"{name} must be at least {SMALLEST_NORMAL:.4g}{why}: a smaller number (below the "
@@ -382,19 +387,25 @@ def check_positive(value, name: str, why: str = "", *, normal: bool = False) -> 
 
 
 def check_finite(value, name: str) -> None:
-    """``value`` a finite real number, or a concrete array of them, else a ``ValueError`` naming
-    ``name``; a traced value cannot be checked and passes."""
+    """``value`` a finite real number that float32 holds, or a concrete array of them, else a
+    ``ValueError`` naming ``name``; a traced value cannot be checked and passes."""
     if isinstance(value, jax.core.Tracer):
         return
     problem = isinstance(value, str | bool | np.bool_)
     if not problem:
         try:
             array = np.asarray(value)
-            problem = array.dtype == bool or not np.isfinite(array.astype(np.float64)).all()
+            as_float = array.astype(np.float64)
+            problem = array.dtype == bool or not np.isfinite(as_float).all()
+            # The math runs in float32, where larger numbers are inf.
+            problem = problem or bool((np.abs(as_float) > LARGEST_FLOAT32).any())
         except (TypeError, ValueError):
             problem = True
     if problem:
-        raise ValueError(f"{name} must be a finite real number (or array); got {value!r:.80}")
+        raise ValueError(
+            f"{name} must be a finite real number (or array) within float32's range; got "
+            f"{value!r:.80}"
+        )
 
 
 IMPLEMENTATIONS = ("auto", "reference", "fast")

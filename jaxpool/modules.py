@@ -31,6 +31,7 @@ from typing import ClassVar, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import linen as nn
 
 from jaxpool import _windows, functional
@@ -446,6 +447,13 @@ class TDGSPool(_WindowedPool):
     def parameters(self, in_size, channels):
         _check_choice(self.per, ("position", "channel", "layer"), "per")
         _windows.check_finite(self.init_temperature, "init_temperature")
+        concrete = not isinstance(self.init_temperature, jax.core.Tracer)
+        if concrete and (np.asarray(self.init_temperature) <= 0).any():
+            raise ValueError(  # the sweep's --tdgs-init-temperatures says the same
+                "init_temperature must be > 0: the temperature is relu(T) + eps with T from "
+                "init_temperature + U(-0.5, 0.5), so at or below 0 most of T starts where relu "
+                f"has no gradient and never learns; got {self.init_temperature!r}"
+            )
         if self.per == "position":
             shape = (*self._out_size(_require_size(self, in_size, "per='position'")), channels)
         else:

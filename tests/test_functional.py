@@ -791,6 +791,10 @@ def test_low_precision_dtypes_preserved(dtype):
         (lambda: F.gumbel_softmax(jax.random.key(0), jnp.ones(3), tau="hot"), r"a number > 0"),
         (lambda: F.gumbel_softmax(jax.random.key(0), jnp.ones(3), tau="2"), r"a number > 0"),
         (lambda: F.gumbel_softmax(jax.random.key(0), jnp.ones(3), tau=[1.0, 0.5]), r"scalar"),
+        # Values float32 cannot hold: 0 (a NaN sample) or inf there; a bool is not a number.
+        (lambda: F.gumbel_softmax(jax.random.key(0), jnp.ones(3), tau=1e-45), r"at least 1.175e"),
+        (lambda: F.gumbel_softmax(jax.random.key(0), jnp.ones(3), tau=1e39), r"at most 3.403e"),
+        (lambda: F.gumbel_softmax(jax.random.key(0), jnp.ones(3), tau=True), r"a number > 0"),
         (lambda: F.gumbel_softmax(None, jnp.ones(3)), r"gumbel_softmax needs a PRNG key"),
         (lambda: F.gumbel_softmax(0, jnp.ones(3)), r"gumbel_softmax: key must be a PRNG key"),
         (lambda: F.stochastic_pool(jnp.ones((4, 4, 1)), key=0), r"stochastic_pool: key must be"),

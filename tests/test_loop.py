@@ -67,6 +67,8 @@ def _summary(workdir) -> dict:
         ("batch_size", 0, "batch size must be a positive integer"),
         ("num_epochs", -1, "epochs must be a positive integer"),
         ("learning_rate", 0.0, "learning rate must be a positive finite number"),
+        ("learning_rate", 1e-320, r"learning rate must be between 1.175e-38 and 3.403e\+38"),
+        ("learning_rate", 1e39, r"learning rate must be between 1.175e-38 and 3.403e\+38"),
         ("seed", -3, "seed must be an integer >= 0"),
         ("steps_per_chunk", 0, "steps_per_chunk must be a positive integer"),
         ("pooler_kwargs", {"window": 2}, "bad pooler_kwargs"),
@@ -92,6 +94,17 @@ def test_64_bit_mode_is_refused():
             run_config.validate_config(_config())
     finally:
         jax.config.update("jax_enable_x64", before)
+
+
+def test_pooler_kwargs_are_blamed_where_they_are_wrong():
+    # An initializer from JSON failed in init ("'int' object is not callable"); blur's bad
+    # pad_mode was "does not fit the CNN for digits" (its defaults do not fit 8x8 either).
+    with pytest.raises(run_config.ConfigError, match=r"p_init=100 for pooler 'lp': p_init takes"):
+        run_config.validate_config(_config(pooler="lp", pooler_kwargs={"p_init": 100}))
+    config = _config(pooler="blur", pooler_kwargs={"pad_mode": "foo"})
+    with pytest.raises(run_config.ConfigError, match=r"^bad pooler_kwargs \{'pad_mode': 'foo'\}"):
+        run_config.validate_config(config)
+        run_config.validate_model(config, (8, 8, 1), 10)
 
 
 def test_a_config_without_a_field_is_refused():

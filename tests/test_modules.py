@@ -486,6 +486,9 @@ def test_training_mode_init_with_one_key_works_as_for_dropout_but_apply_needs_th
             jaxpool.TDGSPool(init_temperature=float("nan")),
             r"init_temperature must be a finite real",
         ),
+        (jaxpool.TDGSPool(init_temperature=1e39), r"within float32's range"),
+        # All of T would start on relu's flat side (a temperature frozen at eps).
+        (jaxpool.TDGSPool(init_temperature=-5.0), r"init_temperature must be > 0: the temper"),
     ],
 )
 def test_hyperparameters_of_parameters_are_checked(layer, match):

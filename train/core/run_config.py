@@ -17,6 +17,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 
 import jaxpool
 from train import cli
@@ -226,8 +227,15 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     need(config.seed < 2**32, f"seed must be below 2**32 = {2**32}, got {config.seed!r}")
     lr = config.learning_rate
     need(
-        isinstance(lr, int | float) and math.isfinite(lr) and lr > 0,
+        isinstance(lr, int | float) and not isinstance(lr, bool) and math.isfinite(lr) and lr > 0,
         f"learning rate must be a positive finite number, got {lr!r}",
+    )
+    # Adam computes in float32: 1e-320 became 0 there (a run that never trained), 1e39 inf.
+    low, high = float(np.finfo(np.float32).tiny), float(np.finfo(np.float32).max)
+    need(
+        low <= lr <= high,
+        f"learning rate must be between {low:.4g} and {high:.4g} (float32's normal numbers, "
+        f"which Adam computes in), got {lr!r}",
     )
     kwargs = config.pooler_kwargs
     need(
@@ -248,6 +256,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         raise ConfigError(
             f"bad pooler_kwargs {parsed!r} for pooler {config.pooler!r}: {cli.first_line(e)}"
         ) from e
+    _check_initializers(config.pooler, parsed)
     n = jax.device_count()
     for field in ("batch_size", "eval_batch_size"):
         size = config[field]
@@ -282,18 +291,36 @@ def validate_model(
     try:
         _trace_cnn(config.pooler, kwargs, image_shape, num_classes)
     except (TypeError, ValueError) as e:
-        if kwargs and _fits(config.pooler, {}, image_shape, num_classes):
+        large = (*LARGE_IMAGE, image_shape[-1])
+        if kwargs and (
+            _fits(config.pooler, {}, image_shape, num_classes)
+            or not _fits(config.pooler, kwargs, large, num_classes)  # wrong on any image
+        ):
             raise ConfigError(
                 f"bad pooler_kwargs {kwargs!r} for pooler {config.pooler!r} in the CNN for "
                 f"{config.dataset} (input {shape}): {cli.first_line(e)}"
             ) from e
-        if not _fits(config.pooler, {}, (*LARGE_IMAGE, image_shape[-1]), num_classes):
+        if not _fits(config.pooler, {}, large, num_classes):
             raise  # the pooler's defaults fail on any image: a bug, with its traceback
         # e.g. blur's reflect padding on the 2x2 maps that 8x8 digits leave after two pools
         raise ConfigError(
             f"pooler {config.pooler!r} does not fit the CNN for {config.dataset} (input {shape}): "
             f"{cli.first_line(e)}"
         ) from e
+
+
+def _check_initializers(pooler: str, kwargs: dict) -> None:
+    """A layer's ``*_init`` argument is an initializer (a function of key, shape, dtype); a
+    config's JSON cannot hold one.  A number there failed deep in ``init`` ("'int' object is not
+    callable")."""
+    for name, value in kwargs.items():
+        if name.endswith("_init") and not callable(value):
+            raise ConfigError(
+                f"pooler_kwargs {name}={value!r} for pooler {pooler!r}: {name} takes an "
+                "initializer (a function of key, shape and dtype, e.g. "
+                "flax.linen.initializers.constant(3.0)), which a config or the command line "
+                "cannot give; set it in Python, or leave it at its default"
+            )
 
 
 # An image size every registered pooler's defaults fit: telling "too small" from a bug.
