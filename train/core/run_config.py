@@ -282,8 +282,8 @@ def validate_model(
     A pooler that fails on a pool slot's input (a window larger than the input with ``'VALID'``
     padding, ``tau <= 0``, an unknown ``per``, reflect padding on a map too small for it) is then a
     :class:`ConfigError` before the run writes anything: naming the bad ``pooler_kwargs`` where
-    the pooler's defaults would fit, or saying that the pooler does not fit the dataset's images
-    where its defaults fit larger ones.  Defaults that fail on a large image too are a bug: that
+    the pooler's defaults would fit, or where the kwargs fail on a large image that the defaults
+    fit, else saying that the pooler does not fit the dataset's images.  Defaults that fail on a large image too are a bug: that
     error propagates with its traceback.
     """
     kwargs = pooler_kwargs(config)  # validate_config accepted them: a plain dict
@@ -292,15 +292,16 @@ def validate_model(
         _trace_cnn(config.pooler, kwargs, image_shape, num_classes)
     except (TypeError, ValueError) as e:
         large = (*LARGE_IMAGE, image_shape[-1])
+        defaults_fit_large = _fits(config.pooler, {}, large, num_classes)
         if kwargs and (
             _fits(config.pooler, {}, image_shape, num_classes)
-            or not _fits(config.pooler, kwargs, large, num_classes)  # wrong on any image
-        ):
+            or (defaults_fit_large and not _fits(config.pooler, kwargs, large, num_classes))
+        ):  # the kwargs are wrong here, or on any image where the defaults fit
             raise ConfigError(
                 f"bad pooler_kwargs {kwargs!r} for pooler {config.pooler!r} in the CNN for "
                 f"{config.dataset} (input {shape}): {cli.first_line(e)}"
             ) from e
-        if not _fits(config.pooler, {}, large, num_classes):
+        if not defaults_fit_large:
             raise  # the pooler's defaults fail on any image: a bug, with its traceback
         # e.g. blur's reflect padding on the 2x2 maps that 8x8 digits leave after two pools
         raise ConfigError(
