@@ -518,8 +518,11 @@ def test_a_workdir_that_is_a_broken_symbolic_link_is_refused(tmp_path, capsys):
     assert run_sweep(tmp_path / "w", "--poolers", "max") == 2
     assert capsys.readouterr().err == (
         f"error: --workdir {tmp_path}/w is a symbolic link to {tmp_path}/gone, which does not "
-        "exist; create it or use another --workdir\n"
+        "exist\n"
     )
+    undecodable = os.fsdecode(os.fsencode(str(tmp_path)) + b"/w\xff")  # orbax could not use it
+    assert run_sweep(undecodable, "--poolers", "max") == 2
+    assert "is not valid UTF-8 (orbax cannot write checkpoints there)\n" in capsys.readouterr().err
 
 
 def test_a_checkpoint_that_cannot_be_written_stops_the_sweep(tmp_path, monkeypatch, capsys):

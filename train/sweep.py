@@ -36,7 +36,8 @@ A failed run (non-finite loss or any exception) is recorded with its error and t
 A run another process is training (a second sweep on the same workdir, or ``train.main`` on the
 run's directory: each holds the run's ``.lock`` while it trains) is left to it, reported ``in
 use`` and counted as failed; two sweeps on one workdir so share its runs. A full disk stops the
-sweep (one line, exit 1: a checkpoint or record that cannot be written); a rerun resumes. At the end ``<workdir>/report/`` is rewritten from all run directories (see :mod:`train.report`)
+sweep (one line, exit 1: a checkpoint or record that cannot be written); a rerun resumes.
+At the end ``<workdir>/report/`` is rewritten from all run directories (see :mod:`train.report`)
 and ``<workdir>/sweep.json`` keeps every command that ran in the workdir with the runs it planned
 (the report lists those it never started as ``not started``). Exit codes: 0 all runs
 done, 1 some run failed, 2 bad flags or a dataset that is missing, not prepared, in another
@@ -56,6 +57,7 @@ import time
 from absl import flags
 
 from train import cli
+from train.core import run_files
 from train.study import plan, run_records, tables
 from train.study.runner import record_command, sweep
 
@@ -133,13 +135,9 @@ def build_plans(argv: list[str]) -> tuple[list[plan.Plan], str]:
         raise cli.UsageError(f"--epochs must be >= 1, got {_EPOCHS.value}")
     temperatures = plan.parse_temperatures(_TEMPERATURES.value)
     workdir = os.path.expanduser(_WORKDIR.value)  # '~/x' quoted, too
-    if os.path.exists(workdir) and not os.path.isdir(workdir):
-        raise cli.UsageError(f"--workdir {workdir} exists and is not a directory")
-    if os.path.islink(workdir) and not os.path.exists(workdir):
-        raise cli.UsageError(
-            f"--workdir {workdir} is a symbolic link to {os.readlink(workdir)}, which does not "
-            "exist; create it or use another --workdir"
-        )
+    problem = run_files.workdir_problem(workdir)
+    if problem:
+        raise cli.UsageError(f"--workdir {problem}")
     try:
         tables.check_report_dir(workdir)  # before hours of training, not after
     except ValueError as e:
@@ -194,7 +192,7 @@ def _seeds_together(choice: str) -> bool:
 
 def run(argv: list[str]) -> int:
     """Parses ``argv``, runs the sweep (or lists it) and returns the exit code."""
-    from train.core import interrupts, loop, run_config, run_files
+    from train.core import interrupts, loop, run_config
 
     if cli.wants_help(argv):
         cli.print_help(__doc__, _FLAGS)

@@ -283,20 +283,9 @@ class _RunDir:
     def check_workdir(self) -> None:
         """A workdir that is a file, whose ``config.json`` or ``checkpoints`` is not what a run
         writes there, or that holds another run with results, is refused."""
-        if os.path.exists(self.workdir) and not os.path.isdir(self.workdir):
-            raise ConfigError(f"workdir {self.workdir} exists and is not a directory")
-        try:
-            self.workdir.encode("utf-8")
-        except UnicodeEncodeError:
-            raise ConfigError(
-                f"workdir {self.workdir!r} is not valid UTF-8 (orbax cannot write its "
-                "checkpoints there); use another --workdir"
-            ) from None
-        if os.path.islink(self.workdir) and not os.path.exists(self.workdir):
-            raise ConfigError(
-                f"workdir {self.workdir} is a symbolic link to {os.readlink(self.workdir)}, "
-                "which does not exist; create it or use another --workdir"
-            )
+        problem = run_files.workdir_problem(self.workdir)
+        if problem:
+            raise ConfigError(f"workdir {problem}; use another --workdir")
         checkpoints = os.path.join(self.workdir, "checkpoints")
         if os.path.exists(checkpoints) and not os.path.isdir(checkpoints):
             raise ConfigError(

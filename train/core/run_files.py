@@ -112,6 +112,21 @@ def locked_run_dir(run_dir: str) -> Iterator[None]:
             _held.pop(key)[0].close()  # closing the file releases the lock
 
 
+def workdir_problem(path: str) -> str | None:
+    """Why ``path`` cannot be a workdir (a run's or a sweep's): ``path`` and what is wrong with
+    it, or None.  A file, a broken symbolic link (making it said "File exists"), or a path that
+    is not valid UTF-8 (orbax cannot write checkpoints there; shown escaped)."""
+    if os.path.exists(path) and not os.path.isdir(path):
+        return f"{path} exists and is not a directory"
+    if os.path.islink(path) and not os.path.exists(path):
+        return f"{path} is a symbolic link to {os.readlink(path)}, which does not exist"
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        return f"{path!a} is not valid UTF-8 (orbax cannot write checkpoints there)"
+    return None
+
+
 def write_json(path: str, obj: Any) -> None:
     """Writes ``obj`` as indented JSON; atomic, so a crash never leaves a half-written file."""
     write_text(path, json.dumps(obj, indent=1) + "\n")
