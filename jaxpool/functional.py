@@ -39,8 +39,8 @@ paths may put NaN in different places.
 
 Stochastic functions take an explicit ``key`` and raise without one unless ``deterministic=True``.
 As with ``jax.random`` (under its default threefry PRNG; not under ``rbg``), a ``vmap`` over keys
-equals a loop over them, and the samples do not depend on how the batch is sharded.  The stochastic poolers are written in :mod:`jaxpool._stochastic` and
-:mod:`jaxpool._s3`; the poolers that came after the study's papers, reference implementations
+equals a loop over them, and the samples do not depend on how the batch is sharded.  The
+stochastic poolers are written in :mod:`jaxpool._stochastic` and :mod:`jaxpool._s3`; the poolers that came after the study's papers, reference implementations
 only, in :mod:`jaxpool._weighted` (SoftPool, LP/GeM, LIP), :mod:`jaxpool._antialiased` (MaxBlurPool)
 and :mod:`jaxpool._fractional` (fractional max pooling); all are exported from here.
 """
